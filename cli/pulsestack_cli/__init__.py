@@ -1,0 +1,1 @@
+"""The operator's command line: migrate, setup, devices, quarantine, run, simulate."""

@@ -1,0 +1,148 @@
+"""The whole stack on one machine: embedded NATS and PostgreSQL (unless NATS_URL / DATABASE_URL point
+elsewhere), migrations, streams, and the four services as processes. Used by `pulsestack run local`,
+the tests and the benchmark."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import nats
+from simulator.fleet import nbiot_id, sigfox_id
+
+from pulsestack.bus.streams import BusLimits, setup
+from pulsestack.registry import devices as registry
+from pulsestack.registry.membership import BUCKET
+from pulsestack.store.migrate import migrate
+from pulsestack_cli.localstack import NatsServer, Postgres, free_port
+from pulsestack_cli.processes import ServiceProcess
+
+ROLE_OF = {"raw-processor": "pulsestack_raw", "pulse-processor": "pulsestack_pulse"}
+
+
+def with_user(url: str, user: str) -> str:
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
+
+
+def _secret_file(path: Path, make: str) -> Path:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(make + "\n")
+    return path
+
+
+@dataclass
+class LocalStack:
+    workdir: Path
+    nats_url: str = ""
+    database_url: str = ""  # the owner's URL, for migrations and verification
+    udp_port: int = 0
+    http_port: int = 0
+    ops_ports: dict[str, int] = field(default_factory=dict)
+    nats: NatsServer | None = None
+    postgres: Postgres | None = None
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+    service_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.master_key_file = _secret_file(self.workdir / "secrets" / "device-master-key", secrets.token_hex(32))
+        self.tokens_file = _secret_file(self.workdir / "secrets" / "sigfox-tokens", secrets.token_urlsafe(24))
+
+    @property
+    def master_key(self) -> bytes:
+        return bytes.fromhex(self.master_key_file.read_text().strip())
+
+    @property
+    def sigfox_token(self) -> str:
+        return self.tokens_file.read_text().split()[0]
+
+    def start_servers(self, fixed_ports: bool = False) -> None:
+        """Starts what NATS_URL / DATABASE_URL do not point to."""
+        self.nats_url = os.environ.get("NATS_URL", "")
+        self.database_url = os.environ.get("DATABASE_URL", "")
+        if not self.nats_url:
+            self.nats = NatsServer(self.workdir / "nats", port=4222 if fixed_ports else None)
+            self.nats.start()
+            self.nats_url = self.nats.url
+        if not self.database_url:
+            self.postgres = Postgres(self.workdir / "postgres", port=55432 if fixed_ports else None)
+            self.postgres.start()
+            self.database_url = self.postgres.url()
+
+    async def prepare(self) -> None:
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        nc = await nats.connect(self.nats_url)
+        try:
+            await setup(nc.jetstream(), BusLimits.from_env())
+        finally:
+            await nc.close()
+
+    async def provision(self, devices: int, nbiot_share: float) -> None:
+        """Registers the simulator's fleet (same ids as simulator.fleet)."""
+        n_nbiot = round(devices * nbiot_share)
+        conn = await asyncpg.connect(self.database_url)
+        nc = await nats.connect(self.nats_url)
+        try:
+            kv = await nc.jetstream().key_value(BUCKET)
+            if n_nbiot:
+                await registry.add_bulk(conn, kv, "nbiot", [nbiot_id(i) for i in range(n_nbiot)])
+            if devices - n_nbiot:
+                await registry.add_bulk(conn, kv, "sigfox", [sigfox_id(j) for j in range(devices - n_nbiot)])
+        finally:
+            await nc.close()
+            await conn.close()
+
+    def configure_services(self, udp_port: int | None = None, http_port: int | None = None) -> None:
+        self.udp_port = udp_port or free_port()
+        self.http_port = http_port or free_port()
+        self.ops_ports = {
+            "ingest-udp": free_port(), "ingest-http": self.http_port,
+            "raw-processor": free_port(), "pulse-processor": free_port(),
+        }
+        self.service_env = {
+            "NATS_URL": self.nats_url,
+            "PULSESTACK_DEVICE_MASTER_KEY_FILE": str(self.master_key_file),
+            "PULSESTACK_SIGFOX_TOKENS_FILE": str(self.tokens_file),
+            "PULSESTACK_UDP_HOST": "127.0.0.1",
+            "PULSESTACK_UDP_PORT": str(self.udp_port),
+            "PULSESTACK_HTTP_HOST": "127.0.0.1",
+            "PULSESTACK_HTTP_PORT": str(self.http_port),
+            "PULSESTACK_OPS_HOST": "127.0.0.1",
+        }
+        for name, port in self.ops_ports.items():
+            env = {**self.service_env, "PULSESTACK_OPS_PORT": str(port)}
+            if name in ROLE_OF:
+                # Embedded PostgreSQL trusts loopback, so each service can use its own least-privilege
+                # role; an external DATABASE_URL is used as given.
+                url = self.database_url
+                env["DATABASE_URL"] = with_user(url, ROLE_OF[name]) if self.postgres else url
+            self.services[name] = ServiceProcess(name, env, port, self.workdir / "logs" / f"{name}.log")
+
+    def start_services(self, timeout: float = 30.0) -> None:
+        for service in self.services.values():
+            service.start()
+        for service in self.services.values():
+            service.wait_ready(timeout)
+
+    def metrics_urls(self) -> dict[str, str]:
+        return {name: s.url("/metrics") for name, s in self.services.items()}
+
+    def stop(self) -> None:
+        for service in self.services.values():
+            service.stop()
+        if self.nats:
+            self.nats.stop()
+        if self.postgres:
+            self.postgres.stop()

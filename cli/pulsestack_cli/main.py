@@ -1,0 +1,175 @@
+"""`pulsestack`: the operator's command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import nats
+import uvloop
+
+from pulsestack import keys
+from pulsestack.bus.streams import BusLimits, setup
+from pulsestack.config import database_url
+from pulsestack.logs import configure
+from pulsestack.registry import devices as registry
+from pulsestack.registry.membership import BUCKET
+from pulsestack.store.migrate import drop_partitions_before, ensure_partitions, migrate, set_role_passwords
+from pulsestack_cli import quarantine as quarantine_cmd
+
+
+def _nats_url() -> str:
+    return os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
+
+
+async def cmd_migrate(args: argparse.Namespace) -> int:
+    conn = await asyncpg.connect(database_url())
+    try:
+        applied = await migrate(conn)
+        passwords = {}
+        for role in ("pulsestack_raw", "pulsestack_pulse", "pulsestack_registry", "pulsestack_reader"):
+            path = os.environ.get(f"PULSESTACK_{role.upper()}_PASSWORD_FILE")
+            if path:
+                passwords[role] = Path(path).read_text().strip()
+        await set_role_passwords(conn, passwords)
+    finally:
+        await conn.close()
+    print(f"migrations applied: {', '.join(applied) or 'none (up to date)'}; role passwords set: {len(passwords)}")
+    return 0
+
+
+async def cmd_setup(args: argparse.Namespace) -> int:
+    await cmd_migrate(args)
+    nc = await nats.connect(_nats_url())
+    try:
+        await setup(nc.jetstream(), BusLimits.from_env())
+    finally:
+        await nc.close()
+    print("streams RAW, PULSES, QUARANTINE, DEAD, their consumers and the registry bucket are in place")
+    return 0
+
+
+async def cmd_maintain(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    conn = await asyncpg.connect(database_url())
+    try:
+        await ensure_partitions(conn, months_ahead=args.months_ahead)
+        dropped: list[str] = []
+        if args.retention_months:
+            today = dt.datetime.now(dt.UTC).date()
+            index = today.year * 12 + today.month - 1 - args.retention_months
+            dropped = await drop_partitions_before(conn, dt.date(index // 12, index % 12 + 1, 1))
+    finally:
+        await conn.close()
+    print(f"partitions ensured {args.months_ahead} months ahead; dropped: {', '.join(dropped) or 'none'}")
+    return 0
+
+
+async def _registry() -> tuple[asyncpg.Connection, Any, Any]:
+    conn = await asyncpg.connect(database_url())
+    nc = await nats.connect(_nats_url())
+    kv = await nc.jetstream().key_value(BUCKET)
+    return conn, nc, kv
+
+
+async def cmd_devices(args: argparse.Namespace) -> int:
+    conn, nc, kv = await _registry()
+    try:
+        if args.action == "add":
+            added = await registry.add(conn, kv, keys.load_master_key(), args.protocol, args.ids, args.label)
+            for device, key in added.items():
+                # Printed once: the key is derived, never stored, and shown only to whoever provisions.
+                print(f"{args.protocol} {device} key {key.hex()}" if args.protocol == "nbiot" else
+                      f"{args.protocol} {device} registered")
+        elif args.action == "list":
+            for d in await registry.list_devices(conn, args.protocol, args.limit):
+                state = "disabled" if d.disabled else "enabled"
+                print(f"{d.protocol:7} {d.device_id:20} key v{d.key_version}  {state:8} {d.label or ''}")
+        elif args.action == "disable":
+            if not await registry.disable(conn, kv, args.protocol, args.id):
+                print(f"{args.protocol} device {args.id} is not registered", file=sys.stderr)
+                return 1
+            print(f"{args.protocol} {args.id} disabled")
+        elif args.action == "rotate-key":
+            key = await registry.rotate_key(conn, kv, keys.load_master_key(), args.protocol, args.id)
+            print(f"{args.protocol} {args.id} new key {key.hex()}")
+        elif args.action == "sync":
+            count = await registry.sync_all(conn, kv)
+            print(f"registry bucket rebuilt for {count} protocol(s)")
+    finally:
+        await nc.close()
+        await conn.close()
+    return 0
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pulsestack", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="apply database migrations (safe to run from several replicas)")
+    sub.add_parser("setup", help="migrate, then create streams, consumers and the registry bucket")
+    maintain = sub.add_parser("maintain", help="create partitions ahead, drop those past retention")
+    maintain.add_argument("--months-ahead", type=int, default=3)
+    maintain.add_argument("--retention-months", type=int, default=0, help="0 keeps everything")
+
+    devices = sub.add_parser("devices", help="the device registry")
+    dsub = devices.add_subparsers(dest="action", required=True)
+    add = dsub.add_parser("add", help="register devices; prints each NB-IoT device's key once")
+    add.add_argument("protocol", choices=["nbiot", "sigfox"])
+    add.add_argument("ids", nargs="+")
+    add.add_argument("--label")
+    lst = dsub.add_parser("list")
+    lst.add_argument("--protocol", choices=["nbiot", "sigfox"])
+    lst.add_argument("--limit", type=int, default=100)
+    for name in ("disable", "rotate-key"):
+        p = dsub.add_parser(name)
+        p.add_argument("protocol", choices=["nbiot", "sigfox"])
+        p.add_argument("id")
+    dsub.add_parser("sync", help="rebuild the registry bucket from the table")
+
+    quarantine_cmd.add_parser(sub)
+
+    run = sub.add_parser("run", help="run the stack locally, or every stage in one process")
+    run.add_argument("mode", choices=["local", "all"])
+    run.add_argument("--devices", type=int, default=1000)
+    run.add_argument("--rate", type=float, default=50.0, help="readings per second offered by the fleet")
+    run.add_argument("--nbiot-share", type=float, default=0.5)
+    run.add_argument("--workdir", type=Path, default=Path("var/local"))
+    run.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+
+    simulate = sub.add_parser("simulate", help="drive a simulated fleet against running ingesters")
+    simulate.add_argument("--devices", type=int, default=1000)
+    simulate.add_argument("--rate", type=float, default=100.0)
+    simulate.add_argument("--duration", type=float, default=30.0)
+    simulate.add_argument("--nbiot-share", type=float, default=0.5)
+    simulate.add_argument("--udp", default="127.0.0.1:2204")
+    simulate.add_argument("--http", default="http://127.0.0.1:7070/v1/sigfox")
+    simulate.add_argument("--sigfox-token-file", type=Path, required=True)
+    return parser
+
+
+COMMANDS = {
+    "migrate": cmd_migrate, "setup": cmd_setup, "maintain": cmd_maintain, "devices": cmd_devices,
+    "quarantine": quarantine_cmd.run,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    if args.command == "run":
+        from pulsestack_cli import run as run_cmd
+
+        return run_cmd.main(args)
+    if args.command == "simulate":
+        from pulsestack_cli import run as run_cmd
+
+        return uvloop.run(run_cmd.simulate(args))
+    configure("cli", os.environ.get("PULSESTACK_LOG_LEVEL", "warning"))
+    return uvloop.run(COMMANDS[args.command](args))
+
+
+

@@ -1,0 +1,85 @@
+"""`pulsestack quarantine list|replay`: inspect rejected input, re-inject it after late provisioning."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+from typing import Any
+
+import asyncpg
+import nats
+from nats.js.errors import NotFoundError
+
+from pulsestack.bus.publisher import ENVELOPE, MSG_ID, TRACE_ID
+from pulsestack.bus.quarantine import QuarantineRecord, decode_record
+from pulsestack.bus.streams import QUARANTINE
+from pulsestack.config import database_url
+from pulsestack.wire.reading import encode_raw
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser("quarantine", help="inspect or replay quarantined readings")
+    qsub = parser.add_subparsers(dest="action", required=True)
+    lst = qsub.add_parser("list")
+    lst.add_argument("--limit", type=int, default=50)
+    replay = qsub.add_parser("replay", help="re-inject readings of devices now registered and enabled")
+    replay.add_argument("--reason", default="unknown_device")
+
+
+async def _records(js: Any) -> list[tuple[int, QuarantineRecord]]:
+    info = await js.stream_info(QUARANTINE)
+    found = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        try:
+            msg = await js.get_msg(QUARANTINE, seq)
+        except NotFoundError:
+            continue  # deleted after an earlier replay
+        found.append((seq, decode_record(msg.data)))
+    return found
+
+
+async def run(args: argparse.Namespace) -> int:
+    nc = await nats.connect(os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
+    js = nc.jetstream()
+    try:
+        records = await _records(js)
+        if args.action == "list":
+            for seq, rec in records[-args.limit :]:
+                at = dt.datetime.fromtimestamp(rec.at, dt.UTC).isoformat(timespec="seconds")
+                who = f"{rec.reading.protocol}:{rec.reading.device} seq {rec.reading.seq}" if rec.reading else "-"
+                print(f"{seq:>8} {at} {rec.stage:6} {rec.reason:15} {who:40} {rec.detail}")
+            print(f"{len(records)} quarantined record(s)")
+            return 0
+        return await _replay(js, records, args.reason)
+    finally:
+        await nc.close()
+
+
+async def _replay(js: Any, records: list[tuple[int, QuarantineRecord]], reason: str) -> int:
+    candidates = [(seq, r) for seq, r in records if r.reason == reason and r.reading is not None]
+    conn = await asyncpg.connect(database_url())
+    try:
+        rows = await conn.fetch(
+            "SELECT protocol, device_id FROM devices WHERE NOT disabled AND (protocol, device_id) IN"
+            " (SELECT * FROM unnest($1::text[], $2::text[]))",
+            [r.reading.protocol for _, r in candidates if r.reading],
+            [r.reading.device for _, r in candidates if r.reading],
+        )
+    finally:
+        await conn.close()
+    registered = {(row["protocol"], row["device_id"]) for row in rows}
+    replayed = skipped = 0
+    for seq, record in candidates:
+        reading = record.reading
+        assert reading is not None
+        if (reading.protocol, reading.device) not in registered:
+            skipped += 1
+            continue
+        headers = {MSG_ID: reading.msg_id, TRACE_ID: reading.trace_id, ENVELOPE: "raw/1"}
+        # The reading's own id: replaying twice, or a device that also retransmitted, stores it once.
+        await js.publish(f"raw.{reading.protocol}", encode_raw([reading]), headers=headers)
+        await js.delete_msg(QUARANTINE, seq)
+        replayed += 1
+    print(f"replayed {replayed} reading(s); {skipped} still belong to unregistered or disabled devices")
+    return 0

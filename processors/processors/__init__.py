@@ -1,0 +1,1 @@
+"""The raw and pulse stages: durable JetStream consumers writing to PostgreSQL."""

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pulsestack.bus.streams import BusLimits
+from pulsestack.config import CommonConfig, ConfigError, database_url, env_float, env_int, env_str
+
+DEFAULT_OPS_PORT = {"raw": 9102, "pulse": 9103}
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorConfig:
+    common: CommonConfig
+    stage: str
+    database_url: str
+    ops_host: str
+    ops_port: int
+    batch: int
+    max_wait: float
+    pool_size: int
+    limits: BusLimits
+
+    @classmethod
+    def from_env(cls, stage: str) -> ProcessorConfig:
+        if stage not in DEFAULT_OPS_PORT:
+            raise ConfigError(f"stage must be raw or pulse, got {stage!r}")
+        return cls(
+            common=CommonConfig.from_env(f"{stage}-processor"),
+            stage=stage,
+            database_url=database_url(),
+            ops_host=env_str("PULSESTACK_OPS_HOST", "0.0.0.0"),
+            ops_port=env_int("PULSESTACK_OPS_PORT", DEFAULT_OPS_PORT[stage]),
+            batch=env_int("PULSESTACK_BATCH", 500),
+            max_wait=env_float("PULSESTACK_BATCH_WAIT", 1.0),
+            pool_size=env_int("PULSESTACK_DB_POOL", 2),
+            limits=BusLimits.from_env(),
+        )

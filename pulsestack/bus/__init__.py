@@ -1,0 +1,1 @@
+"""NATS JetStream: stream layout, pipelined publishing, batch consumption, quarantine and dead letters."""

@@ -1,0 +1,132 @@
+"""Batch consumption from a durable pull consumer, with explicit per-message acks.
+
+A stage's `process` returns, for each message, None (done: ack) or an error
+string (redeliver later). On the `max_deliver`-th delivery a failing message is
+written to `dead.<stage>` with its error and terminated, so a poison message
+never holds up the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+
+from pulsestack import metrics
+from pulsestack.bus.publisher import Publisher, PublishError
+from pulsestack.bus.streams import DEAD
+from pulsestack.logs import get_logger
+
+log = get_logger(__name__)
+ProcessBatch = Callable[[list[Msg]], Awaitable[list[str | None]]]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSettings:
+    stream: str
+    durable: str
+    stage: str
+    batch: int = 500
+    max_wait: float = 1.0
+    max_deliver: int = 5
+
+
+def redelivery_delay(deliveries: int) -> float:
+    return min(30.0, 0.5 * 2 ** (deliveries - 1))
+
+
+class BatchConsumer:
+    def __init__(
+        self, js: JetStreamContext, publisher: Publisher, settings: ConsumerSettings, process: ProcessBatch
+    ) -> None:
+        self._js = js
+        self._publisher = publisher
+        self._settings = settings
+        self._process = process
+        self.bound = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self._settings
+        sub = None
+        while sub is None and not stop.is_set():
+            try:
+                sub = await self._js.pull_subscribe_bind(durable=s.durable, stream=s.stream)
+            except Exception as exc:  # the consumer is created by `pulsestack setup`; wait for it
+                log.warning("consumer not available yet", consumer=s.durable, error=str(exc))
+                await _sleep_or_stop(stop, 2.0)
+        if sub is None:
+            return
+        self.bound = True
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(s.batch, timeout=s.max_wait)
+            except (TimeoutError, NatsTimeoutError):
+                continue
+            except Exception as exc:
+                log.warning("fetch failed", consumer=s.durable, error=str(exc))
+                await _sleep_or_stop(stop, 1.0)
+                continue
+            await self._handle(msgs)
+        await sub.unsubscribe()
+
+    async def _handle(self, msgs: list[Msg]) -> None:
+        s = self._settings
+        redelivered = sum(1 for m in msgs if m.metadata.num_delivered > 1)
+        if redelivered:
+            metrics.processor_messages.labels(s.stage, "redelivered").inc(redelivered)
+        try:
+            errors = await self._process(msgs)
+        except Exception as exc:  # a bug or an outage: the whole batch comes back later
+            log.exception("batch failed", stage=s.stage, messages=len(msgs))
+            errors = [f"{type(exc).__name__}: {exc}"] * len(msgs)
+        for msg, error in zip(msgs, errors, strict=True):
+            if error is None:
+                await msg.ack()
+            elif msg.metadata.num_delivered >= s.max_deliver:
+                await self._dead_letter(msg, error)
+            else:
+                await msg.nak(delay=redelivery_delay(msg.metadata.num_delivered))
+
+    async def _dead_letter(self, msg: Msg, error: str) -> None:
+        s = self._settings
+        headers = dict(msg.headers or {})
+        headers.pop("Nats-Msg-Id", None)
+        headers.update({
+            "Pulsestack-Error": error[:1000],
+            "Pulsestack-Source-Stream": s.stream,
+            "Pulsestack-Source-Seq": str(msg.metadata.sequence.stream),
+            "Pulsestack-Deliveries": str(msg.metadata.num_delivered),
+        })
+        try:
+            await self._publisher.publish(f"dead.{s.stage}", msg.data, headers, DEAD)
+        except PublishError as exc:
+            log.error("dead letter not written; will be redelivered", stage=s.stage, error=str(exc))
+            await msg.nak(delay=30)
+            return
+        await msg.term()
+        metrics.dead_letters.labels(s.stage).inc()
+        metrics.processor_messages.labels(s.stage, "dead").inc()
+        log.error("message moved to DEAD", stage=s.stage, seq=msg.metadata.sequence.stream, error=error)
+
+
+async def report_backlog(js: JetStreamContext, stream: str, durable: str, stop: asyncio.Event) -> None:
+    """Keeps pulsestack_stream_pending current, so alerts work without the NATS exporter."""
+    while not stop.is_set():
+        try:
+            info = await js.consumer_info(stream, durable)
+            metrics.stream_pending.labels(stream, durable).set(info.num_pending or 0)
+            metrics.stream_ack_pending.labels(stream, durable).set(info.num_ack_pending or 0)
+        except Exception as exc:
+            log.debug("consumer info unavailable", error=str(exc))
+        await _sleep_or_stop(stop, 5.0)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass

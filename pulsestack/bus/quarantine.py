@@ -1,0 +1,105 @@
+"""Rejected input, kept with its reason so it can be inspected and replayed.
+
+Writes are rate-limited per source (token bucket): a flood from one address
+cannot fill the stream or starve the bus; what the limiter refuses is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import msgspec
+
+from pulsestack import metrics
+from pulsestack.bus.publisher import Publisher, PublishError
+from pulsestack.bus.streams import QUARANTINE
+from pulsestack.logs import get_logger
+from pulsestack.wire.reading import Reading
+
+log = get_logger(__name__)
+
+
+class QuarantineRecord(msgspec.Struct, array_like=True):
+    v: int
+    stage: str
+    reason: str
+    detail: str
+    source: str
+    at: float
+    reading: Reading | None = None  # decoded and authentic: replayable
+    payload: bytes = b""  # what arrived, when it could not be decoded
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(QuarantineRecord)
+
+
+def decode_record(data: bytes) -> QuarantineRecord:
+    return _decoder.decode(data)
+
+
+class Quarantine:
+    def __init__(self, publisher: Publisher, *, per_source_rate: float = 10.0, burst: float = 50.0) -> None:
+        self._publisher = publisher
+        self._rate = per_source_rate
+        self._burst = burst
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._tasks: set[asyncio.Task[bool]] = set()
+
+    def _allow(self, source: str) -> bool:
+        now = time.monotonic()
+        tokens, last = self._buckets.get(source, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - last) * self._rate)
+        if tokens < 1:
+            self._buckets[source] = (tokens, now)
+            return False
+        if len(self._buckets) > 100_000:
+            self._buckets.clear()
+        self._buckets[source] = (tokens - 1, now)
+        return True
+
+    def submit(
+        self,
+        stage: str,
+        reason: str,
+        detail: str,
+        *,
+        source: str,
+        reading: Reading | None = None,
+        payload: bytes = b"",
+    ) -> asyncio.Task[bool] | None:
+        """Schedules the write; None when the source is over its rate (cheap: no task is created)."""
+        metrics.quarantined.labels(stage, reason).inc()
+        if not self._allow(source):
+            return None
+        record = QuarantineRecord(1, stage, reason, detail, source, time.time(), reading, payload)
+        headers = {"Pulsestack-Reason": reason}
+        if reading is not None:
+            headers["Pulsestack-Trace-Id"] = reading.trace_id
+        task = asyncio.create_task(self._write(f"quarantine.{stage}", _encoder.encode(record), headers))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def put(
+        self,
+        stage: str,
+        reason: str,
+        detail: str,
+        *,
+        source: str,
+        reading: Reading | None = None,
+        payload: bytes = b"",
+    ) -> bool:
+        """True once JetStream holds the record; False if rate-limited or the bus refused it."""
+        task = self.submit(stage, reason, detail, source=source, reading=reading, payload=payload)
+        return False if task is None else await task
+
+    async def _write(self, subject: str, data: bytes, headers: dict[str, str]) -> bool:
+        try:
+            await self._publisher.publish(subject, data, headers, QUARANTINE)
+        except PublishError as exc:
+            log.warning("quarantine write failed", subject=subject, error=str(exc))
+            return False
+        return True

@@ -1,0 +1,121 @@
+"""The streams, their limits and the processors' durable consumers.
+
+Limits are sized for at least a day of peak traffic; `discard: new` means a
+full stream refuses new messages (ingesters then stop acknowledging) instead of
+silently dropping old ones it had already acknowledged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+
+from pulsestack.config import env_float, env_int
+from pulsestack.registry.membership import BUCKET as REGISTRY_BUCKET
+
+RAW = "RAW"
+PULSES = "PULSES"
+QUARANTINE = "QUARANTINE"
+DEAD = "DEAD"
+RAW_CONSUMER = "raw-processor"
+PULSE_CONSUMER = "pulse-processor"
+GIB = 1024**3
+DAY = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class BusLimits:
+    replicas: int
+    raw_max_bytes: int
+    pulses_max_bytes: int
+    max_age_seconds: float
+    duplicate_window_seconds: float
+    max_deliver: int
+    ack_wait_seconds: float
+
+    @classmethod
+    def from_env(cls) -> BusLimits:
+        return cls(
+            # 1 on a single node (see docs/durability.md), 3 on the swarm.
+            replicas=env_int("PULSESTACK_STREAM_REPLICAS", 1),
+            # ~100 B per reading: 16 GiB holds 24 h at ~2,000 readings/s, twice the reference peak.
+            raw_max_bytes=env_int("PULSESTACK_RAW_MAX_BYTES", 16 * GIB),
+            pulses_max_bytes=env_int("PULSESTACK_PULSES_MAX_BYTES", 16 * GIB),
+            max_age_seconds=env_float("PULSESTACK_STREAM_MAX_AGE", 3 * DAY),
+            # Sigfox retries span 7 minutes, devices retransmit for about a minute.
+            duplicate_window_seconds=env_float("PULSESTACK_DUPLICATE_WINDOW", 20 * 60),
+            max_deliver=env_int("PULSESTACK_MAX_DELIVER", 5),
+            ack_wait_seconds=env_float("PULSESTACK_ACK_WAIT", 30.0),
+        )
+
+
+def stream_configs(limits: BusLimits) -> list[StreamConfig]:
+    common = {
+        "retention": RetentionPolicy.LIMITS,
+        "storage": StorageType.FILE,
+        "num_replicas": limits.replicas,
+        "duplicate_window": limits.duplicate_window_seconds,
+    }
+    return [
+        StreamConfig(
+            name=RAW, subjects=["raw.*"], max_bytes=limits.raw_max_bytes, max_age=limits.max_age_seconds,
+            discard=DiscardPolicy.NEW, **common,
+        ),
+        StreamConfig(
+            name=PULSES, subjects=["pulse.*"], max_bytes=limits.pulses_max_bytes,
+            max_age=limits.max_age_seconds, discard=DiscardPolicy.NEW, **common,
+        ),
+        # Rejected input is evidence, not data: bounded, oldest dropped first.
+        StreamConfig(
+            name=QUARANTINE, subjects=["quarantine.*"], max_bytes=GIB, max_age=14 * DAY,
+            discard=DiscardPolicy.OLD, **common,
+        ),
+        StreamConfig(
+            name=DEAD, subjects=["dead.*"], max_bytes=GIB, max_age=30 * DAY, discard=DiscardPolicy.OLD,
+            **common,
+        ),
+    ]
+
+
+def consumer_config(durable: str, subject: str, limits: BusLimits) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=durable,
+        filter_subject=subject,
+        deliver_policy=DeliverPolicy.ALL,
+        # Explicit: never AckAll, which would acknowledge what another replica still holds.
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=limits.ack_wait_seconds,
+        max_deliver=limits.max_deliver,
+        max_ack_pending=20_000,
+        max_waiting=512,
+    )
+
+
+async def setup(js: JetStreamContext, limits: BusLimits) -> None:
+    """Creates or updates streams, consumers and the registry bucket; safe to run again."""
+    for config in stream_configs(limits):
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            await js.update_stream(config)
+    for durable, stream, subject in ((RAW_CONSUMER, RAW, "raw.*"), (PULSE_CONSUMER, PULSES, "pulse.*")):
+        config = consumer_config(durable, subject, limits)
+        try:
+            await js.consumer_info(stream, durable)
+        except NotFoundError:
+            await js.add_consumer(stream, config)
+    try:
+        await js.key_value(REGISTRY_BUCKET)
+    except Exception:
+        await js.create_key_value(bucket=REGISTRY_BUCKET, history=1, replicas=limits.replicas)

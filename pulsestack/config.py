@@ -1,0 +1,85 @@
+"""Reading configuration from the environment, once, at start-up.
+
+Secrets follow the Docker secrets convention: `NAME_FILE` names a file whose
+content is the value, so nothing secret has to sit in the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def env_str(name: str, default: str | None = None) -> str:
+    value = os.environ.get(name, default)
+    if value is None:
+        raise ConfigError(f"{name} is required")
+    return value
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def secret(name: str, default: str | None = None) -> str:
+    """`NAME_FILE` wins over `NAME`; surrounding whitespace is stripped."""
+    path = os.environ.get(f"{name}_FILE")
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE={path} cannot be read: {exc.strerror}") from exc
+    return env_str(name, default)
+
+
+@dataclass(frozen=True, slots=True)
+class CommonConfig:
+    """What every service needs: where the bus and the database are, how to log."""
+
+    nats_url: str
+    nats_user: str | None
+    nats_password: str | None
+    log_level: str
+    service: str
+
+    @classmethod
+    def from_env(cls, service: str) -> CommonConfig:
+        user = os.environ.get("PULSESTACK_NATS_USER") or None
+        return cls(
+            nats_url=env_str("NATS_URL", "nats://127.0.0.1:4222"),
+            nats_user=user,
+            nats_password=secret("PULSESTACK_NATS_PASSWORD", "") if user else None,
+            log_level=env_str("PULSESTACK_LOG_LEVEL", "info"),
+            service=service,
+        )
+
+
+def database_url() -> str:
+    """`DATABASE_URL`, with the password optionally taken from `PULSESTACK_DB_PASSWORD_FILE`."""
+    url = env_str("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/pulsestack")
+    password_file = os.environ.get("PULSESTACK_DB_PASSWORD_FILE")
+    if password_file:
+        # asyncpg takes the password separately; keeping it out of the URL keeps it out of logs.
+        os.environ.setdefault("PGPASSWORD", Path(password_file).read_text().strip())
+    return url

@@ -1,0 +1,73 @@
+"""Every metric pulsestack exports, in one place (docs/metrics.md lists them for dashboards and alerts)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+REJECT_REASONS = (
+    "malformed", "misaligned", "unknown_device", "bad_tag", "clock", "unauthorized", "too_large",
+    "unsupported_media_type", "bad_json", "bad_field", "payload", "overloaded",
+)
+
+ingest_received = Counter(
+    "pulsestack_ingest_received", "Datagrams or requests received by an ingester", ["protocol"]
+)
+ingest_accepted = Counter(
+    "pulsestack_ingest_accepted", "Readings published to RAW (duplicates included)", ["protocol"]
+)
+ingest_rejected = Counter(
+    "pulsestack_ingest_rejected", "Inputs turned away, by reason", ["protocol", "reason"]
+)
+ingest_duplicates = Counter(
+    "pulsestack_ingest_duplicates", "Readings known to be duplicates at ingest", ["protocol"]
+)
+udp_kernel_drops = Counter(
+    "pulsestack_ingest_udp_kernel_drops", "Datagrams the kernel dropped on the ingest socket (buffer full)"
+)
+bus_publish_seconds = Histogram(
+    "pulsestack_bus_publish_seconds", "Publish to PubAck", ["stream"], buckets=LATENCY_BUCKETS
+)
+processor_batch_size = Histogram(
+    "pulsestack_processor_batch_size", "Readings per processed batch", ["stage"], buckets=BATCH_BUCKETS
+)
+processor_messages = Counter(
+    "pulsestack_processor_messages", "Readings handled by a processor, by outcome", ["stage", "outcome"]
+)
+processor_db_write_seconds = Histogram(
+    "pulsestack_processor_db_write_seconds", "One batch transaction", ["stage"], buckets=LATENCY_BUCKETS
+)
+end_to_end_seconds = Histogram(
+    "pulsestack_end_to_end_seconds",
+    "Received at the ingester to committed in pulses",
+    ["protocol"],
+    buckets=LATENCY_BUCKETS,
+)
+quarantined = Counter("pulsestack_quarantined", "Readings sent to QUARANTINE", ["stage", "reason"])
+dead_letters = Counter("pulsestack_dead_letters", "Messages moved to DEAD after max_deliver", ["stage"])
+device_gaps = Counter("pulsestack_device_gaps", "Non-zero gap volumes or boundary adjustments recorded")
+bucket_conflicts = Counter(
+    "pulsestack_bucket_conflicts", "Buckets claimed by two different readings"
+)
+meter_resets = Counter("pulsestack_meter_resets", "Index decreases read as meter reset or replacement")
+stream_pending = Gauge(
+    "pulsestack_stream_pending", "Messages not yet delivered to a consumer", ["stream", "consumer"]
+)
+stream_ack_pending = Gauge(
+    "pulsestack_stream_ack_pending", "Messages delivered but not yet acknowledged", ["stream", "consumer"]
+)
+registry_devices = Gauge(
+    "pulsestack_registry_devices", "Registered, enabled devices known to this ingester", ["protocol"]
+)
+
+
+def prime(protocols: tuple[str, ...] = ("nbiot", "sigfox")) -> None:
+    """Create every label combination so dashboards and alerts see zeros, not absent series."""
+    for protocol in protocols:
+        ingest_received.labels(protocol)
+        ingest_accepted.labels(protocol)
+        ingest_duplicates.labels(protocol)
+        for reason in REJECT_REASONS:
+            ingest_rejected.labels(protocol, reason)

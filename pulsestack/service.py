@@ -1,0 +1,59 @@
+"""Running a service: uvloop, JSON logs, NATS connection, and a stop event set by SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+
+import nats
+import uvloop
+from nats.aio.client import Client as NATS
+
+from pulsestack.config import CommonConfig
+from pulsestack.logs import configure, get_logger
+
+log = get_logger(__name__)
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT: services finish their in-flight work, then return."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def connect_nats(config: CommonConfig, name: str) -> NATS:
+    async def disconnected() -> None:
+        log.warning("nats disconnected")
+
+    async def reconnected() -> None:
+        log.info("nats reconnected")
+
+    async def error(exc: Exception) -> None:
+        log.warning("nats error", error=str(exc))
+
+    return await nats.connect(
+        config.nats_url,
+        name=name,
+        user=config.nats_user,
+        password=config.nats_password,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        disconnected_cb=disconnected,
+        reconnected_cb=reconnected,
+        error_cb=error,
+        # Keep publishing into the client's buffer through a short outage; PubAck timeouts bound the wait.
+        pending_size=8 * 1024 * 1024,
+    )
+
+
+def run(service: str, main: Callable[[asyncio.Event], Awaitable[None]], log_level: str = "info") -> None:
+    """Entry point of every service process."""
+    configure(service, log_level)
+    async def runner() -> None:
+        await main(stop_on_signals())
+
+    uvloop.run(runner())

@@ -1,0 +1,1 @@
+"""PostgreSQL: migrations, partitions, and the batched writes of each stage."""

@@ -1,0 +1,313 @@
+"""The pulse stage's write: buckets, gap volumes, meter resets and device state, in one transaction.
+
+The cumulative index is the truth. For two consecutive readings A and B of a
+device (ordered by period), `(B.index - A.index) mod 2^32` pulses flowed between
+A's period end and B's; whatever B's buckets do not cover is gap volume,
+attributed to the uncovered interval, or to the boundary as an adjustment when
+there is none or the volume is negative. So totals over any period covered by
+readings equal the index difference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from pulsestack.store.timeconv import epoch, ts, ts_float
+from pulsestack.wire.reading import PulseItem, Reading
+
+WRAP = 2**32
+HALF = 2**31
+_PULSE_COLUMNS = (
+    "protocol", "device_id", "bucket_start", "bucket_seconds", "count", "raw_id", "device_time", "seq",
+)
+_EXISTING = """
+SELECT s.raw_id, p.raw_id = s.raw_id AS same
+FROM stage_pulses s JOIN pulses p USING (protocol, device_id, bucket_start, bucket_seconds)
+"""
+# A later device time (then seq) wins a contested bucket, whatever order readings arrive in.
+_UPSERT_PULSES = """
+INSERT INTO pulses (protocol, device_id, bucket_start, bucket_seconds, count, raw_id, device_time, seq)
+SELECT protocol, device_id, bucket_start, bucket_seconds, count, raw_id, device_time, seq FROM stage_pulses
+ON CONFLICT (protocol, device_id, bucket_start, bucket_seconds) DO UPDATE
+SET count = EXCLUDED.count, raw_id = EXCLUDED.raw_id, device_time = EXCLUDED.device_time,
+    seq = EXCLUDED.seq, stored_at = now()
+WHERE (EXCLUDED.device_time, EXCLUDED.seq) > (pulses.device_time, pulses.seq)
+"""
+_STATE = """
+SELECT protocol, device_id, last_period_end, last_device_time, last_seq, last_index, readings
+FROM device_state
+WHERE (protocol, device_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+"""
+_WRITE_STATE = """
+INSERT INTO device_state AS d (protocol, device_id, last_period_end, last_device_time, last_seq, last_index,
+                               last_raw_id, last_battery_mv, last_flags, last_seen, readings)
+SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::bigint[],
+                     $6::bigint[], $7::bigint[], $8::int[], $9::int[], $10::timestamptz[], $11::bigint[])
+ON CONFLICT (protocol, device_id) DO UPDATE
+SET last_period_end = EXCLUDED.last_period_end, last_device_time = EXCLUDED.last_device_time,
+    last_seq = EXCLUDED.last_seq, last_index = EXCLUDED.last_index, last_raw_id = EXCLUDED.last_raw_id,
+    last_battery_mv = EXCLUDED.last_battery_mv, last_flags = EXCLUDED.last_flags,
+    last_seen = GREATEST(d.last_seen, EXCLUDED.last_seen), readings = EXCLUDED.readings
+"""
+_NEIGHBOUR = """
+SELECT period_end, device_time, seq, meter_index, counts, bucket_seconds FROM raw_messages
+WHERE protocol = $1 AND device_id = $2 AND (period_end, device_time, seq) {op} ($3, $4, $5)
+ORDER BY period_end {order}, device_time {order}, seq {order} LIMIT 1
+"""
+_PREVIOUS = _NEIGHBOUR.format(op="<", order="DESC")
+_NEXT = _NEIGHBOUR.format(op=">", order="ASC")
+_UPSERT_GAPS = """
+INSERT INTO gaps (protocol, device_id, from_period_end, from_seq, to_period_end, to_seq,
+                  interval_start, interval_end, volume, kind)
+SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[], $5::timestamptz[],
+                     $6::bigint[], $7::timestamptz[], $8::timestamptz[], $9::bigint[], $10::text[])
+ON CONFLICT (protocol, device_id, from_period_end, from_seq) DO UPDATE
+SET to_period_end = EXCLUDED.to_period_end, to_seq = EXCLUDED.to_seq, interval_start = EXCLUDED.interval_start,
+    interval_end = EXCLUDED.interval_end, volume = EXCLUDED.volume, kind = EXCLUDED.kind, updated_at = now()
+"""
+_DELETE_GAPS = """
+DELETE FROM gaps g USING unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[]) AS k(p, d, pe, s)
+WHERE g.protocol = k.p AND g.device_id = k.d AND g.from_period_end = k.pe AND g.from_seq = k.s
+"""
+_INSERT_RESETS = """
+INSERT INTO meter_events (protocol, device_id, at, seq, kind, from_index, to_index)
+SELECT p, d, at, s, 'reset', fi, ti
+FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[], $5::bigint[], $6::bigint[])
+     AS t(p, d, at, s, fi, ti)
+ON CONFLICT DO NOTHING
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """A reading's place in its device's history: what gap computation needs."""
+
+    period_end: int
+    device_time: int
+    seq: int
+    index: int
+    bucket_seconds: int
+    counts: tuple[int, ...]
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return (self.period_end, self.device_time, self.seq)
+
+    @classmethod
+    def of(cls, r: Reading) -> Point:
+        return cls(r.period_end, r.device_time, r.seq, r.index, r.bucket_seconds, tuple(r.counts))
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> Point:
+        return cls(
+            epoch(row["period_end"]), epoch(row["device_time"]), row["seq"], row["meter_index"],
+            row["bucket_seconds"], tuple(row["counts"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    volume: int
+    start: int
+    end: int
+    kind: str
+
+
+RESET = None
+
+
+def gap_between(a: Point, b: Point) -> Gap | None:
+    """The gap from A to the next reading B, or None (RESET) when the index went backwards."""
+    diff = (b.index - a.index) % WRAP
+    if diff > HALF:
+        return RESET
+    first = b.period_end - len(b.counts) * b.bucket_seconds
+    covered = sum(c for i, c in enumerate(b.counts) if first + i * b.bucket_seconds >= a.period_end)
+    volume = diff - covered
+    if first > a.period_end and volume >= 0:
+        return Gap(volume, a.period_end, first, "gap")
+    return Gap(volume, a.period_end, a.period_end, "adjustment")
+
+
+@dataclass(slots=True)
+class PulseOutcome:
+    stored: list[Reading] = field(default_factory=list)
+    duplicates: int = 0
+    conflicts: int = 0
+    gaps: int = 0
+    resets: int = 0
+
+
+@dataclass(slots=True)
+class _DeviceState:
+    point: Point | None
+    readings: int
+    last: PulseItem | None = None
+    added: int = 0
+    seen: float = 0.0
+
+
+def _lock_key(protocol: str, device: str) -> int:
+    digest = hashlib.blake2b(f"{protocol}:{device}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class _GapWriter:
+    """Collects gap rows keyed by their earlier reading, so the last computation for a key wins."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str, int, int], tuple[Point, Gap] | None] = {}
+        self.resets: list[tuple[str, str, Point, Point]] = []
+
+    def put(self, protocol: str, device: str, a: Point, b: Point) -> None:
+        gap = gap_between(a, b)
+        key = (protocol, device, a.period_end, a.seq)
+        if gap is RESET:
+            self.rows[key] = None
+            self.resets.append((protocol, device, a, b))
+        else:
+            self.rows[key] = (b, gap) if gap.volume else None
+
+    async def flush(self, conn: asyncpg.Connection) -> tuple[int, int]:
+        upserts = [(k, v) for k, v in self.rows.items() if v is not None]
+        deletes = [k for k, v in self.rows.items() if v is None]
+        if deletes:
+            await conn.execute(
+                _DELETE_GAPS, [k[0] for k in deletes], [k[1] for k in deletes],
+                [ts(k[2]) for k in deletes], [k[3] for k in deletes],
+            )
+        if upserts:
+            await conn.execute(
+                _UPSERT_GAPS,
+                [k[0] for k, _ in upserts], [k[1] for k, _ in upserts], [ts(k[2]) for k, _ in upserts],
+                [k[3] for k, _ in upserts], [ts(b.period_end) for _, (b, _) in upserts],
+                [b.seq for _, (b, _) in upserts], [ts(g.start) for _, (_, g) in upserts],
+                [ts(g.end) for _, (_, g) in upserts], [g.volume for _, (_, g) in upserts],
+                [g.kind for _, (_, g) in upserts],
+            )
+        inserted = 0
+        if self.resets:
+            status = await conn.execute(
+                _INSERT_RESETS,
+                [r[0] for r in self.resets], [r[1] for r in self.resets], [ts(r[3].period_end) for r in self.resets],
+                [r[3].seq for r in self.resets], [r[2].index for r in self.resets], [r[3].index for r in self.resets],
+            )
+            inserted = int(status.rsplit(" ", 1)[1])
+        return len(upserts), inserted
+
+
+async def write_pulses(conn: asyncpg.Connection, items: list[PulseItem]) -> PulseOutcome:
+    """Writes a batch in the caller's transaction. Idempotent: a replay changes nothing."""
+    outcome = PulseOutcome()
+    by_raw: dict[int, PulseItem] = {}
+    for item in items:
+        if item.raw_id in by_raw:
+            outcome.duplicates += 1
+        else:
+            by_raw[item.raw_id] = item
+    unique = list(by_raw.values())
+    devices = sorted({(i.reading.protocol, i.reading.device) for i in unique})
+    # Serialises replicas that hold readings of the same device, so gap recomputation sees a stable history.
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k",
+        sorted(_lock_key(p, d) for p, d in devices),
+    )
+
+    winners: dict[tuple[str, str, int, int], tuple[tuple[int, int], int, int]] = {}
+    for item in unique:
+        r = item.reading
+        first = r.first_bucket_start
+        for i, count in enumerate(r.counts):
+            key = (r.protocol, r.device, first + i * r.bucket_seconds, r.bucket_seconds)
+            rank = (r.device_time, r.seq)
+            held = winners.get(key)
+            if held is not None:
+                outcome.conflicts += 1
+                if held[0] >= rank:
+                    continue
+            winners[key] = (rank, item.raw_id, count)
+    await conn.copy_records_to_table(
+        "stage_pulses",
+        records=[
+            (p, d, ts(start), width, count, raw_id, ts(rank[0]), rank[1])
+            for (p, d, start, width), (rank, raw_id, count) in winners.items()
+        ],
+        columns=_PULSE_COLUMNS,
+    )
+    already: set[int] = set()
+    for rec in await conn.fetch(_EXISTING):
+        if rec["same"]:
+            already.add(rec["raw_id"])
+        else:
+            outcome.conflicts += 1
+    await conn.execute(_UPSERT_PULSES)
+
+    fresh = [i for i in unique if i.raw_id not in already]
+    outcome.duplicates += len(unique) - len(fresh)
+    outcome.stored = [i.reading for i in fresh]
+    outcome.gaps, outcome.resets = await _update_history(conn, fresh)
+    return outcome
+
+
+async def _update_history(conn: asyncpg.Connection, fresh: list[PulseItem]) -> tuple[int, int]:
+    """Gap volumes around each new reading, and device state."""
+    if not fresh:
+        return 0, 0
+    keys = sorted({(i.reading.protocol, i.reading.device) for i in fresh})
+    states: dict[tuple[str, str], _DeviceState] = {k: _DeviceState(None, 0) for k in keys}
+    for row in await conn.fetch(_STATE, [k[0] for k in keys], [k[1] for k in keys]):
+        point = Point(
+            epoch(row["last_period_end"]), epoch(row["last_device_time"]), row["last_seq"], row["last_index"], 0, ()
+        )
+        states[(row["protocol"], row["device_id"])] = _DeviceState(point, row["readings"])
+    gaps = _GapWriter()
+    for item in sorted(fresh, key=lambda i: (i.reading.protocol, i.reading.device, Point.of(i.reading).key)):
+        r = item.reading
+        device = (r.protocol, r.device)
+        state = states[device]
+        point = Point.of(r)
+        state.readings += 1
+        state.added += 1
+        state.seen = max(state.seen, r.received_at)
+        if state.point is None or point.key > state.point.key:
+            # The usual case, in order: the previous reading is the device's last.
+            if state.point is not None:
+                gaps.put(r.protocol, r.device, state.point, point)
+            state.point = point
+            state.last = item
+            continue
+        # A late reading: recompute the gaps on both sides from the stored history.
+        args = (r.protocol, r.device, ts(r.period_end), ts(r.device_time), r.seq)
+        before = await conn.fetchrow(_PREVIOUS, *args)
+        after = await conn.fetchrow(_NEXT, *args)
+        if before is not None:
+            gaps.put(r.protocol, r.device, Point.from_row(before), point)
+        if after is not None:
+            gaps.put(r.protocol, r.device, point, Point.from_row(after))
+    written, resets = await gaps.flush(conn)
+    changed = [(k, s) for k, s in states.items() if s.last is not None]
+    unchanged = [(k, s) for k, s in states.items() if s.last is None]
+    if unchanged:
+        # Only late readings arrived: the last reading stays, the count and last receive time move.
+        await conn.execute(
+            "UPDATE device_state d SET readings = d.readings + u.n, last_seen = GREATEST(d.last_seen, u.seen)"
+            " FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[]) AS u(p, dev, n, seen)"
+            " WHERE d.protocol = u.p AND d.device_id = u.dev",
+            [k[0] for k, _ in unchanged], [k[1] for k, _ in unchanged],
+            [s.added for _, s in unchanged], [ts_float(s.seen) for _, s in unchanged],
+        )
+    if changed:
+        lasts = [s.last.reading for _, s in changed if s.last]
+        await conn.execute(
+            _WRITE_STATE,
+            [k[0] for k, _ in changed], [k[1] for k, _ in changed],
+            [ts(r.period_end) for r in lasts], [ts(r.device_time) for r in lasts],
+            [r.seq for r in lasts], [r.index for r in lasts],
+            [s.last.raw_id for _, s in changed if s.last], [r.battery_mv for r in lasts],
+            [r.flags for r in lasts], [ts_float(s.seen) for _, s in changed],
+            [s.readings for _, s in changed],
+        )
+    return written, resets

@@ -1,0 +1,11 @@
+from __future__ import annotations
+
+
+class CodecError(ValueError):
+    """Input a codec cannot accept. `reason` is a metric label value, `detail` is for humans."""
+
+    def __init__(self, reason: str, detail: str, field: str | None = None) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.field = field

@@ -1,0 +1,107 @@
+"""Sigfox backend callbacks and their 12-byte payload, version 1 (docs/wire-formats.md)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pulsestack.wire.errors import CodecError
+from pulsestack.wire.reading import Flags, Reading
+
+PROTOCOL = "sigfox"
+PAYLOAD_SIZE = 12
+BUCKET_SECONDS = 900
+BUCKETS = 4
+_DEVICE_RE = re.compile(r"[0-9A-Fa-f]{1,8}")
+_HEX_RE = re.compile(r"(?:[0-9A-Fa-f]{2})*")
+_FLAG_MAP = ((0x1, Flags.BATTERY_LOW), (0x2, Flags.TAMPER), (0x4, Flags.REVERSE_FLOW))
+_OPTIONAL_META = {"deviceTypeId": str, "station": str, "rssi": (int, float), "snr": (int, float), "lqi": str}
+
+
+def canonical_device(raw: str) -> str:
+    return raw.upper().lstrip("0") or "0"
+
+
+def decode_payload(payload: bytes) -> tuple[int, int, list[int], int]:
+    """Returns (flags, index, counts oldest first, battery mV)."""
+    if len(payload) != PAYLOAD_SIZE:
+        raise CodecError("payload", f"payload of {len(payload)} bytes (expected {PAYLOAD_SIZE})")
+    version = payload[0] >> 4
+    if version != 1:
+        raise CodecError("payload", f"payload version {version} (expected 1)")
+    raw_flags = payload[0] & 0x0F
+    if raw_flags & 0x8:
+        raise CodecError("payload", "reserved flag bit 3 set")
+    index = int.from_bytes(payload[1:5], "big")
+    packed = int.from_bytes(payload[5:11], "big")
+    counts = [(packed >> shift) & 0xFFF for shift in (36, 24, 12, 0)]
+    flags = 0
+    for bit, flag in _FLAG_MAP:
+        if raw_flags & bit:
+            flags |= flag
+    return flags, index, counts, 2000 + 10 * payload[11]
+
+
+def encode_payload(*, index: int, counts: list[int], battery_mv: int, flags: int = 0) -> bytes:
+    """Device-side encoding (simulator and tests); `flags` uses the payload's own bits."""
+    if len(counts) != BUCKETS or any(not 0 <= c <= 0xFFF for c in counts):
+        raise ValueError("four 12-bit counts expected")
+    packed = 0
+    for count in counts:
+        packed = (packed << 12) | count
+    battery = max(0, min(255, (battery_mv - 2000) // 10))
+    return bytes([0x10 | (flags & 0x7)]) + index.to_bytes(4, "big") + packed.to_bytes(6, "big") + bytes([battery])
+
+
+def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    if name not in body:
+        raise CodecError("bad_field", "missing", field=name)
+    value = body[name]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise CodecError("bad_field", f"expected {getattr(kind, '__name__', 'number')}", field=name)
+    return value
+
+
+def decode_callback(body: Any, received_at: float, trace_id: str) -> Reading:
+    """Validates a parsed callback body; CodecError.reason is bad_field or payload."""
+    if not isinstance(body, dict):
+        raise CodecError("bad_json", "body is not a JSON object")
+    device = _field(body, "device", str)
+    if not _DEVICE_RE.fullmatch(device):
+        raise CodecError("bad_field", "1 to 8 hex digits expected", field="device")
+    time = _field(body, "time", int)
+    if not 0 <= time < 2**32:
+        raise CodecError("bad_field", "Unix seconds expected", field="time")
+    seq = _field(body, "seqNumber", int)
+    if not 0 <= seq <= 4095:
+        raise CodecError("bad_field", "0..4095 expected", field="seqNumber")
+    data = _field(body, "data", str)
+    if not _HEX_RE.fullmatch(data):
+        raise CodecError("bad_field", "hex string expected", field="data")
+    meta: dict[str, str | int | float | bool | None] = {}
+    for name, kind in _OPTIONAL_META.items():
+        if name in body and body[name] is not None:
+            meta[name] = _field(body, name, kind)
+    if "duplicate" in body:
+        if not isinstance(body["duplicate"], bool):
+            raise CodecError("bad_field", "expected bool", field="duplicate")
+        meta["duplicate"] = body["duplicate"]
+    payload = bytes.fromhex(data)
+    flags, index, counts, battery = decode_payload(payload)
+    period_end = time - time % BUCKET_SECONDS
+    return Reading(
+        protocol=PROTOCOL,
+        device=canonical_device(device),
+        seq=seq,
+        device_time=time,
+        period_end=period_end,
+        bucket_seconds=BUCKET_SECONDS,
+        counts=counts,
+        index=index,
+        battery_mv=battery,
+        flags=flags,
+        received_at=received_at,
+        trace_id=trace_id,
+        payload=payload,
+        meta=meta or None,
+    )

@@ -1,0 +1,81 @@
+"""Devices, their identities and the readings they produce."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from pulsestack import keys
+
+NBIOT_BASE = 356_938_035_600_000  # IMEI-like decimal ids
+SIGFOX_BASE = 0x1A0000
+BUCKET_SECONDS = 900
+BUCKETS = 4
+READING_SECONDS = BUCKET_SECONDS * BUCKETS
+
+
+@dataclass(frozen=True, slots=True)
+class SentReading:
+    """What a device sent: enough to verify delivery and totals afterwards."""
+
+    protocol: str
+    device: str
+    seq: int
+    device_time: int
+    period_end: int
+    index: int
+    counts: tuple[int, ...]
+
+
+@dataclass(slots=True)
+class Meter:
+    protocol: str
+    device: str
+    number: int
+    key: bytes
+    next_period_end: int
+    seq: int = 0
+    index: int = 0
+    rng: random.Random = field(default_factory=random.Random)
+
+    def due(self, now: float) -> bool:
+        return self.next_period_end <= now
+
+    def next_reading(self) -> SentReading:
+        counts = tuple(self.rng.choice((0, 0, 1, 2, 3, 5, 8, 13)) for _ in range(BUCKETS))
+        self.seq += 1
+        if self.protocol == "sigfox":
+            self.seq %= 4096
+        self.index = (self.index + sum(counts)) % 2**32
+        period_end = self.next_period_end
+        self.next_period_end += READING_SECONDS
+        # A Sigfox message's time falls inside the quarter-hour after its last bucket.
+        device_time = period_end + (self.number % 600) if self.protocol == "sigfox" else period_end
+        return SentReading(self.protocol, self.device, self.seq, device_time, period_end, self.index, counts)
+
+
+def nbiot_id(i: int) -> str:
+    return str(NBIOT_BASE + i)
+
+
+def sigfox_id(i: int) -> str:
+    return f"{SIGFOX_BASE + i:X}"
+
+
+def build_fleet(
+    *, devices: int, nbiot_share: float, master_key: bytes, start: int, seed: int = 1
+) -> list[Meter]:
+    """`devices` meters, `nbiot_share` of them NB-IoT; the first reading of each ends at `start` (+ jitter)."""
+    start -= start % READING_SECONDS
+    n_nbiot = round(devices * nbiot_share)
+    meters = []
+    for i in range(devices):
+        if i < n_nbiot:
+            protocol, device, number = "nbiot", nbiot_id(i), NBIOT_BASE + i
+        else:
+            j = i - n_nbiot
+            protocol, device, number = "sigfox", sigfox_id(j), SIGFOX_BASE + j
+        rng = random.Random(seed * 1_000_003 + i)
+        key = keys.derive(master_key, "nbiot", device) if protocol == "nbiot" else b""
+        meters.append(Meter(protocol, device, number, key, start, index=rng.randrange(2**20), rng=rng))
+    return meters

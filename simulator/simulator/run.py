@@ -1,0 +1,133 @@
+"""Driving a fleet at a target rate (compressed time) and reporting what happened."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from simulator.fleet import Meter, SentReading, build_fleet
+from simulator.nbiot import NbiotClient
+from simulator.sigfox import SigfoxClient
+
+DAY = 86_400
+
+
+@dataclass(frozen=True, slots=True)
+class SimulationConfig:
+    devices: int = 1000
+    nbiot_share: float = 0.5
+    rate: float = 100.0  # readings per second, both protocols together
+    duration: float | None = None  # seconds; None: until `readings` are sent or stopped
+    readings: int | None = None
+    udp_target: tuple[str, int] = ("127.0.0.1", 2204)
+    http_url: str = "http://127.0.0.1:7070/v1/sigfox"
+    sigfox_token: str = ""
+    master_key: bytes = b""
+    # Device clocks start this far back; each reading advances a device by an hour, never past now.
+    start_age: float = 20 * DAY
+    sockets: int = 16
+    ack_timeout: float = 2.0
+    retransmissions: int = 5
+    http_concurrency: int = 64
+    sigfox_retry_delays: tuple[float, ...] = (1.0, 2.0, 4.0)
+    seed: int = 1
+
+
+@dataclass(slots=True)
+class SimulationReport:
+    elapsed: float = 0.0
+    sent: Counter[str] = field(default_factory=Counter)
+    acked: Counter[str] = field(default_factory=Counter)
+    acked_duplicate: Counter[str] = field(default_factory=Counter)
+    gave_up: Counter[str] = field(default_factory=Counter)
+    retransmitted: int = 0
+    datagrams: int = 0
+    http_statuses: Counter[int] = field(default_factory=Counter)
+    acked_readings: list[SentReading] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        rate = sum(self.sent.values()) / self.elapsed if self.elapsed else 0.0
+        return [
+            f"sent {dict(self.sent)} in {self.elapsed:.1f} s ({rate:.0f} readings/s)",
+            f"acked {dict(self.acked)} (as duplicate {dict(self.acked_duplicate)}), gave up {dict(self.gave_up)}",
+            f"nbiot datagrams {self.datagrams}, retransmitted {self.retransmitted}",
+            f"sigfox HTTP statuses {dict(sorted(self.http_statuses.items()))}",
+        ]
+
+
+class Simulation:
+    def __init__(self, config: SimulationConfig) -> None:
+        self.config = config
+        self.meters: list[Meter] = build_fleet(
+            devices=config.devices, nbiot_share=config.nbiot_share, master_key=config.master_key,
+            start=int(time.time() - config.start_age), seed=config.seed,
+        )
+        self.nbiot = NbiotClient(
+            config.udp_target, sockets=config.sockets, ack_timeout=config.ack_timeout,
+            retransmissions=config.retransmissions,
+        )
+        self.sigfox = SigfoxClient(
+            config.http_url, config.sigfox_token, concurrency=config.http_concurrency,
+            retry_delays=config.sigfox_retry_delays,
+        )
+        self._cursor = 0
+        self.started = 0.0
+
+    @property
+    def sent(self) -> int:
+        return self.nbiot.sent + self.sigfox.sent
+
+    async def run(self, stop: asyncio.Event | None = None, settle_timeout: float = 60.0) -> SimulationReport:
+        c = self.config
+        await self.nbiot.start()
+        await self.sigfox.start()
+        self.started = time.monotonic()
+        stop = stop or asyncio.Event()
+        try:
+            while not stop.is_set():
+                elapsed = time.monotonic() - self.started
+                if c.duration is not None and elapsed >= c.duration:
+                    break
+                target = int(c.rate * elapsed)
+                if c.readings is not None:
+                    target = min(target, c.readings)
+                    if self.sent >= c.readings:
+                        break
+                if not self._send(target - self.sent):
+                    await asyncio.sleep(0.5)  # every device is up to date with the clock
+                await asyncio.sleep(0.005)
+            await asyncio.gather(self.nbiot.settle(settle_timeout), self.sigfox.settle(settle_timeout))
+        finally:
+            await self.nbiot.close()
+            await self.sigfox.close()
+        return self.report()
+
+    def _send(self, count: int) -> bool:
+        now = time.time()
+        meters = self.meters
+        checked = 0
+        while count > 0 and checked < len(meters):
+            meter = meters[self._cursor]
+            self._cursor = (self._cursor + 1) % len(meters)
+            if not meter.due(now):
+                checked += 1
+                continue
+            checked = 0
+            reading = meter.next_reading()
+            (self.nbiot if meter.protocol == "nbiot" else self.sigfox).send(meter, reading)
+            count -= 1
+        return count <= 0
+
+    def report(self) -> SimulationReport:
+        report = SimulationReport(elapsed=time.monotonic() - self.started)
+        report.sent.update(nbiot=self.nbiot.sent, sigfox=self.sigfox.sent)
+        report.acked.update(nbiot=len(self.nbiot.acked), sigfox=len(self.sigfox.acked))
+        report.acked_duplicate.update(nbiot=self.nbiot.acked_duplicate, sigfox=self.sigfox.acked_duplicate)
+        report.gave_up.update(nbiot=len(self.nbiot.gave_up), sigfox=len(self.sigfox.gave_up))
+        report.retransmitted = self.nbiot.retransmitted
+        report.datagrams = self.nbiot.datagrams
+        report.http_statuses = Counter(self.sigfox.statuses)
+        report.acked_readings = self.nbiot.acked + self.sigfox.acked
+        return report

@@ -1,0 +1,81 @@
+"""The Sigfox side: callbacks as the Sigfox backend sends them, with its bearer token and retries."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import aiohttp
+
+from pulsestack.wire import sigfox
+from simulator.fleet import Meter, SentReading
+
+
+class SigfoxClient:
+    def __init__(self, url: str, token: str, *, concurrency: int = 64, retry_delays: tuple[float, ...] = (1, 2, 4)):
+        self.url = url
+        self.token = token
+        self.retry_delays = retry_delays  # the backend's 1, 2 and 4 minutes, compressed
+        self._limit = asyncio.Semaphore(concurrency)
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.sent = 0
+        self.requests = 0
+        self.statuses: Counter[int] = Counter()
+        self.acked: list[SentReading] = []
+        self.acked_duplicate = 0
+        self.gave_up: list[SentReading] = []
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10))
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def send(self, meter: Meter, reading: SentReading) -> None:
+        self.sent += 1
+        task = asyncio.create_task(self._deliver(meter, reading))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, meter: Meter, reading: SentReading) -> None:
+        body = {
+            "device": meter.device,
+            "time": reading.device_time,
+            "seqNumber": reading.seq,
+            "data": sigfox.encode_payload(index=reading.index, counts=list(reading.counts), battery_mv=3600).hex(),
+            "deviceTypeId": "simulated",
+            "station": "0A1B",
+            "rssi": -112.0,
+            "snr": 12.5,
+        }
+        headers = {"Authorization": f"Bearer {self.token}"}
+        for delay in (0.0, *self.retry_delays):
+            if delay:
+                await asyncio.sleep(delay)
+            assert self._session is not None
+            try:
+                async with self._limit, self._session.post(self.url, json=body, headers=headers) as response:
+                    self.requests += 1
+                    self.statuses[response.status] += 1
+                    if 200 <= response.status < 300:
+                        answer = await response.json()
+                        if answer.get("status") in ("stored", "duplicate"):
+                            self.acked.append(reading)
+                            self.acked_duplicate += answer["status"] == "duplicate"
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                self.statuses[0] += 1
+        self.gave_up.append(reading)
+
+    async def settle(self, timeout: float) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._session:
+            await self._session.close()
