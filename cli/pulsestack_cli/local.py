@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import nats
-from simulator.fleet import nbiot_id, sigfox_id
+from simulator.fleet import fleet_ids
 
 from pulsestack.bus.streams import BusLimits, setup
 from pulsestack.registry import devices as registry
@@ -89,17 +89,17 @@ class LocalStack:
         finally:
             await nc.close()
 
-    async def provision(self, devices: int, nbiot_share: float) -> None:
+    async def provision(self, devices: int, nbiot_share: float, first_id: int = 0) -> None:
         """Registers the simulator's fleet (same ids as simulator.fleet)."""
-        n_nbiot = round(devices * nbiot_share)
+        nbiot_ids, sigfox_ids = fleet_ids(devices, nbiot_share, first_id)
         conn = await asyncpg.connect(self.database_url)
         nc = await nats.connect(self.nats_url)
         try:
             kv = await nc.jetstream().key_value(BUCKET)
-            if n_nbiot:
-                await registry.add_bulk(conn, kv, "nbiot", [nbiot_id(i) for i in range(n_nbiot)])
-            if devices - n_nbiot:
-                await registry.add_bulk(conn, kv, "sigfox", [sigfox_id(j) for j in range(devices - n_nbiot)])
+            if nbiot_ids:
+                await registry.add_bulk(conn, kv, "nbiot", nbiot_ids)
+            if sigfox_ids:
+                await registry.add_bulk(conn, kv, "sigfox", sigfox_ids)
         finally:
             await nc.close()
             await conn.close()

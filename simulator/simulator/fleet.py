@@ -62,18 +62,27 @@ def sigfox_id(i: int) -> str:
     return f"{SIGFOX_BASE + i:X}"
 
 
+def fleet_ids(devices: int, nbiot_share: float, first_id: int = 0) -> tuple[list[str], list[str]]:
+    """The NB-IoT and Sigfox ids of a fleet; `first_id` keeps fleets of different runs apart."""
+    n_nbiot = round(devices * nbiot_share)
+    return (
+        [nbiot_id(first_id + i) for i in range(n_nbiot)],
+        [sigfox_id(first_id + j) for j in range(devices - n_nbiot)],
+    )
+
+
 def build_fleet(
-    *, devices: int, nbiot_share: float, master_key: bytes, start: int, seed: int = 1
+    *, devices: int, nbiot_share: float, master_key: bytes, start: int, seed: int = 1, first_id: int = 0
 ) -> list[Meter]:
-    """`devices` meters, `nbiot_share` of them NB-IoT; the first reading of each ends at `start` (+ jitter)."""
+    """`devices` meters, `nbiot_share` of them NB-IoT; the first reading of each ends at `start`."""
     start -= start % READING_SECONDS
     n_nbiot = round(devices * nbiot_share)
     meters = []
     for i in range(devices):
         if i < n_nbiot:
-            protocol, device, number = "nbiot", nbiot_id(i), NBIOT_BASE + i
+            protocol, device, number = "nbiot", nbiot_id(first_id + i), NBIOT_BASE + first_id + i
         else:
-            j = i - n_nbiot
+            j = first_id + i - n_nbiot
             protocol, device, number = "sigfox", sigfox_id(j), SIGFOX_BASE + j
         rng = random.Random(seed * 1_000_003 + i)
         key = keys.derive(master_key, "nbiot", device) if protocol == "nbiot" else b""

@@ -33,6 +33,7 @@ class SimulationConfig:
     http_concurrency: int = 64
     sigfox_retry_delays: tuple[float, ...] = (1.0, 2.0, 4.0)
     seed: int = 1
+    first_id: int = 0  # fleets with different first ids never share a device
 
 
 @dataclass(slots=True)
@@ -63,6 +64,7 @@ class Simulation:
         self.meters: list[Meter] = build_fleet(
             devices=config.devices, nbiot_share=config.nbiot_share, master_key=config.master_key,
             start=int(time.time() - config.start_age), seed=config.seed,
+            first_id=config.first_id,
         )
         self.nbiot = NbiotClient(
             config.udp_target, sockets=config.sockets, ack_timeout=config.ack_timeout,

@@ -1,0 +1,97 @@
+"""Small tools the tests share: polling, metrics, devices, datagrams."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import asyncpg
+import nats
+
+from pulsestack import keys
+from pulsestack.registry import devices as registry
+from pulsestack.registry.membership import BUCKET
+from pulsestack.wire import nbiot
+from pulsestack_cli.local import LocalStack
+from pulsestack_cli.summary import scrape, total
+
+T = TypeVar("T")
+_ids = itertools.count(1)
+
+
+def unique_number(base: int) -> int:
+    """Device numbers no other test uses."""
+    return base + next(_ids) * 1000 + int(time.time() * 10) % 1000
+
+
+async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 20.0, interval: float = 0.1) -> T:
+    """The first truthy result of `check`, or AssertionError with the last one after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result or time.monotonic() > deadline:
+            assert result, f"condition still false after {timeout} s: {result!r}"
+            return result
+        await asyncio.sleep(interval)
+
+
+def metric(stack: LocalStack, service: str, name: str, **labels: str) -> float:
+    return total(scrape(stack.services[service].url("/metrics")), name, **labels)
+
+
+async def register(stack: LocalStack, protocol: str, devices: list[str]) -> None:
+    conn = await asyncpg.connect(stack.database_url)
+    nc = await nats.connect(stack.nats_url)
+    try:
+        await registry.add(conn, await nc.jetstream().key_value(BUCKET), stack.master_key, protocol, devices, "test")
+    finally:
+        await nc.close()
+        await conn.close()
+
+
+def device_key(stack: LocalStack, device: int, version: int = 0) -> bytes:
+    return keys.derive(stack.master_key, "nbiot", str(device), version)
+
+
+def now_aligned(step: int = 900, back: int = 86_400) -> int:
+    t = int(time.time()) - back
+    return t - t % step
+
+
+class UdpDevice:
+    """One NB-IoT device with its own socket: send a frame, wait for the ack (or its absence)."""
+
+    def __init__(self, stack: LocalStack, number: int, key: bytes | None = None) -> None:
+        self.stack = stack
+        self.number = number
+        self.key = key if key is not None else device_key(stack, number)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+
+    def frame(self, **fields: int | list[int]) -> bytes:
+        values = {"seq": 1, "period_end": now_aligned(), "bucket_seconds": 900, "counts": [1, 2, 3, 4],
+                  "index": 1000, "battery_mv": 3600, "flags": 0}
+        values.update(fields)
+        return nbiot.encode(self.key, device=self.number, **values)  # type: ignore[arg-type]
+
+    async def exchange(self, data: bytes, wait: float = 3.0) -> bytes | None:
+        """Sends `data` to the ingester; returns the reply, or None if none came within `wait`."""
+        loop = asyncio.get_running_loop()
+        self.sock.sendto(data, ("127.0.0.1", self.stack.udp_port))
+        try:
+            return await asyncio.wait_for(loop.sock_recv(self.sock, 64), wait)
+        except TimeoutError:
+            return None
+
+    async def send(self, wait: float = 3.0, **fields: int | list[int]) -> tuple[int, int] | None:
+        """Sends one reading; returns the authenticated ack (seq, status) or None."""
+        reply = await self.exchange(self.frame(**fields), wait)
+        return None if reply is None else nbiot.decode_ack(self.key, reply)
+
+    def close(self) -> None:
+        self.sock.close()
