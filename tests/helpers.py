@@ -88,10 +88,33 @@ class UdpDevice:
         except TimeoutError:
             return None
 
-    async def send(self, wait: float = 3.0, **fields: int | list[int]) -> tuple[int, int] | None:
-        """Sends one reading; returns the authenticated ack (seq, status) or None."""
-        reply = await self.exchange(self.frame(**fields), wait)
-        return None if reply is None else nbiot.decode_ack(self.key, reply)
+    async def send(
+        self, wait: float = 3.0, attempts: int = 1, **fields: int | list[int]
+    ) -> tuple[int, int] | None:
+        """Sends one reading, retransmitting like a device up to `attempts` times; returns the
+        authenticated ack (seq, status) or None."""
+        for attempt in range(attempts):
+            if attempt:
+                fields["flags"] = int(fields.get("flags", 0)) | 0x01  # type: ignore[call-overload]
+            reply = await self.exchange(self.frame(**fields), wait)
+            if reply is not None:
+                return nbiot.decode_ack(self.key, reply)
+        return None
 
     def close(self) -> None:
         self.sock.close()
+
+
+async def run_cli(stack: LocalStack, *args: str) -> tuple[int, str]:
+    """Runs `pulsestack ARGS` as an operator would, against the test stack; returns (exit code, stdout)."""
+    import os
+    import sys
+
+    env = {**os.environ, "NATS_URL": stack.nats_url, "DATABASE_URL": stack.database_url,
+           "PULSESTACK_DEVICE_MASTER_KEY_FILE": str(stack.master_key_file)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pulsestack_cli", *args, env=env, stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()

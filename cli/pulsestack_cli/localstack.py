@@ -91,8 +91,10 @@ class Postgres:
         return f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
 
     def _run(self, *args: str) -> None:
-        subprocess.run([str(self.bin / args[0]), *args[1:]], check=True, user=self._user,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        result = subprocess.run([str(self.bin / args[0]), *args[1:]], user=self._user,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if result.returncode:
+            raise RuntimeError(f"{args[0]} failed ({result.returncode}): {result.stderr.strip()}")
 
     def _prepare_user(self) -> None:
         if os.geteuid() != 0:
