@@ -4,6 +4,8 @@ for the session, with the four services running as processes exactly as `pulsest
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -28,8 +30,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    local = LocalStack(Path(tmp_path_factory.mktemp("stack")))
+def stack() -> Iterator[LocalStack]:
+    # Not under pytest's temporary root: pytest keeps that 0700, and PostgreSQL runs as its own user.
+    workdir = Path(tempfile.mkdtemp(prefix="pulsestack-tests-"))
+    local = LocalStack(workdir)
     local.start_servers()
     import uvloop
 
@@ -38,6 +42,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     local.start_services()
     yield local
     local.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture

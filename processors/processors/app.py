@@ -10,7 +10,7 @@ from processors.config import ProcessorConfig
 from processors.pulse_stage import PulseStage
 from processors.raw_stage import RawStage
 from pulsestack import ops
-from pulsestack.bus.consumer import BatchConsumer, ConsumerSettings, report_backlog
+from pulsestack.bus.consumer import TRANSIENT, BatchConsumer, ConsumerSettings, report_backlog
 from pulsestack.bus.publisher import Publisher
 from pulsestack.bus.quarantine import Quarantine
 from pulsestack.bus.streams import PULSE_CONSUMER, PULSES, RAW, RAW_CONSUMER
@@ -49,7 +49,9 @@ async def serve(config: ProcessorConfig, stop: asyncio.Event) -> None:
     else:
         stream, durable, process = PULSES, PULSE_CONSUMER, PulseStage(pool, quarantine).process
     settings = ConsumerSettings(
-        stream, durable, config.stage, config.batch, config.max_wait, config.limits.max_deliver
+        stream, durable, config.stage, config.batch, config.max_wait, config.limits.max_deliver,
+        transient=(*TRANSIENT, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                   asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError),
     )
     consumer = BatchConsumer(js, publisher, settings, process)
 

@@ -45,6 +45,7 @@ class RawStage:
                     errors[i] = "undecodable envelope not quarantined"
                 continue
             for reading in readings:
+                faults.check_poison(reading.trace_id)
                 problem = invariant_problem(reading)
                 if problem is None:
                     entries.append((i, reading))

@@ -3,12 +3,14 @@
 A stage's `process` returns, for each message, None (done: ack) or an error
 string (redeliver later). On the `max_deliver`-th delivery a failing message is
 written to `dead.<stage>` with its error and terminated, so a poison message
-never holds up the others.
+never holds up the others. An outage of the database or the bus is not a
+failing message: the batch is held and retried until the outage ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -25,6 +27,11 @@ log = get_logger(__name__)
 ProcessBatch = Callable[[list[Msg]], Awaitable[list[str | None]]]
 
 
+# Errors of the infrastructure (bus unreachable, no PubAck): the whole batch waits and comes back,
+# without being retried message by message. Stages add their own (database down).
+TRANSIENT: tuple[type[BaseException], ...] = (OSError, TimeoutError, PublishError)
+
+
 @dataclass(frozen=True, slots=True)
 class ConsumerSettings:
     stream: str
@@ -33,6 +40,11 @@ class ConsumerSettings:
     batch: int = 500
     max_wait: float = 1.0
     max_deliver: int = 5
+    transient: tuple[type[BaseException], ...] = TRANSIENT
+
+
+class Postponed(Exception):
+    """The batch met an infrastructure error (its __cause__); it is retried, not failed."""
 
 
 def redelivery_delay(deliveries: int) -> float:
@@ -70,19 +82,20 @@ class BatchConsumer:
                 log.warning("fetch failed", consumer=s.durable, error=str(exc))
                 await _sleep_or_stop(stop, 1.0)
                 continue
-            await self._handle(msgs)
+            await self._handle(msgs, stop)
         await sub.unsubscribe()
 
-    async def _handle(self, msgs: list[Msg]) -> None:
+    async def _handle(self, msgs: list[Msg], stop: asyncio.Event) -> None:
         s = self._settings
         redelivered = sum(1 for m in msgs if m.metadata.num_delivered > 1)
         if redelivered:
             metrics.processor_messages.labels(s.stage, "redelivered").inc(redelivered)
-        try:
-            errors = await self._process(msgs)
-        except Exception as exc:  # a bug or an outage: the whole batch comes back later
-            log.exception("batch failed", stage=s.stage, messages=len(msgs))
-            errors = [f"{type(exc).__name__}: {exc}"] * len(msgs)
+        errors = await self._until_infrastructure_answers(msgs, stop)
+        if errors is None:
+            # Stopping during an outage: hand the batch back now, for a replica or our restart.
+            for msg in msgs:
+                await msg.nak()
+            return
         for msg, error in zip(msgs, errors, strict=True):
             if error is None:
                 await msg.ack()
@@ -90,6 +103,46 @@ class BatchConsumer:
                 await self._dead_letter(msg, error)
             else:
                 await msg.nak(delay=redelivery_delay(msg.metadata.num_delivered))
+
+    async def _until_infrastructure_answers(self, msgs: list[Msg], stop: asyncio.Event) -> list[str | None] | None:
+        """Retries the batch while the database or the bus is down, keeping the messages ours.
+
+        Redeliveries are for messages that fail; an outage must not use them up (after `max_deliver`
+        JetStream stops delivering). So the batch stays in hand, its ack deadline pushed back with
+        in-progress acks, until the outage ends. None if asked to stop meanwhile.
+        """
+        delay = 0.5
+        while True:
+            try:
+                return await self._process_isolating(msgs)
+            except Postponed as exc:
+                log.warning("batch waits for the infrastructure", stage=self._settings.stage, messages=len(msgs),
+                            error=str(exc.__cause__), retry_in=delay)
+            for msg in msgs:
+                with contextlib.suppress(Exception):  # the bus may be the thing that is down
+                    await msg.in_progress()
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+                return None
+            except TimeoutError:
+                delay = min(delay * 2, 8.0)
+
+    async def _process_isolating(self, msgs: list[Msg]) -> list[str | None]:
+        """A batch that raises is retried message by message, so one poison message fails alone."""
+        try:
+            return await self._process(msgs)
+        except Exception as exc:
+            if isinstance(exc, self._settings.transient):
+                raise Postponed() from exc
+            if len(msgs) == 1:
+                log.warning("message failed", stage=self._settings.stage, error=f"{type(exc).__name__}: {exc}",
+                            seq=msgs[0].metadata.sequence.stream, deliveries=msgs[0].metadata.num_delivered)
+                return [f"{type(exc).__name__}: {exc}"]
+            log.warning("batch failed, isolating", stage=self._settings.stage, messages=len(msgs), error=str(exc))
+        errors: list[str | None] = []
+        for msg in msgs:
+            errors += await self._process_isolating([msg])
+        return errors
 
     async def _dead_letter(self, msg: Msg, error: str) -> None:
         s = self._settings

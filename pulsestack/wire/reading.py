@@ -101,7 +101,6 @@ def decode_pulse(data: bytes) -> PulseEnvelope:
     return envelope
 
 
-KNOWN_PROTOCOLS = frozenset({"nbiot", "sigfox"})
 DAY_SECONDS = 86_400
 
 
@@ -120,6 +119,8 @@ def invariant_problem(r: Reading) -> str | None:
         return f"index {r.index} out of range"
     if not 0 <= r.seq < 2**32:
         return f"seq {r.seq} out of range"
+    if not 0 < r.device_time < 2**32 or not 0 < r.period_end < 2**32:
+        return f"device time {r.device_time} out of range"
     if not r.device or not r.device.isalnum():
         return "device id"
     return None
