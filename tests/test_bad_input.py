@@ -172,7 +172,8 @@ async def test_http_answers(stack: LocalStack, nc: NATS) -> None:
     cases = [
         ("unauthorized", 401, None, dict(body=_callback(device), token="wrong")),
         ("unauthorized", 401, None, dict(body=_callback(device), token="")),
-        ("unsupported_media_type", 415, "unsupported_media_type", dict(body=_callback(device), content_type="text/plain")),
+        ("unsupported_media_type", 415, "unsupported_media_type",
+         dict(body=_callback(device), content_type="text/plain")),
         ("too_large", 413, "too_large", dict(body=_callback(device, station="x" * 5000))),
         ("bad_json", 400, "bad_json", dict(raw=b"{not json")),
         ("bad_field", 400, "bad_field", dict(body={k: v for k, v in _callback(device).items() if k != "seqNumber"})),
@@ -203,6 +204,7 @@ async def test_http_answers(stack: LocalStack, nc: NATS) -> None:
 async def test_key_rotation_reaches_the_ingester_without_restart(stack: LocalStack) -> None:
     device = await registered_device(stack)
     code, out = await run_cli(stack, "devices", "rotate-key", "nbiot", str(device.number))
+    assert code == 0
     new_key = bytes.fromhex(out.split()[-1])
     assert new_key == device_key(stack, device.number, 1)
     await asyncio.sleep(0.5)

@@ -12,7 +12,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import nats
-from simulator.fleet import fleet_ids
 
 from pulsestack.bus.streams import BusLimits, setup
 from pulsestack.registry import devices as registry
@@ -20,6 +19,7 @@ from pulsestack.registry.membership import BUCKET
 from pulsestack.store.migrate import migrate
 from pulsestack_cli.localstack import NatsServer, Postgres, free_port
 from pulsestack_cli.processes import ServiceProcess
+from simulator.fleet import fleet_ids
 
 ROLE_OF = {"raw-processor": "pulsestack_raw", "pulse-processor": "pulsestack_pulse"}
 

@@ -11,12 +11,12 @@ import sys
 import time
 
 import uvloop
-from simulator.run import Simulation, SimulationConfig
 
 from pulsestack.keys import load_master_key
 from pulsestack.logs import configure
 from pulsestack_cli.local import LocalStack
 from pulsestack_cli.summary import Summary
+from simulator.run import Simulation, SimulationConfig
 
 
 def main(args: argparse.Namespace) -> int:
@@ -75,7 +75,6 @@ def _run_all() -> int:
     from ingest_udp.config import UdpIngestConfig
     from processors.app import serve as serve_processor
     from processors.config import ProcessorConfig
-
     from pulsestack.service import stop_on_signals
 
     configs = (UdpIngestConfig.from_env(), HttpIngestConfig.from_env())

@@ -48,7 +48,7 @@ class Postponed(Exception):
 
 
 def redelivery_delay(deliveries: int) -> float:
-    return min(30.0, 0.5 * 2 ** (deliveries - 1))
+    return min(30.0, 0.5 * 2.0 ** (deliveries - 1))
 
 
 class BatchConsumer:

@@ -60,31 +60,23 @@ class BusLimits:
         )
 
 
+def _stream(
+    limits: BusLimits, name: str, subject: str, max_bytes: int, max_age: float, discard: DiscardPolicy
+) -> StreamConfig:
+    return StreamConfig(
+        name=name, subjects=[subject], retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
+        num_replicas=limits.replicas, duplicate_window=limits.duplicate_window_seconds,
+        max_bytes=max_bytes, max_age=max_age, discard=discard,
+    )
+
+
 def stream_configs(limits: BusLimits) -> list[StreamConfig]:
-    common = {
-        "retention": RetentionPolicy.LIMITS,
-        "storage": StorageType.FILE,
-        "num_replicas": limits.replicas,
-        "duplicate_window": limits.duplicate_window_seconds,
-    }
     return [
-        StreamConfig(
-            name=RAW, subjects=["raw.*"], max_bytes=limits.raw_max_bytes, max_age=limits.max_age_seconds,
-            discard=DiscardPolicy.NEW, **common,
-        ),
-        StreamConfig(
-            name=PULSES, subjects=["pulse.*"], max_bytes=limits.pulses_max_bytes,
-            max_age=limits.max_age_seconds, discard=DiscardPolicy.NEW, **common,
-        ),
+        _stream(limits, RAW, "raw.*", limits.raw_max_bytes, limits.max_age_seconds, DiscardPolicy.NEW),
+        _stream(limits, PULSES, "pulse.*", limits.pulses_max_bytes, limits.max_age_seconds, DiscardPolicy.NEW),
         # Rejected input is evidence, not data: bounded, oldest dropped first.
-        StreamConfig(
-            name=QUARANTINE, subjects=["quarantine.*"], max_bytes=GIB, max_age=14 * DAY,
-            discard=DiscardPolicy.OLD, **common,
-        ),
-        StreamConfig(
-            name=DEAD, subjects=["dead.*"], max_bytes=GIB, max_age=30 * DAY, discard=DiscardPolicy.OLD,
-            **common,
-        ),
+        _stream(limits, QUARANTINE, "quarantine.*", GIB, 14 * DAY, DiscardPolicy.OLD),
+        _stream(limits, DEAD, "dead.*", GIB, 30 * DAY, DiscardPolicy.OLD),
     ]
 
 
@@ -110,11 +102,10 @@ async def setup(js: JetStreamContext, limits: BusLimits) -> None:
         except BadRequestError:
             await js.update_stream(config)
     for durable, stream, subject in ((RAW_CONSUMER, RAW, "raw.*"), (PULSE_CONSUMER, PULSES, "pulse.*")):
-        config = consumer_config(durable, subject, limits)
         try:
             await js.consumer_info(stream, durable)
         except NotFoundError:
-            await js.add_consumer(stream, config)
+            await js.add_consumer(stream, consumer_config(durable, subject, limits))
     try:
         await js.key_value(REGISTRY_BUCKET)
     except Exception:

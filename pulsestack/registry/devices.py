@@ -96,7 +96,7 @@ async def add_bulk(conn: asyncpg.Connection, kv: KeyValue, protocol: str, ids: l
 
 async def disable(conn: asyncpg.Connection, kv: KeyValue, protocol: str, device: str) -> bool:
     device = canonical(protocol, device)
-    status = await conn.execute(
+    status: str = await conn.execute(
         "UPDATE devices SET disabled = true, updated_at = now() WHERE protocol = $1 AND device_id = $2",
         protocol, device,
     )

@@ -107,7 +107,7 @@ class Membership:
                 if self.ready.is_set():
                     self._publish_counts()
         finally:
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]
 
     def _publish_counts(self) -> None:
         for protocol in self._shards:

@@ -15,7 +15,9 @@ BUCKETS = 4
 _DEVICE_RE = re.compile(r"[0-9A-Fa-f]{1,8}")
 _HEX_RE = re.compile(r"(?:[0-9A-Fa-f]{2})*")
 _FLAG_MAP = ((0x1, Flags.BATTERY_LOW), (0x2, Flags.TAMPER), (0x4, Flags.REVERSE_FLOW))
-_OPTIONAL_META = {"deviceTypeId": str, "station": str, "rssi": (int, float), "snr": (int, float), "lqi": str}
+_OPTIONAL_META: dict[str, type | tuple[type, ...]] = {
+    "deviceTypeId": str, "station": str, "rssi": (int, float), "snr": (int, float), "lqi": str,
+}
 
 
 def canonical_device(raw: str) -> str:

@@ -160,10 +160,13 @@ def layout_config(tmp_path: Path) -> Path:
     layout = block(main, main.index("locals {"))
     inventory_locals = block(outputs, outputs.index("locals {"))
     assert "scaleway_instance_ip.node[name].address" in inventory_locals
-    inventory_locals = inventory_locals.replace("scaleway_instance_ip.node[name].address", "local.test_public_ips[name]")
+    inventory_locals = inventory_locals.replace(
+        "scaleway_instance_ip.node[name].address", "local.test_public_ips[name]"
+    )
     stub = (
         "locals {\n"
-        f'  test_public_ips = {{ for i, name in sort(keys(local.nodes)) : name => cidrhost("{EXAMPLE_PUBLIC_IPS}", i + 1) }}\n'
+        "  test_public_ips = { for i, name in sort(keys(local.nodes)) :"
+        f' name => cidrhost("{EXAMPLE_PUBLIC_IPS}", i + 1) }}\n'
         "}\n"
     )
     (work / "layout.tf").write_text(layout + "\n\n" + inventory_locals + "\n\n" + stub)
@@ -290,7 +293,8 @@ def validations(spec: dict) -> list[str]:
 
 def test_counts_ports_and_networks_are_validated() -> None:
     spec = variables()
-    for name in ("manager_count", "worker_count", "udp_ingest_port", "zones", "admin_cidrs", "ssh_public_keys", "domain", "private_network_cidr"):
+    for name in ("manager_count", "worker_count", "udp_ingest_port", "zones", "admin_cidrs", "ssh_public_keys",
+                 "domain", "private_network_cidr"):
         assert validations(spec[name]), f"{name} has no validation"
     assert any("% 2 == 1" in c for c in validations(spec["manager_count"])), "managers must be validated odd"
     assert unquote(spec["udp_ingest_port"]["default"]) == 2204
@@ -452,8 +456,10 @@ def test_layout_lists_a_retiring_generation_during_a_migration(tmp_path: Path) -
     assert managers[:3] == [f"pulsestack-g2-manager-{i}" for i in (1, 2, 3)], "new generation first"
     assert managers[3:] == [f"pulsestack-manager-{i}" for i in (1, 2, 3)]
     retiring = hosts_of(inventory, "retiring")
-    assert sorted(retiring) == sorted([f"pulsestack-manager-{i}" for i in (1, 2, 3)] + [f"pulsestack-worker-{i}" for i in (1, 2, 3)])
-    hosts = {**inventory["all"]["children"]["swarm"]["children"]["managers"]["hosts"], **inventory["all"]["children"]["swarm"]["children"]["workers"]["hosts"]}
+    old = [f"pulsestack-manager-{i}" for i in (1, 2, 3)] + [f"pulsestack-worker-{i}" for i in (1, 2, 3)]
+    assert sorted(retiring) == sorted(old)
+    swarm = inventory["all"]["children"]["swarm"]["children"]
+    hosts = {**swarm["managers"]["hosts"], **swarm["workers"]["hosts"]}
     addresses = [h["swarm_advertise_addr"] for h in hosts.values()]
     assert len(set(addresses)) == 12, "two generations never share a private address"
     assert hosts["pulsestack-g2-worker-1"]["scaleway_instance_type"] == "PRO2-M"
