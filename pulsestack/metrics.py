@@ -58,6 +58,14 @@ stream_pending = Gauge(
 stream_ack_pending = Gauge(
     "pulsestack_stream_ack_pending", "Messages delivered but not yet acknowledged", ["stream", "consumer"]
 )
+alerts = Counter("pulsestack_alerts", "Alert events published, by kind", ["kind", "event"])
+notifications = Counter("pulsestack_notifications", "Webhook deliveries by outcome", ["outcome"])
+notification_seconds = Histogram(
+    "pulsestack_notification_seconds", "One webhook delivery attempt", buckets=LATENCY_BUCKETS
+)
+silent_sweep_seconds = Histogram(
+    "pulsestack_silent_sweep_seconds", "One sweep over all device states", buckets=LATENCY_BUCKETS
+)
 registry_devices = Gauge(
     "pulsestack_registry_devices", "Registered, enabled devices known to this ingester", ["protocol"]
 )

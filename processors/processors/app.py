@@ -47,7 +47,7 @@ async def serve(config: ProcessorConfig, stop: asyncio.Event) -> None:
     if config.stage == "raw":
         stream, durable, process = RAW, RAW_CONSUMER, RawStage(pool, publisher, quarantine).process
     else:
-        stream, durable, process = PULSES, PULSE_CONSUMER, PulseStage(pool, quarantine).process
+        stream, durable, process = PULSES, PULSE_CONSUMER, PulseStage(pool, publisher, quarantine).process
     settings = ConsumerSettings(
         stream, durable, config.stage, config.batch, config.max_wait, config.limits.max_deliver,
         transient=(*TRANSIENT, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,

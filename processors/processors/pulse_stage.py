@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import asyncpg
@@ -10,6 +11,8 @@ from nats.aio.msg import Msg
 
 from processors.writes import write_isolating
 from pulsestack import faults, metrics
+from pulsestack.bus.alerts import publish_pending
+from pulsestack.bus.publisher import Publisher
 from pulsestack.bus.quarantine import Quarantine
 from pulsestack.logs import get_logger
 from pulsestack.store.pulses import PulseOutcome, write_pulses
@@ -20,9 +23,11 @@ log = get_logger(__name__)
 
 
 class PulseStage:
-    def __init__(self, pool: asyncpg.Pool, quarantine: Quarantine) -> None:
+    def __init__(self, pool: asyncpg.Pool, publisher: Publisher, quarantine: Quarantine) -> None:
         self._pool = pool
+        self._publisher = publisher
         self._quarantine = quarantine
+        self._announcing: set[asyncio.Task[int]] = set()
 
     async def process(self, msgs: list[Msg]) -> list[str | None]:
         errors: list[str | None] = [None] * len(msgs)
@@ -51,9 +56,21 @@ class PulseStage:
         for (i, item), error in rejected:
             if not await self._reject(item, "database", error):
                 errors[i] = f"rejected by the database and not quarantined: {error}"
+        changed_alerts: list[int] = []
         for _, outcome in written:
             self._count(outcome, committed)
+            changed_alerts += outcome.alerts
+        if changed_alerts:
+            # Announced beside the batch, never in its way; the alerting sweep catches what this misses.
+            task = asyncio.create_task(publish_pending(self._pool, self._publisher, changed_alerts))
+            self._announcing.add(task)
+            task.add_done_callback(self._announced)
         return errors
+
+    def _announced(self, task: asyncio.Task[int]) -> None:
+        self._announcing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("alert events not published now; the sweep will", error=str(task.exception()))
 
     @staticmethod
     def _count(outcome: PulseOutcome, committed: float) -> None:

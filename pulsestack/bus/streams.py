@@ -28,8 +28,10 @@ RAW = "RAW"
 PULSES = "PULSES"
 QUARANTINE = "QUARANTINE"
 DEAD = "DEAD"
+ALERTS = "ALERTS"
 RAW_CONSUMER = "raw-processor"
 PULSE_CONSUMER = "pulse-processor"
+NOTIFIER_CONSUMER = "notifier"
 GIB = 1024**3
 DAY = 86_400.0
 
@@ -77,6 +79,8 @@ def stream_configs(limits: BusLimits) -> list[StreamConfig]:
         # Rejected input is evidence, not data: bounded, oldest dropped first.
         _stream(limits, QUARANTINE, "quarantine.*", GIB, 14 * DAY, DiscardPolicy.OLD),
         _stream(limits, DEAD, "dead.*", GIB, 30 * DAY, DiscardPolicy.OLD),
+        # Alert events for subscribers and the webhook notifier; the alerts table is the record.
+        _stream(limits, ALERTS, "alerts.*", GIB, 30 * DAY, DiscardPolicy.OLD),
     ]
 
 
@@ -101,7 +105,10 @@ async def setup(js: JetStreamContext, limits: BusLimits) -> None:
             await js.add_stream(config)
         except BadRequestError:
             await js.update_stream(config)
-    for durable, stream, subject in ((RAW_CONSUMER, RAW, "raw.*"), (PULSE_CONSUMER, PULSES, "pulse.*")):
+    consumers = (
+        (RAW_CONSUMER, RAW, "raw.*"), (PULSE_CONSUMER, PULSES, "pulse.*"), (NOTIFIER_CONSUMER, ALERTS, "alerts.*")
+    )
+    for durable, stream, subject in consumers:
         try:
             await js.consumer_info(stream, durable)
         except NotFoundError:

@@ -34,6 +34,8 @@ async def create_pool(url: str | None = None, *, size: int = 4) -> asyncpg.Pool:
         # Statements are few and fixed; cache them.
         statement_cache_size=256,
         command_timeout=60,
+        # Hours and days of the rollups are cut in UTC unless a device's zone says otherwise.
+        server_settings={"timezone": "UTC"},
     )
     assert pool is not None
     return pool

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from pulsestack.store.alerts import AlertChanges
+from pulsestack.store.rollups import Deltas
 from pulsestack.store.timeconv import epoch, ts, ts_float
-from pulsestack.wire.reading import PulseItem, Reading
+from pulsestack.wire.reading import Flags, PulseItem, Reading
 
 WRAP = 2**32
 HALF = 2**31
@@ -24,7 +26,8 @@ _PULSE_COLUMNS = (
     "protocol", "device_id", "bucket_start", "bucket_seconds", "count", "raw_id", "device_time", "seq",
 )
 _EXISTING = """
-SELECT s.raw_id, p.raw_id = s.raw_id AS same
+SELECT s.protocol, s.device_id, s.bucket_start, s.bucket_seconds, s.raw_id, p.raw_id = s.raw_id AS same,
+       p.count AS old_count, (s.device_time, s.seq) > (p.device_time, p.seq) AS wins
 FROM stage_pulses s JOIN pulses p USING (protocol, device_id, bucket_start, bucket_seconds)
 """
 # A later device time (then seq) wins a contested bucket, whatever order readings arrive in.
@@ -37,20 +40,33 @@ SET count = EXCLUDED.count, raw_id = EXCLUDED.raw_id, device_time = EXCLUDED.dev
 WHERE (EXCLUDED.device_time, EXCLUDED.seq) > (pulses.device_time, pulses.seq)
 """
 _STATE = """
-SELECT protocol, device_id, last_period_end, last_device_time, last_seq, last_index, readings
-FROM device_state
-WHERE (protocol, device_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+SELECT s.protocol, s.device_id, s.last_period_end, s.last_device_time, s.last_seq, s.last_index, s.readings,
+       s.last_seen, s.interval_seconds, s.first_bucket, s.last_zero_flow, s.finest_bucket,
+       (SELECT array_agg(a.kind) FROM alerts a
+        WHERE a.protocol = s.protocol AND a.device_id = s.device_id AND a.resolved_at IS NULL) AS open_alerts
+FROM device_state s
+WHERE (s.protocol, s.device_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
 """
+# Written whole: the device locks make what this transaction read the current state.
 _WRITE_STATE = """
 INSERT INTO device_state AS d (protocol, device_id, last_period_end, last_device_time, last_seq, last_index,
-                               last_raw_id, last_battery_mv, last_flags, last_seen, readings)
+                               last_raw_id, last_battery_mv, last_flags, last_seen, readings,
+                               interval_seconds, first_bucket, last_zero_flow, finest_bucket)
 SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::bigint[],
-                     $6::bigint[], $7::bigint[], $8::int[], $9::int[], $10::timestamptz[], $11::bigint[])
+                     $6::bigint[], $7::bigint[], $8::int[], $9::int[], $10::timestamptz[], $11::bigint[],
+                     $12::int[], $13::timestamptz[], $14::timestamptz[], $15::int[])
 ON CONFLICT (protocol, device_id) DO UPDATE
 SET last_period_end = EXCLUDED.last_period_end, last_device_time = EXCLUDED.last_device_time,
     last_seq = EXCLUDED.last_seq, last_index = EXCLUDED.last_index, last_raw_id = EXCLUDED.last_raw_id,
     last_battery_mv = EXCLUDED.last_battery_mv, last_flags = EXCLUDED.last_flags,
-    last_seen = GREATEST(d.last_seen, EXCLUDED.last_seen), readings = EXCLUDED.readings
+    last_seen = EXCLUDED.last_seen, readings = EXCLUDED.readings, interval_seconds = EXCLUDED.interval_seconds,
+    first_bucket = EXCLUDED.first_bucket, last_zero_flow = EXCLUDED.last_zero_flow,
+    finest_bucket = EXCLUDED.finest_bucket
+"""
+_OLD_GAPS = """
+SELECT g.protocol, g.device_id, g.from_period_end, g.from_seq, g.interval_start, g.interval_end, g.volume
+FROM gaps g JOIN unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[]) AS k(p, d, pe, s)
+  ON g.protocol = k.p AND g.device_id = k.d AND g.from_period_end = k.pe AND g.from_seq = k.s
 """
 _NEIGHBOUR = """
 SELECT period_end, device_time, seq, meter_index, counts, bucket_seconds FROM raw_messages
@@ -139,15 +155,51 @@ class PulseOutcome:
     conflicts: int = 0
     gaps: int = 0
     resets: int = 0
+    alerts: list[int] = field(default_factory=list)  # ids of alerts opened or resolved, to publish
+
+
+LEAK_WINDOW = 86_400
+FINEST_FOR_LEAK = 3600  # a wider bucket cannot show an hour without flow
+FLAG_ALERTS = (("tamper", Flags.TAMPER), ("reverse_flow", Flags.REVERSE_FLOW), ("battery_low", Flags.BATTERY_LOW))
 
 
 @dataclass(slots=True)
 class _DeviceState:
     point: Point | None
     readings: int
+    last_seen: float | None = None
+    interval: int | None = None
+    first_bucket: int | None = None
+    last_zero_flow: int | None = None
+    finest: int | None = None
+    open_alerts: frozenset[str] = frozenset()
     last: PulseItem | None = None
     added: int = 0
     seen: float = 0.0
+
+    def observe(self, r: Reading) -> None:
+        """What every new reading, in order or late, tells about flow and the device's bucket widths."""
+        first = r.first_bucket_start
+        self.first_bucket = first if self.first_bucket is None else min(self.first_bucket, first)
+        self.finest = r.bucket_seconds if self.finest is None else min(self.finest, r.bucket_seconds)
+        for i, count in enumerate(r.counts):
+            if count == 0:
+                end = first + (i + 1) * r.bucket_seconds
+                self.last_zero_flow = end if self.last_zero_flow is None else max(self.last_zero_flow, end)
+        self.added += 1
+        self.readings += 1
+        self.seen = max(self.seen, r.received_at)
+
+    def follow(self, item: PulseItem) -> None:
+        """An in-order reading becomes the device's last; receive times teach its reporting interval."""
+        r = item.reading
+        if self.last_seen is not None and r.received_at > self.last_seen:
+            gap = r.received_at - self.last_seen
+            self.interval = round(gap if self.interval is None else 0.7 * self.interval + 0.3 * gap)
+            self.interval = max(1, min(self.interval, 30 * 86_400))
+        self.last_seen = max(self.last_seen or 0.0, r.received_at)
+        self.point = Point.of(r)
+        self.last = item
 
 
 def _lock_key(protocol: str, device: str) -> int:
@@ -171,9 +223,19 @@ class _GapWriter:
         else:
             self.rows[key] = (b, gap) if gap.volume else None
 
-    async def flush(self, conn: asyncpg.Connection) -> tuple[int, int]:
+    async def flush(self, conn: asyncpg.Connection, deltas: Deltas) -> tuple[int, int]:
+        if self.rows:
+            keys = list(self.rows)
+            # What the rows say now is taken out of the rollups, what they will say is put in.
+            for old in await conn.fetch(
+                _OLD_GAPS, [k[0] for k in keys], [k[1] for k in keys], [ts(k[2]) for k in keys], [k[3] for k in keys]
+            ):
+                deltas.add_spread(old["protocol"], old["device_id"], epoch(old["interval_start"]),
+                                  epoch(old["interval_end"]), -old["volume"])
         upserts = [(k, v) for k, v in self.rows.items() if v is not None]
         deletes = [k for k, v in self.rows.items() if v is None]
+        for (protocol, device, _, _), (_, gap) in upserts:
+            deltas.add_spread(protocol, device, gap.start, gap.end, gap.volume)
         if deletes:
             await conn.execute(
                 _DELETE_GAPS, [k[0] for k in deletes], [k[1] for k in deletes],
@@ -200,7 +262,8 @@ class _GapWriter:
 
 
 async def write_pulses(conn: asyncpg.Connection, items: list[PulseItem]) -> PulseOutcome:
-    """Writes a batch in the caller's transaction. Idempotent: a replay changes nothing."""
+    """Writes a batch in the caller's transaction: buckets, gaps, device state, rollups and alerts.
+    Idempotent: a replay changes nothing."""
     outcome = PulseOutcome()
     by_raw: dict[int, PulseItem] = {}
     for item in items:
@@ -238,46 +301,68 @@ async def write_pulses(conn: asyncpg.Connection, items: list[PulseItem]) -> Puls
         columns=_PULSE_COLUMNS,
     )
     already: set[int] = set()
+    deltas = Deltas()
+    existing: set[tuple[str, str, int, int]] = set()
     for rec in await conn.fetch(_EXISTING):
+        key = (rec["protocol"], rec["device_id"], epoch(rec["bucket_start"]), rec["bucket_seconds"])
+        existing.add(key)
         if rec["same"]:
             already.add(rec["raw_id"])
-        else:
-            outcome.conflicts += 1
+            continue
+        outcome.conflicts += 1
+        if rec["wins"]:
+            deltas.add(key[0], key[1], key[2], winners[key][2] - rec["old_count"])
+    for key, (_, _, count) in winners.items():
+        if key not in existing:
+            deltas.add(key[0], key[1], key[2], count)
     await conn.execute(_UPSERT_PULSES)
 
     fresh = [i for i in unique if i.raw_id not in already]
     outcome.duplicates += len(unique) - len(fresh)
     outcome.stored = [i.reading for i in fresh]
-    outcome.gaps, outcome.resets = await _update_history(conn, fresh)
+    alerts = AlertChanges()
+    outcome.gaps, outcome.resets = await _update_history(conn, fresh, deltas, alerts)
+    for total in await deltas.apply(conn):
+        alerts.day_total(total.protocol, total.device, total.day, total.pulses)  # type: ignore[arg-type]
+    outcome.alerts = await alerts.apply(conn)
     return outcome
 
 
-async def _update_history(conn: asyncpg.Connection, fresh: list[PulseItem]) -> tuple[int, int]:
-    """Gap volumes around each new reading, and device state."""
+def _state_from_row(row: asyncpg.Record) -> _DeviceState:
+    return _DeviceState(
+        point=Point(epoch(row["last_period_end"]), epoch(row["last_device_time"]), row["last_seq"],
+                    row["last_index"], 0, ()),
+        readings=row["readings"],
+        last_seen=row["last_seen"].timestamp(),
+        interval=row["interval_seconds"],
+        first_bucket=epoch(row["first_bucket"]) if row["first_bucket"] else None,
+        last_zero_flow=epoch(row["last_zero_flow"]) if row["last_zero_flow"] else None,
+        finest=row["finest_bucket"],
+        open_alerts=frozenset(row["open_alerts"] or ()),
+    )
+
+
+async def _update_history(
+    conn: asyncpg.Connection, fresh: list[PulseItem], deltas: Deltas, alerts: AlertChanges
+) -> tuple[int, int]:
+    """Gap volumes around each new reading, device state, and the alerts the state implies."""
     if not fresh:
         return 0, 0
     keys = sorted({(i.reading.protocol, i.reading.device) for i in fresh})
     states: dict[tuple[str, str], _DeviceState] = {k: _DeviceState(None, 0) for k in keys}
     for row in await conn.fetch(_STATE, [k[0] for k in keys], [k[1] for k in keys]):
-        point = Point(
-            epoch(row["last_period_end"]), epoch(row["last_device_time"]), row["last_seq"], row["last_index"], 0, ()
-        )
-        states[(row["protocol"], row["device_id"])] = _DeviceState(point, row["readings"])
+        states[(row["protocol"], row["device_id"])] = _state_from_row(row)
     gaps = _GapWriter()
     for item in sorted(fresh, key=lambda i: (i.reading.protocol, i.reading.device, Point.of(i.reading).key)):
         r = item.reading
-        device = (r.protocol, r.device)
-        state = states[device]
+        state = states[(r.protocol, r.device)]
         point = Point.of(r)
-        state.readings += 1
-        state.added += 1
-        state.seen = max(state.seen, r.received_at)
+        state.observe(r)
         if state.point is None or point.key > state.point.key:
             # The usual case, in order: the previous reading is the device's last.
             if state.point is not None:
                 gaps.put(r.protocol, r.device, state.point, point)
-            state.point = point
-            state.last = item
+            state.follow(item)
             continue
         # A late reading: recompute the gaps on both sides from the stored history.
         args = (r.protocol, r.device, ts(r.period_end), ts(r.device_time), r.seq)
@@ -287,17 +372,23 @@ async def _update_history(conn: asyncpg.Connection, fresh: list[PulseItem]) -> t
             gaps.put(r.protocol, r.device, Point.from_row(before), point)
         if after is not None:
             gaps.put(r.protocol, r.device, point, Point.from_row(after))
-    written, resets = await gaps.flush(conn)
+    written, resets = await gaps.flush(conn, deltas)
+    for (protocol, device), state in states.items():
+        _judge(protocol, device, state, alerts)
     changed = [(k, s) for k, s in states.items() if s.last is not None]
     unchanged = [(k, s) for k, s in states.items() if s.last is None]
     if unchanged:
-        # Only late readings arrived: the last reading stays, the count and last receive time move.
+        # Only late readings arrived: the last reading stays; counts, flow history and receive time move.
         await conn.execute(
-            "UPDATE device_state d SET readings = d.readings + u.n, last_seen = GREATEST(d.last_seen, u.seen)"
-            " FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[]) AS u(p, dev, n, seen)"
+            "UPDATE device_state d SET readings = d.readings + u.n, last_seen = GREATEST(d.last_seen, u.seen),"
+            " first_bucket = u.first, last_zero_flow = u.zero, finest_bucket = u.finest"
+            " FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[], $5::timestamptz[],"
+            "             $6::timestamptz[], $7::int[]) AS u(p, dev, n, seen, first, zero, finest)"
             " WHERE d.protocol = u.p AND d.device_id = u.dev",
             [k[0] for k, _ in unchanged], [k[1] for k, _ in unchanged],
             [s.added for _, s in unchanged], [ts_float(s.seen) for _, s in unchanged],
+            [_ts_or_none(s.first_bucket) for _, s in unchanged], [_ts_or_none(s.last_zero_flow) for _, s in unchanged],
+            [s.finest for _, s in unchanged],
         )
     if changed:
         lasts = [s.last.reading for _, s in changed if s.last]
@@ -307,7 +398,37 @@ async def _update_history(conn: asyncpg.Connection, fresh: list[PulseItem]) -> t
             [ts(r.period_end) for r in lasts], [ts(r.device_time) for r in lasts],
             [r.seq for r in lasts], [r.index for r in lasts],
             [s.last.raw_id for _, s in changed if s.last], [r.battery_mv for r in lasts],
-            [r.flags for r in lasts], [ts_float(s.seen) for _, s in changed],
-            [s.readings for _, s in changed],
+            [r.flags for r in lasts], [ts_float(max(s.seen, s.last_seen or 0.0)) for _, s in changed],
+            [s.readings for _, s in changed], [s.interval for _, s in changed],
+            [_ts_or_none(s.first_bucket) for _, s in changed], [_ts_or_none(s.last_zero_flow) for _, s in changed],
+            [s.finest for _, s in changed],
         )
     return written, resets
+
+
+def _ts_or_none(seconds: int | None) -> object:
+    return None if seconds is None else ts(seconds)
+
+
+def _judge(protocol: str, device: str, state: _DeviceState, alerts: AlertChanges) -> None:
+    """Opens or resolves the alerts a device's state implies; only changes reach the database."""
+    is_open = state.open_alerts.__contains__
+    if is_open("silent"):
+        alerts.resolve(protocol, device, "silent")  # it spoke again
+    if state.last is not None:
+        flags = state.last.reading.flags
+        for kind, flag in FLAG_ALERTS:
+            if flags & flag and not is_open(kind):
+                alerts.open(protocol, device, kind, seq=state.last.reading.seq, raw_id=state.last.raw_id)
+            elif not flags & flag and is_open(kind):
+                alerts.resolve(protocol, device, kind)
+    if state.point is None or state.finest is None or state.finest > FINEST_FOR_LEAK:
+        return
+    since = state.last_zero_flow if state.last_zero_flow is not None else state.first_bucket
+    if since is None:
+        return
+    flowing = state.point.period_end - since
+    if flowing >= LEAK_WINDOW and not is_open("leak"):
+        alerts.open(protocol, device, "leak", flowing_since=ts(since).isoformat(), hours=flowing // 3600)
+    elif flowing < LEAK_WINDOW and is_open("leak"):
+        alerts.resolve(protocol, device, "leak")

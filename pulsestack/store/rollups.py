@@ -1,0 +1,91 @@
+"""Consumption rollups (per UTC hour and per device-local day), kept by deltas in the pulse transaction.
+
+Every change to `pulses` or `gaps` becomes a signed delta on the 15-minute slot
+it belongs to; slots then add into hours and into days in the device's time
+zone (every real zone's offset is a multiple of 15 minutes). Because deltas
+are computed against what the transaction found under its device locks, the
+rollups stay equal to a recomputation from pulses and gaps, whatever the
+order, duplication or lateness of readings — which is what `reprocess` checks.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import asyncpg
+
+from pulsestack.store.timeconv import ts
+
+SLOT = 900
+_APPLY = """
+WITH delta AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[]) AS t(p, dev, slot, n)
+), hourly AS (
+    INSERT INTO consumption_hourly AS c (protocol, device_id, hour, pulses)
+    SELECT p, dev, date_trunc('hour', slot), sum(n) FROM delta GROUP BY 1, 2, 3
+    ON CONFLICT (protocol, device_id, hour) DO UPDATE SET pulses = c.pulses + EXCLUDED.pulses
+)
+INSERT INTO consumption_daily AS c (protocol, device_id, day, pulses)
+SELECT delta.p, delta.dev, (delta.slot AT TIME ZONE coalesce(d.settings ->> 'timezone', 'UTC'))::date, sum(n)
+FROM delta LEFT JOIN devices d ON d.protocol = delta.p AND d.device_id = delta.dev
+GROUP BY 1, 2, 3
+ON CONFLICT (protocol, device_id, day) DO UPDATE SET pulses = c.pulses + EXCLUDED.pulses
+RETURNING protocol, device_id, day, pulses
+"""
+
+
+def spread(start: int, end: int, volume: int) -> list[tuple[int, int]]:
+    """Splits `volume` over the 15-minute slots of [start, end) in proportion to time, as integers
+    (largest remainder, ties to the earlier slot); a boundary (start == end) takes it whole."""
+    if end <= start:
+        return [(start - start % SLOT, volume)]
+    slots = []
+    t = start
+    while t < end:
+        slot = t - t % SLOT
+        upto = min(end, slot + SLOT)
+        slots.append((slot, upto - t))
+        t = upto
+    total = end - start
+    shares = [(slot, volume * seconds // total, volume * seconds % total) for slot, seconds in slots]
+    left = volume - sum(share for _, share, _ in shares)
+    order = sorted(range(len(shares)), key=lambda i: (-shares[i][2], i))
+    result = [[slot, share] for slot, share, _ in shares]
+    for i in order[: abs(left)]:
+        result[i][1] += 1 if left > 0 else -1
+    return [(slot, share) for slot, share in result if share]
+
+
+@dataclass(frozen=True, slots=True)
+class DayTotal:
+    protocol: str
+    device: str
+    day: object  # datetime.date
+    pulses: int
+
+
+class Deltas:
+    """Signed pulse deltas per (protocol, device, slot), collected during one transaction."""
+
+    def __init__(self) -> None:
+        self._by_slot: dict[tuple[str, str, int], int] = defaultdict(int)
+
+    def add(self, protocol: str, device: str, at: int, n: int) -> None:
+        if n:
+            self._by_slot[(protocol, device, at - at % SLOT)] += n
+
+    def add_spread(self, protocol: str, device: str, start: int, end: int, volume: int) -> None:
+        for slot, share in spread(start, end, volume):
+            self._by_slot[(protocol, device, slot)] += share
+
+    async def apply(self, conn: asyncpg.Connection) -> list[DayTotal]:
+        """Adds the deltas to the rollups; returns the new totals of the days touched."""
+        rows = [(k, n) for k, n in self._by_slot.items() if n]
+        if not rows:
+            return []
+        records = await conn.fetch(
+            _APPLY, [k[0] for k, _ in rows], [k[1] for k, _ in rows], [ts(k[2]) for k, _ in rows],
+            [n for _, n in rows],
+        )
+        return [DayTotal(r["protocol"], r["device_id"], r["day"], r["pulses"]) for r in records]
