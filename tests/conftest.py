@@ -39,6 +39,8 @@ def stack() -> Iterator[LocalStack]:
 
     uvloop.run(local.prepare())
     local.configure_services()
+    # Sweep every second, so silent meters and day ends show up within a test's patience.
+    local.services["alerting"].env["PULSESTACK_SWEEP_INTERVAL"] = "1"
     local.start_services()
     yield local
     local.stop()

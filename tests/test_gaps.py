@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from pulsestack.store.pulses import Gap, Point, gap_between
+from pulsestack.store.rollups import spread
 
 
 def point(period_end: int, index: int, counts: tuple[int, ...] = (1, 1, 1, 1), seq: int = 1) -> Point:
@@ -34,3 +38,11 @@ def test_overlap_counts_only_buckets_after_the_earlier_reading() -> None:
     # B's first two buckets lie before A's end: only the last two (2 + 3) are new.
     b = Point(7200 + 1800, 9000, 2, 100 + 5, 900, (7, 9, 2, 3))
     assert gap_between(point(7200, 100), b) == Gap(0, 7200, 7200, "adjustment")
+
+
+@given(start=st.integers(0, 10**6), length=st.integers(0, 3 * 86_400), volume=st.integers(-(10**6), 10**6))
+def test_spread_keeps_the_volume_and_negates_exactly(start: int, length: int, volume: int) -> None:
+    shares = spread(start, start + length, volume)
+    assert sum(share for _, share in shares) == volume
+    assert spread(start, start + length, -volume) == [(slot, -share) for slot, share in shares]
+    assert all(slot % 900 == 0 for slot, _ in shares)

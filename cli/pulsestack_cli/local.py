@@ -21,7 +21,10 @@ from pulsestack_cli.localstack import NatsServer, Postgres, free_port
 from pulsestack_cli.processes import ServiceProcess
 from simulator.fleet import fleet_ids
 
-ROLE_OF = {"raw-processor": "pulsestack_raw", "pulse-processor": "pulsestack_pulse"}
+ROLE_OF = {
+    "raw-processor": "pulsestack_raw", "pulse-processor": "pulsestack_pulse", "alerting": "pulsestack_alerting",
+    "api": "pulsestack_reader",
+}
 
 
 def with_user(url: str, user: str) -> str:
@@ -45,6 +48,7 @@ class LocalStack:
     database_url: str = ""  # the owner's URL, for migrations and verification
     udp_port: int = 0
     http_port: int = 0
+    api_port: int = 0
     ops_ports: dict[str, int] = field(default_factory=dict)
     nats: NatsServer | None = None
     postgres: Postgres | None = None
@@ -55,6 +59,8 @@ class LocalStack:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.master_key_file = _secret_file(self.workdir / "secrets" / "device-master-key", secrets.token_hex(32))
         self.tokens_file = _secret_file(self.workdir / "secrets" / "sigfox-tokens", secrets.token_urlsafe(24))
+        self.api_tokens_file = _secret_file(self.workdir / "secrets" / "api-tokens", secrets.token_urlsafe(24))
+        self.webhook_secret_file = _secret_file(self.workdir / "secrets" / "webhook-secret", secrets.token_hex(32))
 
     @property
     def master_key(self) -> bytes:
@@ -63,6 +69,10 @@ class LocalStack:
     @property
     def sigfox_token(self) -> str:
         return self.tokens_file.read_text().split()[0]
+
+    @property
+    def api_token(self) -> str:
+        return self.api_tokens_file.read_text().split()[0]
 
     def start_servers(self, fixed_ports: bool = False) -> None:
         """Starts what NATS_URL / DATABASE_URL do not point to."""
@@ -107,9 +117,11 @@ class LocalStack:
     def configure_services(self, udp_port: int | None = None, http_port: int | None = None) -> None:
         self.udp_port = udp_port or free_port()
         self.http_port = http_port or free_port()
+        self.api_port = free_port()
         self.ops_ports = {
             "ingest-udp": free_port(), "ingest-http": self.http_port,
             "raw-processor": free_port(), "pulse-processor": free_port(),
+            "alerting": free_port(), "api": self.api_port,
         }
         self.service_env = {
             "NATS_URL": self.nats_url,
@@ -120,6 +132,10 @@ class LocalStack:
             "PULSESTACK_HTTP_HOST": "127.0.0.1",
             "PULSESTACK_HTTP_PORT": str(self.http_port),
             "PULSESTACK_OPS_HOST": "127.0.0.1",
+            "PULSESTACK_API_HOST": "127.0.0.1",
+            "PULSESTACK_API_PORT": str(self.api_port),
+            "PULSESTACK_API_TOKENS_FILE": str(self.api_tokens_file),
+            "PULSESTACK_WEBHOOK_SECRET_FILE": str(self.webhook_secret_file),
         }
         for name, port in self.ops_ports.items():
             env = {**self.service_env, "PULSESTACK_OPS_PORT": str(port)}

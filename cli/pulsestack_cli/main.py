@@ -98,12 +98,37 @@ async def cmd_devices(args: argparse.Namespace) -> int:
         elif args.action == "rotate-key":
             key = await registry.rotate_key(conn, kv, keys.load_master_key(), args.protocol, args.id)
             print(f"{args.protocol} {args.id} new key {key.hex()}")
+        elif args.action == "set":
+            changes = dict(item.split("=", 1) for item in args.settings)
+            settings = await registry.update_settings(conn, args.protocol, args.id, changes)
+            print(f"{args.protocol} {args.id} settings {settings}")
         elif args.action == "sync":
             count = await registry.sync_all(conn, kv)
             print(f"registry bucket rebuilt for {count} protocol(s)")
     finally:
         await nc.close()
         await conn.close()
+    return 0
+
+
+async def cmd_reprocess(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from pulsestack.store.db import prepare
+    from pulsestack.store.reprocess import reprocess
+
+    def day(text: str | None) -> dt.datetime | None:
+        return dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC) if text else None
+
+    conn = await asyncpg.connect(database_url())
+    try:
+        await prepare(conn)
+        report = await reprocess(conn, protocol=args.protocol, devices=args.device, since=day(args.since),
+                                 until=day(args.until))
+    finally:
+        await conn.close()
+    print(f"reprocessed {report.readings} reading(s) of {report.devices} device(s); "
+          f"{report.redecoded} decoded differently now, {report.undecodable} undecodable (left as they were)")
     return 0
 
 
@@ -130,8 +155,19 @@ def _build_parser() -> argparse.ArgumentParser:
         p.add_argument("protocol", choices=["nbiot", "sigfox"])
         p.add_argument("id")
     dsub.add_parser("sync", help="rebuild the registry bucket from the table")
+    settings = dsub.add_parser("set", help="per-device settings: " + "; ".join(
+        f"{k}: {v}" for k, v in registry.SETTINGS.items()))
+    settings.add_argument("protocol", choices=["nbiot", "sigfox"])
+    settings.add_argument("id")
+    settings.add_argument("settings", nargs="+", metavar="NAME=VALUE")
 
     quarantine_cmd.add_parser(sub)
+
+    again = sub.add_parser("reprocess", help="re-derive pulses, gaps, state and rollups from raw_messages")
+    again.add_argument("--protocol", choices=["nbiot", "sigfox"])
+    again.add_argument("--device", action="append", help="repeatable; default: every device in the range")
+    again.add_argument("--since", help="period end from (ISO date or time, UTC)")
+    again.add_argument("--until", help="period end before (ISO date or time, UTC)")
 
     run = sub.add_parser("run", help="run the stack locally, or every stage in one process")
     run.add_argument("mode", choices=["local", "all"])
@@ -154,7 +190,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {
     "migrate": cmd_migrate, "setup": cmd_setup, "maintain": cmd_maintain, "devices": cmd_devices,
-    "quarantine": quarantine_cmd.run,
+    "quarantine": quarantine_cmd.run, "reprocess": cmd_reprocess,
 }
 
 

@@ -16,6 +16,8 @@ SERVICES = {
     "ingest-http": ["-m", "ingest_http"],
     "raw-processor": ["-m", "processors", "raw"],
     "pulse-processor": ["-m", "processors", "pulse"],
+    "alerting": ["-m", "alerting"],
+    "api": ["-m", "api"],
 }
 
 

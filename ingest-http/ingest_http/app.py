@@ -9,7 +9,6 @@ from aiohttp import web
 
 from ingest_http.config import HttpIngestConfig
 from ingest_http.handler import PROTOCOL, SigfoxCallbacks, json_response
-from ingest_http.tokens import Tokens
 from pulsestack import metrics, ops
 from pulsestack.bus.publisher import Publisher, ReadingGrouper
 from pulsestack.bus.quarantine import Quarantine
@@ -17,6 +16,7 @@ from pulsestack.bus.streams import RAW
 from pulsestack.logs import get_logger
 from pulsestack.registry.membership import Membership, keep_following
 from pulsestack.service import connect_nats
+from pulsestack.tokens import Tokens
 
 log = get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

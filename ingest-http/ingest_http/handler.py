@@ -10,12 +10,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ingest_http.tokens import Tokens
 from pulsestack import metrics
 from pulsestack.bus.publisher import PublishError, ReadingGrouper
 from pulsestack.bus.quarantine import Quarantine
 from pulsestack.logs import RateLimitedLog, get_logger
 from pulsestack.registry.membership import Membership
+from pulsestack.tokens import Tokens
 from pulsestack.wire import sigfox
 from pulsestack.wire.errors import CodecError
 from pulsestack.wire.reading import clock_problem

@@ -32,6 +32,7 @@ ALERTS = "ALERTS"
 RAW_CONSUMER = "raw-processor"
 PULSE_CONSUMER = "pulse-processor"
 NOTIFIER_CONSUMER = "notifier"
+NOTIFIER_MAX_DELIVER = 50
 GIB = 1024**3
 DAY = 86_400.0
 
@@ -84,7 +85,7 @@ def stream_configs(limits: BusLimits) -> list[StreamConfig]:
     ]
 
 
-def consumer_config(durable: str, subject: str, limits: BusLimits) -> ConsumerConfig:
+def consumer_config(durable: str, subject: str, limits: BusLimits, max_deliver: int | None = None) -> ConsumerConfig:
     return ConsumerConfig(
         durable_name=durable,
         filter_subject=subject,
@@ -92,7 +93,7 @@ def consumer_config(durable: str, subject: str, limits: BusLimits) -> ConsumerCo
         # Explicit: never AckAll, which would acknowledge what another replica still holds.
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=limits.ack_wait_seconds,
-        max_deliver=limits.max_deliver,
+        max_deliver=max_deliver or limits.max_deliver,
         max_ack_pending=20_000,
         max_waiting=512,
     )
@@ -106,13 +107,15 @@ async def setup(js: JetStreamContext, limits: BusLimits) -> None:
         except BadRequestError:
             await js.update_stream(config)
     consumers = (
-        (RAW_CONSUMER, RAW, "raw.*"), (PULSE_CONSUMER, PULSES, "pulse.*"), (NOTIFIER_CONSUMER, ALERTS, "alerts.*")
+        (RAW_CONSUMER, RAW, "raw.*", None), (PULSE_CONSUMER, PULSES, "pulse.*", None),
+        # A webhook may be down for a while: about 25 minutes of retries before DEAD.
+        (NOTIFIER_CONSUMER, ALERTS, "alerts.*", NOTIFIER_MAX_DELIVER),
     )
-    for durable, stream, subject in consumers:
+    for durable, stream, subject, max_deliver in consumers:
         try:
             await js.consumer_info(stream, durable)
         except NotFoundError:
-            await js.add_consumer(stream, consumer_config(durable, subject, limits))
+            await js.add_consumer(stream, consumer_config(durable, subject, limits, max_deliver))
     try:
         await js.key_value(REGISTRY_BUCKET)
     except Exception:

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import asyncpg
+import orjson
 from nats.js.kv import KeyValue
 
 from pulsestack import keys
@@ -124,3 +125,45 @@ async def list_devices(conn: asyncpg.Connection, protocol: str | None, limit: in
         protocol, limit,
     )
     return [Device(r["protocol"], r["device_id"], r["key_version"], r["label"], r["disabled"]) for r in rows]
+
+
+SETTINGS = {
+    "timezone": "IANA time zone for days (rollups, daily limits)",
+    "pulse_weight": "litres (or the meter's unit) per pulse",
+    "daily_limit": "daily consumption, in that unit, above which a threshold alert opens",
+}
+
+
+def _setting(name: str, value: str) -> object:
+    if name not in SETTINGS:
+        raise ValueError(f"unknown setting {name!r}; known: {', '.join(SETTINGS)}")
+    if name == "timezone":
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+    number = float(value)
+    if number <= 0:
+        raise ValueError(f"{name} must be positive")
+    return number
+
+
+async def update_settings(
+    conn: asyncpg.Connection, protocol: str, device: str, changes: dict[str, str]
+) -> dict[str, object]:
+    """Merges validated settings into the device's; returns them. A time zone change applies to new
+    readings; `pulsestack reprocess` re-cuts the days of older ones."""
+    device = canonical(protocol, device)
+    values = {name: _setting(name, value) for name, value in changes.items()}
+    merged = await conn.fetchval(
+        "UPDATE devices SET settings = settings || $3::jsonb, updated_at = now()"
+        " WHERE protocol = $1 AND device_id = $2 RETURNING settings",
+        protocol, device, orjson.dumps(values).decode(),
+    )
+    if merged is None:
+        raise LookupError(f"{protocol} device {device} is not registered")
+    result: dict[str, object] = orjson.loads(merged)
+    return result

@@ -21,8 +21,10 @@ CREATE TEMP TABLE IF NOT EXISTS stage_pulses (
 """
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def prepare(conn: asyncpg.Connection) -> None:
+    """What the stages' writes expect of a connection: the staging tables, UTC for hours and days."""
     await conn.execute(_STAGING)
+    await conn.execute("SET TIME ZONE 'UTC'")
 
 
 async def create_pool(url: str | None = None, *, size: int = 4) -> asyncpg.Pool:
@@ -30,12 +32,10 @@ async def create_pool(url: str | None = None, *, size: int = 4) -> asyncpg.Pool:
         url or database_url(),
         min_size=1,
         max_size=size,
-        init=_init_connection,
+        init=prepare,
         # Statements are few and fixed; cache them.
         statement_cache_size=256,
         command_timeout=60,
-        # Hours and days of the rollups are cut in UTC unless a device's zone says otherwise.
-        server_settings={"timezone": "UTC"},
     )
     assert pool is not None
     return pool

@@ -202,7 +202,8 @@ class _DeviceState:
         self.last = item
 
 
-def _lock_key(protocol: str, device: str) -> int:
+def lock_key(protocol: str, device: str) -> int:
+    """The advisory lock every writer of a device's derived data holds."""
     digest = hashlib.blake2b(f"{protocol}:{device}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
 
@@ -261,9 +262,10 @@ class _GapWriter:
         return len(upserts), inserted
 
 
-async def write_pulses(conn: asyncpg.Connection, items: list[PulseItem]) -> PulseOutcome:
+async def write_pulses(conn: asyncpg.Connection, items: list[PulseItem], replay: bool = False) -> PulseOutcome:
     """Writes a batch in the caller's transaction: buckets, gaps, device state, rollups and alerts.
-    Idempotent: a replay changes nothing."""
+    Idempotent: a redelivery changes nothing. `replay` (reprocessing): old readings are not news, so
+    they do not end a device's silence."""
     outcome = PulseOutcome()
     by_raw: dict[int, PulseItem] = {}
     for item in items:
@@ -276,7 +278,7 @@ async def write_pulses(conn: asyncpg.Connection, items: list[PulseItem]) -> Puls
     # Serialises replicas that hold readings of the same device, so gap recomputation sees a stable history.
     await conn.execute(
         "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k",
-        sorted(_lock_key(p, d) for p, d in devices),
+        sorted(lock_key(p, d) for p, d in devices),
     )
 
     winners: dict[tuple[str, str, int, int], tuple[tuple[int, int], int, int]] = {}
@@ -321,7 +323,7 @@ async def write_pulses(conn: asyncpg.Connection, items: list[PulseItem]) -> Puls
     outcome.duplicates += len(unique) - len(fresh)
     outcome.stored = [i.reading for i in fresh]
     alerts = AlertChanges()
-    outcome.gaps, outcome.resets = await _update_history(conn, fresh, deltas, alerts)
+    outcome.gaps, outcome.resets = await _update_history(conn, fresh, deltas, alerts, replay)
     for total in await deltas.apply(conn):
         alerts.day_total(total.protocol, total.device, total.day, total.pulses)  # type: ignore[arg-type]
     outcome.alerts = await alerts.apply(conn)
@@ -343,7 +345,7 @@ def _state_from_row(row: asyncpg.Record) -> _DeviceState:
 
 
 async def _update_history(
-    conn: asyncpg.Connection, fresh: list[PulseItem], deltas: Deltas, alerts: AlertChanges
+    conn: asyncpg.Connection, fresh: list[PulseItem], deltas: Deltas, alerts: AlertChanges, replay: bool
 ) -> tuple[int, int]:
     """Gap volumes around each new reading, device state, and the alerts the state implies."""
     if not fresh:
@@ -374,7 +376,7 @@ async def _update_history(
             gaps.put(r.protocol, r.device, point, Point.from_row(after))
     written, resets = await gaps.flush(conn, deltas)
     for (protocol, device), state in states.items():
-        _judge(protocol, device, state, alerts)
+        _judge(protocol, device, state, alerts, replay)
     changed = [(k, s) for k, s in states.items() if s.last is not None]
     unchanged = [(k, s) for k, s in states.items() if s.last is None]
     if unchanged:
@@ -410,10 +412,10 @@ def _ts_or_none(seconds: int | None) -> object:
     return None if seconds is None else ts(seconds)
 
 
-def _judge(protocol: str, device: str, state: _DeviceState, alerts: AlertChanges) -> None:
+def _judge(protocol: str, device: str, state: _DeviceState, alerts: AlertChanges, replay: bool) -> None:
     """Opens or resolves the alerts a device's state implies; only changes reach the database."""
     is_open = state.open_alerts.__contains__
-    if is_open("silent"):
+    if is_open("silent") and not replay:
         alerts.resolve(protocol, device, "silent")  # it spoke again
     if state.last is not None:
         flags = state.last.reading.flags

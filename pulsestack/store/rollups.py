@@ -40,6 +40,9 @@ def spread(start: int, end: int, volume: int) -> list[tuple[int, int]]:
     (largest remainder, ties to the earlier slot); a boundary (start == end) takes it whole."""
     if end <= start:
         return [(start - start % SLOT, volume)]
+    if volume < 0:
+        # Exactly the opposite of the positive split, so taking a gap back undoes putting it in.
+        return [(slot, -share) for slot, share in spread(start, end, -volume)]
     slots = []
     t = start
     while t < end:
@@ -52,8 +55,8 @@ def spread(start: int, end: int, volume: int) -> list[tuple[int, int]]:
     left = volume - sum(share for _, share, _ in shares)
     order = sorted(range(len(shares)), key=lambda i: (-shares[i][2], i))
     result = [[slot, share] for slot, share, _ in shares]
-    for i in order[: abs(left)]:
-        result[i][1] += 1 if left > 0 else -1
+    for i in order[:left]:
+        result[i][1] += 1
     return [(slot, share) for slot, share in result if share]
 
 

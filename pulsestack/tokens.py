@@ -1,4 +1,4 @@
-"""Bearer tokens of the Sigfox backend, re-read when their file changes so they can be rotated live."""
+"""Bearer tokens (the Sigfox backend's, the read API's), re-read when their file changes so they rotate live."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ log = get_logger(__name__)
 
 
 class Tokens:
-    def __init__(self, path: Path | None, inline: tuple[str, ...] = ()) -> None:
+    def __init__(self, path: Path | None, inline: tuple[str, ...] = (), name: str = "sigfox") -> None:
+        self._name = name
         self._path = path
         self._inline = tuple(t.encode() for t in inline)
         self._tokens: tuple[bytes, ...] = self._inline
@@ -24,14 +25,14 @@ class Tokens:
         try:
             mtime = self._path.stat().st_mtime
         except OSError as exc:
-            log.error("sigfox tokens file unreadable", path=str(self._path), error=exc.strerror)
+            log.error("tokens file unreadable", tokens=self._name, path=str(self._path), error=exc.strerror)
             return
         if mtime == self._mtime:
             return
         lines = self._path.read_text().split()
         self._tokens = tuple(line.encode() for line in lines) + self._inline
         self._mtime = mtime
-        log.info("sigfox tokens loaded", count=len(self._tokens))
+        log.info("tokens loaded", tokens=self._name, count=len(self._tokens))
 
     def valid(self, header: str | None) -> bool:
         if not header or not header.startswith("Bearer "):

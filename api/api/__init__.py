@@ -1,0 +1,1 @@
+"""The read API: consumption, device state and alerts, token-authenticated, described by OpenAPI."""

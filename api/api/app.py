@@ -1,0 +1,59 @@
+"""An api process: the read API and the ops endpoints on one port."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from api.config import ApiConfig
+from api.handlers import ReadApi, error
+from pulsestack import ops
+from pulsestack.logs import get_logger
+from pulsestack.store.db import create_pool
+from pulsestack.tokens import Tokens
+
+log = get_logger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PUBLIC = frozenset({"/v1/openapi.json", "/healthz", "/readyz", "/metrics"})
+
+
+def token_required(tokens: Tokens) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in PUBLIC and not tokens.valid(request.headers.get("Authorization")):
+            response = error(401, "unauthorized", "a valid bearer token is required")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="pulsestack"'
+            return response
+        return await handler(request)
+
+    return middleware
+
+
+async def serve(config: ApiConfig, stop: asyncio.Event) -> None:
+    pool = await create_pool(config.database_url, size=4)
+    tokens = Tokens(config.tokens_file, config.tokens_inline, name="api")
+    app = web.Application(middlewares=[token_required(tokens)])
+    ReadApi(pool, config.max_points).routes(app)
+
+    async def ready() -> str | None:
+        try:
+            await asyncio.wait_for(pool.fetchval("SELECT 1"), 2.0)
+        except Exception as exc:
+            return f"database: {exc}"
+        return None
+
+    ops.add_routes(app, ready)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, config.host, config.port, reuse_address=True).start()
+    log.info("api started", port=config.port)
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), 5.0)
+        except TimeoutError:
+            tokens.reload()
+    await runner.cleanup()
+    await pool.close()
+    log.info("api stopped")
