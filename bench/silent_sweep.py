@@ -1,0 +1,83 @@
+"""Silent-meter sweep over a million device states: how long one sweep takes.
+
+    python bench/silent_sweep.py [--devices 1000000] [--silent-share 0.01]
+
+Starts its own embedded PostgreSQL, fills device_state with `--devices` rows
+(a share of them silent), then times sweeps: the first opens the alerts, the
+following ones are the steady state (nothing new to open). Prints the figures
+and writes bench/results/<date>-<host>-silent-sweep.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg
+
+from alerting.sweep import sweep
+from pulsestack.store.db import create_pool
+from pulsestack.store.migrate import migrate
+from pulsestack_cli.localstack import Postgres
+
+FILL = """
+INSERT INTO device_state (protocol, device_id, last_period_end, last_device_time, last_seq, last_index,
+                          last_raw_id, last_battery_mv, last_flags, last_seen, readings, interval_seconds)
+SELECT 'nbiot', (356938000000000 + i)::text, now(), now(), 1, 0, i, 3600, 0,
+       CASE WHEN i % $2 = 0 THEN now() - interval '5 hours' ELSE now() - interval '10 minutes' END, 1, 3600
+FROM generate_series(1, $1) AS i
+"""
+
+
+async def main(devices: int, silent_share: float, runs: int) -> list[str]:
+    workdir = Path(tempfile.mkdtemp(prefix="pulsestack-sweep-"))
+    pg = Postgres(workdir / "pg")
+    pg.start()
+    try:
+        conn = await asyncpg.connect(pg.url())
+        await migrate(conn)
+        started = time.monotonic()
+        await conn.execute(FILL, devices, max(1, round(1 / silent_share)))
+        await conn.execute("VACUUM ANALYZE device_state")
+        fill = time.monotonic() - started
+        await conn.close()
+        pool = await create_pool(pg.url(), size=2)
+        timings, opened = [], []
+        for _ in range(runs):
+            t = time.monotonic()
+            opened.append(len(await sweep(pool, 3600)))
+            timings.append(time.monotonic() - t)
+        await pool.close()
+    finally:
+        pg.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    steady = timings[1:]
+    return [
+        f"device states: {devices:,} ({silent_share:.1%} silent); filled in {fill:.1f} s",
+        f"first sweep (opens {opened[0]:,} silent alerts): {timings[0] * 1000:.0f} ms",
+        f"steady-state sweep (nothing new), median of {len(steady)}: {statistics.median(steady) * 1000:.0f} ms"
+        f" (min {min(steady) * 1000:.0f}, max {max(steady) * 1000:.0f})",
+    ]
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=1_000_000)
+    parser.add_argument("--silent-share", type=float, default=0.01)
+    parser.add_argument("--runs", type=int, default=6)
+    args = parser.parse_args()
+    lines = asyncio.run(main(args.devices, args.silent_share, args.runs))
+    for line in lines:
+        print(line)
+    out = Path(__file__).parent / "results" / f"{dt.date.today()}-{platform.node()}-silent-sweep.md"
+    out.write_text("# Silent-meter sweep\n\n" + "".join(f"- {line}\n" for line in lines) + (
+        f"\nMachine: {platform.machine()}, Python {platform.python_version()}; PostgreSQL from the pgserver wheel"
+        " (defaults plus shared_buffers=256MB); same box as other work, so figures are indicative.\n"))
+    print(f"written {out}")
