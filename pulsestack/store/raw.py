@@ -15,26 +15,21 @@ _COLUMNS = (
     "meter_index", "battery_mv", "flags", "received_at", "trace_id", "payload", "meta",
 )
 _INSERT = """
-WITH ins AS (
-    INSERT INTO raw_messages (protocol, device_id, seq, device_time, period_end, bucket_seconds, counts,
-                              meter_index, battery_mv, flags, received_at, trace_id, payload, meta)
-    SELECT protocol, device_id, seq, device_time, period_end, bucket_seconds, counts,
-           meter_index, battery_mv, flags, received_at, trace_id, payload, meta
-    FROM stage_raw ORDER BY ord
-    ON CONFLICT (protocol, device_id, seq, device_time) DO NOTHING
-    RETURNING id, protocol, device_id, seq, device_time
-)
-SELECT s.ord, i.id AS inserted_id, r.id AS existing_id
-FROM stage_raw s
-LEFT JOIN ins i USING (protocol, device_id, seq, device_time)
-LEFT JOIN raw_messages r
-       ON i.id IS NULL AND r.protocol = s.protocol AND r.device_id = s.device_id
-      AND r.seq = s.seq AND r.device_time = s.device_time
+INSERT INTO raw_messages (protocol, device_id, seq, device_time, period_end, bucket_seconds, counts,
+                          meter_index, battery_mv, flags, received_at, trace_id, payload, meta)
+SELECT protocol, device_id, seq, device_time, period_end, bucket_seconds, counts,
+       meter_index, battery_mv, flags, received_at, trace_id, payload, meta
+FROM stage_raw ORDER BY ord
+ON CONFLICT (protocol, device_id, seq, device_time) DO NOTHING
+RETURNING id, protocol, device_id, seq, device_time
 """
-# A row a concurrent replica committed during our statement is invisible to its
-# snapshot; a fresh statement sees it.
-_LOOKUP = """
-SELECT id FROM raw_messages WHERE protocol = $1 AND device_id = $2 AND seq = $3 AND device_time = $4
+# Only for the readings already stored (duplicates), which are few; a fresh statement also sees a row a
+# concurrent replica committed while our INSERT waited on it.
+_EXISTING = """
+SELECT r.id, r.protocol, r.device_id, r.seq, r.device_time
+FROM raw_messages r
+JOIN unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[]) AS k(p, d, s, t)
+  ON r.protocol = k.p AND r.device_id = k.d AND r.seq = k.s AND r.device_time = k.t
 """
 
 
@@ -67,16 +62,21 @@ async def insert_readings(conn: asyncpg.Connection, readings: list[Reading]) -> 
         "stage_raw", records=[_record(i, r) for i, r in enumerate(unique)], columns=_COLUMNS
     )
     rows: list[RawRow | None] = [None] * len(unique)
+
+    def key(rec: asyncpg.Record) -> str:
+        return f"{rec['protocol']}:{rec['device_id']}:{rec['seq']}:{int(rec['device_time'].timestamp())}"
+
     for rec in await conn.fetch(_INSERT):
-        if rec["inserted_id"] is not None:
-            rows[rec["ord"]] = RawRow(rec["inserted_id"], True)
-        elif rec["existing_id"] is not None:
-            rows[rec["ord"]] = RawRow(rec["existing_id"], False)
-    for i, row in enumerate(rows):
-        if row is None:
-            r = unique[i]
-            raw_id = await conn.fetchval(_LOOKUP, r.protocol, r.device, r.seq, ts(r.device_time))
-            rows[i] = RawRow(raw_id, False)
+        rows[first[key(rec)]] = RawRow(rec["id"], True)
+    missing = [unique[i] for i, row in enumerate(rows) if row is None]
+    if missing:
+        for rec in await conn.fetch(
+            _EXISTING, [r.protocol for r in missing], [r.device for r in missing], [r.seq for r in missing],
+            [ts(r.device_time) for r in missing],
+        ):
+            rows[first[key(rec)]] = RawRow(rec["id"], False)
+    if any(row is None for row in rows):
+        raise RuntimeError("a reading was neither inserted nor found")  # cannot happen under the unique key
     result: list[RawRow] = []
     seen: set[int] = set()
     for r in readings:
