@@ -44,7 +44,8 @@ def stack() -> Iterator[LocalStack]:
     local.start_services()
     yield local
     local.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
+    if os.environ.get("PULSESTACK_KEEP_TEST_STACK") != "1":  # keep logs and data to look into a failure
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture

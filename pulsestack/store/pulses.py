@@ -40,12 +40,12 @@ SET count = EXCLUDED.count, raw_id = EXCLUDED.raw_id, device_time = EXCLUDED.dev
 WHERE (EXCLUDED.device_time, EXCLUDED.seq) > (pulses.device_time, pulses.seq)
 """
 _STATE = """
-SELECT s.protocol, s.device_id, s.last_period_end, s.last_device_time, s.last_seq, s.last_index, s.readings,
-       s.last_seen, s.interval_seconds, s.first_bucket, s.last_zero_flow, s.finest_bucket,
+SELECT k.p AS protocol, k.d AS device_id, s.last_period_end, s.last_device_time, s.last_seq, s.last_index,
+       s.readings, s.last_seen, s.interval_seconds, s.first_bucket, s.last_zero_flow, s.finest_bucket,
        (SELECT array_agg(a.kind) FROM alerts a
-        WHERE a.protocol = s.protocol AND a.device_id = s.device_id AND a.resolved_at IS NULL) AS open_alerts
-FROM device_state s
-WHERE (s.protocol, s.device_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+        WHERE a.protocol = k.p AND a.device_id = k.d AND a.resolved_at IS NULL) AS open_alerts
+FROM unnest($1::text[], $2::text[]) AS k(p, d)
+LEFT JOIN device_state s ON s.protocol = k.p AND s.device_id = k.d
 """
 # Written whole: the device locks make what this transaction read the current state.
 _WRITE_STATE = """
@@ -331,6 +331,9 @@ async def write_pulses(conn: asyncpg.Connection, items: list[PulseItem], replay:
 
 
 def _state_from_row(row: asyncpg.Record) -> _DeviceState:
+    open_alerts = frozenset(row["open_alerts"] or ())
+    if row["last_period_end"] is None:  # first reading of this device (it may already be silent)
+        return _DeviceState(None, 0, open_alerts=open_alerts)
     return _DeviceState(
         point=Point(epoch(row["last_period_end"]), epoch(row["last_device_time"]), row["last_seq"],
                     row["last_index"], 0, ()),
@@ -340,7 +343,7 @@ def _state_from_row(row: asyncpg.Record) -> _DeviceState:
         first_bucket=epoch(row["first_bucket"]) if row["first_bucket"] else None,
         last_zero_flow=epoch(row["last_zero_flow"]) if row["last_zero_flow"] else None,
         finest=row["finest_bucket"],
-        open_alerts=frozenset(row["open_alerts"] or ()),
+        open_alerts=open_alerts,
     )
 
 
