@@ -30,7 +30,8 @@ class ProcessorConfig:
             database_url=database_url(),
             ops_host=env_str("PULSESTACK_OPS_HOST", "0.0.0.0"),
             ops_port=env_int("PULSESTACK_OPS_PORT", DEFAULT_OPS_PORT[stage]),
-            batch=env_int("PULSESTACK_BATCH", 500),
+            # Messages per fetch; each carries up to 64 readings, so a batch stays a few thousand readings.
+            batch=env_int("PULSESTACK_BATCH", 100),
             max_wait=env_float("PULSESTACK_BATCH_WAIT", 1.0),
             pool_size=env_int("PULSESTACK_DB_POOL", 2),
             limits=BusLimits.from_env(),
