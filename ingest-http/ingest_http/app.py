@@ -10,12 +10,8 @@ from aiohttp import web
 from ingest_http.config import HttpIngestConfig
 from ingest_http.handler import PROTOCOL, SigfoxCallbacks, json_response
 from pulsestack import metrics, ops
-from pulsestack.bus.publisher import Publisher, ReadingGrouper
-from pulsestack.bus.quarantine import Quarantine
-from pulsestack.bus.streams import RAW
+from pulsestack.ingest import IngestBus
 from pulsestack.logs import get_logger
-from pulsestack.registry.membership import Membership, keep_following
-from pulsestack.service import connect_nats
 from pulsestack.tokens import Tokens
 
 log = get_logger(__name__)
@@ -42,47 +38,25 @@ async def _reload_tokens(tokens: Tokens, stop: asyncio.Event) -> None:
 
 
 async def serve(config: HttpIngestConfig, stop: asyncio.Event) -> None:
-    metrics.prime()
-    nc = await connect_nats(config.common, "ingest-http")
-    js = nc.jetstream()
-    publisher = Publisher(nc)
-    await publisher.start()
-    membership = Membership([PROTOCOL])
-    grouper = ReadingGrouper(
-        publisher, stream=RAW, subject_of=lambda r: f"raw.{r.protocol}",
-        max_readings=config.group_max_readings, max_delay=config.group_max_delay,
-    )
+    bus = await IngestBus.connect(config.common, [PROTOCOL], config.group_max_readings, config.group_max_delay)
     tokens = Tokens(config.tokens_file, config.tokens_inline)
     callbacks = SigfoxCallbacks(
-        tokens=tokens, membership=membership, grouper=grouper, quarantine=Quarantine(publisher),
+        tokens=tokens, membership=bus.membership, grouper=bus.grouper, quarantine=bus.quarantine,
         max_age_seconds=config.max_age_seconds, answer_within=config.answer_within,
     )
-
-    async def ready() -> str | None:
-        if not nc.is_connected:
-            return "not connected to NATS"
-        if not membership.ready.is_set():
-            return "registry not loaded"
-        return None
-
     # The handler reads the body itself and answers 413 with a reason; this is only a backstop.
     app = web.Application(middlewares=[count_wrong_methods], client_max_size=64 * 1024)
     app.router.add_post("/v1/sigfox", callbacks.handle)
-    ops.add_routes(app, ready)
+    ops.add_routes(app, bus.ready)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.answer_within + 1)
     await runner.setup()
     await web.TCPSite(runner, config.host, config.port, reuse_address=True, backlog=1024).start()
-    background = [
-        asyncio.create_task(keep_following(js, membership, stop)),
-        asyncio.create_task(_reload_tokens(tokens, stop)),
-    ]
+    bus.follow_registry(stop)
+    reloading = asyncio.create_task(_reload_tokens(tokens, stop))
     log.info("ingest-http started", port=config.port)
     await stop.wait()
     # Stop accepting, let in-flight callbacks get their PubAcks and answers, then leave.
     await runner.cleanup()
-    await grouper.drain()
-    for task in background:
-        task.cancel()
-    await publisher.stop()
-    await nc.drain()
+    await bus.close()
+    reloading.cancel()
     log.info("ingest-http stopped")

@@ -8,12 +8,8 @@ from ingest_udp.config import UdpIngestConfig
 from ingest_udp.kernel import open_socket, socket_drops
 from ingest_udp.protocol import NbiotDatagrams
 from pulsestack import metrics, ops
-from pulsestack.bus.publisher import Publisher, ReadingGrouper
-from pulsestack.bus.quarantine import Quarantine
-from pulsestack.bus.streams import RAW
+from pulsestack.ingest import IngestBus
 from pulsestack.logs import get_logger
-from pulsestack.registry.membership import Membership, keep_following
-from pulsestack.service import connect_nats
 
 log = get_logger(__name__)
 
@@ -32,44 +28,23 @@ async def _count_kernel_drops(port: int, stop: asyncio.Event) -> None:
 
 
 async def serve(config: UdpIngestConfig, stop: asyncio.Event) -> None:
-    metrics.prime()
-    nc = await connect_nats(config.common, "ingest-udp")
-    js = nc.jetstream()
-    publisher = Publisher(nc)
-    await publisher.start()
-    membership = Membership(["nbiot"])
-    grouper = ReadingGrouper(
-        publisher, stream=RAW, subject_of=lambda r: f"raw.{r.protocol}",
-        max_readings=config.group_max_readings, max_delay=config.group_max_delay,
-    )
+    bus = await IngestBus.connect(config.common, ["nbiot"], config.group_max_readings, config.group_max_delay)
     datagrams = NbiotDatagrams(
-        membership=membership, grouper=grouper, quarantine=Quarantine(publisher),
+        membership=bus.membership, grouper=bus.grouper, quarantine=bus.quarantine,
         master_key=config.master_key, max_age_seconds=config.max_age_seconds,
     )
     sock = open_socket(config.host, config.port, config.receive_buffer)
     transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(lambda: datagrams, sock=sock)
-
-    async def ready() -> str | None:
-        if not nc.is_connected:
-            return "not connected to NATS"
-        if not membership.ready.is_set():
-            return "registry not loaded"
-        return None
-
-    runner = await ops.serve(config.ops_host, config.ops_port, ready)
-    background = [
-        asyncio.create_task(keep_following(js, membership, stop)),
-        asyncio.create_task(_count_kernel_drops(config.port, stop)),
-    ]
+    runner = await ops.serve(config.ops_host, config.ops_port, bus.ready)
+    bus.follow_registry(stop)
+    drops = asyncio.create_task(_count_kernel_drops(config.port, stop))
     log.info("ingest-udp started", port=config.port, ops_port=config.ops_port)
     await stop.wait()
-    # Stop taking datagrams, then let every grouped reading get its PubAck (and its ack) before leaving.
+    # Stop taking datagrams, then let every grouped reading get its PubAck (and its ack) before leaving:
+    # the acks go out from the PubAck callbacks, before the bus closes.
     datagrams.closing = True
-    await grouper.drain()  # the acks go out from the PubAck callbacks, before this returns
+    await bus.close()
     transport.close()
-    for task in background:
-        task.cancel()
-    await publisher.stop()
-    await nc.drain()
+    drops.cancel()
     await runner.cleanup()
     log.info("ingest-udp stopped")
