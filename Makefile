@@ -7,6 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEVICES ?= 1000
 RATE ?= 50
+BENCH_ARGS ?=
 
 .PHONY: run test check lint tools bench clean
 
@@ -25,6 +26,11 @@ tools:
 
 test: $(BIN)/.installed tools
 	$(BIN)/pytest tests
+
+# The capacity benchmark: the reference loads, the ramp to the ceiling, rsyslog beside it (bench/README.md).
+bench: $(BIN)/.installed
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import asyncpg
 
-from alerting.sweep import sweep
+from alerting.sweep import Sweeper
 from pulsestack.store.db import create_pool
 from pulsestack.store.migrate import migrate
 from pulsestack_cli.localstack import Postgres
@@ -54,11 +54,12 @@ async def main(devices: int, silent_share: float, runs: int) -> list[str]:
         await conn.execute("VACUUM ANALYZE devices, device_state")
         fill = time.monotonic() - started
         await conn.close()
-        pool = await create_pool(pg.url(), size=2)
+        pool = await create_pool(pg.url(), size=2, keyed_lookups=False)
+        sweeper = Sweeper(pool, 3600)
         timings, opened = [], []
         for _ in range(runs):
             t = time.monotonic()
-            opened.append(len(await sweep(pool, 3600)))
+            opened.append(len(await sweeper.sweep()))
             timings.append(time.monotonic() - t)
         await pool.close()
     finally:

@@ -8,7 +8,7 @@ import asyncpg
 
 from alerting.config import AlertingConfig
 from alerting.notifier import Notifier
-from alerting.sweep import sweep
+from alerting.sweep import Sweeper
 from pulsestack import ops
 from pulsestack.bus.alerts import publish_pending
 from pulsestack.bus.consumer import BatchConsumer, ConsumerSettings
@@ -22,9 +22,10 @@ log = get_logger(__name__)
 
 
 async def _sweep_loop(pool: asyncpg.Pool, publisher: Publisher, config: AlertingConfig, stop: asyncio.Event) -> None:
+    sweeper = Sweeper(pool, config.default_interval)
     while not stop.is_set():
         try:
-            changed = await sweep(pool, config.default_interval)
+            changed = await sweeper.sweep()
             if changed:
                 log.info("sweep changed alerts", count=len(changed))
             # Everything unpublished, not only this sweep's: the outbox also covers crashed writers.
@@ -41,7 +42,7 @@ async def serve(config: AlertingConfig, stop: asyncio.Event) -> None:
     nc = await connect_nats(config.common, "alerting")
     publisher = Publisher(nc)
     await publisher.start()
-    pool = await create_pool(config.database_url, size=2)
+    pool = await create_pool(config.database_url, size=2, keyed_lookups=False)
     notifier = Notifier(config.webhook_url, config.webhook_secret, config.webhook_timeout)
     consumer = BatchConsumer(
         nc.jetstream(), publisher, ConsumerSettings(

@@ -22,7 +22,9 @@ from pulsestack.wire.errors import CodecError
 from pulsestack.wire.reading import clock_problem
 
 PROTOCOL = nbiot.PROTOCOL
-RECENT_MAX = 200_000
+# Enough for the retransmissions of the last few seconds at 20k readings/s; a miss only means a
+# retransmission is acked "stored" instead of "known duplicate", which devices treat alike.
+RECENT_MAX = 100_000
 log = get_logger(__name__)
 
 Address = tuple[str, int]
@@ -45,8 +47,9 @@ class NbiotDatagrams(asyncio.DatagramProtocol):
         self._max_age = max_age_seconds
         self._transport: asyncio.DatagramTransport | None = None
         self.closing = False  # set at shutdown: new datagrams get no ack, the device retransmits elsewhere
-        # Readings already acknowledged, so a retransmission is answered "known duplicate".
-        self._recent: dict[tuple[int, int, int], None] = {}
+        # Readings already acknowledged (a hash of device, seq and period), so a retransmission is answered
+        # "known duplicate". One int per entry keeps this small beside the registry.
+        self._recent: dict[int, None] = {}
         self._logs = RateLimitedLog(per_second=1.0)
         self._received = metrics.ingest_received.labels(PROTOCOL)
         self._accepted = metrics.ingest_accepted.labels(PROTOCOL)
@@ -97,18 +100,19 @@ class NbiotDatagrams(asyncio.DatagramProtocol):
             self._reject("overloaded", addr, str(future.exception()), str(ident[0]), ident[1])
             return
         self._accepted.inc()
-        duplicate = future.result().duplicate or ident in self._recent
+        seen = hash(ident)
+        duplicate = future.result().duplicate or seen in self._recent
         if duplicate:
             self._duplicates.inc()
         else:
-            self._remember(ident)
+            self._remember(seen)
         faults.hit("udp.after_puback")
         if self._transport is not None:
             status = nbiot.ACK_DUPLICATE if duplicate else nbiot.ACK_STORED
             self._transport.sendto(nbiot.encode_ack(key, ident[1], status), addr)
 
-    def _remember(self, ident: tuple[int, int, int]) -> None:
-        self._recent[ident] = None
+    def _remember(self, seen: int) -> None:
+        self._recent[seen] = None
         if len(self._recent) > RECENT_MAX:
             del self._recent[next(iter(self._recent))]
 

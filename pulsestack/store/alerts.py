@@ -35,7 +35,7 @@ FROM (
            coalesce((dv.settings ->> 'pulse_weight')::numeric, 1) AS weight,
            (dv.settings ->> 'daily_limit')::numeric AS lim
     FROM unnest($1::text[], $2::text[], $3::date[], $4::bigint[]) AS u(p, d, day, pulses)
-    JOIN devices dv ON dv.protocol = u.p AND dv.device_id = u.d
+    CROSS JOIN LATERAL (SELECT settings FROM devices dv WHERE dv.protocol = u.p AND dv.device_id = u.d) dv
 ) t
 WHERE t.lim IS NOT NULL AND t.pulses * t.weight >= t.lim
 ON CONFLICT (protocol, device_id, day) WHERE kind = 'threshold' DO NOTHING

@@ -1,4 +1,4 @@
-"""Connection pools. Each connection gets its own staging tables for COPY-then-upsert writes."""
+"""Connection pools for the stages and services."""
 
 from __future__ import annotations
 
@@ -6,33 +6,25 @@ import asyncpg
 
 from pulsestack.config import database_url
 
-# COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT: the
-# fastest idempotent bulk write measured here (~50k rows/s per connection).
-_STAGING = """
-CREATE TEMP TABLE IF NOT EXISTS stage_raw (
-    ord int, protocol text, device_id text, seq bigint, device_time timestamptz,
-    period_end timestamptz, bucket_seconds int, counts int[], meter_index bigint,
-    battery_mv int, flags int, received_at timestamptz, trace_id text, payload bytea, meta jsonb
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS stage_pulses (
-    protocol text, device_id text, bucket_start timestamptz, bucket_seconds int, count int,
-    raw_id bigint, device_time timestamptz, seq bigint
-) ON COMMIT DELETE ROWS;
-"""
-
 
 async def prepare(conn: asyncpg.Connection) -> None:
-    """What the stages' writes expect of a connection: the staging tables, UTC for hours and days."""
-    await conn.execute(_STAGING)
+    """UTC for the rollups' hours and days, and nested-loop joins only: every statement of the stages'
+    hot path looks rows up by key from a batch of a few thousand, and a hash or merge join chosen on a
+    misjudged batch size would read whole partitions of tables that grow without bound."""
+    await conn.execute("SET TIME ZONE 'UTC'; SET enable_hashjoin = off; SET enable_mergejoin = off")
+
+
+async def _utc(conn: asyncpg.Connection) -> None:
     await conn.execute("SET TIME ZONE 'UTC'")
 
 
-async def create_pool(url: str | None = None, *, size: int = 4) -> asyncpg.Pool:
+async def create_pool(url: str | None = None, *, size: int = 4, keyed_lookups: bool = True) -> asyncpg.Pool:
+    """`keyed_lookups`: the stages' setting (see `prepare`); sweeps that scan on purpose turn it off."""
     pool = await asyncpg.create_pool(
         url or database_url(),
         min_size=1,
         max_size=size,
-        init=prepare,
+        init=prepare if keyed_lookups else _utc,
         # Statements are few and fixed; cache them.
         statement_cache_size=256,
         command_timeout=60,

@@ -22,22 +22,33 @@ from pulsestack.wire.reading import Flags, PulseItem, Reading
 
 WRAP = 2**32
 HALF = 2**31
-_PULSE_COLUMNS = (
-    "protocol", "device_id", "bucket_start", "bucket_seconds", "count", "raw_id", "device_time", "seq",
+# One round trip: what the batch's buckets find already stored (for conflicts, duplicates and rollup
+# deltas), and the upsert. Both CTEs see the statement's snapshot, taken under the device locks. The
+# LATERAL lookup probes the primary key of the one partition a bucket belongs to, whatever the planner
+# thinks of the batch's size.
+_WRITE_BUCKETS = """
+WITH s AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int[], $5::int[], $6::bigint[],
+                         $7::timestamptz[], $8::bigint[])
+        AS t(protocol, device_id, bucket_start, bucket_seconds, count, raw_id, device_time, seq)
+), found AS (
+    SELECT s.protocol, s.device_id, s.bucket_start, s.bucket_seconds, s.raw_id, p.raw_id = s.raw_id AS same,
+           p.count AS old_count, (s.device_time, s.seq) > (p.device_time, p.seq) AS wins
+    FROM s CROSS JOIN LATERAL (
+        SELECT raw_id, count, device_time, seq FROM pulses p
+        WHERE p.protocol = s.protocol AND p.device_id = s.device_id AND p.bucket_start = s.bucket_start
+          AND p.bucket_seconds = s.bucket_seconds
+    ) p
+), written AS (
+    INSERT INTO pulses (protocol, device_id, bucket_start, bucket_seconds, count, raw_id, device_time, seq)
+    SELECT * FROM s
+    ON CONFLICT (protocol, device_id, bucket_start, bucket_seconds) DO UPDATE
+    SET count = EXCLUDED.count, raw_id = EXCLUDED.raw_id, device_time = EXCLUDED.device_time,
+        seq = EXCLUDED.seq, stored_at = now()
+    -- A later device time (then seq) wins a contested bucket, whatever order readings arrive in.
+    WHERE (EXCLUDED.device_time, EXCLUDED.seq) > (pulses.device_time, pulses.seq)
 )
-_EXISTING = """
-SELECT s.protocol, s.device_id, s.bucket_start, s.bucket_seconds, s.raw_id, p.raw_id = s.raw_id AS same,
-       p.count AS old_count, (s.device_time, s.seq) > (p.device_time, p.seq) AS wins
-FROM stage_pulses s JOIN pulses p USING (protocol, device_id, bucket_start, bucket_seconds)
-"""
-# A later device time (then seq) wins a contested bucket, whatever order readings arrive in.
-_UPSERT_PULSES = """
-INSERT INTO pulses (protocol, device_id, bucket_start, bucket_seconds, count, raw_id, device_time, seq)
-SELECT protocol, device_id, bucket_start, bucket_seconds, count, raw_id, device_time, seq FROM stage_pulses
-ON CONFLICT (protocol, device_id, bucket_start, bucket_seconds) DO UPDATE
-SET count = EXCLUDED.count, raw_id = EXCLUDED.raw_id, device_time = EXCLUDED.device_time,
-    seq = EXCLUDED.seq, stored_at = now()
-WHERE (EXCLUDED.device_time, EXCLUDED.seq) > (pulses.device_time, pulses.seq)
+SELECT * FROM found
 """
 _STATE = """
 SELECT k.p AS protocol, k.d AS device_id, s.last_period_end, s.last_device_time, s.last_seq, s.last_index,
@@ -45,7 +56,9 @@ SELECT k.p AS protocol, k.d AS device_id, s.last_period_end, s.last_device_time,
        (SELECT array_agg(a.kind) FROM alerts a
         WHERE a.protocol = k.p AND a.device_id = k.d AND a.resolved_at IS NULL) AS open_alerts
 FROM unnest($1::text[], $2::text[]) AS k(p, d)
-LEFT JOIN device_state s ON s.protocol = k.p AND s.device_id = k.d
+LEFT JOIN LATERAL (
+    SELECT * FROM device_state s WHERE s.protocol = k.p AND s.device_id = k.d
+) s ON true
 """
 # Written whole: the device locks make what this transaction read the current state.
 _WRITE_STATE = """
@@ -65,8 +78,11 @@ SET last_period_end = EXCLUDED.last_period_end, last_device_time = EXCLUDED.last
 """
 _OLD_GAPS = """
 SELECT g.protocol, g.device_id, g.from_period_end, g.from_seq, g.interval_start, g.interval_end, g.volume
-FROM gaps g JOIN unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[]) AS k(p, d, pe, s)
-  ON g.protocol = k.p AND g.device_id = k.d AND g.from_period_end = k.pe AND g.from_seq = k.s
+FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[]) AS k(p, d, pe, s)
+CROSS JOIN LATERAL (
+    SELECT * FROM gaps g
+    WHERE g.protocol = k.p AND g.device_id = k.d AND g.from_period_end = k.pe AND g.from_seq = k.s
+) g
 """
 _NEIGHBOUR = """
 SELECT period_end, device_time, seq, meter_index, counts, bucket_seconds FROM raw_messages
@@ -294,18 +310,16 @@ async def write_pulses(conn: asyncpg.Connection, items: list[PulseItem], replay:
                 if held[0] >= rank:
                     continue
             winners[key] = (rank, item.raw_id, count)
-    await conn.copy_records_to_table(
-        "stage_pulses",
-        records=[
-            (p, d, ts(start), width, count, raw_id, ts(rank[0]), rank[1])
-            for (p, d, start, width), (rank, raw_id, count) in winners.items()
-        ],
-        columns=_PULSE_COLUMNS,
-    )
+    rows = list(winners.items())
     already: set[int] = set()
     deltas = Deltas()
     existing: set[tuple[str, str, int, int]] = set()
-    for rec in await conn.fetch(_EXISTING):
+    for rec in await conn.fetch(
+        _WRITE_BUCKETS,
+        [k[0] for k, _ in rows], [k[1] for k, _ in rows], [ts(k[2]) for k, _ in rows], [k[3] for k, _ in rows],
+        [v[2] for _, v in rows], [v[1] for _, v in rows], [ts(v[0][0]) for _, v in rows],
+        [v[0][1] for _, v in rows],
+    ):
         key = (rec["protocol"], rec["device_id"], epoch(rec["bucket_start"]), rec["bucket_seconds"])
         existing.add(key)
         if rec["same"]:
@@ -314,10 +328,9 @@ async def write_pulses(conn: asyncpg.Connection, items: list[PulseItem], replay:
         outcome.conflicts += 1
         if rec["wins"]:
             deltas.add(key[0], key[1], key[2], winners[key][2] - rec["old_count"])
-    for key, (_, _, count) in winners.items():
+    for key, (_, _, count) in rows:
         if key not in existing:
             deltas.add(key[0], key[1], key[2], count)
-    await conn.execute(_UPSERT_PULSES)
 
     fresh = [i for i in unique if i.raw_id not in already]
     outcome.duplicates += len(unique) - len(fresh)

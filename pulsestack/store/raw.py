@@ -10,16 +10,15 @@ import orjson
 from pulsestack.store.timeconv import ts, ts_float
 from pulsestack.wire.reading import Reading
 
-_COLUMNS = (
-    "ord", "protocol", "device_id", "seq", "device_time", "period_end", "bucket_seconds", "counts",
-    "meter_index", "battery_mv", "flags", "received_at", "trace_id", "payload", "meta",
-)
+# Arrays in, one statement: no staging table to truncate at every commit. Counts travel as array
+# literals, since a 2-D parameter would not unnest row by row.
 _INSERT = """
 INSERT INTO raw_messages (protocol, device_id, seq, device_time, period_end, bucket_seconds, counts,
                           meter_index, battery_mv, flags, received_at, trace_id, payload, meta)
-SELECT protocol, device_id, seq, device_time, period_end, bucket_seconds, counts,
-       meter_index, battery_mv, flags, received_at, trace_id, payload, meta
-FROM stage_raw ORDER BY ord
+SELECT p, d, s, dt, pe, bs, c::int[], i, b, f, r, t, pl, m
+FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::timestamptz[], $6::int[], $7::text[],
+            $8::bigint[], $9::int[], $10::int[], $11::timestamptz[], $12::text[], $13::bytea[], $14::jsonb[])
+    AS u(p, d, s, dt, pe, bs, c, i, b, f, r, t, pl, m)
 ON CONFLICT (protocol, device_id, seq, device_time) DO NOTHING
 RETURNING id, protocol, device_id, seq, device_time
 """
@@ -27,9 +26,10 @@ RETURNING id, protocol, device_id, seq, device_time
 # concurrent replica committed while our INSERT waited on it.
 _EXISTING = """
 SELECT r.id, r.protocol, r.device_id, r.seq, r.device_time
-FROM raw_messages r
-JOIN unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[]) AS k(p, d, s, t)
-  ON r.protocol = k.p AND r.device_id = k.d AND r.seq = k.s AND r.device_time = k.t
+FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[]) AS k(p, d, s, t)
+CROSS JOIN LATERAL (
+    SELECT * FROM raw_messages r WHERE r.protocol = k.p AND r.device_id = k.d AND r.seq = k.s AND r.device_time = k.t
+) r
 """
 
 
@@ -37,14 +37,6 @@ JOIN unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[]) AS k(p, d, 
 class RawRow:
     raw_id: int
     inserted: bool  # False: the reading was already stored (a duplicate)
-
-
-def _record(ord_: int, r: Reading) -> tuple[object, ...]:
-    return (
-        ord_, r.protocol, r.device, r.seq, ts(r.device_time), ts(r.period_end), r.bucket_seconds, r.counts,
-        r.index, r.battery_mv, r.flags, ts_float(r.received_at), r.trace_id, r.payload,
-        orjson.dumps(r.meta).decode() if r.meta else None,
-    )
 
 
 async def insert_readings(conn: asyncpg.Connection, readings: list[Reading]) -> list[RawRow]:
@@ -58,15 +50,20 @@ async def insert_readings(conn: asyncpg.Connection, readings: list[Reading]) -> 
         if r.msg_id not in first:
             first[r.msg_id] = len(unique)
             unique.append(r)
-    await conn.copy_records_to_table(
-        "stage_raw", records=[_record(i, r) for i, r in enumerate(unique)], columns=_COLUMNS
+    u = unique
+    inserted = await conn.fetch(
+        _INSERT, [r.protocol for r in u], [r.device for r in u], [r.seq for r in u], [ts(r.device_time) for r in u],
+        [ts(r.period_end) for r in u], [r.bucket_seconds for r in u],
+        ["{" + ",".join(map(str, r.counts)) + "}" for r in u], [r.index for r in u], [r.battery_mv for r in u],
+        [r.flags for r in u], [ts_float(r.received_at) for r in u], [r.trace_id for r in u], [r.payload for r in u],
+        [orjson.dumps(r.meta).decode() if r.meta else None for r in u],
     )
     rows: list[RawRow | None] = [None] * len(unique)
 
     def key(rec: asyncpg.Record) -> str:
         return f"{rec['protocol']}:{rec['device_id']}:{rec['seq']}:{int(rec['device_time'].timestamp())}"
 
-    for rec in await conn.fetch(_INSERT):
+    for rec in inserted:
         rows[first[key(rec)]] = RawRow(rec["id"], True)
     missing = [unique[i] for i, row in enumerate(rows) if row is None]
     if missing:

@@ -28,7 +28,9 @@ WITH delta AS (
 )
 INSERT INTO consumption_daily AS c (protocol, device_id, day, pulses)
 SELECT delta.p, delta.dev, (delta.slot AT TIME ZONE coalesce(d.settings ->> 'timezone', 'UTC'))::date, sum(n)
-FROM delta LEFT JOIN devices d ON d.protocol = delta.p AND d.device_id = delta.dev
+FROM delta LEFT JOIN LATERAL (
+    SELECT settings FROM devices d WHERE d.protocol = delta.p AND d.device_id = delta.dev
+) d ON true
 GROUP BY 1, 2, 3
 ON CONFLICT (protocol, device_id, day) DO UPDATE SET pulses = c.pulses + EXCLUDED.pulses
 RETURNING protocol, device_id, day, pulses

@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass, field
 
 from pulsestack import keys
+from simulator.profiles import SILENT, Profiles
 
 NBIOT_BASE = 356_938_035_600_000  # IMEI-like decimal ids
 SIGFOX_BASE = 0x1A0000
@@ -37,12 +38,20 @@ class Meter:
     seq: int = 0
     index: int = 0
     rng: random.Random = field(default_factory=random.Random)
+    profiles: Profiles | None = None  # None: uniformly random counts
 
     def due(self, now: float) -> bool:
         return self.next_period_end <= now
 
+    @property
+    def silent(self) -> bool:
+        return self.profiles is not None and self.profiles.kind(self.number) == SILENT
+
     def next_reading(self) -> SentReading:
-        counts = tuple(self.rng.choice((0, 0, 1, 2, 3, 5, 8, 13)) for _ in range(BUCKETS))
+        if self.profiles is not None:
+            counts = self.profiles.counts(self.number, self.next_period_end, BUCKETS, BUCKET_SECONDS)
+        else:
+            counts = tuple(self.rng.choice((0, 0, 1, 2, 3, 5, 8, 13)) for _ in range(BUCKETS))
         self.seq += 1
         if self.protocol == "sigfox":
             self.seq %= 4096
@@ -72,9 +81,13 @@ def fleet_ids(devices: int, nbiot_share: float, first_id: int = 0) -> tuple[list
 
 
 def build_fleet(
-    *, devices: int, nbiot_share: float, master_key: bytes, start: int, seed: int = 1, first_id: int = 0
+    *, devices: int, nbiot_share: float, master_key: bytes, start: int, seed: int = 1, first_id: int = 0,
+    profiles: Profiles | None = None,
 ) -> list[Meter]:
-    """`devices` meters, `nbiot_share` of them NB-IoT; the first reading of each ends at `start`."""
+    """`devices` meters, `nbiot_share` of them NB-IoT; the first reading of each ends at `start`.
+
+    With `profiles`, counts follow the meter's kind (household, leak, wrap) and silent meters are left
+    out of the list (they are registered by `fleet_ids` but never report)."""
     start -= start % READING_SECONDS
     n_nbiot = round(devices * nbiot_share)
     meters = []
@@ -86,5 +99,8 @@ def build_fleet(
             protocol, device, number = "sigfox", sigfox_id(j), SIGFOX_BASE + j
         rng = random.Random(seed * 1_000_003 + i)
         key = keys.derive(master_key, "nbiot", device) if protocol == "nbiot" else b""
-        meters.append(Meter(protocol, device, number, key, start, index=rng.randrange(2**20), rng=rng))
+        index = profiles.initial_index(number) if profiles else rng.randrange(2**20)
+        meter = Meter(protocol, device, number, key, start, index=index, rng=rng, profiles=profiles)
+        if not meter.silent:
+            meters.append(meter)
     return meters

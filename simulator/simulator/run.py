@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from simulator.fleet import Meter, SentReading, build_fleet
 from simulator.nbiot import NbiotClient
+from simulator.profiles import Profiles
 from simulator.sigfox import SigfoxClient
 
 DAY = 86_400
@@ -34,6 +35,7 @@ class SimulationConfig:
     sigfox_retry_delays: tuple[float, ...] = (1.0, 2.0, 4.0)
     seed: int = 1
     first_id: int = 0  # fleets with different first ids never share a device
+    profiles: Profiles | None = None  # realistic consumption and meter kinds; None: random counts
 
 
 @dataclass(slots=True)
@@ -64,7 +66,7 @@ class Simulation:
         self.meters: list[Meter] = build_fleet(
             devices=config.devices, nbiot_share=config.nbiot_share, master_key=config.master_key,
             start=int(time.time() - config.start_age), seed=config.seed,
-            first_id=config.first_id,
+            first_id=config.first_id, profiles=config.profiles,
         )
         self.nbiot = NbiotClient(
             config.udp_target, sockets=config.sockets, ack_timeout=config.ack_timeout,

@@ -1,0 +1,1 @@
+"""The capacity benchmark (issue 3): `python -m bench --help`."""

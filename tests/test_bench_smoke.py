@@ -1,0 +1,150 @@
+"""The benchmark's parts at smoke size: profiles, fleets, the fast load generator and delivery verification.
+
+Asserts exact delivery (every reading sent is stored once, buckets and totals right), never speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from array import array
+from pathlib import Path
+
+import asyncpg
+import pytest
+from nats.aio.client import Client as NATS
+
+from pulsestack.bus.streams import PULSE_CONSUMER, PULSES, RAW, RAW_CONSUMER
+from pulsestack_cli.local import LocalStack
+from simulator.batch import ReadingBatch
+from simulator.fleet import SentReading
+from simulator.generators import GeneratorJob, run_generators
+from simulator.loadgen import Spec
+from simulator.plans import HourlyFleet, RampPool
+from simulator.profiles import HOUSEHOLD, LEAK, SILENT, WRAP, Profiles
+from simulator.verify import verify, verify_batch
+from tests.helpers import eventually
+
+# Many leaking, silent and wrapping meters, so a small fleet has all of them.
+PROFILES = Profiles(leak_share=0.2, silent_share=0.1, wrap_share=0.2)
+
+
+def _first_id(slot: int) -> int:
+    return 50_000_000 + (os.getpid() % 1000) * 20_000 + slot * 5_000
+
+
+async def drained(nc: NATS) -> bool:
+    js = nc.jetstream()
+    for stream, durable in ((RAW, RAW_CONSUMER), (PULSES, PULSE_CONSUMER)):
+        info = await js.consumer_info(stream, durable)
+        if info.num_pending or info.num_ack_pending:
+            return False
+    return True
+
+
+def jobs(stack: LocalStack, batches: list[ReadingBatch]) -> list[GeneratorJob]:
+    out = []
+    for k, batch in enumerate(batches):
+        if batch.protocol == "nbiot":
+            spec = Spec(batch="", out="", mode="ack", port=stack.udp_port, master_key=stack.master_key.hex(),
+                        sockets=8, ack_timeout=1.0, settle_timeout=60)
+        else:
+            spec = Spec(batch="", out="", port=stack.http_port, token=stack.sigfox_token, connections=16,
+                        settle_timeout=60)
+        out.append(GeneratorJob(f"{batch.protocol}-{k}", batch, spec))
+    return out
+
+
+def test_profiles_are_deterministic_and_have_every_kind() -> None:
+    kinds = {PROFILES.kind(356_938_035_600_000 + i) for i in range(500)}
+    assert kinds == {HOUSEHOLD, LEAK, SILENT, WRAP}
+    number = next(356_938_035_600_000 + i for i in range(500) if PROFILES.kind(356_938_035_600_000 + i) == LEAK)
+    night = 1_763_856_000 - 1_763_856_000 % 86_400 + 3 * 3600  # 03:00 UTC
+    assert all(c >= PROFILES.leak_pulses[0] for c in PROFILES.counts(number, night))  # a leak never stops
+    assert PROFILES.counts(number, night) == Profiles(leak_share=0.2, silent_share=0.1, wrap_share=0.2).counts(
+        number, night)
+    wrapping = next(356_938_035_600_000 + i for i in range(500) if PROFILES.kind(356_938_035_600_000 + i) == WRAP)
+    assert PROFILES.initial_index(wrapping) > 2**32 - 500
+
+
+def test_hourly_fleet_sends_only_the_meters_due_in_the_window() -> None:
+    fleet = HourlyFleet("nbiot", registered=36_000, profiles=PROFILES)
+    hour = 1_763_852_400
+    batch = fleet.window(hour, 600, 60)
+    assert 500 < len(batch) <= 600  # 36,000 / 3600 per second for 60 s, less the silent ones
+    assert list(batch.send_at) == sorted(batch.send_at) and 0 <= batch.send_at[0] and batch.send_at[-1] < 60
+    assert all(hour + 600 <= batch.period_end[i] + 900 for i in range(len(batch)))
+    assert len({batch.number[i] for i in range(len(batch))}) == len(batch)
+    assert all(PROFILES.kind(batch.number[i]) != SILENT for i in range(len(batch)))
+    again = fleet.window(hour, 600, 60)
+    assert again.number == batch.number and again.counts == batch.counts
+
+
+def test_batches_survive_a_round_trip(tmp_path: Path) -> None:
+    pool = RampPool("sigfox", 30, first_id=_first_id(0), profiles=PROFILES)
+    batch = pool.step(rate=50, seconds=2)
+    batch.save(tmp_path / "b")
+    loaded = ReadingBatch.load(tmp_path / "b")
+    assert loaded.protocol == "sigfox" and list(loaded.readings()) == list(batch.readings())
+
+
+async def test_fast_generator_and_verification_agree_exactly(stack: LocalStack, nc: NATS, tmp_path: Path) -> None:
+    """A ramp step (compressed time, wrapping and leaking meters) and an hourly window, both protocols."""
+    first_id = _first_id(1)
+    await stack.provision(2 * 60, 0.5, first_id)
+    pools = [RampPool(p, 60, first_id, PROFILES) for p in ("nbiot", "sigfox")]
+    batches = [pool.step(rate=100, seconds=3) for pool in pools]
+    hourly_first = _first_id(2)
+    await stack.provision(2 * 7200, 0.5, hourly_first)
+    hour = int(time.time()) // 3600 * 3600 - 2 * 3600
+    for protocol in ("nbiot", "sigfox"):
+        window = HourlyFleet(protocol, 7200, hourly_first, PROFILES).window(hour, 100, 12)
+        window.send_at = array("d", (t / 4 for t in window.send_at))  # 12 s of the hour in 3 s
+        batches.append(window)
+    assert all(len(b) > 20 for b in batches)
+
+    outcomes = await run_generators(jobs(stack, batches), tmp_path / "gen")
+    await eventually(lambda: drained(nc), timeout=60, interval=0.3)
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        for outcome in outcomes:
+            assert outcome.result["sent"] == len(outcome.batch)
+            assert outcome.acked == len(outcome.batch), outcome.result
+            delivery = await verify_batch(conn, outcome.batch, outcome.status)
+            assert delivery.complete, (outcome.name, delivery.line(), delivery.total_mismatches[:3])
+            assert delivery.delivered == len(outcome.batch)
+        # verify() itself notices a reading that was never sent: one lost.
+        ghost = outcomes[0].batch.reading(0)
+        ghost = SentReading(ghost.protocol, ghost.device, ghost.seq + 7, ghost.device_time + 86_400 * 3,
+                            ghost.period_end + 86_400 * 3, ghost.index, ghost.counts)
+        sent = list(outcomes[0].batch.readings())
+        delivery = await verify(conn, [*sent, ghost])
+        assert delivery.lost == 1 and delivery.delivered == len(sent) and not delivery.exact
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("mode", ["fire"])
+async def test_fire_and_forget_sends_everything_once(tmp_path: Path, mode: str) -> None:
+    """The peer's mode: every datagram leaves once, at the planned rate, nothing is awaited."""
+    import socket
+
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    sink.setblocking(False)
+    batch = RampPool("nbiot", 50, _first_id(3), PROFILES).step(rate=400, seconds=1)
+    spec = Spec(batch="", out="", mode=mode, port=sink.getsockname()[1], sockets=4)
+    outcomes = await run_generators([GeneratorJob("peer", batch, spec)], tmp_path / "gen")
+    received = 0
+    await asyncio.sleep(0.2)
+    while True:
+        try:
+            sink.recv(128)
+        except BlockingIOError:
+            break
+        received += 1
+    sink.close()
+    assert outcomes[0].result["sent"] == len(batch) == received
+    assert outcomes[0].result["retransmitted"] == 0
