@@ -34,6 +34,7 @@ class HttpIngestConfig:
             max_age_seconds=env_float("PULSESTACK_MAX_AGE", 30 * 86_400),
             # The Sigfox backend gives up after 10 s and retries; answer 503 well before that.
             answer_within=env_float("PULSESTACK_ANSWER_WITHIN", 7.0),
-            group_max_readings=env_int("PULSESTACK_GROUP_MAX", 64),
-            group_max_delay=env_float("PULSESTACK_GROUP_DELAY", 0.002),
+            # Readings grouped per RAW message: each message costs an fsync before its PubAck.
+            group_max_readings=env_int("PULSESTACK_GROUP_MAX", 256),
+            group_max_delay=env_float("PULSESTACK_GROUP_DELAY", 0.005),
         )

@@ -52,6 +52,7 @@ async def serve(config: ProcessorConfig, stop: asyncio.Event) -> None:
         stream, durable, config.stage, config.batch, config.max_wait, config.limits.max_deliver,
         transient=(*TRANSIENT, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
                    asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError),
+        concurrency=config.concurrency,
     )
     consumer = BatchConsumer(js, publisher, settings, process)
 

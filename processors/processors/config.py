@@ -18,6 +18,7 @@ class ProcessorConfig:
     batch: int
     max_wait: float
     pool_size: int
+    concurrency: int
     limits: BusLimits
 
     @classmethod
@@ -33,6 +34,7 @@ class ProcessorConfig:
             # Messages per fetch; each carries up to 64 readings, so a batch stays a few thousand readings.
             batch=env_int("PULSESTACK_BATCH", 100),
             max_wait=env_float("PULSESTACK_BATCH_WAIT", 1.0),
-            pool_size=env_int("PULSESTACK_DB_POOL", 2),
+            pool_size=env_int("PULSESTACK_DB_POOL", 3),
+            concurrency=env_int("PULSESTACK_CONCURRENCY", 2),
             limits=BusLimits.from_env(),
         )

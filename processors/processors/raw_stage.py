@@ -9,6 +9,7 @@ message is published again, which JetStream or the pulse stage deduplicates.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 import asyncpg
 import msgspec
@@ -21,6 +22,9 @@ from pulsestack.bus.quarantine import Quarantine
 from pulsestack.bus.streams import PULSES
 from pulsestack.store.raw import RawRow, insert_readings
 from pulsestack.wire.reading import PulseItem, Reading, decode_raw, encode_pulse
+
+# ~80 bytes a pulse item: 4,000 keep a message far below NATS's 1 MiB payload limit.
+PULSE_CHUNK = 4000
 
 
 class RawStage(Stage[Reading, list[RawRow]]):
@@ -42,26 +46,38 @@ class RawStage(Stage[Reading, list[RawRow]]):
     async def after_commit(
         self, msgs: list[Msg], written: list[tuple[list[Entry[Reading]], list[RawRow]]], errors: list[str | None]
     ) -> None:
-        per_message: dict[int, list[PulseItem]] = {}
+        # One PULSES message per protocol and chunk of the batch, not per RAW message: with fsync before
+        # every PubAck, the number of messages is what costs.
+        by_protocol: dict[str, list[tuple[int, PulseItem]]] = {}
         for group, rows in written:
             for (i, reading), row in zip(group, rows, strict=True):
                 metrics.processor_messages.labels(self.name, "stored" if row.inserted else "duplicate").inc()
                 # The raw bytes stay in raw_messages; the pulse stage does not need them.
                 item = PulseItem(row.raw_id, msgspec.structs.replace(reading, payload=b""))
-                per_message.setdefault(i, []).append(item)
+                by_protocol.setdefault(reading.protocol, []).append((i, item))
+        chunks = [
+            (protocol, entries[start : start + PULSE_CHUNK])
+            for protocol, entries in by_protocol.items()
+            for start in range(0, len(entries), PULSE_CHUNK)
+        ]
         results = await asyncio.gather(
-            *(self._publish_pulses(msgs[i], items) for i, items in per_message.items()), return_exceptions=True
+            *(self._publish_pulses(protocol, msgs, chunk) for protocol, chunk in chunks), return_exceptions=True
         )
-        for i, result in zip(per_message, results, strict=True):
+        for (_, chunk), result in zip(chunks, results, strict=True):
             if isinstance(result, BaseException):
-                errors[i] = f"pulse message not published: {result}"
+                for i, _ in chunk:
+                    errors[i] = f"pulse message not published: {result}"
         faults.hit("raw.after_pulse_puback")
 
-    async def _publish_pulses(self, source: Msg, items: list[PulseItem]) -> None:
+    async def _publish_pulses(self, protocol: str, msgs: list[Msg], chunk: list[tuple[int, PulseItem]]) -> None:
+        # The same readings of the same RAW messages make the same id: a redelivered batch's pulses dedupe
+        # in the window. A batch put together differently gets another id; the pulse stage then dedupes
+        # by raw id.
+        origin = ",".join(f"{msgs[i].metadata.sequence.stream}/{item.raw_id}" for i, item in chunk)
+        items = [item for _, item in chunk]
         headers = {
-            # Same source message, same id: a redelivered RAW message's pulses dedupe in the window.
-            MSG_ID: f"pulse:{source.metadata.sequence.stream}",
+            MSG_ID: "pulse:" + hashlib.blake2b(origin.encode(), digest_size=16).hexdigest(),
             TRACE_ID: items[0].reading.trace_id,
             "Pulsestack-Envelope": "pulse/1",
         }
-        await self._publisher.publish(f"pulse.{items[0].reading.protocol}", encode_pulse(items), headers, PULSES)
+        await self._publisher.publish(f"pulse.{protocol}", encode_pulse(items), headers, PULSES)

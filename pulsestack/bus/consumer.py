@@ -41,6 +41,9 @@ class ConsumerSettings:
     max_wait: float = 1.0
     max_deliver: int = 5
     transient: tuple[type[BaseException], ...] = TRANSIENT
+    # Batches in flight per process: while one waits for a commit or a PubAck, the next is fetched and
+    # written. Explicit acks make this as safe as running more replicas.
+    concurrency: int = 2
 
 
 class Postponed(Exception):
@@ -63,16 +66,22 @@ class BatchConsumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self._settings
-        sub = None
-        while sub is None and not stop.is_set():
+        subs: list[JetStreamContext.PullSubscription] = []
+        while len(subs) < s.concurrency and not stop.is_set():
             try:
-                sub = await self._js.pull_subscribe_bind(durable=s.durable, stream=s.stream)
+                subs.append(await self._js.pull_subscribe_bind(durable=s.durable, stream=s.stream))
             except Exception as exc:  # the consumer is created by `pulsestack setup`; wait for it
                 log.warning("consumer not available yet", consumer=s.durable, error=str(exc))
                 await _sleep_or_stop(stop, 2.0)
-        if sub is None:
+        if stop.is_set():
             return
         self.bound = True
+        await asyncio.gather(*(self._work(sub, stop) for sub in subs))
+        for sub in subs:
+            await sub.unsubscribe()
+
+    async def _work(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
+        s = self._settings
         while not stop.is_set():
             try:
                 msgs = await sub.fetch(s.batch, timeout=s.max_wait)
@@ -83,7 +92,6 @@ class BatchConsumer:
                 await _sleep_or_stop(stop, 1.0)
                 continue
             await self._handle(msgs, stop)
-        await sub.unsubscribe()
 
     async def _handle(self, msgs: list[Msg], stop: asyncio.Event) -> None:
         s = self._settings

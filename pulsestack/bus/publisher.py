@@ -136,8 +136,8 @@ class ReadingGrouper:
         *,
         stream: str,
         subject_of: Callable[[Reading], str],
-        max_readings: int = 64,
-        max_delay: float = 0.002,
+        max_readings: int = 256,
+        max_delay: float = 0.005,
         max_pending_readings: int = 50_000,
     ) -> None:
         self._publisher = publisher

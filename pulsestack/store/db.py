@@ -8,10 +8,13 @@ from pulsestack.config import database_url
 
 
 async def prepare(conn: asyncpg.Connection) -> None:
-    """UTC for the rollups' hours and days, and nested-loop joins only: every statement of the stages'
-    hot path looks rows up by key from a batch of a few thousand, and a hash or merge join chosen on a
-    misjudged batch size would read whole partitions of tables that grow without bound."""
-    await conn.execute("SET TIME ZONE 'UTC'; SET enable_hashjoin = off; SET enable_mergejoin = off")
+    """UTC for the rollups' hours and days, and index lookups only. Every statement of the stages' hot
+    path looks rows up by key from a batch of a few thousand; a plan made while a partition was still
+    empty (statistics say a scan is free), or on a misjudged batch size, would otherwise keep reading
+    whole partitions of tables that grow without bound."""
+    await conn.execute(
+        "SET TIME ZONE 'UTC'; SET enable_hashjoin = off; SET enable_mergejoin = off; SET enable_seqscan = off"
+    )
 
 
 async def _utc(conn: asyncpg.Connection) -> None:
