@@ -84,13 +84,26 @@ CROSS JOIN LATERAL (
     WHERE g.protocol = k.p AND g.device_id = k.d AND g.from_period_end = k.pe AND g.from_seq = k.s
 ) g
 """
-_NEIGHBOUR = """
-SELECT period_end, device_time, seq, meter_index, counts, bucket_seconds FROM raw_messages
-WHERE protocol = $1 AND device_id = $2 AND (period_end, device_time, seq) {op} ($3, $4, $5)
-ORDER BY period_end {order}, device_time {order}, seq {order} LIMIT 1
+# The stored readings just before and just after each late reading, all late readings at once.
+_NEIGHBOURS = """
+SELECT k.i,
+       b.period_end AS b_period_end, b.device_time AS b_device_time, b.seq AS b_seq, b.meter_index AS b_meter_index,
+       b.counts AS b_counts, b.bucket_seconds AS b_bucket_seconds,
+       a.period_end AS a_period_end, a.device_time AS a_device_time, a.seq AS a_seq, a.meter_index AS a_meter_index,
+       a.counts AS a_counts, a.bucket_seconds AS a_bucket_seconds
+FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::bigint[]) WITH ORDINALITY
+     AS k(p, d, pe, dt, s, i)
+LEFT JOIN LATERAL (
+    SELECT * FROM raw_messages r
+    WHERE r.protocol = k.p AND r.device_id = k.d AND (r.period_end, r.device_time, r.seq) < (k.pe, k.dt, k.s)
+    ORDER BY r.period_end DESC, r.device_time DESC, r.seq DESC LIMIT 1
+) b ON true
+LEFT JOIN LATERAL (
+    SELECT * FROM raw_messages r
+    WHERE r.protocol = k.p AND r.device_id = k.d AND (r.period_end, r.device_time, r.seq) > (k.pe, k.dt, k.s)
+    ORDER BY r.period_end, r.device_time, r.seq LIMIT 1
+) a ON true
 """
-_PREVIOUS = _NEIGHBOUR.format(op="<", order="DESC")
-_NEXT = _NEIGHBOUR.format(op=">", order="ASC")
 _UPSERT_GAPS = """
 INSERT INTO gaps (protocol, device_id, from_period_end, from_seq, to_period_end, to_seq,
                   interval_start, interval_end, volume, kind)
@@ -133,10 +146,12 @@ class Point:
         return cls(r.period_end, r.device_time, r.seq, r.index, r.bucket_seconds, tuple(r.counts))
 
     @classmethod
-    def from_row(cls, row: asyncpg.Record) -> Point:
+    def from_row(cls, row: asyncpg.Record, prefix: str = "") -> Point | None:
+        if row[prefix + "period_end"] is None:
+            return None
         return cls(
-            epoch(row["period_end"]), epoch(row["device_time"]), row["seq"], row["meter_index"],
-            row["bucket_seconds"], tuple(row["counts"]),
+            epoch(row[prefix + "period_end"]), epoch(row[prefix + "device_time"]), row[prefix + "seq"],
+            row[prefix + "meter_index"], row[prefix + "bucket_seconds"], tuple(row[prefix + "counts"]),
         )
 
 
@@ -371,6 +386,7 @@ async def _update_history(
     for row in await conn.fetch(_STATE, [k[0] for k in keys], [k[1] for k in keys]):
         states[(row["protocol"], row["device_id"])] = _state_from_row(row)
     gaps = _GapWriter()
+    late: list[Reading] = []
     for item in sorted(fresh, key=lambda i: (i.reading.protocol, i.reading.device, Point.of(i.reading).key)):
         r = item.reading
         state = states[(r.protocol, r.device)]
@@ -381,15 +397,22 @@ async def _update_history(
             if state.point is not None:
                 gaps.put(r.protocol, r.device, state.point, point)
             state.follow(item)
-            continue
-        # A late reading: recompute the gaps on both sides from the stored history.
-        args = (r.protocol, r.device, ts(r.period_end), ts(r.device_time), r.seq)
-        before = await conn.fetchrow(_PREVIOUS, *args)
-        after = await conn.fetchrow(_NEXT, *args)
-        if before is not None:
-            gaps.put(r.protocol, r.device, Point.from_row(before), point)
-        if after is not None:
-            gaps.put(r.protocol, r.device, point, Point.from_row(after))
+        else:
+            late.append(r)
+    if late:
+        # Late readings: the gaps on both sides are recomputed from the stored history (raw_messages holds
+        # every reading of the batch already). Their keys never meet the in-order ones above.
+        for row in await conn.fetch(
+            _NEIGHBOURS, [r.protocol for r in late], [r.device for r in late], [ts(r.period_end) for r in late],
+            [ts(r.device_time) for r in late], [r.seq for r in late],
+        ):
+            r = late[row["i"] - 1]
+            point = Point.of(r)
+            before, after = Point.from_row(row, "b_"), Point.from_row(row, "a_")
+            if before is not None:
+                gaps.put(r.protocol, r.device, before, point)
+            if after is not None:
+                gaps.put(r.protocol, r.device, point, after)
     written, resets = await gaps.flush(conn, deltas)
     for (protocol, device), state in states.items():
         _judge(protocol, device, state, alerts, replay)
