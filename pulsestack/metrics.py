@@ -71,6 +71,16 @@ registry_devices = Gauge(
 )
 
 
+OUTCOMES = ("stored", "duplicate", "quarantined", "redelivered", "dead")
+
+
+def prime_stage(stage: str) -> None:
+    """A processor's series exist from its start, at zero, so rates and alerts have data."""
+    for outcome in OUTCOMES:
+        processor_messages.labels(stage, outcome)
+    dead_letters.labels(stage)
+
+
 def prime(protocols: tuple[str, ...] = ("nbiot", "sigfox")) -> None:
     """Create every label combination so dashboards and alerts see zeros, not absent series."""
     for protocol in protocols:

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import nats
 import uvloop
 
 from pulsestack import keys
@@ -20,10 +19,9 @@ from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET
 from pulsestack.store.migrate import drop_partitions_before, ensure_partitions, migrate, set_role_passwords
 from pulsestack_cli import quarantine as quarantine_cmd
+from pulsestack_cli.connections import connect
 
-
-def _nats_url() -> str:
-    return os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
+ROLES = ("pulsestack_raw", "pulsestack_pulse", "pulsestack_registry", "pulsestack_reader", "pulsestack_alerting")
 
 
 async def cmd_migrate(args: argparse.Namespace) -> int:
@@ -31,7 +29,7 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
     try:
         applied = await migrate(conn)
         passwords = {}
-        for role in ("pulsestack_raw", "pulsestack_pulse", "pulsestack_registry", "pulsestack_reader"):
+        for role in ROLES:
             path = os.environ.get(f"PULSESTACK_{role.upper()}_PASSWORD_FILE")
             if path:
                 passwords[role] = Path(path).read_text().strip()
@@ -44,7 +42,7 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
 
 async def cmd_setup(args: argparse.Namespace) -> int:
     await cmd_migrate(args)
-    nc = await nats.connect(_nats_url())
+    nc = await connect()
     try:
         await setup(nc.jetstream(), BusLimits.from_env())
     finally:
@@ -72,7 +70,7 @@ async def cmd_maintain(args: argparse.Namespace) -> int:
 
 async def _registry() -> tuple[asyncpg.Connection, Any, Any]:
     conn = await asyncpg.connect(database_url())
-    nc = await nats.connect(_nats_url())
+    nc = await connect()
     kv = await nc.jetstream().key_value(BUCKET)
     return conn, nc, kv
 

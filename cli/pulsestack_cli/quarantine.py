@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 from typing import Any
 
 import asyncpg
-import nats
 from nats.js.errors import NotFoundError
 
 from pulsestack.bus.publisher import ENVELOPE, MSG_ID, TRACE_ID
@@ -16,6 +14,7 @@ from pulsestack.bus.quarantine import QuarantineRecord, decode_record
 from pulsestack.bus.streams import QUARANTINE
 from pulsestack.config import database_url
 from pulsestack.wire.reading import encode_raw
+from pulsestack_cli.connections import connect
 
 
 def add_parser(sub: Any) -> None:
@@ -40,7 +39,7 @@ async def _records(js: Any) -> list[tuple[int, QuarantineRecord]]:
 
 
 async def run(args: argparse.Namespace) -> int:
-    nc = await nats.connect(os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
+    nc = await connect()
     js = nc.jetstream()
     try:
         records = await _records(js)

@@ -9,7 +9,7 @@ import asyncpg
 from processors.config import ProcessorConfig
 from processors.pulse_stage import PulseStage
 from processors.raw_stage import RawStage
-from pulsestack import ops
+from pulsestack import metrics, ops
 from pulsestack.bus.consumer import TRANSIENT, BatchConsumer, ConsumerSettings, report_backlog
 from pulsestack.bus.publisher import Publisher
 from pulsestack.bus.quarantine import Quarantine
@@ -44,6 +44,7 @@ async def serve(config: ProcessorConfig, stop: asyncio.Event) -> None:
         await nc.close()
         return
     quarantine = Quarantine(publisher)
+    metrics.prime_stage(config.stage)
     if config.stage == "raw":
         stream, durable, process = RAW, RAW_CONSUMER, RawStage(pool, publisher, quarantine).process
     else:

@@ -1,0 +1,275 @@
+#!/usr/bin/env bash
+# The swarm proof: stack.yml deployed unmodified on a real Docker engine in
+# swarm mode, on a machine without registry access, and shown to deliver
+# every reading exactly once through rolling updates, a NATS server killed
+# and processors scaled. Run as root on Debian (CI: .ci/swarm-proof.sh).
+#
+#   1 engine      Debian's docker.io, debootstrap, docker-registry (installed if
+#                 missing); a local registry, used by the engine as its registry
+#                 mirror; dockerd started if none runs
+#   2 base        a Debian bookworm base image made with debootstrap from this
+#                 machine's apt mirror (cached under $PULSESTACK_PROOF_CACHE)
+#   3 images      pulsestack's four images and the stand-ins for third-party
+#                 images (NATS, PostgreSQL, Prometheus, Alertmanager, node
+#                 exporter), tagged with stack.yml's names, pushed to the mirror
+#   4 deploy      swarm init, node labels, secrets with random values, stack
+#                 deploy (+ tests/swarm/stack.override.yml), wait until healthy
+#   5 delivery    simulated fleet over UDP (host mode) and HTTP, exact delivery
+#   6 prometheus  every pulsestack task up == 1 through swarm service discovery,
+#                 pipeline recording rules return data
+#   7 faults      under traffic: rolling update of each processor, a NATS server
+#                 killed, processors scaled 1 -> 3 -> 1; nothing lost or duplicated
+#   8 clean       stack, secrets, volumes, swarm, registry, daemon.json and a
+#                 dockerd this script started are removed or restored
+#
+# Idempotent: safe to run again after a failure (it cleans up first). Images
+# and the base rootfs stay cached; PULSESTACK_PROOF_PURGE=1 removes them too.
+# PULSESTACK_PROOF_KEEP=1 leaves the stack running at the end (for a look).
+# Budget: 15 minutes; each step's time is printed, and the delivery figures.
+set -Eeuo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+CACHE="${PULSESTACK_PROOF_CACHE:-/var/cache/pulsestack}"
+STATE="$CACHE/proof-state"
+WORK="$CACHE/proof-run"
+STACK=pulsestack
+mkdir -p "$CACHE" "$STATE"
+
+# shellcheck source=deploy/lib/engine.sh
+. "$REPO/deploy/lib/engine.sh"
+
+# What the proof deploys with (operator settings of stack.yml; see deploy/README.md).
+export PULSESTACK_VERSION="${PULSESTACK_VERSION:-$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')}"
+export PULSESTACK_REGISTRY=""
+export PULSESTACK_DOMAIN="${PULSESTACK_DOMAIN:-pulsestack.test}"
+export PULSESTACK_INGEST_HTTP_REPLICAS=1         # its test port is published in host mode: one per node
+export PULSESTACK_RAW_PROCESSOR_REPLICAS=1       # scaled 1 -> 3 -> 1 in step 7
+export PULSESTACK_PULSE_PROCESSOR_REPLICAS=1
+export PULSESTACK_PROOF_HTTP_PORT="${PULSESTACK_PROOF_HTTP_PORT:-17070}"
+export PULSESTACK_PROOF_PG_PORT="${PULSESTACK_PROOF_PG_PORT:-15432}"
+export PULSESTACK_PROOF_NATS_1_PORT="${PULSESTACK_PROOF_NATS_1_PORT:-14222}"
+export PULSESTACK_PROOF_NATS_2_PORT="${PULSESTACK_PROOF_NATS_2_PORT:-14223}"
+export PULSESTACK_PROOF_NATS_3_PORT="${PULSESTACK_PROOF_NATS_3_PORT:-14224}"
+export PULSESTACK_PROOF_NATS_PORTS="$PULSESTACK_PROOF_NATS_1_PORT,$PULSESTACK_PROOF_NATS_2_PORT,$PULSESTACK_PROOF_NATS_3_PORT"
+export PULSESTACK_PROOF_UDP_PORT="${PULSESTACK_UDP_PORT:-2204}"
+export PULSESTACK_PROOF_SECRETS="$WORK/secrets"
+export PULSESTACK_PROOF_WORK="$WORK"
+export PULSESTACK_PROOF_FIGURES="$STATE/figures.json"
+# Device numbers of this run's fleets (a run that failed may have left others behind).
+export PULSESTACK_PROOF_RUN_BASE="${PULSESTACK_PROOF_RUN_BASE:-$(( ($(date +%s) % 997) * 20000 ))}"
+COMPOSE=(-c stack.yml -c tests/swarm/stack.override.yml)
+
+# Stand-ins: the Dockerfile target that stands in for each service's image.
+declare -A STANDIN=(
+    [nats-1]=nats [nats-2]=nats [nats-3]=nats [postgres]=postgres
+    [prometheus]=prometheus [alertmanager]=alertmanager [node-exporter]=node-exporter
+)
+PULSESTACK_BUILT=(ingest-udp ingest-http processors alerting api swarm-exporter)
+
+TIMES=()
+OVERALL=$SECONDS
+step() {
+    local name="$1"; shift
+    local started=$SECONDS
+    echo
+    echo "=== step $name"
+    "$@"
+    local took=$((SECONDS - started))
+    TIMES+=("$(printf '%-12s %4d s' "$name" "$took")")
+    echo "=== step $name: ${took} s"
+}
+
+PY="$REPO/.venv/bin/python"
+ensure_venv() {
+    [ -x "$PY" ] && "$PY" -c 'import simulator, pulsestack, yaml' 2>/dev/null && return 0
+    log "creating the repository's venv (make)"
+    make --no-print-directory .venv/bin/.installed >/dev/null
+}
+
+# ------------------------------------------------------------------- step 3
+
+image_of_services() {  # "service image" lines of the resolved stack file
+    docker stack config "${COMPOSE[@]}" | "$PY" deploy/swarm_proof.py images
+}
+
+mirror_path() {  # Docker Hub name -> its path in the mirror (library/ for official images)
+    local name="${1#docker.io/}"
+    if [[ "$name" != */* ]]; then
+        echo "library/$name"
+    else
+        case "${name%%/*}" in
+            *.*|*:*|localhost) echo "" ;;   # another registry: no mirror applies
+            *) echo "$name" ;;
+        esac
+    fi
+}
+
+push_to_mirror() {
+    local image="$1" path
+    path="$(mirror_path "$image")"
+    [ -n "$path" ] || { log "  $image is not a Docker Hub name; not pushed"; return 0; }
+    docker tag "$image" "$REGISTRY_ADDR/$path"
+    docker push -q "$REGISTRY_ADDR/$path" >/dev/null
+    docker rmi "$REGISTRY_ADDR/$path" >/dev/null
+}
+
+step_images() {
+    ensure_venv
+    # The four pulsestack images on the local base, from wheels built here.
+    PYTHON="$PY" PYTHON_IMAGE="$BASE_IMAGE" PIP_INSTALL_OPTIONS=--no-index deploy/build-images.sh "${PULSESTACK_BUILT[@]}"
+    printf "pulsestack/%s:$PULSESTACK_VERSION\n" "${PULSESTACK_BUILT[@]}" >> "$STATE/built-images"
+    local service image not_runnable=()
+    declare -A done_images=()
+    while read -r service image; do
+        [ -n "${done_images[$image]:-}" ] && continue
+        if [[ "$image" == pulsestack/* ]]; then
+            :
+        elif [ -n "${STANDIN[$service]:-}" ]; then
+            local started=$SECONDS
+            DOCKER_BUILDKIT=0 docker build -q --force-rm -f deploy/standins/Dockerfile --target "${STANDIN[$service]}" \
+                --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$image" . >/dev/null 2>"$STATE/standin-build.log" \
+                || { cat "$STATE/standin-build.log" >&2; die "stand-in for $image failed to build"; }
+            log "stand-in $image (target ${STANDIN[$service]}) built in $((SECONDS - started)) s"
+            echo "$image" >> "$STATE/built-images"
+        else
+            not_runnable+=("$service")
+            continue
+        fi
+        push_to_mirror "$image"
+        done_images[$image]=1
+    done < <(image_of_services)
+    log "pushed ${#done_images[@]} images to the registry mirror $REGISTRY_ADDR: ${!done_images[*]}"
+    printf '%s\n' "${not_runnable[@]}" > "$STATE/not-runnable"
+    echo "not runnable offline (no image without a registry; deployed, not waited for):"
+    while read -r service image; do
+        grep -qx "$service" "$STATE/not-runnable" && printf '  %-16s %s\n' "$service" "$image"
+    done < <(image_of_services)
+}
+
+# ------------------------------------------------------------------- step 4
+
+step_deploy() {
+    if [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" != active ]; then
+        docker swarm init --advertise-addr 127.0.0.1 >/dev/null
+        touch "$STATE/swarm-initialized"
+        log "swarm initialized (single manager)"
+    else
+        log "swarm already active"
+    fi
+    local node
+    node="$(docker info --format '{{.Swarm.NodeID}}')"
+    docker node update --label-add database=true --label-add ingest=true --label-add edge=true "$node" >/dev/null
+    log "node labels database=true ingest=true edge=true on $(docker node inspect -f '{{.Description.Hostname}}' "$node")"
+    mkdir -p "$WORK"
+    chmod 700 "$WORK"
+    deploy/secrets.sh "$PULSESTACK_PROOF_SECRETS"
+    deploy/deploy.sh -c tests/swarm/stack.override.yml
+    export PULSESTACK_PROOF_NOT_RUNNABLE
+    PULSESTACK_PROOF_NOT_RUNNABLE="$(paste -sd, "$STATE/not-runnable")"
+    "$PY" deploy/swarm_proof.py wait
+}
+
+# ------------------------------------------------------------------- step 8
+
+remove_stack() {
+    docker info >/dev/null 2>&1 || return 0
+    [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" = active ] || return 0
+    if [ -n "$(docker service ls -q --filter "label=com.docker.stack.namespace=$STACK")" ]; then
+        docker stack rm "$STACK" >/dev/null
+        log "stack $STACK removed; waiting for its containers to stop"
+    fi
+    local i ids
+    for i in $(seq 1 60); do
+        ids="$(docker ps -aq --filter "label=com.docker.stack.namespace=$STACK")"
+        [ -z "$ids" ] && break
+        # After 20 s (NATS drains 30 s in lame-duck mode): stop waiting for them.
+        # shellcheck disable=SC2086
+        [ "$i" -gt 20 ] && docker rm -f $ids >/dev/null 2>&1 || true
+        sleep 1
+    done
+    for i in $(seq 1 30); do
+        [ -z "$(docker network ls -q --filter "label=com.docker.stack.namespace=$STACK")" ] && break
+        sleep 1
+    done
+    local volumes
+    volumes="$(docker volume ls -q --filter "label=com.docker.stack.namespace=$STACK")"
+    # shellcheck disable=SC2086
+    [ -n "$volumes" ] && docker volume rm $volumes >/dev/null
+    deploy/secrets.sh --remove
+    docker config ls --format '{{.Name}}' | grep "^${STACK}_" | xargs -r docker config rm >/dev/null 2>&1 || true
+}
+
+step_clean() {
+    remove_stack
+    if docker info >/dev/null 2>&1 && [ -e "$STATE/swarm-initialized" ]; then
+        docker swarm leave --force >/dev/null 2>&1 || true
+        rm -f "$STATE/swarm-initialized"
+        log "left the swarm"
+    elif docker info >/dev/null 2>&1 && [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" = active ]; then
+        docker node update --label-rm database --label-rm ingest --label-rm edge \
+            "$(docker info --format '{{.Swarm.NodeID}}')" >/dev/null 2>&1 || true
+    fi
+    if [ "${PULSESTACK_PROOF_PURGE:-0}" = 1 ] && docker info >/dev/null 2>&1; then
+        # Only what the proof built (recorded in step 3), the base image, and dangling build stages.
+        { [ -e "$STATE/built-images" ] && sort -u "$STATE/built-images"; echo "$BASE_IMAGE"; } \
+            | xargs -r docker rmi -f >/dev/null 2>&1 || true
+        rm -f "$STATE/built-images"
+        docker image prune -f >/dev/null
+        rm -rf "$CACHE/base" "$CACHE/registry"
+        log "images, base rootfs and registry storage purged"
+    fi
+    rm -rf "$WORK"
+    engine_restore
+}
+
+on_exit() {
+    local rc=$?
+    trap - EXIT
+    if [ "$rc" != 0 ]; then
+        echo
+        echo "swarm-proof: FAILED (exit $rc)"
+        if docker info >/dev/null 2>&1; then
+            docker service ls --filter "label=com.docker.stack.namespace=$STACK" 2>/dev/null || true
+        fi
+    fi
+    if [ "${PULSESTACK_PROOF_KEEP:-0}" = 1 ]; then
+        echo "PULSESTACK_PROOF_KEEP=1: the stack stays up (clean later with: $0 clean)"
+    elif [ "${CLEANED:-0}" != 1 ]; then
+        step clean step_clean || true
+    fi
+    echo
+    echo "=== step times"
+    printf '  %s\n' "${TIMES[@]}"
+    printf '  %-12s %4d s\n' total "$((SECONDS - OVERALL))"
+    echo "=== delivery figures"
+    [ -x "$PY" ] && "$PY" deploy/swarm_proof.py summary
+    exit "$rc"
+}
+
+main() {
+    case "${1:-all}" in
+        clean) CLEANED=1; step clean step_clean; return ;;
+        all) ;;
+        *) die "usage: $0 [all|clean]" ;;
+    esac
+    trap on_exit EXIT
+    echo "swarm proof of stack.yml (pulsestack $PULSESTACK_VERSION) — $(date -u +%FT%TZ)"
+    rm -f "$PULSESTACK_PROOF_FIGURES"
+    step engine step_engine
+    remove_stack   # what an interrupted earlier run may have left
+    step base step_base
+    step images step_images
+    step deploy step_deploy
+    step delivery "$PY" deploy/swarm_proof.py delivery
+    step prometheus "$PY" deploy/swarm_proof.py prometheus
+    step faults "$PY" deploy/swarm_proof.py faults
+    if [ "${PULSESTACK_PROOF_KEEP:-0}" != 1 ]; then
+        CLEANED=1
+        step clean step_clean
+    fi
+    echo
+    echo "swarm-proof: PASSED"
+}
+
+main "$@"

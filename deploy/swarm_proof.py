@@ -1,0 +1,592 @@
+"""The Python half of the swarm proof (deploy/swarm-proof.sh runs it with the repository's venv).
+
+    python deploy/swarm_proof.py wait         every runnable service at its desired replicas, healthy
+    python deploy/swarm_proof.py delivery     fleet provisioned, driven over UDP and HTTP, exact delivery
+    python deploy/swarm_proof.py prometheus   every pulsestack task up == 1, pipeline recording rules with data
+    python deploy/swarm_proof.py faults       rolling updates, a NATS server killed, processors scaled 1 -> 3 -> 1,
+                                              each under traffic with zero readings lost or duplicated
+    python deploy/swarm_proof.py summary      the delivery figures of every window
+
+Talks to the stack only as the test override (tests/swarm/stack.override.yml) allows: the host-mode UDP
+port, ingest-http's port, PostgreSQL's and the NATS servers' ports on this machine, and `docker` itself
+(service state, `docker exec` into the Prometheus task for its HTTP API, which is not published).
+
+Environment (set by deploy/swarm-proof.sh): PULSESTACK_PROOF_SECRETS (the secret files), PULSESTACK_PROOF_WORK
+(figures are kept there), PULSESTACK_PROOF_RUN_BASE (first device number of the run),
+PULSESTACK_PROOF_UDP_PORT, _HTTP_PORT, _PG_PORT, _NATS_PORTS (comma-separated),
+PULSESTACK_PROOF_NOT_RUNNABLE (services without an offline image, comma-separated).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import nats
+import yaml
+from nats.aio.client import Client as NATS
+
+from pulsestack.bus.streams import PULSE_CONSUMER, PULSES, RAW, RAW_CONSUMER
+from pulsestack.registry import devices as registry
+from pulsestack.registry.membership import BUCKET
+from simulator.fleet import fleet_ids
+from simulator.run import Simulation, SimulationConfig, SimulationReport
+from simulator.verify import verify
+
+STACK = "pulsestack"
+PULSESTACK_JOBS = ("ingest-udp", "ingest-http", "raw-processor", "pulse-processor", "alerting", "api", "swarm-exporter")
+# Stand-ins run these too; their targets must be up as well.
+SCRAPED_JOBS = (*PULSESTACK_JOBS, "prometheus", "alertmanager", "node-exporter")
+REPO = Path(__file__).resolve().parent.parent
+SECRETS = Path(os.environ.get("PULSESTACK_PROOF_SECRETS", "/nonexistent"))
+WORK = Path(os.environ.get("PULSESTACK_PROOF_WORK", "/tmp"))
+UDP_PORT = int(os.environ.get("PULSESTACK_PROOF_UDP_PORT", "2204"))
+HTTP_PORT = int(os.environ.get("PULSESTACK_PROOF_HTTP_PORT", "17070"))
+PG_PORT = int(os.environ.get("PULSESTACK_PROOF_PG_PORT", "15432"))
+NATS_PORTS = [int(p) for p in os.environ.get("PULSESTACK_PROOF_NATS_PORTS", "14222,14223,14224").split(",")]
+NOT_RUNNABLE = {s for s in os.environ.get("PULSESTACK_PROOF_NOT_RUNNABLE", "").split(",") if s}
+RATE = float(os.environ.get("PULSESTACK_PROOF_RATE", "150"))  # readings/s, both protocols
+DEVICES = int(os.environ.get("PULSESTACK_PROOF_DEVICES", "400"))  # per traffic window
+FIGURES = Path(os.environ.get("PULSESTACK_PROOF_FIGURES", str(WORK / "figures.json")))
+# Fleets of different runs and windows never share a device (a failed run may leave data behind).
+# deploy/swarm-proof.sh sets it once for all the steps of a run.
+RUN_BASE = int(os.environ.get("PULSESTACK_PROOF_RUN_BASE", str((int(time.time()) % 997) * 20_000)))
+
+
+def say(*parts: object) -> None:
+    print(time.strftime("%H:%M:%S"), *parts, flush=True)
+
+
+def secret(name: str) -> str:
+    return (SECRETS / name).read_text().strip()
+
+
+# ------------------------------------------------------------------------------------------- docker
+
+
+def docker(*args: str, check: bool = True) -> str:
+    done = subprocess.run(["docker", *args], capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"docker {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def docker_json_lines(*args: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in docker(*args, "--format", "{{json .}}").splitlines() if line.strip()]
+
+
+def stack_services() -> dict[str, dict[str, Any]]:
+    """Short service name -> `docker service inspect` of every service of the stack."""
+    ids = docker("service", "ls", "-q", "--filter", f"label=com.docker.stack.namespace={STACK}").split()
+    if not ids:
+        return {}
+    out = {}
+    for service in json.loads(docker("service", "inspect", *ids)):
+        out[service["Spec"]["Name"].removeprefix(f"{STACK}_")] = service
+    return out
+
+
+def service_tasks(name: str) -> list[dict[str, Any]]:
+    ids = docker("service", "ps", "-q", "--no-trunc", f"{STACK}_{name}").split()
+    return json.loads(docker("inspect", *ids)) if ids else []
+
+
+def container_health(container_id: str) -> str:
+    """healthy | unhealthy | starting | none (no healthcheck) | gone."""
+    out = docker("inspect", "--format", "{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}",
+                 container_id, check=False).strip()
+    return out or "gone"
+
+
+@dataclass
+class ServiceState:
+    desired: int
+    running: int
+    healthy: int
+    completed: int
+    job: bool
+
+    @property
+    def ready(self) -> bool:
+        if self.job:
+            return self.completed >= self.desired
+        return self.running == self.desired and self.healthy == self.desired
+
+
+def service_state(name: str, service: dict[str, Any], node_count: int) -> ServiceState:
+    mode = service["Spec"]["Mode"]
+    job = "ReplicatedJob" in mode
+    if "Replicated" in mode:
+        desired = int(mode["Replicated"].get("Replicas", 1))
+    elif job:
+        desired = int(mode["ReplicatedJob"].get("TotalCompletions", 1))
+    else:
+        desired = node_count  # global: every (eligible) node; this proof runs on one
+    running = healthy = completed = 0
+    for task in service_tasks(name):
+        state = task["Status"]["State"]
+        if state == "complete":
+            completed += 1
+        if task.get("DesiredState") != "running" or state != "running":
+            continue
+        running += 1
+        container = (task["Status"].get("ContainerStatus") or {}).get("ContainerID", "")
+        if container and container_health(container) in ("healthy", "none"):
+            healthy += 1
+    return ServiceState(desired, running, healthy, completed, job)
+
+
+def wait_converged(names: list[str], timeout: float, what: str) -> float:
+    """Waits until each named service runs its desired replicas, all healthy (jobs: completed)."""
+    started = time.monotonic()
+    nodes = len(docker("node", "ls", "-q").split())
+    last_report = 0.0
+    while True:
+        services = stack_services()
+        pending = {}
+        for name in names:
+            if name not in services:
+                pending[name] = "missing"
+                continue
+            st = service_state(name, services[name], nodes)
+            if not st.ready:
+                pending[name] = (f"{st.completed}/{st.desired} completed" if st.job
+                                 else f"{st.running}/{st.desired} running, {st.healthy} healthy")
+        elapsed = time.monotonic() - started
+        if not pending:
+            return elapsed
+        if elapsed > timeout:
+            for name in pending:
+                print(docker("service", "ps", "--no-trunc", f"{STACK}_{name}", check=False), file=sys.stderr)
+            raise SystemExit(f"{what}: not converged after {timeout:.0f} s: {pending}")
+        if elapsed - last_report >= 15:
+            say(f"  waiting ({elapsed:.0f} s): " + ", ".join(f"{k} {v}" for k, v in sorted(pending.items())))
+            last_report = elapsed
+        time.sleep(2)
+
+
+def runnable_services() -> list[str]:
+    return sorted(name for name in stack_services() if name not in NOT_RUNNABLE)
+
+
+def cmd_wait() -> None:
+    names = runnable_services()
+    say(f"waiting for {len(names)} services: {', '.join(names)}")
+    elapsed = wait_converged(names, float(os.environ.get("PULSESTACK_PROOF_WAIT", "300")), "deploy")
+    say(f"every runnable service at its desired replicas and healthy after {elapsed:.0f} s")
+    skipped = sorted(NOT_RUNNABLE & set(stack_services()))
+    if skipped:
+        say(f"not runnable offline (deployed, not waited for): {', '.join(skipped)}")
+
+
+# --------------------------------------------------------------------------------------- the bus & db
+
+
+def nats_urls(user: str, password: str) -> list[str]:
+    quoted = urllib.parse.quote(password, safe="")
+    return [f"nats://{user}:{quoted}@127.0.0.1:{port}" for port in NATS_PORTS]
+
+
+async def admin_nats() -> NATS:
+    return await nats.connect(nats_urls("admin", secret("nats_admin_password")), max_reconnect_attempts=-1,
+                              reconnect_time_wait=0.5, connect_timeout=5, allow_reconnect=True)
+
+
+async def db(role: str, password_secret: str) -> asyncpg.Connection:
+    return await asyncpg.connect(host="127.0.0.1", port=PG_PORT, user=role, password=secret(password_secret),
+                                 database="pulsestack", timeout=10)
+
+
+async def drained(nc: NATS) -> bool:
+    js = nc.jetstream()
+    for stream, durable in ((RAW, RAW_CONSUMER), (PULSES, PULSE_CONSUMER)):
+        info = await js.consumer_info(stream, durable)
+        if info.num_pending or info.num_ack_pending:
+            return False
+    return True
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            if await check():
+                return
+        except Exception as exc:  # a server or a connection may be briefly away
+            last = str(exc)
+        else:
+            last = "condition false"
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what}: still not true after {within:.0f} s ({last})")
+        await asyncio.sleep(0.5)
+
+
+def first_id(window: int) -> int:
+    return RUN_BASE + window * 2_000
+
+
+WINDOWS = ["steady", "rolling-update", "nats-server-killed", "scale-1-3-1"]
+
+
+async def provision_all() -> None:
+    """Registers the fleets of every window at once (as the operator's registry role)."""
+    conn = await db("pulsestack_registry", "postgres_registry_password")
+    nc = await admin_nats()
+    try:
+        kv = await nc.jetstream().key_value(BUCKET)
+        for window in range(len(WINDOWS)):
+            nbiot, sigfox = fleet_ids(DEVICES, 0.5, first_id(window))
+            await registry.add_bulk(conn, kv, "nbiot", nbiot)
+            await registry.add_bulk(conn, kv, "sigfox", sigfox)
+    finally:
+        await nc.close()
+        await conn.close()
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        if head.split("{")[0] != name:
+            continue
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def ingester_devices() -> dict[str, float]:
+    """Devices each ingester knows (pulsestack_registry_devices), read inside their tasks."""
+    out = {}
+    for service, protocol, port in (("ingest-udp", "nbiot", 9101), ("ingest-http", "sigfox", 7070)):
+        values = []
+        for task in service_tasks(service):
+            if task.get("DesiredState") != "running" or task["Status"]["State"] != "running":
+                continue
+            container = task["Status"]["ContainerStatus"]["ContainerID"]
+            text = docker("exec", container, "python", "-c",
+                          f"import urllib.request as u; print(u.urlopen('http://127.0.0.1:{port}/metrics').read()"
+                          ".decode())", check=False)
+            values.append(metric_value(text, "pulsestack_registry_devices", protocol=protocol))
+        out[service] = min(values) if values else 0.0
+    return out
+
+
+# ------------------------------------------------------------------------------------------ traffic
+
+
+@dataclass
+class Figures:
+    window: str
+    seconds: float
+    sent: int
+    acked: int
+    gave_up: int
+    retransmitted: int
+    http_statuses: dict[str, int]
+    expected: int
+    delivered: int
+    lost: int
+    duplicated: int
+    bucket_mismatches: int
+    total_mismatches: int
+
+    def line(self) -> str:
+        return (f"{self.window}: sent {self.sent:,}, acked {self.acked:,}, delivered {self.delivered:,} / "
+                f"{self.expected:,}, lost {self.lost}, duplicated {self.duplicated}, bucket mismatches "
+                f"{self.bucket_mismatches}, total mismatches {self.total_mismatches} "
+                f"(gave up {self.gave_up}, retransmitted {self.retransmitted}, HTTP {self.http_statuses})")
+
+
+def save(figures: Figures) -> None:
+    known = json.loads(FIGURES.read_text()) if FIGURES.exists() else []
+    known = [f for f in known if f["window"] != figures.window] + [asdict(figures)]
+    FIGURES.write_text(json.dumps(known, indent=1))
+
+
+async def under_traffic(window: int, fault: Callable[[], Awaitable[None]] | None = None,
+                        seconds: float = 25.0) -> Figures:
+    """Drives window's fleet for `seconds` (or, with a fault, until 4 s after the fault is over), then checks
+    that every reading acknowledged to a device is stored exactly once."""
+    name = WINDOWS[window]
+    simulation = Simulation(SimulationConfig(
+        devices=DEVICES, nbiot_share=0.5, rate=RATE, udp_target=("127.0.0.1", UDP_PORT),
+        http_url=f"http://127.0.0.1:{HTTP_PORT}/v1/sigfox", sigfox_token=secret("sigfox_tokens").split()[0],
+        master_key=bytes.fromhex(secret("device_master_key")), first_id=first_id(window), seed=window + 1,
+        ack_timeout=1.0, retransmissions=8, sigfox_retry_delays=(1, 2, 4, 8, 16),
+    ))
+    stop = asyncio.Event()
+    started = time.monotonic()
+    traffic = asyncio.create_task(simulation.run(stop, settle_timeout=120))
+    await asyncio.sleep(3.0)
+    if fault is not None:
+        await fault()
+        await asyncio.sleep(4.0)
+    else:
+        await asyncio.sleep(max(0.0, seconds - 3.0))
+    stop.set()
+    report: SimulationReport = await traffic
+    elapsed = time.monotonic() - started
+    nc = await admin_nats()
+    try:
+        await eventually(lambda: drained(nc), 180, f"{name}: backlog drained")
+    finally:
+        await nc.close()
+    conn = await db("pulsestack_reader", "postgres_reader_password")
+    try:
+        delivery = await verify(conn, report.acked_readings)
+    finally:
+        await conn.close()
+    figures = Figures(
+        window=name, seconds=round(elapsed, 1), sent=sum(report.sent.values()), acked=sum(report.acked.values()),
+        gave_up=sum(report.gave_up.values()), retransmitted=report.retransmitted,
+        http_statuses={str(k): v for k, v in sorted(report.http_statuses.items())},
+        expected=delivery.expected, delivered=delivery.delivered, lost=delivery.lost,
+        duplicated=delivery.duplicated, bucket_mismatches=delivery.bucket_mismatches,
+        total_mismatches=len(delivery.total_mismatches),
+    )
+    save(figures)
+    say(figures.line())
+    if not delivery.exact:
+        raise SystemExit(f"{name}: delivery not exact: {delivery.line()} {delivery.total_mismatches[:5]}")
+    if figures.acked < RATE * min(elapsed, 20) * 0.5:
+        raise SystemExit(f"{name}: too few readings acknowledged: {report.lines()}")
+    return figures
+
+
+async def cmd_delivery() -> None:
+    await provision_all()
+    say(f"{len(WINDOWS)} fleets of {DEVICES} devices registered (registry role, admin NATS user)")
+    half = DEVICES // 2 * len(WINDOWS)
+    deadline = time.monotonic() + 60
+    while True:
+        known = ingester_devices()
+        if all(v >= half for v in known.values()):
+            break
+        if time.monotonic() > deadline:
+            raise SystemExit(f"ingesters did not learn the registered devices: {known}")
+        await asyncio.sleep(1)
+    say(f"ingesters know the devices: {known}")
+    await under_traffic(0, seconds=float(os.environ.get("PULSESTACK_PROOF_SECONDS", "25")))
+
+
+# --------------------------------------------------------------------------------------- Prometheus
+
+
+def prometheus_get(path: str, **params: str) -> Any:
+    tasks = [t for t in service_tasks("prometheus") if t["Status"]["State"] == "running"]
+    if not tasks:
+        raise RuntimeError("no running Prometheus task")
+    container = tasks[0]["Status"]["ContainerStatus"]["ContainerID"]
+    url = f"http://127.0.0.1:9090{path}" + ("?" + urllib.parse.urlencode(params) if params else "")
+    out = docker("exec", container, "wget", "-q", "-O", "-", url)
+    body = json.loads(out)
+    if body.get("status") != "success":
+        raise RuntimeError(f"{path}: {body}")
+    return body["data"]
+
+
+def running_tasks(name: str) -> int:
+    return sum(1 for t in service_tasks(name)
+               if t.get("DesiredState") == "running" and t["Status"]["State"] == "running")
+
+
+def scrape_problems() -> list[str]:
+    jobs = "|".join(SCRAPED_JOBS)
+    result = prometheus_get("/api/v1/query", query=f'up{{job=~"{jobs}"}}')["result"]
+    by_job: dict[str, list[float]] = {}
+    for series in result:
+        by_job.setdefault(series["metric"]["job"], []).append(float(series["value"][1]))
+    problems = []
+    for job in SCRAPED_JOBS:
+        tasks = running_tasks(job)
+        values = by_job.get(job, [])
+        if len(values) != tasks or any(v != 1.0 for v in values):
+            problems.append(f"{job}: {tasks} running task(s), up = {values}")
+    return problems
+
+
+# Pipeline recording rules that only have data once something of their kind happened.
+EVENT_DRIVEN = {
+    "stage_reason:pulsestack_quarantined:rate5m": "no reading quarantined",
+    # The outcome counter's `redelivered` series appears with the first redelivery (not primed).
+    "stage:pulsestack_processor_redelivered:rate10m": "no redelivery yet",
+    "stage:pulsestack_processor_redelivered:ratio_rate10m": "no redelivery yet",
+    "protocol:pulsestack_ingest_received:rate30m_avg_4w": "needs a week of history",
+    "protocol:pulsestack_ingest_received:rate30m_weeks_4w": "needs a week of history",
+}
+
+
+def rule_problems() -> tuple[list[str], list[str], list[str]]:
+    groups = prometheus_get("/api/v1/rules", type="record")["groups"]
+    ok, skipped, problems = [], [], []
+    for group in groups:
+        if not group["name"].startswith("pulsestack-"):
+            continue
+        for rule in group["rules"]:
+            name = rule["name"]
+            if rule.get("health") != "ok":
+                problems.append(f"{name}: health {rule.get('health')} {rule.get('lastError', '')}")
+                continue
+            data = prometheus_get("/api/v1/query", query=name)["result"]
+            if data:
+                ok.append(name)
+            elif name in EVENT_DRIVEN:
+                skipped.append(f"{name} ({EVENT_DRIVEN[name]})")
+            else:
+                problems.append(f"{name}: no data")
+    return ok, skipped, problems
+
+
+def cmd_prometheus() -> None:
+    started = time.monotonic()
+    timeout = 150.0
+    while True:
+        problems = scrape_problems()
+        if not problems:
+            break
+        if time.monotonic() - started > timeout:
+            raise SystemExit("Prometheus: targets not all up: " + "; ".join(problems))
+        time.sleep(5)
+    jobs = {job: running_tasks(job) for job in PULSESTACK_JOBS}
+    say(f"Prometheus (swarm service discovery) scrapes every pulsestack task with up == 1: {jobs}; "
+        "and prometheus, alertmanager, node-exporter")
+    while True:
+        ok, skipped, problems = rule_problems()
+        if not problems:
+            break
+        if time.monotonic() - started > timeout + 60:
+            raise SystemExit("Prometheus: recording rules without data: " + "; ".join(problems))
+        time.sleep(5)
+    say(f"{len(ok)} pipeline recording rules return data; without data by design: {', '.join(skipped) or 'none'}")
+    swarm = prometheus_get("/api/v1/query", query="pulsestack_swarm_service_running_replicas")["result"]
+    pg = prometheus_get("/api/v1/query", query="pulsestack_postgres_up")["result"]
+    say(f"swarm exporter: {len(swarm)} services' replicas, pulsestack_postgres_up = "
+        f"{[s['value'][1] for s in pg]}")
+
+
+# ------------------------------------------------------------------------------------------- faults
+
+
+def update_force(name: str) -> Callable[[], Awaitable[None]]:
+    async def fault() -> None:
+        started = time.monotonic()
+        await asyncio.to_thread(docker, "service", "update", "--force", "--detach", f"{STACK}_{name}")
+
+        def done() -> bool:
+            state = str((stack_services()[name].get("UpdateStatus") or {}).get("State", ""))
+            if state in ("rollback_started", "rollback_completed", "paused", "rollback_paused"):
+                raise SystemExit(f"update of {name} failed: {state}")
+            return state == "completed"
+
+        while not await asyncio.to_thread(done):
+            if time.monotonic() - started > 180:
+                raise SystemExit(f"update of {name} did not complete")
+            await asyncio.sleep(1)
+        say(f"  rolling update of {name} (start-first) completed in {time.monotonic() - started:.0f} s")
+
+    return fault
+
+
+async def rolling_updates() -> None:
+    for name in ("raw-processor", "pulse-processor"):
+        await update_force(name)()
+
+
+async def kill_nats_server() -> None:
+    nc = await admin_nats()
+    try:
+        info = await nc.jetstream().stream_info(RAW)
+        leader = info.cluster.leader if info.cluster else "nats-3"
+    finally:
+        await nc.close()
+    service = leader if leader in ("nats-1", "nats-2", "nats-3") else "nats-3"
+    tasks = [t for t in service_tasks(service) if t["Status"]["State"] == "running"]
+    container = tasks[0]["Status"]["ContainerStatus"]["ContainerID"]
+    started = time.monotonic()
+    await asyncio.to_thread(docker, "kill", container)
+    say(f"  killed {service} (the RAW stream leader) with SIGKILL")
+    await asyncio.sleep(3)
+    await asyncio.to_thread(wait_converged, [service], 120, f"{service} back")
+    nc = await admin_nats()
+
+    async def replicas_current() -> bool:
+        js = nc.jetstream()
+        for stream in (RAW, PULSES):
+            cluster = (await js.stream_info(stream)).cluster
+            if cluster is None or cluster.leader is None or len(cluster.replicas or []) != 2:
+                return False
+            if not all(r.current for r in cluster.replicas or []):
+                return False
+        return True
+
+    try:
+        await eventually(replicas_current, 120, "streams fully replicated again")
+    finally:
+        await nc.close()
+    say(f"  {service} replaced by swarm, streams RAW and PULSES on 3 current replicas again after "
+        f"{time.monotonic() - started:.0f} s")
+
+
+async def scale(replicas: int) -> None:
+    started = time.monotonic()
+    await asyncio.to_thread(docker, "service", "scale", "--detach",
+                            f"{STACK}_raw-processor={replicas}", f"{STACK}_pulse-processor={replicas}")
+    await asyncio.sleep(2)
+    await asyncio.to_thread(wait_converged, ["raw-processor", "pulse-processor"], 150, f"scale to {replicas}")
+    say(f"  processors scaled to {replicas} in {time.monotonic() - started:.0f} s")
+
+
+async def scale_1_3_1() -> None:
+    await scale(3)
+    await asyncio.sleep(5)
+    await scale(1)
+
+
+async def cmd_faults() -> None:
+    await under_traffic(1, rolling_updates)
+    await under_traffic(2, kill_nats_server)
+    await under_traffic(3, scale_1_3_1)
+
+
+def cmd_summary() -> None:
+    if not FIGURES.exists():
+        print("no delivery figures")
+        return
+    for f in json.loads(FIGURES.read_text()):
+        print("  " + Figures(**f).line())
+
+
+def main() -> None:
+    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    if command == "wait":
+        cmd_wait()
+    elif command == "delivery":
+        asyncio.run(cmd_delivery())
+    elif command == "prometheus":
+        cmd_prometheus()
+    elif command == "faults":
+        asyncio.run(cmd_faults())
+    elif command == "summary":
+        cmd_summary()
+    elif command == "images":
+        # The image of every service of the resolved stack file (stdin: `docker stack config` output).
+        for name, service in sorted(yaml.safe_load(sys.stdin)["services"].items()):
+            print(name, service["image"])
+    else:
+        raise SystemExit(__doc__)
+
+
+if __name__ == "__main__":
+    main()

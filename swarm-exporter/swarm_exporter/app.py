@@ -1,0 +1,120 @@
+"""A swarm-exporter process: polls the Docker API and PostgreSQL, serves the result on its ops port."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import asyncpg
+from prometheus_client import REGISTRY
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from pulsestack import ops
+from pulsestack.config import database_url
+from pulsestack.logs import get_logger
+from swarm_exporter.config import SwarmExporterConfig
+from swarm_exporter.docker_api import DockerApi, NodeState, ServiceReplicas
+
+log = get_logger(__name__)
+
+
+class SwarmCollector(Collector):
+    """The last snapshot, exposed as a whole: a scrape never sees half of a poll, and a removed
+    service or node disappears with the next poll instead of keeping its last value."""
+
+    def __init__(self) -> None:
+        self.services: list[ServiceReplicas] = []
+        self.nodes: list[NodeState] = []
+        self.postgres_up: float | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        desired = GaugeMetricFamily(
+            "pulsestack_swarm_service_desired_replicas",
+            "Tasks swarm wants for a service (replicas, or eligible nodes of a global service)",
+            labels=["service"],
+        )
+        running = GaugeMetricFamily(
+            "pulsestack_swarm_service_running_replicas", "Tasks of the service whose state is running",
+            labels=["service"],
+        )
+        for s in self.services:
+            desired.add_metric([s.service], s.desired)
+            running.add_metric([s.service], s.running)
+        ready = GaugeMetricFamily(
+            "pulsestack_swarm_node_ready", "1 when the swarm node's status is ready, else 0", labels=["node", "role"]
+        )
+        for n in self.nodes:
+            ready.add_metric([n.node, n.role], 1.0 if n.ready else 0.0)
+        yield desired
+        yield running
+        yield ready
+        if self.postgres_up is not None:
+            yield GaugeMetricFamily(
+                "pulsestack_postgres_up", "1 when PostgreSQL answered a trivial query at the last probe, else 0",
+                value=self.postgres_up,
+            )
+
+
+async def probe_postgres(url: str, seconds: float) -> bool:
+    try:
+        conn = await asyncpg.connect(url, timeout=seconds)
+    except Exception as exc:
+        log.warning("postgres probe failed", error=str(exc) or type(exc).__name__)
+        return False
+    try:
+        return bool(await asyncio.wait_for(conn.fetchval("SELECT 1"), seconds) == 1)
+    except Exception as exc:
+        log.warning("postgres probe failed", error=str(exc) or type(exc).__name__)
+        return False
+    finally:
+        await conn.close(timeout=seconds)
+
+
+async def poll_once(api: DockerApi, collector: SwarmCollector, config: SwarmExporterConfig, url: str) -> bool:
+    """One round; returns whether the Docker API answered."""
+    swarm_ok = True
+    try:
+        services, nodes = await asyncio.gather(api.services(config.stack), api.nodes())
+        collector.services, collector.nodes = services, nodes
+    except Exception as exc:
+        # Stale replica counts would hide an outage: no series rather than old ones.
+        collector.services, collector.nodes = [], []
+        swarm_ok = False
+        log.warning("docker api unavailable", error=str(exc) or type(exc).__name__)
+    if config.probe_postgres:
+        collector.postgres_up = 1.0 if await probe_postgres(url, config.probe_timeout) else 0.0
+    return swarm_ok
+
+
+async def serve(config: SwarmExporterConfig, stop: asyncio.Event) -> None:
+    collector = SwarmCollector()
+    REGISTRY.register(collector)
+    api = DockerApi(config.docker_host)
+    url = database_url() if config.probe_postgres else ""
+    last_ok = 0.0
+
+    async def ready() -> str | None:
+        if time.monotonic() - last_ok > 3 * config.interval:
+            return "no answer from the Docker API"
+        return None
+
+    if await poll_once(api, collector, config, url):
+        last_ok = time.monotonic()
+    runner = await ops.serve(config.ops_host, config.ops_port, ready)
+    log.info("swarm-exporter started", ops_port=config.ops_port, docker=config.docker_host,
+             stack=config.stack or "*", postgres=config.probe_postgres)
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), config.interval)
+        except TimeoutError:
+            pass
+        if stop.is_set():
+            break
+        if await poll_once(api, collector, config, url):
+            last_ok = time.monotonic()
+    await api.close()
+    await runner.cleanup()
+    REGISTRY.unregister(collector)
+    log.info("swarm-exporter stopped")
