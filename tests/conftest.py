@@ -39,8 +39,10 @@ def stack() -> Iterator[LocalStack]:
 
     uvloop.run(local.prepare())
     local.configure_services()
-    # Sweep every second, so silent meters and day ends show up within a test's patience.
+    # Sweep every second and assume a 2 s reporting interval for devices not heard from yet, so silent
+    # meters and day ends show up within a test's patience.
     local.services["alerting"].env["PULSESTACK_SWEEP_INTERVAL"] = "1"
+    local.services["alerting"].env["PULSESTACK_DEFAULT_INTERVAL"] = "2"
     local.start_services()
     yield local
     local.stop()
