@@ -29,6 +29,26 @@ def total(samples: Samples, name: str, **labels: str) -> float:
     return sum(v for k, v in samples.get(name, {}).items() if want <= set(k))
 
 
+def histogram_quantile(samples: Samples, name: str, q: float) -> float | None:
+    """The q-quantile of a histogram since the service started, by linear interpolation in its buckets."""
+    buckets: dict[float, float] = defaultdict(float)
+    for labels, value in samples.get(f"{name}_bucket", {}).items():
+        le = dict(labels)["le"]
+        buckets[float("inf") if le == "+Inf" else float(le)] += value
+    if not buckets or not buckets[float("inf")]:
+        return None
+    target = q * buckets[float("inf")]
+    lower, below = 0.0, 0.0
+    for bound in sorted(buckets):
+        if buckets[bound] >= target:
+            if bound == float("inf"):
+                return lower
+            share = (target - below) / (buckets[bound] - below) if buckets[bound] > below else 1.0
+            return lower + (bound - lower) * share
+        lower, below = bound, buckets[bound]
+    return lower
+
+
 class Summary:
     def __init__(self, urls: dict[str, str]) -> None:
         self.urls = urls
@@ -49,9 +69,12 @@ class Summary:
         self._last = (now, all_stored)
         rejected = total(udp, "pulsestack_ingest_rejected_total") + total(http, "pulsestack_ingest_rejected_total")
         backlog = total(raw, "pulsestack_stream_pending") + total(pulse, "pulsestack_stream_pending")
+        p50 = histogram_quantile(pulse, "pulsestack_end_to_end_seconds", 0.5)
+        p99 = histogram_quantile(pulse, "pulsestack_end_to_end_seconds", 0.99)
+        latency = f"{p50 * 1000:.0f}/{p99 * 1000:.0f} ms" if p50 is not None and p99 is not None else "-"
         return (
             f"received nbiot {total(udp, 'pulsestack_ingest_received_total'):>9,.0f}"
             f" sigfox {total(http, 'pulsestack_ingest_received_total'):>9,.0f} | stored nbiot {stored['nbiot']:>9,.0f}"
             f" sigfox {stored['sigfox']:>9,.0f} | {rate:7,.0f} readings/s | backlog {backlog:>6,.0f}"
-            f" | rejected {rejected:,.0f}"
+            f" | rejected {rejected:,.0f} | end-to-end p50/p99 {latency}"
         )

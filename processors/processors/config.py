@@ -33,7 +33,9 @@ class ProcessorConfig:
             ops_port=env_int("PULSESTACK_OPS_PORT", DEFAULT_OPS_PORT[stage]),
             # Messages per fetch; each carries up to 64 readings, so a batch stays a few thousand readings.
             batch=env_int("PULSESTACK_BATCH", 100),
-            max_wait=env_float("PULSESTACK_BATCH_WAIT", 1.0),
+            # Once a quiet stream wakes up, a fetch waits this long for its batch to fill: it bounds the
+            # latency added at low rates (an idle worker polls this often).
+            max_wait=env_float("PULSESTACK_BATCH_WAIT", 0.1),
             pool_size=env_int("PULSESTACK_DB_POOL", 3),
             concurrency=env_int("PULSESTACK_CONCURRENCY", 2),
             limits=BusLimits.from_env(),
