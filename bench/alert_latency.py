@@ -89,7 +89,7 @@ async def main(devices: int, rate: float) -> list[str]:
     return [
         f"{devices} devices, one limit-crossing reading each at {rate:g} readings/s",
         f"alerts opened {len(rows)} / {devices}; events received on NATS {len(published)} / {devices}",
-        f"datagram sent -> alert committed (opened_at): {quantiles(committed)}",
+        f"datagram sent -> alert row opened (opened_at, in the reading's pulse transaction): {quantiles(committed)}",
         f"datagram sent -> alerts.threshold event received: {quantiles(published)}",
     ]
 
