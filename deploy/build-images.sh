@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds pulsestack's images from the repository root:
-#   ${PULSESTACK_REGISTRY}pulsestack/{ingest-udp,ingest-http,processors,swarm-exporter}:${PULSESTACK_VERSION}
+# Builds pulsestack's images from the repository root: first the shared runtime
+# (deploy/runtime.Dockerfile: the virtual environment, the user, the labels),
+# then on it each service's image
+#   ${PULSESTACK_REGISTRY}pulsestack/{ingest-udp,ingest-http,processors,alerting,api,swarm-exporter}:${PULSESTACK_VERSION}
 #
 # The Python dependencies are built as wheels on this machine first
 # (build/wheels/, with this machine's pip and its index configuration), then
@@ -15,7 +17,7 @@
 #   PIP_INSTALL_OPTIONS   extra pip options inside the build, e.g. --no-index (default: --no-index)
 #   PYTHON                Python that builds the wheels (default: .venv/bin/python, else python3);
 #                         its version must match the base image's Python for compiled wheels.
-# Usage: deploy/build-images.sh [SERVICE ...]     (default: all four)
+# Usage: deploy/build-images.sh [SERVICE ...]     (default: all six)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,15 +46,20 @@ quiet_pip wheel --quiet --disable-pip-version-check --find-links build/wheels -w
 
 revision="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 created="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-for service in "${SERVICES[@]}"; do
-    image="${REGISTRY}pulsestack/${service}:${VERSION}"
-    started=$SECONDS
+build() {  # build IMAGE DOCKERFILE [--build-arg ...]
+    local image="$1" file="$2" started=$SECONDS
+    shift 2
     # The legacy builder (no buildx here) announces its deprecation on every build; the rest of stderr stays.
-    DOCKER_BUILDKIT=0 docker build --quiet --force-rm -f "${service}/Dockerfile" \
-        --build-arg PYTHON_IMAGE="$PYTHON_IMAGE" \
-        --build-arg PIP_INSTALL_OPTIONS="$PIP_INSTALL_OPTIONS" \
-        --build-arg VERSION="$VERSION" --build-arg REVISION="$revision" --build-arg CREATED="$created" \
-        -t "$image" . >/dev/null 2> >(grep -v -e "^DEPRECATED: The legacy builder" -e "BuildKit is currently disabled" \
+    DOCKER_BUILDKIT=0 docker build --quiet --force-rm -f "$file" "$@" -t "$image" . >/dev/null \
+        2> >(grep -v -e "^DEPRECATED: The legacy builder" -e "BuildKit is currently disabled" \
             -e "^ *environment-variable\.$" -e "^$" >&2)
     echo "built $image in $((SECONDS - started)) s"
+}
+# The runtime is only a build stage of the others: it keeps no registry prefix and is never pushed.
+runtime="pulsestack/runtime:${VERSION}"
+build "$runtime" deploy/runtime.Dockerfile \
+    --build-arg PYTHON_IMAGE="$PYTHON_IMAGE" --build-arg PIP_INSTALL_OPTIONS="$PIP_INSTALL_OPTIONS" \
+    --build-arg VERSION="$VERSION" --build-arg REVISION="$revision" --build-arg CREATED="$created"
+for service in "${SERVICES[@]}"; do
+    build "${REGISTRY}pulsestack/${service}:${VERSION}" "${service}/Dockerfile" --build-arg RUNTIME_IMAGE="$runtime"
 done
