@@ -1,6 +1,6 @@
 """Alert latency: from the datagram that crosses a device's daily limit to the alert's event on NATS.
 
-    python bench/alert_latency.py [--devices 200] [--rate 100]
+    python -m bench.alert_latency [--devices 200] [--rate 100]
 
 Starts the local stack, registers `--devices` NB-IoT devices with a daily limit, sends each one reading
 that crosses it (at `--rate` readings/s), and times, per device, the sending of that datagram against
@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
-import platform
 import shutil
 import socket
 import statistics
@@ -26,6 +24,7 @@ import asyncpg
 import nats
 import orjson
 
+from bench.measurement import publish
 from pulsestack import keys
 from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET
@@ -100,10 +99,7 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=100.0)
     args = parser.parse_args()
     lines = asyncio.run(main(args.devices, args.rate))
-    for line in lines:
-        print(line)
-    out = Path(__file__).parent / "results" / f"{dt.date.today()}-{platform.node()}-alert-latency.md"
-    out.write_text("# Alert latency\n\n" + "".join(f"- {line}\n" for line in lines) + (
+    publish("alert-latency", "Alert latency", lines, (
         "\nThe local stack (single-node profile: NATS fsync before every PubAck, PostgreSQL synchronous commit)"
-        " on this 2-core machine, shared with other work: indicative figures.\n"))
-    print(f"written {out}")
+        " on this 2-core machine, shared with other work: indicative figures.\n"
+    ).strip())

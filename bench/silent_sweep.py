@@ -1,6 +1,6 @@
 """Silent-meter sweep over a million device states: how long one sweep takes.
 
-    python bench/silent_sweep.py [--devices 1000000] [--silent-share 0.01]
+    python -m bench.silent_sweep [--devices 1000000] [--silent-share 0.01]
 
 Starts its own embedded PostgreSQL, fills device_state with `--devices` rows
 (a share of them silent), then times sweeps: the first opens the alerts, the
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import platform
 import shutil
 import statistics
@@ -23,6 +22,7 @@ from pathlib import Path
 import asyncpg
 
 from alerting.sweep import Sweeper
+from bench.measurement import publish
 from pulsestack.store.db import create_pool
 from pulsestack.store.migrate import migrate
 from pulsestack_cli.localstack import Postgres
@@ -81,10 +81,7 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=6)
     args = parser.parse_args()
     lines = asyncio.run(main(args.devices, args.silent_share, args.runs))
-    for line in lines:
-        print(line)
-    out = Path(__file__).parent / "results" / f"{dt.date.today()}-{platform.node()}-silent-sweep.md"
-    out.write_text("# Silent-meter sweep\n\n" + "".join(f"- {line}\n" for line in lines) + (
+    publish("silent-sweep", "Silent-meter sweep", lines, (
         f"\nMachine: {platform.machine()}, Python {platform.python_version()}; PostgreSQL from the pgserver wheel"
-        " (defaults plus shared_buffers=256MB); same box as other work, so figures are indicative.\n"))
-    print(f"written {out}")
+        " (defaults plus shared_buffers=256MB); same box as other work, so figures are indicative.\n"
+    ).strip())
