@@ -27,7 +27,7 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,11 +74,56 @@ def secret(name: str) -> str:
 # ------------------------------------------------------------------------------------------- docker
 
 
-def docker(*args: str, check: bool = True) -> str:
-    done = subprocess.run(["docker", *args], capture_output=True, text=True)
+@dataclass
+class Engines:
+    """Where the proof finds the swarm: this machine's engine (the swarm proof), or the engines of a simulated
+    cluster's nodes (the cluster proof: containers named by the node's host name, reached with docker exec)."""
+
+    manager: str = ""  # node whose engine answers as a manager; "": this machine's
+    addresses: dict[str, str] = field(default_factory=dict)  # node host name -> its address; empty: 127.0.0.1
+
+    def command(self, node: str = "") -> list[str]:
+        node = node or self.manager
+        return ["docker", "exec", "-i", node, "docker"] if node else ["docker"]
+
+    def address(self, node: str) -> str:
+        return self.addresses.get(node, "127.0.0.1")
+
+
+ENGINES = Engines()
+
+
+def docker(*args: str, check: bool = True, node: str = "") -> str:
+    done = subprocess.run([*ENGINES.command(node), *args], capture_output=True, text=True)
     if check and done.returncode != 0:
         raise RuntimeError(f"docker {' '.join(args)}: {done.stderr.strip()}")
     return done.stdout
+
+
+def node_of(task: dict[str, Any]) -> str:
+    """Host name of the node a task was scheduled on ("" on a one-engine swarm)."""
+    if not ENGINES.addresses:
+        return ""
+    return docker("node", "inspect", "--format", "{{.Description.Hostname}}", task["NodeID"]).strip()
+
+
+def in_task(task: dict[str, Any], *args: str, check: bool = True) -> str:
+    """`docker exec` into a task's container, on whichever node it runs."""
+    container = task["Status"]["ContainerStatus"]["ContainerID"]
+    return docker("exec", container, *args, check=check, node=node_of(task))
+
+
+def running(name: str) -> list[dict[str, Any]]:
+    return [t for t in service_tasks(name)
+            if t.get("DesiredState") == "running" and t["Status"]["State"] == "running"]
+
+
+def address_of(name: str) -> str:
+    """Address of the node running a service's (first) task: where its host-mode ports answer."""
+    tasks = running(name)
+    if not tasks:
+        raise RuntimeError(f"{name} has no running task")
+    return ENGINES.address(node_of(tasks[0]))
 
 
 def docker_json_lines(*args: str) -> list[dict[str, Any]]:
@@ -101,10 +146,13 @@ def service_tasks(name: str) -> list[dict[str, Any]]:
     return json.loads(docker("inspect", *ids)) if ids else []
 
 
-def container_health(container_id: str) -> str:
+def container_health(task: dict[str, Any]) -> str:
     """healthy | unhealthy | starting | none (no healthcheck) | gone."""
+    container = (task["Status"].get("ContainerStatus") or {}).get("ContainerID", "")
+    if not container:
+        return "gone"
     out = docker("inspect", "--format", "{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}",
-                 container_id, check=False).strip()
+                 container, check=False, node=node_of(task)).strip()
     return out or "gone"
 
 
@@ -123,33 +171,32 @@ class ServiceState:
         return self.running == self.desired and self.healthy == self.desired
 
 
-def service_state(name: str, service: dict[str, Any], node_count: int) -> ServiceState:
+def service_state(name: str, service: dict[str, Any]) -> ServiceState:
     mode = service["Spec"]["Mode"]
     job = "ReplicatedJob" in mode
+    tasks = service_tasks(name)
     if "Replicated" in mode:
         desired = int(mode["Replicated"].get("Replicas", 1))
     elif job:
         desired = int(mode["ReplicatedJob"].get("TotalCompletions", 1))
-    else:
-        desired = node_count  # global: every (eligible) node; this proof runs on one
-    running = healthy = completed = 0
-    for task in service_tasks(name):
+    else:  # global: one task per eligible node, which the orchestrator knows
+        desired = sum(1 for t in tasks if t.get("DesiredState") == "running")
+    running_count = healthy = completed = 0
+    for task in tasks:
         state = task["Status"]["State"]
         if state == "complete":
             completed += 1
         if task.get("DesiredState") != "running" or state != "running":
             continue
-        running += 1
-        container = (task["Status"].get("ContainerStatus") or {}).get("ContainerID", "")
-        if container and container_health(container) in ("healthy", "none"):
+        running_count += 1
+        if container_health(task) in ("healthy", "none"):
             healthy += 1
-    return ServiceState(desired, running, healthy, completed, job)
+    return ServiceState(desired, running_count, healthy, completed, job)
 
 
 def wait_converged(names: list[str], timeout: float, what: str) -> float:
     """Waits until each named service runs its desired replicas, all healthy (jobs: completed)."""
     started = time.monotonic()
-    nodes = len(docker("node", "ls", "-q").split())
     last_report = 0.0
     while True:
         services = stack_services()
@@ -158,7 +205,7 @@ def wait_converged(names: list[str], timeout: float, what: str) -> float:
             if name not in services:
                 pending[name] = "missing"
                 continue
-            st = service_state(name, services[name], nodes)
+            st = service_state(name, services[name])
             if not st.ready:
                 pending[name] = (f"{st.completed}/{st.desired} completed" if st.job
                                  else f"{st.running}/{st.desired} running, {st.healthy} healthy")
@@ -194,7 +241,13 @@ def cmd_wait() -> None:
 
 def nats_urls(user: str, password: str) -> list[str]:
     quoted = urllib.parse.quote(password, safe="")
-    return [f"nats://{user}:{quoted}@127.0.0.1:{port}" for port in NATS_PORTS]
+    urls = []
+    for number, port in enumerate(NATS_PORTS, start=1):
+        try:
+            urls.append(f"nats://{user}:{quoted}@{address_of(f'nats-{number}')}:{port}")
+        except RuntimeError:  # a server being replaced: the others answer
+            continue
+    return urls
 
 
 async def admin_nats() -> NATS:
@@ -203,7 +256,7 @@ async def admin_nats() -> NATS:
 
 
 async def db(role: str, password_secret: str) -> asyncpg.Connection:
-    return await asyncpg.connect(host="127.0.0.1", port=PG_PORT, user=role, password=secret(password_secret),
+    return await asyncpg.connect(host=address_of("postgres"), port=PG_PORT, user=role, password=secret(password_secret),
                                  database="pulsestack", timeout=10)
 
 
@@ -271,13 +324,10 @@ def ingester_devices() -> dict[str, float]:
     out = {}
     for service, protocol, port in (("ingest-udp", "nbiot", 9101), ("ingest-http", "sigfox", 7070)):
         values = []
-        for task in service_tasks(service):
-            if task.get("DesiredState") != "running" or task["Status"]["State"] != "running":
-                continue
-            container = task["Status"]["ContainerStatus"]["ContainerID"]
-            text = docker("exec", container, "python", "-c",
-                          f"import urllib.request as u; print(u.urlopen('http://127.0.0.1:{port}/metrics').read()"
-                          ".decode())", check=False)
+        for task in running(service):
+            text = in_task(task, "python", "-c",
+                           f"import urllib.request as u; print(u.urlopen('http://127.0.0.1:{port}/metrics').read()"
+                           ".decode())", check=False)
             values.append(metric_value(text, "pulsestack_registry_devices", protocol=protocol))
         out[service] = min(values) if values else 0.0
     return out
@@ -316,13 +366,16 @@ def save(figures: Figures) -> None:
 
 
 async def under_traffic(window: int, fault: Callable[[], Awaitable[None]] | None = None,
-                        seconds: float = 25.0) -> Figures:
+                        seconds: float = 25.0, udp_host: str | None = None) -> Figures:
     """Drives window's fleet for `seconds` (or, with a fault, until 4 s after the fault is over), then checks
-    that every reading acknowledged to a device is stored exactly once."""
+    that every reading acknowledged to a device is stored exactly once. Devices send to `udp_host` (default:
+    the node of the first ingest-udp task) and to the node running ingest-http."""
     name = WINDOWS[window]
+    udp_host = udp_host or address_of("ingest-udp")
     simulation = Simulation(SimulationConfig(
-        devices=DEVICES, nbiot_share=0.5, rate=RATE, udp_target=("127.0.0.1", UDP_PORT),
-        http_url=f"http://127.0.0.1:{HTTP_PORT}/v1/sigfox", sigfox_token=secret("sigfox_tokens").split()[0],
+        devices=DEVICES, nbiot_share=0.5, rate=RATE, udp_target=(udp_host, UDP_PORT),
+        http_url=f"http://{address_of('ingest-http')}:{HTTP_PORT}/v1/sigfox",
+        sigfox_token=secret("sigfox_tokens").split()[0],
         master_key=bytes.fromhex(secret("device_master_key")), first_id=first_id(window), seed=window + 1,
         ack_timeout=1.0, retransmissions=8, sigfox_retry_delays=(1, 2, 4, 8, 16),
     ))
@@ -385,12 +438,11 @@ async def cmd_delivery() -> None:
 
 
 def prometheus_get(path: str, **params: str) -> Any:
-    tasks = [t for t in service_tasks("prometheus") if t["Status"]["State"] == "running"]
+    tasks = running("prometheus")
     if not tasks:
         raise RuntimeError("no running Prometheus task")
-    container = tasks[0]["Status"]["ContainerStatus"]["ContainerID"]
     url = f"http://127.0.0.1:9090{path}" + ("?" + urllib.parse.urlencode(params) if params else "")
-    out = docker("exec", container, "wget", "-q", "-O", "-", url)
+    out = in_task(tasks[0], "wget", "-q", "-O", "-", url)
     body = json.loads(out)
     if body.get("status") != "success":
         raise RuntimeError(f"{path}: {body}")
@@ -398,8 +450,7 @@ def prometheus_get(path: str, **params: str) -> Any:
 
 
 def running_tasks(name: str) -> int:
-    return sum(1 for t in service_tasks(name)
-               if t.get("DesiredState") == "running" and t["Status"]["State"] == "running")
+    return len(running(name))
 
 
 def scrape_problems() -> list[str]:
@@ -512,10 +563,9 @@ async def kill_nats_server() -> None:
     finally:
         await nc.close()
     service = leader if leader in ("nats-1", "nats-2", "nats-3") else "nats-3"
-    tasks = [t for t in service_tasks(service) if t["Status"]["State"] == "running"]
-    container = tasks[0]["Status"]["ContainerStatus"]["ContainerID"]
+    task = running(service)[0]
     started = time.monotonic()
-    await asyncio.to_thread(docker, "kill", container)
+    await asyncio.to_thread(docker, "kill", task["Status"]["ContainerStatus"]["ContainerID"], node=node_of(task))
     say(f"  killed {service} (the RAW stream leader) with SIGKILL")
     await asyncio.sleep(3)
     await asyncio.to_thread(wait_converged, [service], 120, f"{service} back")

@@ -1,4 +1,4 @@
-# Sourced by deploy/swarm-proof.sh: a Docker engine, a local registry used as
+# Sourced by deploy/swarm-proof.sh and deploy/cluster-proof.sh: a Docker engine, a local registry used as
 # the engine's registry mirror, and a base image made without any registry.
 #
 # Everything this file changes on the machine is recorded under $STATE so
@@ -7,6 +7,9 @@
 # dockerd this script started are taken back.
 
 REGISTRY_ADDR="${PULSESTACK_PROOF_REGISTRY:-127.0.0.1:5000}"
+# Where the registry listens: this machine only, unless other engines (the
+# cluster proof's nodes) pull from it too.
+REGISTRY_LISTEN="${PULSESTACK_PROOF_REGISTRY_LISTEN:-$REGISTRY_ADDR}"
 BASE_IMAGE="pulsestack-proof/debian-base:bookworm"
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -56,7 +59,7 @@ storage:
   delete:
     enabled: true
 http:
-  addr: $REGISTRY_ADDR
+  addr: $REGISTRY_LISTEN
 EOF
     setsid docker-registry serve "$STATE/registry.yml" >"$STATE/registry.log" 2>&1 < /dev/null &
     echo $! > "$STATE/registry.pid"

@@ -65,7 +65,7 @@ class NbiotClient:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for sock in self._sockets:
-            transport, _ = await loop.create_datagram_endpoint(lambda s=sock: s, local_addr=("127.0.0.1", 0))  # type: ignore[misc]
+            transport, _ = await loop.create_datagram_endpoint(lambda s=sock: s, local_addr=("0.0.0.0", 0))  # type: ignore[misc]
             sock.transport = transport
         self._timer = asyncio.create_task(self._retransmit_loop())
 

@@ -13,7 +13,6 @@ PULSESTACK_REQUIRE_ALL=1.
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import shutil
@@ -32,6 +31,9 @@ except ImportError:  # pragma: no cover - depends on the environment
     pytest.skip("python-hcl2 is not installed", allow_module_level=True)
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "deploy"))
+import terraform_offline as offline  # noqa: E402  (deploy/ is not a package)
+
 TF_DIR = ROOT / "terraform"
 TEMPLATE = TF_DIR / "templates" / "inventory.yml.tftpl"
 EXAMPLE_INVENTORY = ROOT / "ansible" / "inventories" / "example" / "hosts.yml"
@@ -44,7 +46,6 @@ EXAMPLE_VARS = {
     "ssh_public_keys": '["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEXAMPLEKEYONLYFORDOCUMENTATION operator@example"]',
     "domain": "meters.example.com",
 }
-EXAMPLE_PUBLIC_IPS = "192.0.2.0/24"  # TEST-NET-1, documentation addresses
 
 
 # --------------------------------------------------------------------------
@@ -62,12 +63,6 @@ def require_tool(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
-
-
-def tf_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({"TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1", "TF_INPUT": "0"})
-    return env
 
 
 def unquote(value):
@@ -100,93 +95,23 @@ def load_tf(name: str) -> dict:
         return normalise(hcl2.load(handle))
 
 
-def block(text: str, start: int) -> str:
-    """The balanced {...} or (...) that opens at or after `start`."""
-    opening = min(i for i in (text.find("{", start), text.find("(", start)) if i >= 0)
-    pairs = {"{": "}", "(": ")"}
-    open_char, close_char = text[opening], pairs[text[opening]]
-    depth = 0
-    in_string = False
-    i = opening
-    while i < len(text):
-        char = text[i]
-        if in_string:
-            if char == "\\":
-                i += 2
-                continue
-            if char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char == open_char:
-            depth += 1
-        elif char == close_char:
-            depth -= 1
-            if depth == 0:
-                return text[start : i + 1]
-        i += 1
-    raise AssertionError("unbalanced block")
-
-
 def console(workdir: Path, expression: str, variables: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    terraform = require_tool("terraform")
-    args = [terraform, "console", "-no-color"]
-    for key, value in (variables or {}).items():
-        args += ["-var", f"{key}={value}"]
-    return subprocess.run(
-        args, cwd=workdir, input=expression + "\n", capture_output=True, text=True, env=tf_env(), timeout=120
-    )
+    require_tool("terraform")
+    return offline.console(workdir, expression, variables)
 
 
 def console_text(workdir: Path, expression: str, variables: dict[str, str] | None = None) -> str:
-    """Evaluates a string expression; base64 keeps it on one output line."""
-    result = console(workdir, f"base64encode({expression})", variables)
-    assert result.returncode == 0, result.stderr + result.stdout
-    line = result.stdout.strip().splitlines()[-1].strip().strip('"')
-    return base64.b64decode(line).decode("utf-8")
+    require_tool("terraform")
+    return offline.console_text(workdir, expression, variables)
 
 
 def layout_config(tmp_path: Path) -> Path:
-    """A provider-free copy of the configuration: the variables, the node
-    layout (first locals block of main.tf), the inventory locals of
-    outputs.tf with public IPs from a documentation range, and the
-    template."""
-    work = tmp_path / "tf"
-    (work / "templates").mkdir(parents=True)
-    shutil.copy(TF_DIR / "variables.tf", work / "variables.tf")
-    shutil.copy(TEMPLATE, work / "templates" / TEMPLATE.name)
-    main = (TF_DIR / "main.tf").read_text()
-    outputs = (TF_DIR / "outputs.tf").read_text()
-    layout = block(main, main.index("locals {"))
-    inventory_locals = block(outputs, outputs.index("locals {"))
-    assert "scaleway_instance_ip.node[name].address" in inventory_locals
-    inventory_locals = inventory_locals.replace(
-        "scaleway_instance_ip.node[name].address", "local.test_public_ips[name]"
-    )
-    stub = (
-        "locals {\n"
-        "  test_public_ips = { for i, name in sort(keys(local.nodes)) :"
-        f' name => cidrhost("{EXAMPLE_PUBLIC_IPS}", i + 1) }}\n'
-        "}\n"
-    )
-    (work / "layout.tf").write_text(layout + "\n\n" + inventory_locals + "\n\n" + stub)
-    return work
-
-
-def inventory_expression() -> str:
-    outputs = (TF_DIR / "outputs.tf").read_text()
-    start = outputs.index('output "ansible_inventory"')
-    body = block(outputs, start)
-    call = body.index("templatefile(")
-    return block(body, call)
+    return offline.layout_config(tmp_path)
 
 
 def render_inventory(tmp_path: Path, variables: dict[str, str]) -> str:
-    work = layout_config(tmp_path)
-    # The console reads one line at a time: the multi-line expression goes
-    # into a file.
-    (work / "render.tf").write_text(f"locals {{\n  test_rendered_inventory = {inventory_expression()}\n}}\n")
-    return console_text(work, "local.test_rendered_inventory", variables)
+    require_tool("terraform")
+    return offline.render_inventory(tmp_path, variables)
 
 
 def hosts_of(inventory: dict, *path: str) -> list[str]:
@@ -207,7 +132,7 @@ def test_terraform_fmt_check() -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        env=tf_env(),
+        env=offline.tf_env(),
         timeout=120,
     )
     assert result.returncode == 0, f"terraform fmt would change:\n{result.stdout}{result.stderr}"

@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# The cluster proof: the Ansible playbooks run for real, over SSH, against a
+# simulated cluster of 3 managers + 3 workers laid out by Terraform's own
+# configuration, with readings flowing. Run as root on Debian (CI:
+# .ci/cluster-proof.sh, after the swarm proof, whose images it reuses).
+#
+#   1 engine     as the swarm proof (deploy/lib/engine.sh); the local registry
+#                also answers the nodes, as their registry mirror
+#   2 images     the base image, pulsestack's images and the stand-ins (cached
+#                from the swarm proof), and the node image (deploy/cluster-node)
+#   3 nodes      a bridge network as the private network; the inventory written
+#                by Terraform's layout and template (deploy/terraform_offline.py);
+#                six "VMs" (systemd, sshd, their own dockerd) at the inventory's
+#                addresses, reachable with a key generated for this run
+#   4 site       ansible-playbook site.yml: packages, firewall, engines, the
+#                swarm, secrets from a vault encrypted with a generated password,
+#                the stack, converged
+#   5 delivery   simulated fleet over UDP and HTTP; every acknowledged reading
+#                stored exactly once
+#   6 manager    under traffic, a manager's VM is killed: quorum holds, services
+#                run, readings arrive; it is started again and rejoins
+#   7 nodes      under traffic, remove-node.yml removes a worker, add-node.yml
+#                brings it back
+#   8 scale      scale.yml: processors 1 -> 3 -> 1 under traffic
+#   9 backup     backup.yml then restore.yml through an S3 stand-in (moto)
+#  10 migrate    migrate-node-type.yml under traffic: a second generation of
+#                "larger" VMs replaces every node, one at a time
+#  11 again      site.yml once more: no task reports a change
+#  12 clean      VMs, their volumes, the network, the registry and what the
+#                engine step changed
+#
+# Idempotent: safe to run again after a failure (it cleans up first).
+# PULSESTACK_PROOF_KEEP=1 leaves the cluster running at the end (for a look;
+# `deploy/cluster-proof.sh clean` removes it); PULSESTACK_PROOF_UNTIL=STEP
+# stops after that step and keeps the cluster. Budget: 20 minutes; each
+# step's time is printed, and the delivery figures.
+set -Eeuo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+CACHE="${PULSESTACK_PROOF_CACHE:-/var/cache/pulsestack}"
+STATE="$CACHE/cluster-state"
+WORK="$CACHE/cluster-run"
+mkdir -p "$CACHE" "$STATE"
+
+# The nodes pull through the registry on this machine's address on their network.
+export PULSESTACK_PROOF_REGISTRY_LISTEN="0.0.0.0:5000"
+# shellcheck source=deploy/lib/engine.sh
+. "$REPO/deploy/lib/engine.sh"
+
+export PULSESTACK_VERSION="${PULSESTACK_VERSION:-$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')}"
+COMPOSE=(-c stack.yml -c tests/swarm/stack.override.yml)
+# shellcheck source=deploy/lib/images.sh
+. "$REPO/deploy/lib/images.sh"
+
+NETWORK=pulsestack-cluster
+# The private network Terraform lays the nodes out in (generation 2 at +512).
+CIDR="${PULSESTACK_CLUSTER_CIDR:-10.213.0.0/22}"
+NETWORK_ADDRESS="${CIDR%/*}"
+GATEWAY="${NETWORK_ADDRESS%.*}.1"
+NODE_IMAGE=pulsestack-proof/cluster-node:bookworm
+NODE_LABEL=org.pulsestack.cluster-proof
+export PULSESTACK_CLUSTER_WORK="$WORK"
+export PULSESTACK_CLUSTER_STATE="$STATE"
+export PULSESTACK_PROOF_WORK="$WORK"
+export PULSESTACK_PROOF_SECRETS="$WORK/secrets"
+export PULSESTACK_PROOF_FIGURES="$STATE/figures.json"
+export PULSESTACK_PROOF_RUN_BASE="${PULSESTACK_PROOF_RUN_BASE:-$(( ($(date +%s) % 997) * 20000 + 10000000 ))}"
+export PULSESTACK_CLUSTER_CIDR="$CIDR" PULSESTACK_CLUSTER_GATEWAY="$GATEWAY" PULSESTACK_CLUSTER_NETWORK="$NETWORK"
+export PULSESTACK_CLUSTER_NODE_IMAGE="$NODE_IMAGE" PULSESTACK_CLUSTER_NODE_LABEL="$NODE_LABEL"
+
+# ------------------------------------------------------------------- step 2
+
+step_images_and_node() {
+    step_base
+    step_images
+    local cli context
+    cli="$(command -v docker)"
+    "$cli" version --format '{{.Client.Version}}' | python3 -c 'import sys; sys.exit(int(sys.stdin.read().split(".")[0]) < 23)' \
+        || die "$cli is older than 23: the nodes need a docker CLI that deploys one-shot jobs (deploy/cluster-node/Dockerfile)"
+    context="$(mktemp -d)"
+    cp deploy/cluster-node/Dockerfile deploy/cluster-node/node-entrypoint.sh "$context/"
+    cp "$cli" "$context/docker-cli"
+    DOCKER_BUILDKIT=0 docker build -q --force-rm --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$NODE_IMAGE" "$context" \
+        >/dev/null 2>"$STATE/node-build.log" || { cat "$STATE/node-build.log" >&2; rm -rf "$context"; die "the node image failed to build"; }
+    rm -rf "$context"
+    echo "$NODE_IMAGE" >> "$STATE/built-images"
+    log "node image $NODE_IMAGE built"
+}
+
+# ------------------------------------------------------------------- step 3
+
+step_nodes() {
+    mkdir -p "$WORK"
+    chmod 700 "$WORK"
+    docker network inspect "$NETWORK" >/dev/null 2>&1 \
+        || docker network create --subnet "$CIDR" --gateway "$GATEWAY" --label "$NODE_LABEL=1" "$NETWORK" >/dev/null
+    log "network $NETWORK ($CIDR, this machine at $GATEWAY)"
+    [ -s "$WORK/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C cluster-proof -f "$WORK/id_ed25519"
+    mkdir -p "$WORK/node-key"
+    cp "$WORK/id_ed25519.pub" "$WORK/node-key/authorized_keys"
+    "$PY" deploy/cluster_proof.py inventory 1
+    "$PY" deploy/cluster_proof.py boot
+}
+
+# ------------------------------------------------------------------- step 4
+
+step_site() {
+    "$PY" deploy/cluster_proof.py vars
+    "$PY" deploy/cluster_proof.py site
+}
+
+# ------------------------------------------------------------------- step 12
+
+remove_nodes() {
+    docker_up || return 0
+    docker ps -aq --filter "label=$NODE_LABEL" | xargs -r docker rm -f >/dev/null
+    docker volume ls -q --filter "label=$NODE_LABEL" | xargs -r docker volume rm >/dev/null
+    docker network ls -q --filter "label=$NODE_LABEL" | xargs -r docker network rm >/dev/null
+}
+
+step_clean() {
+    remove_nodes
+    log "nodes, their volumes and the network removed"
+    rm -rf "$WORK"
+    engine_restore
+}
+
+on_exit() {
+    local rc=$?
+    trap - EXIT
+    [ "$rc" != 0 ] && { echo; echo "cluster-proof: FAILED (exit $rc)"; }
+    if [ "${PULSESTACK_PROOF_KEEP:-0}" = 1 ]; then
+        echo "PULSESTACK_PROOF_KEEP=1: the cluster stays up (clean later with: $0 clean)"
+    elif [ "${CLEANED:-0}" != 1 ]; then
+        step clean step_clean || true
+    fi
+    echo
+    echo "=== step times"
+    printf '  %s\n' "${TIMES[@]}"
+    printf '  %-12s %4d s\n' total "$((SECONDS - OVERALL))"
+    echo "=== delivery figures"
+    [ -x "$PY" ] && "$PY" deploy/swarm_proof.py summary
+    exit "$rc"
+}
+
+main() {
+    case "${1:-all}" in
+        clean) CLEANED=1; step clean step_clean; return ;;
+        all) ;;
+        *) die "usage: $0 [all|clean]" ;;
+    esac
+    trap on_exit EXIT
+    echo "cluster proof of the playbooks (pulsestack $PULSESTACK_VERSION) — $(date -u +%FT%TZ)"
+    rm -f "$PULSESTACK_PROOF_FIGURES"
+    step engine step_engine
+    ensure_venv
+    remove_nodes   # what an interrupted earlier run may have left
+    step images step_images_and_node
+    step nodes step_nodes
+    step site step_site
+    step delivery "$PY" deploy/cluster_proof.py delivery
+    step manager "$PY" deploy/cluster_proof.py kill-manager
+    step remove-add "$PY" deploy/cluster_proof.py remove-add-node
+    step scale "$PY" deploy/cluster_proof.py scale
+    step backup "$PY" deploy/cluster_proof.py backup-restore
+    step migrate "$PY" deploy/cluster_proof.py migrate
+    step again "$PY" deploy/cluster_proof.py again
+    if [ "${PULSESTACK_PROOF_KEEP:-0}" != 1 ]; then
+        CLEANED=1
+        step clean step_clean
+    fi
+    echo
+    echo "cluster-proof: PASSED"
+}
+
+main "$@"

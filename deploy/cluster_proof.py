@@ -1,0 +1,459 @@
+"""The Python half of the cluster proof (deploy/cluster-proof.sh runs it with the repository's venv).
+
+    python deploy/cluster_proof.py inventory GEN [RETIRING]  Terraform's inventory for generation GEN (and the
+                                                             retiring one during a migration)
+    python deploy/cluster_proof.py boot             start every inventory node that does not run, wait for SSH
+    python deploy/cluster_proof.py vars             group_vars for the proof and a vault with generated secrets
+    python deploy/cluster_proof.py site             ansible-playbook site.yml, then every runnable service healthy
+    python deploy/cluster_proof.py delivery         simulated fleet over UDP and HTTP, exact delivery
+    python deploy/cluster_proof.py kill-manager     a manager's VM killed under traffic, then started again
+    python deploy/cluster_proof.py remove-add-node  remove-node.yml then add-node.yml on a worker, under traffic
+    python deploy/cluster_proof.py scale            scale.yml: processors 1 -> 3 -> 1, under traffic
+    python deploy/cluster_proof.py backup-restore   backup.yml, a row deleted, restore.yml brings it back
+    python deploy/cluster_proof.py migrate          migrate-node-type.yml to a second generation, under traffic
+    python deploy/cluster_proof.py again            site.yml again: no task reports a change
+
+The simulated VMs are containers on this machine (deploy/cluster-node) named by their host name, on a bridge
+network that plays the private network. The proof reaches the swarm as an operator would: SSH for Ansible;
+and, for its own checks, the engines of the nodes through `docker exec` and the test ports that
+tests/swarm/stack.override.yml publishes on the nodes. Traffic and checks are those of the swarm proof
+(deploy/swarm_proof.py), pointed at the nodes.
+
+Environment (set by deploy/cluster-proof.sh): PULSESTACK_CLUSTER_WORK (keys, inventory, vault, logs),
+PULSESTACK_CLUSTER_CIDR, _GATEWAY, _NETWORK, _NODE_IMAGE, _NODE_LABEL, and the swarm proof's PULSESTACK_PROOF_*.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import swarm_proof as proof
+import terraform_offline
+
+REPO = Path(__file__).resolve().parent.parent
+WORK = Path(os.environ.get("PULSESTACK_CLUSTER_WORK", "/tmp/pulsestack-cluster"))
+INVENTORY = WORK / "inventory" / "hosts.yml"
+GROUP_VARS = WORK / "inventory" / "group_vars" / "all"
+VAULT_PASSWORD = WORK / "vault-password"
+CIDR = os.environ.get("PULSESTACK_CLUSTER_CIDR", "10.213.0.0/22")
+GATEWAY = os.environ.get("PULSESTACK_CLUSTER_GATEWAY", "10.213.0.1")
+NETWORK = os.environ.get("PULSESTACK_CLUSTER_NETWORK", "pulsestack-cluster")
+NODE_IMAGE = os.environ.get("PULSESTACK_CLUSTER_NODE_IMAGE", "pulsestack-proof/cluster-node:bookworm")
+NODE_LABEL = os.environ.get("PULSESTACK_CLUSTER_NODE_LABEL", "org.pulsestack.cluster-proof")
+S3_PORT = int(os.environ.get("PULSESTACK_CLUSTER_S3_PORT", "15900"))
+SSH_USER = "admin"
+DOMAIN = "pulsestack.test"
+# The third-party images with no offline stand-in (deploy/swarm-proof.sh step 3).
+NOT_RUNNABLE = ["traefik", "grafana", "portainer", "portainer-agent", "cadvisor", "nats-exporter"]
+# Generation 1 is the cluster site.yml builds; generation 2 the "larger" VMs that replace it.
+MEMORY = {1: "2g", 2: "3g"}
+INSTANCE_TYPES = {1: ("PLAY2-SMALL", "PLAY2-SMALL"), 2: ("PRO2-S", "PRO2-M")}
+
+proof.WINDOWS = ["cluster-steady", "manager-killed", "worker-removed-and-added", "scaled-1-3-1", "migration"]
+proof.NOT_RUNNABLE = set(NOT_RUNNABLE)
+
+say = proof.say
+
+
+# ---------------------------------------------------------------------------------------- inventory
+
+
+def inventory() -> dict[str, Any]:
+    return yaml.safe_load(INVENTORY.read_text())
+
+
+def hosts(group: str) -> dict[str, dict[str, Any]]:
+    """Host name -> host vars of an inventory group (swarm: managers and workers)."""
+    children = inventory()["all"]["children"]
+    if group == "swarm":
+        return {**hosts("managers"), **hosts("workers")}
+    if group in ("managers", "workers"):
+        return dict(children["swarm"]["children"][group].get("hosts") or {})
+    return {name: hosts("swarm")[name] for name in (children[group].get("hosts") or {})}
+
+
+def cmd_inventory(generation: int, retiring: int | None) -> None:
+    variables = {
+        "private_network_cidr": CIDR,
+        "ssh_user": SSH_USER,
+        "domain": DOMAIN,
+        "admin_cidrs": json.dumps([f"{GATEWAY}/32"]),
+        "ssh_public_keys": json.dumps([(WORK / "id_ed25519.pub").read_text().strip()]),
+        "generation": str(generation),
+        "manager_instance_type": INSTANCE_TYPES[generation][0],
+        "worker_instance_type": INSTANCE_TYPES[generation][1],
+    }
+    if retiring is not None:
+        manager_type, worker_type = INSTANCE_TYPES[retiring]
+        variables["retiring_generation"] = (
+            f'{{ generation = {retiring}, manager_count = 3, worker_count = 3, '
+            f'manager_instance_type = "{manager_type}", worker_instance_type = "{worker_type}" }}'
+        )
+    INVENTORY.parent.mkdir(parents=True, exist_ok=True)
+    rendered = terraform_offline.render_inventory(
+        Path(subprocess.check_output(["mktemp", "-d"], text=True).strip()), variables,
+        terraform_offline.PRIVATE_AS_PUBLIC_IP,
+    )
+    INVENTORY.write_text(rendered)
+    names = ", ".join(f"{n} {v['ansible_host']}" for n, v in hosts("swarm").items())
+    say(f"inventory from Terraform's layout and template: {names}")
+
+
+# -------------------------------------------------------------------------------------------- nodes
+
+
+def host_docker(*args: str, check: bool = True) -> str:
+    """This machine's engine, where the simulated VMs run."""
+    done = subprocess.run(["docker", *args], capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"docker {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def vm_state(name: str) -> str:
+    return host_docker("inspect", "--format", "{{.State.Status}}", name, check=False).strip() or "absent"
+
+
+def start_vm(name: str, host_vars: dict[str, Any]) -> None:
+    state = vm_state(name)
+    if state == "running":
+        return
+    if state != "absent":
+        host_docker("start", name)
+        return
+    host_docker(
+        "run", "-d", "--name", name, "--hostname", name, "--label", f"{NODE_LABEL}=1",
+        "--network", NETWORK, "--ip", host_vars["ansible_host"],
+        "--memory", MEMORY[int(host_vars["node_generation"])],
+        "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
+        "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+        "--security-opt", "systempaths=unconfined", "--device-cgroup-rule", "a *:* rwm",
+        "--cgroupns", "private", "--tmpfs", "/run", "--tmpfs", "/run/lock", "-e", "container=docker",
+        "--mount", f"type=volume,source={name}-docker,target=/var/lib/docker,volume-label={NODE_LABEL}=1",
+        "-v", f"{WORK / 'node-key'}:/etc/node-key:ro",
+        NODE_IMAGE,
+    )
+
+
+def ssh_answers(address: str) -> bool:
+    try:
+        with socket.create_connection((address, 22), timeout=1) as conn:
+            return conn.recv(4).startswith(b"SSH")
+    except OSError:
+        return False
+
+
+def wait_for_ssh(names: list[str], timeout: float = 120) -> None:
+    started = time.monotonic()
+    swarm = hosts("swarm")
+    waiting = set(names)
+    while waiting:
+        waiting = {n for n in waiting if not ssh_answers(swarm[n]["ansible_host"])}
+        if time.monotonic() - started > timeout:
+            raise SystemExit(f"no SSH after {timeout:.0f} s: {sorted(waiting)}")
+        time.sleep(0.5)
+
+
+def cmd_boot() -> None:
+    started = time.monotonic()
+    swarm = hosts("swarm")
+    for name, host_vars in swarm.items():
+        start_vm(name, host_vars)
+    wait_for_ssh(list(swarm))
+    say(f"{len(swarm)} VMs up with sshd after {time.monotonic() - started:.0f} s: {', '.join(swarm)}")
+
+
+# ------------------------------------------------------------------------------------------ ansible
+
+
+def secret_values() -> dict[str, str]:
+    names = subprocess.check_output([str(REPO / "deploy" / "secrets.sh"), "--list"], text=True).split()
+    folder = Path(os.environ["PULSESTACK_PROOF_SECRETS"])
+    subprocess.run([str(REPO / "deploy" / "secrets.sh"), "--files", str(folder)], check=True,
+                   stdout=subprocess.DEVNULL)
+    return {name: (folder / name).read_text() for name in names}
+
+
+def cmd_vars() -> None:
+    """The cluster's own settings and its vault: what an operator writes next to Terraform's inventory."""
+    GROUP_VARS.mkdir(parents=True, exist_ok=True)
+    stack_environment = {
+        "PULSESTACK_VERSION": os.environ["PULSESTACK_VERSION"],
+        "PULSESTACK_REGISTRY": "",
+        "PULSESTACK_DOMAIN": DOMAIN,
+        "PULSESTACK_INGEST_HTTP_REPLICAS": "1",  # its test port is published in host mode: one per node
+        "PULSESTACK_RAW_PROCESSOR_REPLICAS": "1",
+        "PULSESTACK_PULSE_PROCESSOR_REPLICAS": "1",
+    }
+    settings = {
+        "ansible_ssh_private_key_file": str(WORK / "id_ed25519"),
+        "ansible_ssh_common_args": f"-o UserKnownHostsFile={WORK / 'known_hosts'}",
+        # The VMs share this machine's kernel and clock: host-wide settings are the host's.
+        "common_time_sync_enabled": False,
+        "common_sysctl_enabled": False,
+        "common_kernel_modules_enabled": False,
+        # This machine is the admin network and the fleet: it reaches the test ports of the override.
+        "common_firewall_extra_rules": [f"ip saddr {GATEWAY} accept"],
+        # Docker's repository is out of reach: Debian's engine, and a newer CLI the node image brings.
+        "docker_package_source": "debian",
+        "docker_registry_mirrors": [f"http://{GATEWAY}:5000"],
+        "docker_insecure_registries": [f"{GATEWAY}:5000"],
+        "stack_override_files": ["tests/swarm/stack.override.yml"],
+        "stack_resolve_image": "never",  # no registry to ask for digests
+        "stack_environment": stack_environment,
+        "stack_secrets": "{{ vault_stack_secrets }}",
+        "stack_wait_ignore_services": NOT_RUNNABLE,
+        "postgres_backup_s3_endpoint_url": f"http://127.0.0.1:{S3_PORT}",
+        "postgres_backup_s3_region": "fr-par",
+        "postgres_backup_s3_bucket": "pulsestack-backups",
+        "postgres_backup_s3_access_key": "{{ vault_backup_s3_access_key }}",
+        "postgres_backup_s3_secret_key": "{{ vault_backup_s3_secret_key }}",
+        "postgres_backup_s3_validate_certs": False,
+        "postgres_backup_controller_dir": str(WORK / "backups"),
+        "nats_jetstream_user": "{{ vault_nats_admin_user }}",
+        "nats_jetstream_password": "{{ vault_nats_admin_password }}",
+        "nats_jetstream_system_user": "{{ vault_nats_system_user }}",
+        "nats_jetstream_system_password": "{{ vault_nats_system_password }}",
+    }
+    (GROUP_VARS / "main.yml").write_text("---\n" + yaml.safe_dump(settings, sort_keys=False))
+    values = secret_values()
+    vault = {
+        "vault_stack_secrets": values,
+        "vault_backup_s3_access_key": "proof" + secrets.token_hex(6),
+        "vault_backup_s3_secret_key": secrets.token_hex(20),
+        "vault_nats_admin_user": "admin",
+        "vault_nats_admin_password": values["nats_admin_password"].strip(),
+        "vault_nats_system_user": "system",
+        "vault_nats_system_password": (Path(os.environ["PULSESTACK_PROOF_SECRETS"]) / "nats_system_password")
+        .read_text().strip(),
+    }
+    if not VAULT_PASSWORD.exists():
+        VAULT_PASSWORD.write_text(secrets.token_urlsafe(32))
+        VAULT_PASSWORD.chmod(0o600)
+    vault_file = GROUP_VARS / "vault.yml"
+    vault_file.write_text("---\n" + yaml.safe_dump(vault, sort_keys=False))
+    subprocess.run([str(REPO / ".venv" / "bin" / "ansible-vault"), "encrypt", "--vault-password-file",
+                    str(VAULT_PASSWORD), str(vault_file)], check=True, capture_output=True)
+    say(f"group_vars written; {len(values)} stack secrets and the S3 and NATS credentials in a vault "
+        "encrypted with a password generated for this run")
+
+
+def playbook(name: str, *extra: str) -> str:
+    """Runs a playbook from ansible/ as an operator would; returns its log. Fails with the log's tail."""
+    started = time.monotonic()
+    log = WORK / f"ansible-{name.removesuffix('.yml')}-{time.strftime('%H%M%S')}.log"
+    args = [str(REPO / ".venv" / "bin" / "ansible-playbook"), "-i", str(INVENTORY),
+            "--vault-password-file", str(VAULT_PASSWORD), f"playbooks/{name}", *extra]
+    env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
+    say(f"  ansible-playbook {name} {' '.join(extra)}")
+    with log.open("w") as out:
+        done = subprocess.run(args, cwd=REPO / "ansible", stdout=out, stderr=subprocess.STDOUT, env=env)
+    text = log.read_text()
+    if done.returncode != 0:
+        print(text[-6000:], file=sys.stderr)
+        raise SystemExit(f"{name} failed (exit {done.returncode}, log {log})")
+    recap = text[text.rfind("PLAY RECAP"):].strip()
+    say(f"  {name} done in {time.monotonic() - started:.0f} s\n" + recap)
+    return text
+
+
+def recap_changes(log: str) -> dict[str, int]:
+    recap = log[log.rfind("PLAY RECAP"):]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\S+)\s+:\s+ok=\d+\s+changed=(\d+)", recap, re.M)}
+
+
+# ---------------------------------------------------------------------------------- the swarm's view
+
+
+def use_manager(exclude: set[str] = frozenset()) -> str:  # type: ignore[assignment]
+    """Points the proof's checks at a running manager's engine."""
+    for name in hosts("managers"):
+        if name not in exclude and vm_state(name) == "running":
+            probe = subprocess.run(["docker", "exec", name, "docker", "node", "ls", "-q"], capture_output=True)
+            if probe.returncode == 0:
+                proof.ENGINES.manager = name
+                return name
+    raise RuntimeError("no manager answers")
+
+
+def point_at_cluster() -> None:
+    proof.ENGINES.addresses = {name: v["ansible_host"] for name, v in hosts("swarm").items()}
+    if proof.ENGINES.manager not in proof.ENGINES.addresses:
+        proof.ENGINES.manager = ""
+    if not proof.ENGINES.manager:
+        use_manager()
+
+
+def nodes_view() -> list[dict[str, Any]]:
+    return proof.docker_json_lines("node", "ls")
+
+
+def node_line() -> str:
+    return ", ".join(f"{n['Hostname']} {'/'.join(filter(None, (n['Status'], n['Availability'], n['ManagerStatus'])))}"
+                     for n in nodes_view())
+
+
+def cmd_site() -> None:
+    playbook("site.yml")
+    point_at_cluster()
+    say(f"swarm: {node_line()}")
+    elapsed = proof.wait_converged(proof.runnable_services(), 300, "site.yml")
+    say(f"every runnable service at its desired replicas and healthy {elapsed:.0f} s after the playbook; "
+        f"not runnable offline (deployed, not waited for): {', '.join(NOT_RUNNABLE)}")
+
+
+def tasks_on(node: str) -> list[str]:
+    out = []
+    for name in proof.stack_services():
+        for task in proof.running(name):
+            if proof.node_of(task) == node:
+                out.append(name)
+    return sorted(out)
+
+
+def quiet_worker() -> str:
+    """A worker without PostgreSQL, ingest-http or the devices' UDP target: removable under traffic."""
+    busy = {proof.node_of(t) for name in ("postgres", "ingest-http") for t in proof.running(name)}
+    busy.add(udp_node())
+    for name in reversed(list(hosts("workers"))):
+        if name not in busy:
+            return name
+    raise RuntimeError("every worker is busy")
+
+
+def udp_node() -> str:
+    """The ingest node devices send to (DNS round robin gives each device one of them)."""
+    return next(iter(hosts("ingest")))
+
+
+async def traffic(window: int, fault: Callable[[], Awaitable[None]] | None = None, seconds: float = 25.0) -> None:
+    await proof.under_traffic(window, fault, seconds, udp_host=proof.ENGINES.address(udp_node()))
+
+
+# ------------------------------------------------------------------------------------------- steps
+
+
+async def cmd_delivery() -> None:
+    point_at_cluster()
+    await proof.provision_all()
+    say(f"{len(proof.WINDOWS)} fleets of {proof.DEVICES} devices registered")
+    half = proof.DEVICES // 2 * len(proof.WINDOWS)
+    deadline = time.monotonic() + 90
+    while True:
+        known = proof.ingester_devices()
+        if all(v >= half for v in known.values()):
+            break
+        if time.monotonic() > deadline:
+            raise SystemExit(f"ingesters did not learn the registered devices: {known}")
+        await asyncio.sleep(1)
+    say(f"ingesters know the devices: {known}")
+    await traffic(0)
+
+
+async def kill_manager() -> None:
+    victim = list(hosts("managers"))[-1]
+    hosted = tasks_on(victim)
+    started = time.monotonic()
+    await asyncio.to_thread(host_docker, "kill", victim)
+    say(f"  killed the VM {victim} (SIGKILL to its systemd; it ran {', '.join(hosted) or 'no task'})")
+    await asyncio.to_thread(use_manager, {victim})
+
+    def marked_down() -> bool:
+        return any(n["Hostname"] == victim and n["Status"] == "Down" for n in nodes_view())
+
+    await proof.eventually(lambda: asyncio.to_thread(marked_down), 120, f"{victim} marked Down")
+    say(f"  {victim} marked Down after {time.monotonic() - started:.0f} s; the managers still answer "
+        f"(quorum 2 of 3): {await asyncio.to_thread(node_line)}")
+    runnable = proof.runnable_services()
+    elapsed = await asyncio.to_thread(proof.wait_converged, runnable, 240, "services without the killed manager")
+    say(f"  every runnable service running and healthy without {victim} ({elapsed:.0f} s)")
+    await asyncio.to_thread(host_docker, "start", victim)
+    await asyncio.to_thread(wait_for_ssh, [victim])
+
+    def rejoined() -> bool:
+        return any(n["Hostname"] == victim and n["Status"] == "Ready" and n["ManagerStatus"] == "Reachable"
+                   for n in nodes_view())
+
+    back = time.monotonic()
+    await proof.eventually(lambda: asyncio.to_thread(rejoined), 180, f"{victim} rejoined")
+    say(f"  {victim} started again and rejoined as a reachable manager after {time.monotonic() - back:.0f} s")
+    await asyncio.to_thread(proof.wait_converged, runnable, 240, "services after the manager returned")
+
+
+async def remove_add_node() -> None:
+    worker = await asyncio.to_thread(quiet_worker)
+    hosted = await asyncio.to_thread(tasks_on, worker)
+    await asyncio.to_thread(playbook, "remove-node.yml", "-e", f"node={worker}")
+    names = [n["Hostname"] for n in await asyncio.to_thread(nodes_view)]
+    if worker in names:
+        raise SystemExit(f"{worker} is still in the swarm after remove-node.yml: {names}")
+    left = [s for s in await asyncio.to_thread(tasks_on, worker)]
+    say(f"  {worker} removed; it ran {', '.join(hosted)}; now on it: {left or 'nothing'}; swarm: "
+        f"{await asyncio.to_thread(node_line)}")
+    await asyncio.to_thread(playbook, "add-node.yml", "-e", f"node={worker}")
+    say(f"  {worker} back: {await asyncio.to_thread(node_line)}")
+
+
+async def scale_1_3_1() -> None:
+    for replicas in (3, 1):
+        for service in ("raw-processor", "pulse-processor"):
+            await asyncio.to_thread(playbook, "scale.yml", "-e", f"service={service}", "-e", f"replicas={replicas}")
+        counts = {s: proof.running_tasks(s) for s in ("raw-processor", "pulse-processor")}
+        if set(counts.values()) != {replicas}:
+            raise SystemExit(f"after scale.yml to {replicas}: {counts}")
+        say(f"  processors at {replicas} replicas: {counts}")
+
+
+def cmd_again() -> None:
+    point_at_cluster()
+    changes = recap_changes(playbook("site.yml"))
+    changed = {host: n for host, n in changes.items() if n}
+    if not changes or changed:
+        raise SystemExit(f"site.yml is not idempotent: changed tasks per host {changed or changes}")
+    say(f"second site.yml: changed=0 on all {len(changes)} hosts")
+
+
+def main() -> None:
+    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    args = sys.argv[2:]
+    if command == "inventory":
+        cmd_inventory(int(args[0]), int(args[1]) if len(args) > 1 else None)
+    elif command == "boot":
+        cmd_boot()
+    elif command == "vars":
+        cmd_vars()
+    elif command == "site":
+        cmd_site()
+    elif command == "delivery":
+        asyncio.run(cmd_delivery())
+    elif command == "kill-manager":
+        point_at_cluster()
+        asyncio.run(traffic(1, kill_manager))
+    elif command == "remove-add-node":
+        point_at_cluster()
+        asyncio.run(traffic(2, remove_add_node))
+    elif command == "scale":
+        point_at_cluster()
+        asyncio.run(traffic(3, scale_1_3_1))
+    elif command == "again":
+        cmd_again()
+    else:
+        raise SystemExit(__doc__)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+# Sourced by the proofs (deploy/swarm-proof.sh, deploy/cluster-proof.sh), after
+# deploy/lib/engine.sh: step timing, the repository's venv, and the images
+# stack.yml names, built here and pushed to the local registry mirror.
+# Expects REPO, STATE and COMPOSE (the stack file arguments) to be set.
+
+# Stand-ins: the Dockerfile target that stands in for each service's image.
+declare -A STANDIN=(
+    [nats-1]=nats [nats-2]=nats [nats-3]=nats [postgres]=postgres
+    [prometheus]=prometheus [alertmanager]=alertmanager [node-exporter]=node-exporter
+)
+PULSESTACK_BUILT=(ingest-udp ingest-http processors alerting api swarm-exporter)
+
+TIMES=()
+OVERALL=$SECONDS
+step() {
+    local name="$1"; shift
+    local started=$SECONDS
+    echo
+    echo "=== step $name"
+    "$@"
+    local took=$((SECONDS - started))
+    TIMES+=("$(printf '%-12s %4d s' "$name" "$took")")
+    echo "=== step $name: ${took} s"
+    if [ "${PULSESTACK_PROOF_UNTIL:-}" = "$name" ]; then
+        echo "PULSESTACK_PROOF_UNTIL=$name: stopping here, everything stays up"
+        PULSESTACK_PROOF_KEEP=1
+        exit 0
+    fi
+}
+
+PY="$REPO/.venv/bin/python"
+ensure_venv() {
+    [ -x "$PY" ] && "$PY" -c 'import simulator, pulsestack, yaml' 2>/dev/null && return 0
+    log "creating the repository's venv (make)"
+    make --no-print-directory .venv/bin/.installed >/dev/null
+}
+
+image_of_services() {  # "service image" lines of the resolved stack file
+    docker stack config "${COMPOSE[@]}" | "$PY" deploy/swarm_proof.py images
+}
+
+mirror_path() {  # Docker Hub name -> its path in the mirror (library/ for official images)
+    local name="${1#docker.io/}"
+    if [[ "$name" != */* ]]; then
+        echo "library/$name"
+    else
+        case "${name%%/*}" in
+            *.*|*:*|localhost) echo "" ;;   # another registry: no mirror applies
+            *) echo "$name" ;;
+        esac
+    fi
+}
+
+push_to_mirror() {
+    local image="$1" path
+    path="$(mirror_path "$image")"
+    [ -n "$path" ] || { log "  $image is not a Docker Hub name; not pushed"; return 0; }
+    docker tag "$image" "$REGISTRY_ADDR/$path"
+    docker push -q "$REGISTRY_ADDR/$path" >/dev/null
+    docker rmi "$REGISTRY_ADDR/$path" >/dev/null
+}
+
+step_images() {
+    ensure_venv
+    # The four pulsestack images on the local base, from wheels built here.
+    PYTHON="$PY" PYTHON_IMAGE="$BASE_IMAGE" PIP_INSTALL_OPTIONS=--no-index deploy/build-images.sh "${PULSESTACK_BUILT[@]}"
+    printf "pulsestack/%s:$PULSESTACK_VERSION\n" "${PULSESTACK_BUILT[@]}" >> "$STATE/built-images"
+    local service image not_runnable=()
+    declare -A done_images=()
+    while read -r service image; do
+        [ -n "${done_images[$image]:-}" ] && continue
+        if [[ "$image" == pulsestack/* ]]; then
+            :
+        elif [ -n "${STANDIN[$service]:-}" ]; then
+            local started=$SECONDS
+            DOCKER_BUILDKIT=0 docker build -q --force-rm -f deploy/standins/Dockerfile --target "${STANDIN[$service]}" \
+                --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$image" . >/dev/null 2>"$STATE/standin-build.log" \
+                || { cat "$STATE/standin-build.log" >&2; die "stand-in for $image failed to build"; }
+            log "stand-in $image (target ${STANDIN[$service]}) built in $((SECONDS - started)) s"
+            echo "$image" >> "$STATE/built-images"
+        else
+            not_runnable+=("$service")
+            continue
+        fi
+        push_to_mirror "$image"
+        done_images[$image]=1
+    done < <(image_of_services)
+    log "pushed ${#done_images[@]} images to the registry mirror $REGISTRY_ADDR: ${!done_images[*]}"
+    printf '%s\n' "${not_runnable[@]}" > "$STATE/not-runnable"
+    echo "not runnable offline (no image without a registry; deployed, not waited for):"
+    while read -r service image; do
+        grep -qx "$service" "$STATE/not-runnable" && printf '  %-16s %s\n' "$service" "$image"
+    done < <(image_of_services)
+}
+
