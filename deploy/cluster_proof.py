@@ -365,11 +365,12 @@ async def cmd_delivery() -> None:
 
 
 async def kill_manager() -> None:
-    victim = list(hosts("managers"))[-1]
+    # The Raft leader: the harder case, a new leader must be elected before the swarm acts again.
+    victim = next(n["Hostname"] for n in nodes_view() if n["ManagerStatus"] == "Leader")
     hosted = tasks_on(victim)
     started = time.monotonic()
     await asyncio.to_thread(host_docker, "kill", victim)
-    say(f"  killed the VM {victim} (SIGKILL to its systemd; it ran {', '.join(hosted) or 'no task'})")
+    say(f"  killed the VM {victim}, the Raft leader (SIGKILL to its systemd; it ran {', '.join(hosted) or 'no task'})")
     await asyncio.to_thread(use_manager, {victim})
 
     def marked_down() -> bool:

@@ -143,7 +143,8 @@ def stack_services() -> dict[str, dict[str, Any]]:
 
 def service_tasks(name: str) -> list[dict[str, Any]]:
     ids = docker("service", "ps", "-q", "--no-trunc", f"{STACK}_{name}").split()
-    return json.loads(docker("inspect", *ids)) if ids else []
+    # Tasks may be pruned from the history between the two calls: take those still there.
+    return json.loads(docker("inspect", "--type", "task", *ids, check=False) or "[]") if ids else []
 
 
 def container_health(task: dict[str, Any]) -> str:

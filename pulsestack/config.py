@@ -63,6 +63,11 @@ class CommonConfig:
     log_level: str
     service: str
 
+    @property
+    def nats_servers(self) -> list[str]:
+        """NATS_URL may list several servers, comma-separated (the client learns the rest from them)."""
+        return [url.strip() for url in self.nats_url.split(",") if url.strip()]
+
     @classmethod
     def from_env(cls, service: str) -> CommonConfig:
         user = os.environ.get("PULSESTACK_NATS_USER") or None

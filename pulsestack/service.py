@@ -36,7 +36,7 @@ async def connect_nats(config: CommonConfig, name: str) -> NATS:
         log.warning("nats error", error=str(exc))
 
     return await nats.connect(
-        config.nats_url,
+        config.nats_servers,
         name=name,
         user=config.nats_user,
         password=config.nats_password,

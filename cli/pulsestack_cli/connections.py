@@ -10,4 +10,4 @@ from pulsestack.config import CommonConfig
 
 async def connect() -> NATS:
     config = CommonConfig.from_env("cli")
-    return await nats.connect(config.nats_url, user=config.nats_user, password=config.nats_password)
+    return await nats.connect(config.nats_servers, user=config.nats_user, password=config.nats_password)

@@ -18,6 +18,7 @@ from pulsestack.logs import configure
 from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET
 from pulsestack.store.migrate import drop_partitions_before, ensure_partitions, migrate, set_role_passwords
+from pulsestack_cli import jetstream as jetstream_cmd
 from pulsestack_cli import quarantine as quarantine_cmd
 from pulsestack_cli.connections import connect
 
@@ -160,6 +161,7 @@ def _build_parser() -> argparse.ArgumentParser:
     settings.add_argument("settings", nargs="+", metavar="NAME=VALUE")
 
     quarantine_cmd.add_parser(sub)
+    jetstream_cmd.add_parser(sub)
 
     again = sub.add_parser("reprocess", help="re-derive pulses, gaps, state and rollups from raw_messages")
     again.add_argument("--protocol", choices=["nbiot", "sigfox"])
@@ -188,7 +190,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {
     "migrate": cmd_migrate, "setup": cmd_setup, "maintain": cmd_maintain, "devices": cmd_devices,
-    "quarantine": quarantine_cmd.run, "reprocess": cmd_reprocess,
+    "quarantine": quarantine_cmd.run, "jetstream": jetstream_cmd.run, "reprocess": cmd_reprocess,
 }
 
 
