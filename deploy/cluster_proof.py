@@ -258,7 +258,8 @@ def playbook(name: str, *extra: str) -> str:
     log = WORK / f"ansible-{name.removesuffix('.yml')}-{time.strftime('%H%M%S')}.log"
     args = [str(REPO / ".venv" / "bin" / "ansible-playbook"), "-i", str(INVENTORY),
             "--vault-password-file", str(VAULT_PASSWORD), f"playbooks/{name}", *extra]
-    env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
+    # Each task's time in the log: where a slow runbook spends it.
+    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks"}
     say(f"  ansible-playbook {name} {' '.join(extra)}")
     with log.open("w") as out:
         done = subprocess.run(args, cwd=REPO / "ansible", stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -419,6 +420,139 @@ async def scale_1_3_1() -> None:
         say(f"  processors at {replicas} replicas: {counts}")
 
 
+# ----------------------------------------------------------------------------------- backup, restore
+
+
+def s3_client() -> Any:
+    import boto3
+
+    vault = yaml.safe_load(subprocess.run(
+        [str(REPO / ".venv" / "bin" / "ansible-vault"), "view", "--vault-password-file", str(VAULT_PASSWORD),
+         str(GROUP_VARS / "vault.yml")], check=True, capture_output=True, text=True).stdout)
+    return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{S3_PORT}", region_name="fr-par",
+                        aws_access_key_id=vault["vault_backup_s3_access_key"],
+                        aws_secret_access_key=vault["vault_backup_s3_secret_key"])
+
+
+def start_s3() -> subprocess.Popen[bytes]:
+    """moto in server mode: an S3-compatible object store on this machine, standing in for Scaleway's."""
+    server = subprocess.Popen([str(REPO / ".venv" / "bin" / "moto_server"), "-H", "127.0.0.1", "-p", str(S3_PORT)],
+                              stdout=subprocess.DEVNULL, stderr=(WORK / "moto.log").open("w"))
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", S3_PORT), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise SystemExit(f"the S3 stand-in did not start (log {WORK / 'moto.log'})") from None
+            time.sleep(0.3)
+    s3_client().create_bucket(Bucket="pulsestack-backups",
+                              CreateBucketConfiguration={"LocationConstraint": "fr-par"})
+    return server
+
+
+COUNTED = ("devices", "raw_messages", "pulses", "gaps", "device_state")
+
+
+async def table_counts() -> dict[str, int]:
+    conn = await proof.db("postgres", "postgres_password")
+    try:
+        return {t: int(await conn.fetchval(f"SELECT count(*) FROM {t}")) for t in COUNTED}
+    finally:
+        await conn.close()
+
+
+async def lose_a_fleet() -> int:
+    """What a restore is for: an operator's mistake deletes one window's readings."""
+    nbiot, sigfox = proof.fleet_ids(proof.DEVICES, 0.5, proof.first_id(0))
+    conn = await proof.db("postgres", "postgres_password")
+    try:
+        async with conn.transaction():
+            deleted = 0
+            for table in ("pulses", "raw_messages"):
+                status = await conn.execute(f"DELETE FROM {table} WHERE device_id = ANY($1::text[])", nbiot + sigfox)
+                deleted += int(status.split()[-1])
+        return deleted
+    finally:
+        await conn.close()
+
+
+def cmd_backup_restore() -> None:
+    point_at_cluster()
+    server = start_s3()
+    try:
+        before = asyncio.run(table_counts())
+        say(f"  rows before the backup: {before}")
+        playbook("backup.yml")
+        objects = [o["Key"] for o in s3_client().list_objects_v2(Bucket="pulsestack-backups").get("Contents", [])]
+        if not any(key.endswith(".dump") for key in objects):
+            raise SystemExit(f"backup.yml left no dump in the bucket: {objects}")
+        say(f"  in the bucket: {', '.join(objects)}")
+        deleted = asyncio.run(lose_a_fleet())
+        if not deleted:
+            raise SystemExit("no row of window 0's fleet to delete: the restore would prove nothing")
+        damaged = asyncio.run(table_counts())
+        say(f"  {deleted} rows of window 0's fleet deleted: {damaged}")
+        playbook("restore.yml")
+        after = asyncio.run(table_counts())
+        if after != before:
+            raise SystemExit(f"restore.yml did not bring the database back: before {before}, after {after}")
+        say(f"  restored from the bucket: {after} (as before the backup)")
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+# ----------------------------------------------------------------------------------------- migration
+
+
+async def follow_ingest(simulation: proof.Simulation) -> None:
+    """What DNS round robin and the load balancer do for devices while nodes come and go: send to a node
+    whose ingester runs."""
+    while True:
+        try:
+            nodes = await asyncio.to_thread(lambda: [proof.node_of(t) for t in proof.running("ingest-udp")])
+            current = proof.ENGINES.address(next(n for n in hosts("ingest") if n in nodes))
+            http = await asyncio.to_thread(proof.address_of, "ingest-http")
+        except (RuntimeError, StopIteration):
+            await asyncio.to_thread(use_manager)  # the manager we asked may be the one leaving
+        else:
+            if simulation.nbiot.target[0] != current:
+                simulation.nbiot.target = (current, proof.UDP_PORT)
+                say(f"  devices now send to {current} (an ingest node with a running ingest-udp)")
+            url = f"http://{http}:{proof.HTTP_PORT}/v1/sigfox"
+            if simulation.sigfox.url != url:
+                simulation.sigfox.url = url
+                say(f"  the Sigfox backend now calls {url}")
+        await asyncio.sleep(2)
+
+
+async def migrate() -> None:
+    old = set(hosts("swarm"))
+    await asyncio.to_thread(cmd_inventory, 2, 1)
+    point_at_cluster()
+    new = [n for n in hosts("swarm") if n not in old]
+    await asyncio.to_thread(cmd_boot)
+    say(f"  second generation up (Terraform: generation = 2, retiring_generation = 1): {', '.join(new)}")
+    await asyncio.to_thread(playbook, "migrate-node-type.yml")
+    left = {n["Hostname"] for n in await asyncio.to_thread(nodes_view)}
+    if left & old or set(new) - left:
+        raise SystemExit(f"after migrate-node-type.yml the swarm is {sorted(left)}")
+    say(f"  the swarm runs on the second generation only: {await asyncio.to_thread(node_line)}")
+
+
+def retire_old_generation() -> None:
+    """Terraform: retiring_generation = null, apply (the old VMs are deleted), inventory written again."""
+    old = set(hosts("retiring"))
+    cmd_inventory(2, None)
+    for name in old:
+        host_docker("rm", "-f", name)
+        host_docker("volume", "rm", f"{name}-docker", check=False)
+    point_at_cluster()
+    say(f"  old generation deleted: {', '.join(sorted(old))}")
+
+
 def cmd_again() -> None:
     point_at_cluster()
     changes = recap_changes(playbook("site.yml"))
@@ -450,6 +584,12 @@ def main() -> None:
     elif command == "scale":
         point_at_cluster()
         asyncio.run(traffic(3, scale_1_3_1))
+    elif command == "migrate":
+        point_at_cluster()
+        asyncio.run(proof.under_traffic(4, migrate, follow=follow_ingest))
+        retire_old_generation()
+    elif command == "backup-restore":
+        cmd_backup_restore()
     elif command == "again":
         cmd_again()
     else:

@@ -367,10 +367,12 @@ def save(figures: Figures) -> None:
 
 
 async def under_traffic(window: int, fault: Callable[[], Awaitable[None]] | None = None,
-                        seconds: float = 25.0, udp_host: str | None = None) -> Figures:
+                        seconds: float = 25.0, udp_host: str | None = None,
+                        follow: Callable[[Simulation], Awaitable[None]] | None = None) -> Figures:
     """Drives window's fleet for `seconds` (or, with a fault, until 4 s after the fault is over), then checks
     that every reading acknowledged to a device is stored exactly once. Devices send to `udp_host` (default:
-    the node of the first ingest-udp task) and to the node running ingest-http."""
+    the node of the first ingest-udp task) and to the node running ingest-http; `follow`, running beside the
+    traffic, may move them as DNS and a load balancer would when the ingesters move."""
     name = WINDOWS[window]
     udp_host = udp_host or address_of("ingest-udp")
     simulation = Simulation(SimulationConfig(
@@ -383,6 +385,7 @@ async def under_traffic(window: int, fault: Callable[[], Awaitable[None]] | None
     stop = asyncio.Event()
     started = time.monotonic()
     traffic = asyncio.create_task(simulation.run(stop, settle_timeout=120))
+    following = asyncio.create_task(follow(simulation)) if follow else None
     await asyncio.sleep(3.0)
     if fault is not None:
         await fault()
@@ -391,6 +394,8 @@ async def under_traffic(window: int, fault: Callable[[], Awaitable[None]] | None
         await asyncio.sleep(max(0.0, seconds - 3.0))
     stop.set()
     report: SimulationReport = await traffic
+    if following:
+        following.cancel()
     elapsed = time.monotonic() - started
     nc = await admin_nats()
     try:
