@@ -24,7 +24,9 @@
 #   8 scale      scale.yml: processors 1 -> 3 -> 1 under traffic
 #   9 backup     backup.yml then restore.yml through an S3 stand-in (moto)
 #  10 migrate    migrate-node-type.yml under traffic: a second generation of
-#                "larger" VMs replaces every node, one at a time
+#                "larger" VMs replaces every node, one at a time. Only with
+#                PULSESTACK_PROOF_MIGRATE=1: it takes over 25 minutes on a
+#                2-core machine, beyond CI's budget for this proof
 #  11 again      site.yml once more: no task reports a change
 #  12 clean      VMs, their volumes, the network, the registry and what the
 #                engine step changed
@@ -164,7 +166,11 @@ main() {
     step remove-add "$PY" deploy/cluster_proof.py remove-add-node
     step scale "$PY" deploy/cluster_proof.py scale
     step backup "$PY" deploy/cluster_proof.py backup-restore
-    step migrate "$PY" deploy/cluster_proof.py migrate
+    if [ "${PULSESTACK_PROOF_MIGRATE:-0}" = 1 ]; then
+        step migrate "$PY" deploy/cluster_proof.py migrate
+    else
+        echo "=== step migrate: not run (PULSESTACK_PROOF_MIGRATE=1 runs it; it takes over 25 minutes here)"
+    fi
     step again "$PY" deploy/cluster_proof.py again
     if [ "${PULSESTACK_PROOF_KEEP:-0}" != 1 ]; then
         CLEANED=1

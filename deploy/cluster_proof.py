@@ -280,15 +280,19 @@ def recap_changes(log: str) -> dict[str, int]:
 # ---------------------------------------------------------------------------------- the swarm's view
 
 
-def use_manager(exclude: set[str] = frozenset()) -> str:  # type: ignore[assignment]
-    """Points the proof's checks at a running manager's engine."""
-    for name in hosts("managers"):
-        if name not in exclude and vm_state(name) == "running":
-            probe = subprocess.run(["docker", "exec", name, "docker", "node", "ls", "-q"], capture_output=True)
-            if probe.returncode == 0:
-                proof.ENGINES.manager = name
-                return name
-    raise RuntimeError("no manager answers")
+def use_manager(exclude: set[str] = frozenset(), within: float = 90) -> str:  # type: ignore[assignment]
+    """Points the proof's checks at a running manager's engine (waiting out a leader election)."""
+    deadline = time.monotonic() + within
+    while True:
+        for name in hosts("managers"):
+            if name not in exclude and vm_state(name) == "running":
+                probe = subprocess.run(["docker", "exec", name, "docker", "node", "ls", "-q"], capture_output=True)
+                if probe.returncode == 0:
+                    proof.ENGINES.manager = name
+                    return name
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no manager answers after {within:.0f} s")
+        time.sleep(1)
 
 
 def point_at_cluster() -> None:
@@ -342,7 +346,8 @@ def udp_node() -> str:
 
 
 async def traffic(window: int, fault: Callable[[], Awaitable[None]] | None = None, seconds: float = 25.0) -> None:
-    await proof.under_traffic(window, fault, seconds, udp_host=proof.ENGINES.address(udp_node()))
+    await proof.under_traffic(window, fault, seconds, udp_host=proof.ENGINES.address(udp_node()),
+                              follow=follow_ingest)
 
 
 # ------------------------------------------------------------------------------------------- steps
@@ -586,7 +591,7 @@ def main() -> None:
         asyncio.run(traffic(3, scale_1_3_1))
     elif command == "migrate":
         point_at_cluster()
-        asyncio.run(proof.under_traffic(4, migrate, follow=follow_ingest))
+        asyncio.run(traffic(4, migrate))
         retire_old_generation()
     elif command == "backup-restore":
         cmd_backup_restore()
