@@ -117,7 +117,8 @@ step_site() {
 remove_nodes() {
     docker_up || return 0
     docker ps -aq --filter "label=$NODE_LABEL" | xargs -r docker rm -f >/dev/null
-    docker volume ls -q --filter "label=$NODE_LABEL" | xargs -r docker volume rm >/dev/null
+    # Volumes a VM still held a moment ago may already be gone: what is left matters.
+    docker volume ls -q --filter "label=$NODE_LABEL" | xargs -r docker volume rm >/dev/null 2>&1 || true
     docker network ls -q --filter "label=$NODE_LABEL" | xargs -r docker network rm >/dev/null
 }
 

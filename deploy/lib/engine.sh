@@ -95,10 +95,21 @@ EOF
 
 docker_up() { docker info >/dev/null 2>&1; }
 
+# This machine's dockerd: not the ones inside the cluster proof's VMs, which
+# the host's process list shows too (they live in other mount namespaces).
+host_dockerd_pid() {
+    local pid own
+    own="$(readlink /proc/self/ns/mnt)"
+    for pid in $(pidof dockerd); do
+        [ "$(readlink "/proc/$pid/ns/mnt" 2>/dev/null)" = "$own" ] && { echo "$pid"; return 0; }
+    done
+    return 1
+}
+
 start_dockerd() {
-    if pidof dockerd >/dev/null 2>&1; then
+    if host_dockerd_pid >/dev/null; then
         # registry-mirrors and insecure-registries are reloaded on SIGHUP.
-        kill -HUP "$(pidof dockerd)"
+        kill -HUP "$(host_dockerd_pid)"
         sleep 1
         log "dockerd already running; configuration reloaded"
     else
@@ -195,7 +206,7 @@ engine_restore() {
         for i in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
         rm -f "$STATE/dockerd.pid"
         log "dockerd stopped"
-    elif pidof dockerd >/dev/null 2>&1; then
-        kill -HUP "$(pidof dockerd)" 2>/dev/null || true
+    elif host_dockerd_pid >/dev/null; then
+        kill -HUP "$(host_dockerd_pid)" 2>/dev/null || true
     fi
 }
