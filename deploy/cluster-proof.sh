@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The cluster proof: the Ansible playbooks run for real, over SSH, against a
 # simulated cluster of 3 managers + 3 workers laid out by Terraform's own
-# configuration, with readings flowing. Run as root on Debian (CI:
+# configuration, with readings flowing. Run as root on Debian (or
 # .ci/cluster-proof.sh, after the swarm proof, whose images it reuses).
 #
 #   1 engine     as the swarm proof (deploy/lib/engine.sh); the local registry
