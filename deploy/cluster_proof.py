@@ -331,13 +331,17 @@ def tasks_on(node: str) -> list[str]:
 
 
 def quiet_worker() -> str:
-    """A worker without PostgreSQL, ingest-http or the devices' UDP target: removable under traffic."""
+    """A worker without PostgreSQL, ingest-http or the devices' UDP target: removable under traffic.
+
+    One that runs a NATS server if there is one, so that the playbook must replace it.
+    """
     busy = {proof.node_of(t) for name in ("postgres", "ingest-http") for t in proof.running(name)}
     busy.add(udp_node())
-    for name in reversed(list(hosts("workers"))):
-        if name not in busy:
-            return name
-    raise RuntimeError("every worker is busy")
+    nats = {proof.node_of(t) for name in ("nats-1", "nats-2", "nats-3") for t in proof.running(name)}
+    candidates = [name for name in reversed(list(hosts("workers"))) if name not in busy]
+    if not candidates:
+        raise RuntimeError("every worker is busy")
+    return next((name for name in candidates if name in nats), candidates[0])
 
 
 def udp_node() -> str:
@@ -417,8 +421,8 @@ async def remove_add_node() -> None:
 
 async def scale_1_3_1() -> None:
     for replicas in (3, 1):
-        for service in ("raw-processor", "pulse-processor"):
-            await asyncio.to_thread(playbook, "scale.yml", "-e", f"service={service}", "-e", f"replicas={replicas}")
+        await asyncio.to_thread(playbook, "scale.yml", "-e", "service=raw-processor,pulse-processor",
+                                "-e", f"replicas={replicas}")
         counts = {s: proof.running_tasks(s) for s in ("raw-processor", "pulse-processor")}
         if set(counts.values()) != {replicas}:
             raise SystemExit(f"after scale.yml to {replicas}: {counts}")

@@ -565,10 +565,11 @@ async def kill_nats_server() -> None:
     nc = await admin_nats()
     try:
         info = await nc.jetstream().stream_info(RAW)
-        leader = info.cluster.leader if info.cluster else "nats-3"
+        leader = (info.cluster.leader if info.cluster else None) or "nats-3"
     finally:
         await nc.close()
-    service = leader if leader in ("nats-1", "nats-2", "nats-3") else "nats-3"
+    # A server's name is its service's and its node's ("nats-2-<node id>").
+    service = next((f"nats-{n}" for n in (1, 2, 3) if leader.startswith(f"nats-{n}-")), "nats-3")
     task = running(service)[0]
     started = time.monotonic()
     await asyncio.to_thread(docker, "kill", task["Status"]["ContainerStatus"]["ContainerID"], node=node_of(task))

@@ -203,10 +203,13 @@ def _volume_strings(service: dict[str, Any]) -> set[str]:
 def test_nats_servers(resolved: dict[str, Any]) -> None:
     for i in (1, 2, 3):
         nats = resolved["services"][f"nats-{i}"]
-        assert nats["environment"]["PULSESTACK_NATS_SERVER_NAME"] == f"nats-{i}"
+        # Its identity is tied to the node's volume; others reach it by service name.
+        assert nats["environment"]["PULSESTACK_NATS_SERVER_NAME"] == f"nats-{i}-{{{{.Node.ID}}}}"
+        assert nats["environment"]["PULSESTACK_NATS_SERVICE"] == f"nats-{i}"
         assert {v["source"] for v in nats["volumes"]} == {f"nats-{i}-data"}
     conf = (REPO / "deploy" / "nats" / "nats-server.conf").read_text()
     assert "http_port: 8222" in conf and "server_name: $PULSESTACK_NATS_SERVER_NAME" in conf
+    assert "client_advertise: $PULSESTACK_NATS_SERVICE" in conf and "cluster_advertise: $PULSESTACK_NATS_SERVICE" in conf
     for user in ("ingest-udp", "ingest-http", "raw-processor", "pulse-processor", "alerting", "admin"):
         assert f"user: {user}" in conf, user
     # An ingester may publish its protocol's raw subject, not the processors' subjects.
