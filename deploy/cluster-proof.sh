@@ -158,7 +158,9 @@ main() {
     rm -f "$PULSESTACK_PROOF_FIGURES"
     step engine step_engine
     ensure_venv
-    remove_nodes   # what an interrupted earlier run may have left
+    # What an interrupted or kept earlier run may have left; its host keys too (new VMs, new keys).
+    remove_nodes
+    rm -rf "$WORK"
     step images step_images_and_node
     step nodes step_nodes
     step site step_site

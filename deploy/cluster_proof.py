@@ -361,16 +361,7 @@ async def cmd_delivery() -> None:
     point_at_cluster()
     await proof.provision_all()
     say(f"{len(proof.WINDOWS)} fleets of {proof.DEVICES} devices registered")
-    half = proof.DEVICES // 2 * len(proof.WINDOWS)
-    deadline = time.monotonic() + 90
-    while True:
-        known = proof.ingester_devices()
-        if all(v >= half for v in known.values()):
-            break
-        if time.monotonic() > deadline:
-            raise SystemExit(f"ingesters did not learn the registered devices: {known}")
-        await asyncio.sleep(1)
-    say(f"ingesters know the devices: {known}")
+    await proof.wait_ingesters_know(90)
     await traffic(0)
 
 

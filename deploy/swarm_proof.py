@@ -100,11 +100,18 @@ def docker(*args: str, check: bool = True, node: str = "") -> str:
     return done.stdout
 
 
+# A node's swarm ID names it for as long as it is in the swarm (one that joins again gets a new ID).
+_HOSTNAMES: dict[str, str] = {}
+
+
 def node_of(task: dict[str, Any]) -> str:
     """Host name of the node a task was scheduled on ("" on a one-engine swarm)."""
     if not ENGINES.addresses:
         return ""
-    return docker("node", "inspect", "--format", "{{.Description.Hostname}}", task["NodeID"]).strip()
+    node_id = task["NodeID"]
+    if node_id not in _HOSTNAMES:
+        _HOSTNAMES[node_id] = docker("node", "inspect", "--format", "{{.Description.Hostname}}", node_id).strip()
+    return _HOSTNAMES[node_id]
 
 
 def in_task(task: dict[str, Any], *args: str, check: bool = True) -> str:
@@ -424,11 +431,10 @@ async def under_traffic(window: int, fault: Callable[[], Awaitable[None]] | None
     return figures
 
 
-async def cmd_delivery() -> None:
-    await provision_all()
-    say(f"{len(WINDOWS)} fleets of {DEVICES} devices registered (registry role, admin NATS user)")
+async def wait_ingesters_know(within: float) -> None:
+    """Until every ingester knows the devices of its protocol (half of all registered) from the registry."""
     half = DEVICES // 2 * len(WINDOWS)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + within
     while True:
         known = ingester_devices()
         if all(v >= half for v in known.values()):
@@ -437,6 +443,12 @@ async def cmd_delivery() -> None:
             raise SystemExit(f"ingesters did not learn the registered devices: {known}")
         await asyncio.sleep(1)
     say(f"ingesters know the devices: {known}")
+
+
+async def cmd_delivery() -> None:
+    await provision_all()
+    say(f"{len(WINDOWS)} fleets of {DEVICES} devices registered (registry role, admin NATS user)")
+    await wait_ingesters_know(60)
     await under_traffic(0, seconds=float(os.environ.get("PULSESTACK_PROOF_SECONDS", "25")))
 
 

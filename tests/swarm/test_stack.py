@@ -209,7 +209,8 @@ def test_nats_servers(resolved: dict[str, Any]) -> None:
         assert {v["source"] for v in nats["volumes"]} == {f"nats-{i}-data"}
     conf = (REPO / "deploy" / "nats" / "nats-server.conf").read_text()
     assert "http_port: 8222" in conf and "server_name: $PULSESTACK_NATS_SERVER_NAME" in conf
-    assert "client_advertise: $PULSESTACK_NATS_SERVICE" in conf and "cluster_advertise: $PULSESTACK_NATS_SERVICE" in conf
+    for advertise in ("client_advertise", "cluster_advertise"):
+        assert f"{advertise}: $PULSESTACK_NATS_SERVICE" in conf
     for user in ("ingest-udp", "ingest-http", "raw-processor", "pulse-processor", "alerting", "admin"):
         assert f"user: {user}" in conf, user
     # An ingester may publish its protocol's raw subject, not the processors' subjects.
