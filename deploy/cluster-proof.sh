@@ -44,6 +44,9 @@ CACHE="${PULSESTACK_PROOF_CACHE:-/var/cache/pulsestack}"
 STATE="$CACHE/cluster-state"
 WORK="$CACHE/cluster-run"
 mkdir -p "$CACHE" "$STATE"
+PROOF_NAME=cluster-proof
+PROOF_TITLE="of the playbooks"
+WHAT_STAYS="the cluster"
 
 # The nodes pull through the registry on this machine's address on their network.
 export PULSESTACK_PROOF_REGISTRY_LISTEN="0.0.0.0:5000"
@@ -52,6 +55,8 @@ export PULSESTACK_PROOF_REGISTRY_LISTEN="0.0.0.0:5000"
 
 export PULSESTACK_VERSION="${PULSESTACK_VERSION:-$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')}"
 COMPOSE=(-c stack.yml -c tests/swarm/stack.override.yml)
+# shellcheck source=deploy/lib/proof.sh
+. "$REPO/deploy/lib/proof.sh"
 # shellcheck source=deploy/lib/images.sh
 . "$REPO/deploy/lib/images.sh"
 
@@ -129,33 +134,8 @@ step_clean() {
     engine_restore
 }
 
-on_exit() {
-    local rc=$?
-    trap - EXIT
-    [ "$rc" != 0 ] && { echo; echo "cluster-proof: FAILED (exit $rc)"; }
-    if [ "${PULSESTACK_PROOF_KEEP:-0}" = 1 ]; then
-        echo "PULSESTACK_PROOF_KEEP=1: the cluster stays up (clean later with: $0 clean)"
-    elif [ "${CLEANED:-0}" != 1 ]; then
-        step clean step_clean || true
-    fi
-    echo
-    echo "=== step times"
-    printf '  %s\n' "${TIMES[@]}"
-    printf '  %-12s %4d s\n' total "$((SECONDS - OVERALL))"
-    echo "=== delivery figures"
-    [ -x "$PY" ] && "$PY" deploy/swarm_proof.py summary
-    exit "$rc"
-}
-
 main() {
-    case "${1:-all}" in
-        clean) CLEANED=1; step clean step_clean; return ;;
-        all) ;;
-        *) die "usage: $0 [all|clean]" ;;
-    esac
-    trap on_exit EXIT
-    echo "cluster proof of the playbooks (pulsestack $PULSESTACK_VERSION) — $(date -u +%FT%TZ)"
-    rm -f "$PULSESTACK_PROOF_FIGURES"
+    proof_start "$@"
     step engine step_engine
     ensure_venv
     # What an interrupted or kept earlier run may have left; its host keys too (new VMs, new keys).
@@ -175,12 +155,7 @@ main() {
         echo "=== step migrate: not run (PULSESTACK_PROOF_MIGRATE=1 runs it; it takes over 25 minutes here)"
     fi
     step again "$PY" deploy/cluster_proof.py again
-    if [ "${PULSESTACK_PROOF_KEEP:-0}" != 1 ]; then
-        CLEANED=1
-        step clean step_clean
-    fi
-    echo
-    echo "cluster-proof: PASSED"
+    proof_passed
 }
 
 main "$@"

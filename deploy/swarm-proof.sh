@@ -35,6 +35,9 @@ STATE="$CACHE/proof-state"
 WORK="$CACHE/proof-run"
 STACK=pulsestack
 mkdir -p "$CACHE" "$STATE"
+PROOF_NAME=swarm-proof
+PROOF_TITLE="of stack.yml"
+WHAT_STAYS="the stack"
 
 # shellcheck source=deploy/lib/engine.sh
 . "$REPO/deploy/lib/engine.sh"
@@ -60,6 +63,8 @@ export PULSESTACK_PROOF_FIGURES="$STATE/figures.json"
 export PULSESTACK_PROOF_RUN_BASE="${PULSESTACK_PROOF_RUN_BASE:-$(( ($(date +%s) % 997) * 20000 ))}"
 COMPOSE=(-c stack.yml -c tests/swarm/stack.override.yml)
 
+# shellcheck source=deploy/lib/proof.sh
+. "$REPO/deploy/lib/proof.sh"
 # shellcheck source=deploy/lib/images.sh
 . "$REPO/deploy/lib/images.sh"
 
@@ -139,39 +144,12 @@ step_clean() {
     engine_restore
 }
 
-on_exit() {
-    local rc=$?
-    trap - EXIT
-    if [ "$rc" != 0 ]; then
-        echo
-        echo "swarm-proof: FAILED (exit $rc)"
-        if docker info >/dev/null 2>&1; then
-            docker service ls --filter "label=com.docker.stack.namespace=$STACK" 2>/dev/null || true
-        fi
-    fi
-    if [ "${PULSESTACK_PROOF_KEEP:-0}" = 1 ]; then
-        echo "PULSESTACK_PROOF_KEEP=1: the stack stays up (clean later with: $0 clean)"
-    elif [ "${CLEANED:-0}" != 1 ]; then
-        step clean step_clean || true
-    fi
-    echo
-    echo "=== step times"
-    printf '  %s\n' "${TIMES[@]}"
-    printf '  %-12s %4d s\n' total "$((SECONDS - OVERALL))"
-    echo "=== delivery figures"
-    [ -x "$PY" ] && "$PY" deploy/swarm_proof.py summary
-    exit "$rc"
+proof_failed() {
+    docker_up && docker service ls --filter "label=com.docker.stack.namespace=$STACK"
 }
 
 main() {
-    case "${1:-all}" in
-        clean) CLEANED=1; step clean step_clean; return ;;
-        all) ;;
-        *) die "usage: $0 [all|clean]" ;;
-    esac
-    trap on_exit EXIT
-    echo "swarm proof of stack.yml (pulsestack $PULSESTACK_VERSION) — $(date -u +%FT%TZ)"
-    rm -f "$PULSESTACK_PROOF_FIGURES"
+    proof_start "$@"
     step engine step_engine
     remove_stack   # what an interrupted earlier run may have left
     step base step_base
@@ -180,12 +158,7 @@ main() {
     step delivery "$PY" deploy/swarm_proof.py delivery
     step prometheus "$PY" deploy/swarm_proof.py prometheus
     step faults "$PY" deploy/swarm_proof.py faults
-    if [ "${PULSESTACK_PROOF_KEEP:-0}" != 1 ]; then
-        CLEANED=1
-        step clean step_clean
-    fi
-    echo
-    echo "swarm-proof: PASSED"
+    proof_passed
 }
 
 main "$@"

@@ -1,10 +1,13 @@
-"""`pulsestack jetstream streams-healthy|peer-remove`: what the Ansible runbooks ask the NATS cluster.
+"""`pulsestack jetstream streams-healthy|peer-remove|forget-replaced`: what the Ansible runbooks ask NATS.
 
 The playbooks that replace a NATS server (roles/nats_jetstream) run these in a throwaway container of the
 processors image on the bus network: every node already has that image, so no third-party tool image is
 needed. Each prints the JetStream API's own JSON answers, as the `nats` CLI does with --json. Starting such a
-container costs seconds on a busy node, so `streams-healthy` waits inside one container instead of being
+container costs seconds on a busy node, so the commands wait and retry inside one container instead of being
 polled from outside.
+
+Stream state is read as the account user (PULSESTACK_NATS_USER); peers are removed as a user of the system
+account (PULSESTACK_NATS_SYSTEM_USER, PULSESTACK_NATS_SYSTEM_PASSWORD or its _FILE).
 """
 
 from __future__ import annotations
@@ -34,9 +37,17 @@ def add_parser(sub: Any) -> None:
     healthy.add_argument("--replicas", type=int, default=3, help="replicas each stream must have (default 3)")
     healthy.add_argument("--within", type=float, default=0.0,
                          help="seconds to wait for it (default 0: answer at once)")
-    remove = jsub.add_parser(
-        "peer-remove", help="forget a stopped server's JetStream peer (system account user)")
+    remove = jsub.add_parser("peer-remove", help="forget a stopped server's JetStream peer")
     remove.add_argument("server", help="the server's name (server_name)")
+    remove.add_argument("--within", type=float, default=0.0,
+                        help="seconds to retry while the cluster refuses (default 0: ask once)")
+    forget = jsub.add_parser(
+        "forget-replaced", help="forget the peers of servers that run now under another name; their names as JSON")
+    forget.add_argument("streams", nargs="+")
+    forget.add_argument("--running", action="append", default=[], metavar="NAME",
+                        help="name of a server that runs now (<service>-<node ID>); repeat for each")
+    forget.add_argument("--within", type=float, default=0.0,
+                        help="seconds to retry each removal while the cluster refuses (default 0: ask once)")
 
 
 async def _request(nc: NATS, subject: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -68,6 +79,53 @@ def unhealthy(info: dict[str, Any], replicas: int) -> str | None:
     return None
 
 
+def replaced_peers(infos: list[dict[str, Any]], running: list[str]) -> list[str]:
+    """Servers that were replaced: offline replicas whose service runs now under another name.
+
+    A server's name is "<service>-<node ID>" (stack.yml); swarm restarting a service on another node gives it
+    a new name and an empty store. A server down on its own node keeps its name and its data: not replaced.
+    """
+    services = {name.rsplit("-", 1)[0] for name in running}
+    offline = {peer["name"] for info in infos for peer in (info.get("cluster") or {}).get("replicas") or []
+               if peer.get("offline")}
+    return sorted(name for name in offline - set(running) if name.rsplit("-", 1)[0] in services)
+
+
+async def _peer_remove(system: NATS, server: str, within: float) -> dict[str, Any]:
+    """Removes a server's peer, retried while the cluster refuses: it does while a joining is being agreed on."""
+    deadline = time.monotonic() + within
+    while True:
+        answer = await _request(system, "$JS.API.SERVER.REMOVE", {"peer": server})
+        if "error" not in answer or time.monotonic() >= deadline:
+            return answer
+        await asyncio.sleep(POLL_SECONDS)
+
+
+def _print_answer(action: str, answer: dict[str, Any]) -> int:
+    print(json.dumps(answer))
+    if "error" in answer:
+        print(f"{action}: {answer['error'].get('description', answer['error'])}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _forget_replaced(nc: NATS, streams: list[str], running: list[str], within: float) -> int:
+    infos = [await _request(nc, f"$JS.API.STREAM.INFO.{stream}") for stream in streams]
+    replaced = replaced_peers(infos, running)
+    failed = 0
+    if replaced:
+        system = await connect(system=True)
+        try:
+            for server in replaced:
+                answer = await _peer_remove(system, server, within)
+                if "error" in answer:
+                    failed += _print_answer(f"forget-replaced: {server}", answer)
+        finally:
+            await system.close()
+    print(json.dumps(replaced))
+    return 1 if failed else 0
+
+
 async def _streams_healthy(nc: NATS, streams: list[str], replicas: int, within: float) -> int:
     deadline = time.monotonic() + within
     while True:
@@ -83,15 +141,12 @@ async def _streams_healthy(nc: NATS, streams: list[str], replicas: int, within: 
 
 
 async def run(args: argparse.Namespace) -> int:
-    nc = await connect()
+    nc = await connect(system=args.action == "peer-remove")
     try:
         if args.action == "streams-healthy":
             return await _streams_healthy(nc, args.streams, args.replicas, args.within)
-        answer = await _request(nc, "$JS.API.SERVER.REMOVE", {"peer": args.server})
+        if args.action == "forget-replaced":
+            return await _forget_replaced(nc, args.streams, args.running, args.within)
+        return _print_answer(args.action, await _peer_remove(nc, args.server, args.within))
     finally:
         await nc.close()
-    print(json.dumps(answer))
-    if "error" in answer:
-        print(f"{args.action}: {answer['error'].get('description', answer['error'])}", file=sys.stderr)
-        return 1
-    return 0

@@ -13,7 +13,7 @@ REGISTRY_LISTEN="${PULSESTACK_PROOF_REGISTRY_LISTEN:-$REGISTRY_ADDR}"
 BASE_IMAGE="pulsestack-proof/debian-base:bookworm"
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*"; }
-die() { printf 'swarm-proof: %s\n' "$*" >&2; exit 1; }
+die() { printf '%s: %s\n' "${PROOF_NAME:-proof}" "$*" >&2; exit 1; }
 
 # Installs Debian packages (by the command each provides) that are missing,
 # without letting their daemons start on install.

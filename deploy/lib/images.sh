@@ -1,7 +1,7 @@
 # Sourced by the proofs (deploy/swarm-proof.sh, deploy/cluster-proof.sh), after
-# deploy/lib/engine.sh: step timing, the repository's venv, and the images
-# stack.yml names, built here and pushed to the local registry mirror.
-# Expects REPO, STATE and COMPOSE (the stack file arguments) to be set.
+# deploy/lib/proof.sh: the images stack.yml names, built here and pushed to the
+# local registry mirror. Expects REPO, STATE and COMPOSE (the stack file
+# arguments) to be set.
 
 # Stand-ins: the Dockerfile target that stands in for each service's image.
 declare -A STANDIN=(
@@ -9,31 +9,6 @@ declare -A STANDIN=(
     [prometheus]=prometheus [alertmanager]=alertmanager [node-exporter]=node-exporter
 )
 PULSESTACK_BUILT=(ingest-udp ingest-http processors alerting api swarm-exporter)
-
-TIMES=()
-OVERALL=$SECONDS
-step() {
-    local name="$1"; shift
-    local started=$SECONDS
-    echo
-    echo "=== step $name"
-    "$@"
-    local took=$((SECONDS - started))
-    TIMES+=("$(printf '%-12s %4d s' "$name" "$took")")
-    echo "=== step $name: ${took} s"
-    if [ "${PULSESTACK_PROOF_UNTIL:-}" = "$name" ]; then
-        echo "PULSESTACK_PROOF_UNTIL=$name: stopping here, everything stays up"
-        PULSESTACK_PROOF_KEEP=1
-        exit 0
-    fi
-}
-
-PY="$REPO/.venv/bin/python"
-ensure_venv() {
-    [ -x "$PY" ] && "$PY" -c 'import simulator, pulsestack, yaml' 2>/dev/null && return 0
-    log "creating the repository's venv (make)"
-    make --no-print-directory .venv/bin/.installed >/dev/null
-}
 
 image_of_services() {  # "service image" lines of the resolved stack file
     docker stack config "${COMPOSE[@]}" | "$PY" deploy/swarm_proof.py images
