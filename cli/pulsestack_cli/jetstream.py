@@ -61,6 +61,10 @@ async def _request(nc: NATS, subject: str, payload: dict[str, Any] | None = None
     return answer
 
 
+async def _stream_infos(nc: NATS, streams: list[str]) -> list[dict[str, Any]]:
+    return [await _request(nc, f"$JS.API.STREAM.INFO.{stream}") for stream in streams]
+
+
 def unhealthy(info: dict[str, Any], replicas: int) -> str | None:
     """Why a stream is not fully replicated and current, from its info; None when it is."""
     if "error" in info:
@@ -110,7 +114,7 @@ def _print_answer(action: str, answer: dict[str, Any]) -> int:
 
 
 async def _forget_replaced(nc: NATS, streams: list[str], running: list[str], within: float) -> int:
-    infos = [await _request(nc, f"$JS.API.STREAM.INFO.{stream}") for stream in streams]
+    infos = await _stream_infos(nc, streams)
     replaced = replaced_peers(infos, running)
     failed = 0
     if replaced:
@@ -129,7 +133,7 @@ async def _forget_replaced(nc: NATS, streams: list[str], running: list[str], wit
 async def _streams_healthy(nc: NATS, streams: list[str], replicas: int, within: float) -> int:
     deadline = time.monotonic() + within
     while True:
-        infos = [await _request(nc, f"$JS.API.STREAM.INFO.{stream}") for stream in streams]
+        infos = await _stream_infos(nc, streams)
         reasons = {s: r for s, info in zip(streams, infos, strict=True) if (r := unhealthy(info, replicas))}
         if not reasons or time.monotonic() >= deadline:
             break
