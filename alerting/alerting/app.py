@@ -32,6 +32,10 @@ async def _sweep_loop(pool: asyncpg.Pool, publisher: Publisher, config: Alerting
             await publish_pending(pool, publisher)
         except (OSError, asyncpg.PostgresError) as exc:
             log.warning("sweep failed; next one retries", error=str(exc))
+        except Exception:
+            # Anything else too (asyncpg's InterfaceError on a connection that died with the server, a
+            # bug): a sweep loop that ended would stop every silent-meter alert until a restart.
+            log.exception("sweep failed unexpectedly; next one retries")
         try:
             await asyncio.wait_for(stop.wait(), config.sweep_every)
         except TimeoutError:
