@@ -1,20 +1,30 @@
 """`pulsestack jetstream`: the questions the Ansible runbooks ask the NATS cluster (roles/nats_jetstream).
 
-The test server is a single node: its streams have one replica, and peer removal can only be refused
-here. The cluster proof (deploy/cluster-proof.sh) waits on three-replica streams and removes real peers
-while it replaces NATS servers; `unhealthy` is checked here on the answers a cluster gives.
+The test stack's server is a single node: its streams have one replica, and peer removal can only be
+refused there. A three-server cluster on loopback shows a replaced server forgotten and its successor
+taking its replicas; the cluster proof (deploy/cluster-proof.sh) does it with the playbooks. `unhealthy`
+and `replaced_peers` are checked here on the answers a cluster gives.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
+import nats
+import nats.errors
+import nats.js.errors
 import pytest
 
 from pulsestack.bus.streams import PULSES, RAW
 from pulsestack_cli.jetstream import replaced_peers, unhealthy
+from pulsestack_cli.localstack import free_port, nats_server_binary, wait_for_port
 from tests.helpers import run_cli
 
 # Only the tests that talk to the server share its session loop; the others read answers.
@@ -25,8 +35,10 @@ on_server = pytest.mark.asyncio(loop_scope="session")
 async def test_streams_healthy_prints_each_streams_info_as_json(stack) -> None:
     code, out = await run_cli(stack, "jetstream", "streams-healthy", "--replicas", "1", RAW, PULSES)
     assert code == 0
-    infos = json.loads(out)
+    answer = json.loads(out)
+    infos = answer["streams"]
     assert [i["config"]["name"] for i in infos] == [RAW, PULSES]
+    assert answer["forgotten"] == []
     assert all(i["type"] == "io.nats.jetstream.api.v1.stream_info_response" for i in infos)
 
 
@@ -35,14 +47,14 @@ async def test_streams_healthy_fails_when_the_replicas_are_missing(stack) -> Non
     # A single server has no cluster: no leader, no replica, so three replicas are never reached.
     code, out = await run_cli(stack, "jetstream", "streams-healthy", "--replicas", "3", "--within", "1", RAW)
     assert code == 1
-    assert json.loads(out)[0]["config"]["name"] == RAW
+    assert json.loads(out)["streams"][0]["config"]["name"] == RAW
 
 
 @on_server
 async def test_streams_healthy_of_a_missing_stream_fails_with_the_api_error(stack) -> None:
     code, out = await run_cli(stack, "jetstream", "streams-healthy", "--replicas", "1", "NO_SUCH_STREAM")
     assert code == 1
-    assert json.loads(out)[0]["error"]["code"] == 404
+    assert json.loads(out)["streams"][0]["error"]["code"] == 404
 
 
 @on_server
@@ -62,10 +74,11 @@ async def test_peer_remove_retries_until_its_time_is_up(stack) -> None:
 
 
 @on_server
-async def test_forget_replaced_without_offline_replicas_forgets_nothing(stack) -> None:
-    code, out = await run_cli(stack, "jetstream", "forget-replaced", "--running", "nats-1-a", RAW, PULSES)
+async def test_streams_healthy_without_offline_replicas_forgets_nothing(stack) -> None:
+    code, out = await run_cli(stack, "jetstream", "streams-healthy", "--replicas", "1", "--running", "nats-1-a",
+                              RAW, PULSES)
     assert code == 0
-    assert json.loads(out) == []
+    assert json.loads(out)["forgotten"] == []
 
 
 def _info(leader: str, *replicas: dict[str, Any]) -> dict[str, Any]:
@@ -99,3 +112,86 @@ def test_replaced_peers_are_offline_names_of_services_running_elsewhere() -> Non
     # Down on its own node (same name running or not listed at all): kept, its data comes back with it.
     assert replaced_peers(infos, ["nats-1-a", "nats-2-old", "nats-3-c"]) == []
     assert replaced_peers([{"error": {"code": 503}}], ["nats-1-a"]) == []
+
+
+class _ClusterServer:
+    """One server of a three-server JetStream cluster on loopback, named as stack.yml names them."""
+
+    def __init__(self, root: Path, name: str, cluster_ports: list[int]) -> None:
+        self.name, self.port, self.cluster_port = name, free_port(), free_port()
+        self.root, self.cluster_ports = root, cluster_ports
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        workdir = self.root / self.name
+        workdir.mkdir(parents=True)
+        routes = ", ".join(f"nats://127.0.0.1:{p}" for p in self.cluster_ports if p != self.cluster_port)
+        (workdir / "nats.conf").write_text(
+            f"server_name: {self.name}\nlisten: 127.0.0.1:{self.port}\n"
+            f"jetstream {{ store_dir: \"{workdir / 'js'}\" }}\n"
+            f"cluster {{ name: test, listen: 127.0.0.1:{self.cluster_port}, routes: [{routes}] }}\n"
+            "accounts { SYS { users: [{user: sys, password: sys-secret}] },"
+            " APP { jetstream: enabled, users: [{user: app, password: app-secret}] } }\n"
+            "system_account: SYS\n"
+        )
+        log = open(workdir / "nats.log", "ab")
+        self.process = subprocess.Popen([nats_server_binary(), "-c", str(workdir / "nats.conf")],
+                                        stdout=log, stderr=log)
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(15)
+
+
+@on_server
+async def test_streams_healthy_forgets_a_replaced_server_and_waits_for_its_successor(tmp_path: Path) -> None:
+    # What replace_server.yml does to a cluster: nats-3 stops on node c and starts on node d, empty, under a
+    # new name; the old name must be removed before the stream can have three current replicas again.
+    ports = [free_port() for _ in range(4)]
+    servers = [_ClusterServer(tmp_path, name, ports) for name in ("nats-1-a", "nats-2-b", "nats-3-c", "nats-3-d")]
+    for server, port in zip(servers, ports, strict=True):
+        server.cluster_port = port
+    first, second, replaced, successor = servers
+    for server in (first, second, replaced):
+        server.start()
+    try:
+        nc = await nats.connect(f"nats://127.0.0.1:{first.port}", user="app", password="app-secret")
+        try:
+            js = nc.jetstream()
+            deadline = time.monotonic() + 30
+            while True:  # until the cluster has formed and its meta group has a leader
+                try:
+                    await js.add_stream(name="RAW_TEST", subjects=["test.>"], num_replicas=3)
+                    break
+                except (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError):
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.5)
+            for i in range(10):
+                await js.publish(f"test.{i}", b"reading")
+        finally:
+            await nc.close()
+        replaced.stop()
+        successor.start()
+
+        env = {**os.environ, "NATS_URL": f"nats://127.0.0.1:{first.port}", "PULSESTACK_NATS_USER": "app",
+               "PULSESTACK_NATS_PASSWORD": "app-secret", "PULSESTACK_NATS_SYSTEM_USER": "sys",
+               "PULSESTACK_NATS_SYSTEM_PASSWORD": "sys-secret"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pulsestack_cli", "jetstream", "streams-healthy", "--replicas", "3",
+            "--within", "60", "--running", "nats-1-a", "--running", "nats-2-b", "--running", "nats-3-d", "RAW_TEST",
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        answer = json.loads(out)
+        assert answer["forgotten"] == ["nats-3-c"]
+        cluster = answer["streams"][0]["cluster"]
+        assert sorted([cluster["leader"]] + [r["name"] for r in cluster["replicas"]]) == [
+            "nats-1-a", "nats-2-b", "nats-3-d"]
+        assert answer["streams"][0]["state"]["messages"] == 10
+    finally:
+        for server in servers:
+            server.stop()

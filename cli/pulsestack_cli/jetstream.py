@@ -1,10 +1,10 @@
-"""`pulsestack jetstream streams-healthy|peer-remove|forget-replaced`: what the Ansible runbooks ask NATS.
+"""`pulsestack jetstream streams-healthy|peer-remove`: what the Ansible runbooks ask NATS.
 
 The playbooks that replace a NATS server (roles/nats_jetstream) run these in a throwaway container of the
 processors image on the bus network: every node already has that image, so no third-party tool image is
-needed. Each prints the JetStream API's own JSON answers, as the `nats` CLI does with --json. Starting such a
-container costs seconds on a busy node, so the commands wait and retry inside one container instead of being
-polled from outside.
+needed. They print the JetStream API's own JSON answers, as the `nats` CLI does with --json. Starting such a
+container costs seconds on a busy node, so one container waits, retries and forgets replaced servers instead
+of being polled from outside.
 
 Stream state is read as the account user (PULSESTACK_NATS_USER); peers are removed as a user of the system
 account (PULSESTACK_NATS_SYSTEM_USER, PULSESTACK_NATS_SYSTEM_PASSWORD or its _FILE).
@@ -32,22 +32,20 @@ def add_parser(sub: Any) -> None:
     parser = sub.add_parser("jetstream", help="cluster health and peer removal, for the runbooks")
     jsub = parser.add_subparsers(dest="action", required=True)
     healthy = jsub.add_parser(
-        "streams-healthy", help="wait until streams are fully replicated and current; their infos as a JSON list")
+        "streams-healthy",
+        help="wait until streams are fully replicated and current, forgetting replaced servers on the way;"
+             " JSON {streams: their infos, forgotten: names}")
     healthy.add_argument("streams", nargs="+")
     healthy.add_argument("--replicas", type=int, default=3, help="replicas each stream must have (default 3)")
     healthy.add_argument("--within", type=float, default=0.0,
                          help="seconds to wait for it (default 0: answer at once)")
+    healthy.add_argument("--running", action="append", default=[], metavar="NAME",
+                         help="name of a server that runs now (<service>-<node ID>), repeated for each: the"
+                              " peers of servers replaced by one of them are removed while waiting")
     remove = jsub.add_parser("peer-remove", help="forget a stopped server's JetStream peer")
     remove.add_argument("server", help="the server's name (server_name)")
     remove.add_argument("--within", type=float, default=0.0,
                         help="seconds to retry while the cluster refuses (default 0: ask once)")
-    forget = jsub.add_parser(
-        "forget-replaced", help="forget the peers of servers that run now under another name; their names as JSON")
-    forget.add_argument("streams", nargs="+")
-    forget.add_argument("--running", action="append", default=[], metavar="NAME",
-                        help="name of a server that runs now (<service>-<node ID>); repeat for each")
-    forget.add_argument("--within", type=float, default=0.0,
-                        help="seconds to retry each removal while the cluster refuses (default 0: ask once)")
 
 
 async def _request(nc: NATS, subject: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -113,34 +111,52 @@ def _print_answer(action: str, answer: dict[str, Any]) -> int:
     return 0
 
 
-async def _forget_replaced(nc: NATS, streams: list[str], running: list[str], within: float) -> int:
-    infos = await _stream_infos(nc, streams)
-    replaced = replaced_peers(infos, running)
-    failed = 0
-    if replaced:
-        system = await connect(system=True)
-        try:
-            for server in replaced:
-                answer = await _peer_remove(system, server, within)
-                if "error" in answer:
-                    failed += _print_answer(f"forget-replaced: {server}", answer)
-        finally:
-            await system.close()
-    print(json.dumps(replaced))
-    return 1 if failed else 0
+class _Forgetter:
+    """Removes the peers of replaced servers (replaced_peers) as the system user, each once."""
+
+    def __init__(self, running: list[str]) -> None:
+        self._running = running
+        self._system: NATS | None = None
+        self.forgotten: list[str] = []
+        self.refused: dict[str, str] = {}
+
+    async def forget(self, infos: list[dict[str, Any]]) -> None:
+        for server in replaced_peers(infos, self._running):
+            if server in self.forgotten:
+                continue  # removed, not yet gone from every stream's info
+            if self._system is None:
+                self._system = await connect(system=True)
+            answer = await _request(self._system, "$JS.API.SERVER.REMOVE", {"peer": server})
+            if "error" in answer:
+                # Refused while a new peer's joining is being agreed on: the next poll asks again.
+                self.refused[server] = str(answer["error"].get("description", answer["error"]))
+            else:
+                self.forgotten.append(server)
+                self.refused.pop(server, None)
+
+    async def close(self) -> None:
+        if self._system is not None:
+            await self._system.close()
 
 
-async def _streams_healthy(nc: NATS, streams: list[str], replicas: int, within: float) -> int:
+async def _streams_healthy(nc: NATS, streams: list[str], replicas: int, within: float, running: list[str]) -> int:
     deadline = time.monotonic() + within
-    while True:
-        infos = await _stream_infos(nc, streams)
-        reasons = {s: r for s, info in zip(streams, infos, strict=True) if (r := unhealthy(info, replicas))}
-        if not reasons or time.monotonic() >= deadline:
-            break
-        await asyncio.sleep(POLL_SECONDS)
-    print(json.dumps(infos))
+    forgetter = _Forgetter(running)
+    try:
+        while True:
+            infos = await _stream_infos(nc, streams)
+            await forgetter.forget(infos)
+            reasons = {s: r for s, info in zip(streams, infos, strict=True) if (r := unhealthy(info, replicas))}
+            if not reasons or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(POLL_SECONDS)
+    finally:
+        await forgetter.close()
+    print(json.dumps({"streams": infos, "forgotten": forgetter.forgotten}))
     for stream, reason in reasons.items():
         print(f"streams-healthy: {stream}: {reason}", file=sys.stderr)
+    for server, error in forgetter.refused.items():
+        print(f"streams-healthy: the peer of replaced server {server} was not removed: {error}", file=sys.stderr)
     return 1 if reasons else 0
 
 
@@ -148,9 +164,7 @@ async def run(args: argparse.Namespace) -> int:
     nc = await connect(system=args.action == "peer-remove")
     try:
         if args.action == "streams-healthy":
-            return await _streams_healthy(nc, args.streams, args.replicas, args.within)
-        if args.action == "forget-replaced":
-            return await _forget_replaced(nc, args.streams, args.running, args.within)
+            return await _streams_healthy(nc, args.streams, args.replicas, args.within, args.running)
         return _print_answer(args.action, await _peer_remove(nc, args.server, args.within))
     finally:
         await nc.close()
