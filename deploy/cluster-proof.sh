@@ -34,7 +34,8 @@
 # Idempotent: safe to run again after a failure (it cleans up first).
 # PULSESTACK_PROOF_KEEP=1 leaves the cluster running at the end (for a look;
 # `deploy/cluster-proof.sh clean` removes it); PULSESTACK_PROOF_UNTIL=STEP
-# stops after that step and keeps the cluster. Budget: 20 minutes; each
+# stops after that step and keeps the cluster, and `deploy/cluster-proof.sh
+# run STEP...` runs steps again on a kept cluster. Budget: 20 minutes; each
 # step's time is printed, and the delivery figures.
 set -Eeuo pipefail
 
@@ -134,7 +135,33 @@ step_clean() {
     engine_restore
 }
 
+# The steps after the site, each a command of deploy/cluster_proof.py.
+declare -A FAULT_STEPS=(
+    [delivery]=delivery [manager]=kill-manager [remove-add]=remove-add-node [scale]=scale
+    [backup]=backup-restore [migrate]=migrate [again]=again
+)
+
+# `deploy/cluster-proof.sh run STEP...`: those steps again on a cluster a
+# kept run (PULSESTACK_PROOF_KEEP=1 or _UNTIL) left up, which stays up.
+run_on_kept() {
+    [ $# -gt 0 ] || die "usage: $0 run STEP... (steps: ${!FAULT_STEPS[*]})"
+    PULSESTACK_PROOF_KEEP=1
+    proof_start all
+    ensure_venv
+    [ -s "$WORK/inventory/hosts.yml" ] || die "no kept cluster in $WORK (run with PULSESTACK_PROOF_KEEP=1 first)"
+    local name
+    for name in "$@"; do
+        [ -n "${FAULT_STEPS[$name]:-}" ] || die "no step $name (steps: ${!FAULT_STEPS[*]})"
+        step "$name" "$PY" deploy/cluster_proof.py "${FAULT_STEPS[$name]}"
+    done
+}
+
 main() {
+    if [ "${1:-}" = run ]; then
+        shift
+        run_on_kept "$@"
+        exit 0
+    fi
     proof_start "$@"
     step engine step_engine
     ensure_venv
@@ -144,11 +171,10 @@ main() {
     step images step_images_and_node
     step nodes step_nodes
     step site step_site
-    step delivery "$PY" deploy/cluster_proof.py delivery
-    step manager "$PY" deploy/cluster_proof.py kill-manager
-    step remove-add "$PY" deploy/cluster_proof.py remove-add-node
-    step scale "$PY" deploy/cluster_proof.py scale
-    step backup "$PY" deploy/cluster_proof.py backup-restore
+    local name
+    for name in delivery manager remove-add scale backup; do
+        step "$name" "$PY" deploy/cluster_proof.py "${FAULT_STEPS[$name]}"
+    done
     if [ "${PULSESTACK_PROOF_MIGRATE:-0}" = 1 ]; then
         step migrate "$PY" deploy/cluster_proof.py migrate
     else
