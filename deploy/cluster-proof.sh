@@ -73,6 +73,11 @@ export PULSESTACK_CLUSTER_STATE="$STATE"
 export PULSESTACK_PROOF_WORK="$WORK"
 export PULSESTACK_PROOF_SECRETS="$WORK/secrets"
 export PULSESTACK_PROOF_FIGURES="$STATE/figures.json"
+# The run's first device number; kept with the cluster, so steps run again on
+# it (`run STEP...`) drive the fleets that the delivery step registered.
+if [ "${1:-}" = run ] && [ -s "$WORK/run-base" ]; then
+    PULSESTACK_PROOF_RUN_BASE="$(cat "$WORK/run-base")"
+fi
 export PULSESTACK_PROOF_RUN_BASE="${PULSESTACK_PROOF_RUN_BASE:-$(( ($(date +%s) % 997) * 20000 + 10000000 ))}"
 export PULSESTACK_CLUSTER_CIDR="$CIDR" PULSESTACK_CLUSTER_GATEWAY="$GATEWAY" PULSESTACK_CLUSTER_NETWORK="$NETWORK"
 export PULSESTACK_CLUSTER_NODE_IMAGE="$NODE_IMAGE" PULSESTACK_CLUSTER_NODE_LABEL="$NODE_LABEL"
@@ -101,6 +106,7 @@ step_images_and_node() {
 step_nodes() {
     mkdir -p "$WORK"
     chmod 700 "$WORK"
+    echo "$PULSESTACK_PROOF_RUN_BASE" > "$WORK/run-base"
     docker network inspect "$NETWORK" >/dev/null 2>&1 \
         || docker network create --subnet "$CIDR" --gateway "$GATEWAY" --label "$NODE_LABEL=1" "$NETWORK" >/dev/null
     log "network $NETWORK ($CIDR, this machine at $GATEWAY)"
