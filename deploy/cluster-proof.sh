@@ -139,6 +139,11 @@ remove_nodes() {
 step_clean() {
     remove_nodes
     log "nodes, their volumes and the network removed"
+    # The playbooks' logs (per-task times and results) outlive the run folder: what a failure did.
+    rm -rf "$STATE/playbook-logs"
+    mkdir -p "$STATE/playbook-logs"
+    cp "$WORK"/ansible-*.log "$STATE/playbook-logs/" 2>/dev/null || true
+    log "playbook logs kept in $STATE/playbook-logs"
     rm -rf "$WORK"
     engine_restore
 }
