@@ -80,8 +80,9 @@ step_deploy() {
     fi
     local node
     node="$(docker info --format '{{.Swarm.NodeID}}')"
-    docker node update --label-add database=true --label-add ingest=true --label-add edge=true "$node" >/dev/null
-    log "node labels database=true ingest=true edge=true on $(docker node inspect -f '{{.Description.Hostname}}' "$node")"
+    docker node update --label-add database=true --label-add ingest=true --label-add edge=true \
+        --label-add nats-1=true --label-add nats-2=true --label-add nats-3=true "$node" >/dev/null
+    log "node labels database ingest edge nats-1 nats-2 nats-3 on $(docker node inspect -f '{{.Description.Hostname}}' "$node")"
     mkdir -p "$WORK"
     chmod 700 "$WORK"
     deploy/secrets.sh "$PULSESTACK_PROOF_SECRETS"
@@ -129,6 +130,7 @@ step_clean() {
         log "left the swarm"
     elif docker info >/dev/null 2>&1 && [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" = active ]; then
         docker node update --label-rm database --label-rm ingest --label-rm edge \
+            --label-rm nats-1 --label-rm nats-2 --label-rm nats-3 \
             "$(docker info --format '{{.Swarm.NodeID}}')" >/dev/null 2>&1 || true
     fi
     if [ "${PULSESTACK_PROOF_PURGE:-0}" = 1 ] && docker info >/dev/null 2>&1; then

@@ -60,6 +60,11 @@ locals {
         contains(local.ingest_roles[n.generation], n.role) ? { ingest = "true" } : {},
         n.role == local.database_role[n.generation] && n.index == 0 ? { database = "true" } : {},
         n.role == "manager" ? { edge = "true" } : {},
+        # Which of the three NATS servers may run here (stack.yml): one per
+        # node, dealt out by index within each role, so manager-1 and
+        # worker-1 carry nats-1. No node runs two servers, and a server whose
+        # node fails has another node to start on.
+        { "nats-${n.index % 3 + 1}" = "true" },
         lookup(var.extra_node_labels, n.name, {}),
       )
     })

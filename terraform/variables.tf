@@ -155,7 +155,7 @@ variable "retiring_generation" {
 }
 
 variable "extra_node_labels" {
-  description = "Additional swarm node labels by node name, merged over the computed ones (zone, ingest, database), e.g. { \"pulsestack-worker-2\" = { nats = \"2\" } }."
+  description = "Additional swarm node labels by node name, merged over the computed ones (zone, ingest, database, edge, nats-N), e.g. { \"pulsestack-worker-2\" = { gpu = \"true\" } }."
   type        = map(map(string))
   default     = {}
 }

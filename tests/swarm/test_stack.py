@@ -143,6 +143,9 @@ def test_placement(resolved: dict[str, Any]) -> None:
     for name in MANAGER_ONLY:
         assert "node.role == manager" in services[name]["deploy"]["placement"]["constraints"], name
     assert services["postgres"]["deploy"]["placement"]["constraints"] == ["node.labels.database == true"]
+    # Each NATS server has a label of its own: a node carrying one label runs at most one server.
+    for i in (1, 2, 3):
+        assert services[f"nats-{i}"]["deploy"]["placement"]["constraints"] == [f"node.labels.nats-{i} == true"]
 
 
 def test_networks(resolved: dict[str, Any]) -> None:
