@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The cluster proof (deploy/cluster-proof.sh), not yet run by .ci/run — the Ansible playbooks run
+# The cluster proof (deploy/cluster-proof.sh), run by .ci/run after the swarm proof: the Ansible playbooks run
 # over SSH against six simulated VMs laid out by Terraform's configuration,
 # under traffic, with exact delivery checked after every fault. Needs root on
 # Debian; reuses the images the swarm proof built. Prints each step's time.
