@@ -17,6 +17,7 @@ A missing tool skips its tests, or fails them when PULSESTACK_REQUIRE_ALL=1.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -24,6 +25,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import yaml
@@ -491,3 +493,41 @@ def test_docker_comes_from_dockers_repository_by_default() -> None:
     assert "docker.io" in defaults["docker_debian_packages"]
     assert {"python3-docker", "python3-jsondiff", "python3-yaml"} <= set(defaults["docker_python_packages"])
     assert defaults["docker_ce_repository_url"] == "", "no repository host is written into the repo"
+
+
+# --------------------------------------------------------------------------
+# the stack role's placement filter (which images a new node pulls)
+
+
+def load_placement_filter() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("placement", ROLES_DIR / "stack" / "filter_plugins" / "placement.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_new_node_pulls_only_the_images_of_services_it_may_run() -> None:
+    stack = yaml.safe_load((ROOT / "stack.yml").read_text())
+    services = [
+        {"image": name, "constraints": (s.get("deploy", {}).get("placement") or {}).get("constraints")}
+        for name, s in stack["services"].items()
+    ]
+    placeable = load_placement_filter().placeable_images
+    inventory = yaml.safe_load(EXAMPLE_INVENTORY.read_text())
+    swarm = inventory["all"]["children"]["swarm"]["children"]
+    database_worker = swarm["workers"]["hosts"]["pulsestack-worker-1"]["swarm_node_labels"]
+    other_worker = swarm["workers"]["hosts"]["pulsestack-worker-2"]["swarm_node_labels"]
+    manager = swarm["managers"]["hosts"]["pulsestack-manager-3"]["swarm_node_labels"]
+
+    on_database_worker = set(placeable(services, "worker", database_worker))
+    assert {"postgres", "ingest-udp", "nats-1", "raw-processor", "node-exporter"} <= on_database_worker
+    assert not {"prometheus", "alertmanager", "nats-2", "nats-3"} & on_database_worker
+    on_other_worker = set(placeable(services, "worker", other_worker))
+    assert "postgres" not in on_other_worker and "nats-2" in on_other_worker
+    on_manager = set(placeable(services, "manager", manager))
+    assert {"prometheus", "alertmanager", "nats-3"} <= on_manager and "ingest-udp" not in on_manager
+    # A constraint the filter cannot judge before the node joins counts as met.
+    unknown = [{"image": "x", "constraints": ["node.hostname != elsewhere", "node.labels.ssd != true"]}]
+    assert placeable(unknown, "worker", {}) == ["x"]
+    assert placeable(unknown, "worker", {"ssd": "true"}) == []
