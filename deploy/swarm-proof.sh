@@ -105,7 +105,7 @@ remove_stack() {
     for i in $(seq 1 60); do
         ids="$(docker ps -aq --filter "label=com.docker.stack.namespace=$STACK")"
         [ -z "$ids" ] && break
-        # After 20 s (NATS drains 15 s in lame-duck mode): stop waiting for them.
+        # After 20 s (NATS drains 30 s in lame-duck mode): stop waiting for them.
         # shellcheck disable=SC2086
         [ "$i" -gt 20 ] && docker rm -f $ids >/dev/null 2>&1 || true
         sleep 1
