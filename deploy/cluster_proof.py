@@ -110,7 +110,10 @@ def cmd_inventory(generation: int, retiring: int | None) -> None:
         Path(subprocess.check_output(["mktemp", "-d"], text=True).strip()), variables,
         terraform_offline.PRIVATE_AS_PUBLIC_IP,
     )
-    INVENTORY.write_text(rendered)
+    # Replaced whole: the proof's traffic reads it meanwhile (follow_ingest), and must never see it half written.
+    written = INVENTORY.with_suffix(".tmp")
+    written.write_text(rendered)
+    written.replace(INVENTORY)
     names = ", ".join(f"{n} {v['ansible_host']}" for n, v in hosts("swarm").items())
     say(f"inventory from Terraform's layout and template: {names}")
 
@@ -540,6 +543,7 @@ async def migrate() -> None:
     await asyncio.to_thread(cmd_boot)
     say(f"  second generation up (Terraform: generation = 2, retiring_generation = 1): {', '.join(new)}")
     await asyncio.to_thread(playbook, "migrate-node-type.yml")
+    await asyncio.to_thread(use_manager, set(hosts("retiring")))
     left = {n["Hostname"] for n in await asyncio.to_thread(nodes_view)}
     if left & old or set(new) - left:
         raise SystemExit(f"after migrate-node-type.yml the swarm is {sorted(left)}")

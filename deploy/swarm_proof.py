@@ -402,6 +402,8 @@ async def under_traffic(window: int, fault: Callable[[], Awaitable[None]] | None
     stop.set()
     report: SimulationReport = await traffic
     if following:
+        if following.done():
+            following.result()  # it stopped following: its error, not a delivery failure it would cause
         following.cancel()
     elapsed = time.monotonic() - started
     nc = await admin_nats()
