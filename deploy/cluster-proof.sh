@@ -58,6 +58,10 @@ export PULSESTACK_VERSION="${PULSESTACK_VERSION:-$(python3 -c 'import tomllib; p
 COMPOSE=(-c stack.yml -c tests/swarm/stack.override.yml)
 # deploy/cluster_proof.py reads it too: the worker it removes depends on it.
 export PULSESTACK_PROOF_MIGRATE="${PULSESTACK_PROOF_MIGRATE:-1}"
+# Readings per second in every traffic window. The proof checks that faults
+# lose and double nothing, not throughput (the benchmarks do): half the swarm
+# proof's rate leaves the two cores that carry twelve VMs to the playbooks.
+export PULSESTACK_PROOF_RATE="${PULSESTACK_PROOF_RATE:-75}"
 # shellcheck source=deploy/lib/proof.sh
 . "$REPO/deploy/lib/proof.sh"
 # shellcheck source=deploy/lib/images.sh
