@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -531,3 +532,58 @@ def test_a_new_node_pulls_only_the_images_of_services_it_may_run() -> None:
     unknown = [{"image": "x", "constraints": ["node.hostname != elsewhere", "node.labels.ssd != true"]}]
     assert placeable(unknown, "worker", {}) == ["x"]
     assert placeable(unknown, "worker", {"ssd": "true"}) == []
+
+
+# --------------------------------------------------------------------------
+# the stack role's files: one archive, unpacked where it differs
+
+FILES_PLAYBOOK = """
+- name: Put the stack's files in place
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Copy the stack file and the files it refers to
+      ansible.builtin.include_role:
+        name: stack
+        tasks_from: files
+"""
+
+
+def test_the_stack_files_arrive_once_and_edits_on_the_manager_are_put_back(
+    ansible_env: dict[str, str], tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:  # the files belong to root on the manager
+        message = "needs root (the stack's files are owned by root)"
+        if os.environ.get("PULSESTACK_REQUIRE_ALL") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    ansible_playbook = require_tool("ansible-playbook")
+    playbook = tmp_path / "files.yml"
+    playbook.write_text(FILES_PLAYBOOK)
+    remote = tmp_path / "manager" / "pulsestack"
+    extra = {
+        "ansible_python_interpreter": sys.executable,
+        "stack_source_dir": str(ROOT),
+        "stack_remote_dir": str(remote),
+        "stack_override_files": ["tests/swarm/stack.override.yml"],
+    }
+
+    def changed() -> int:
+        run = subprocess.run(
+            [ansible_playbook, "-i", "localhost,", "-c", "local", str(playbook), "-e", json.dumps(extra)],
+            cwd=ANSIBLE_DIR, capture_output=True, text=True, env={**ansible_env, "ANSIBLE_ROLES_PATH": str(ROLES_DIR)},
+            timeout=300,
+        )
+        assert run.returncode == 0, run.stdout + run.stderr
+        return int(re.search(r"localhost\s*:.*changed=(\d+)", run.stdout)[1])  # type: ignore[index]
+
+    assert changed() == 2, "the folder, then the files"
+    prometheus = remote / "monitoring" / "prometheus" / "prometheus.yml"
+    assert prometheus.read_bytes() == (ROOT / "monitoring" / "prometheus" / "prometheus.yml").read_bytes()
+    assert (remote / "tests" / "swarm" / "stack.override.yml").is_file()
+    assert stat.S_IMODE(prometheus.stat().st_mode) == 0o640
+    assert stat.S_IMODE(prometheus.parent.stat().st_mode) == 0o750
+    assert changed() == 0, "an unchanged stack reports no change"
+    prometheus.write_text("edited on the manager\n")
+    assert changed() == 1
+    assert prometheus.read_bytes() == (ROOT / "monitoring" / "prometheus" / "prometheus.yml").read_bytes()
