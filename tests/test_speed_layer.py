@@ -107,7 +107,9 @@ async def test_a_decoding_error_is_fixed_by_replaying(stack: LocalStack, db: asy
     restores them, rollups included."""
     device = await device_with(stack)
     name = str(device.number)
-    t0 = now_aligned(HOUR, 5 * 86_400)
+    # All three readings on one UTC day, whatever the time of the run: the "buggy" daily rollup below adds
+    # all three readings' error to one day (a run just after midnight failed on two).
+    t0 = now_aligned(86_400, 5 * 86_400) + 3 * HOUR
     for k in range(3):
         assert await device.send(seq=k + 1, period_end=t0 + k * HOUR, counts=[1, 2, 3, 4], index=100 + 10 * (k + 1))
     await eventually(lambda: processed(db, device, 3))
