@@ -31,6 +31,8 @@ from types import ModuleType
 import pytest
 import yaml
 
+from tests.unavailable import unavailable
+
 ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = ROOT / "ansible"
 ROLES_DIR = ANSIBLE_DIR / "roles"
@@ -54,10 +56,7 @@ def require_tool(name: str) -> str:
     candidate = Path(sys.executable).parent / name
     path = str(candidate) if candidate.exists() else shutil.which(name)
     if path is None:
-        message = f"{name} is not installed (pip install ansible ansible-lint)"
-        if os.environ.get("PULSESTACK_REQUIRE_ALL") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"{name} is not installed (pip install ansible ansible-lint)")
     return path
 
 
@@ -227,10 +226,7 @@ def require_module(name: str):
     try:
         return __import__(name, fromlist=["_"])
     except ImportError:
-        message = f"Python module {name} is not installed (pip install ansible)"
-        if os.environ.get("PULSESTACK_REQUIRE_ALL") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"Python module {name} is not installed (pip install ansible)")
 
 
 class AnyName(dict):
@@ -552,11 +548,8 @@ FILES_PLAYBOOK = """
 def test_the_stack_files_arrive_once_and_edits_on_the_manager_are_put_back(
     ansible_env: dict[str, str], tmp_path: Path
 ) -> None:
-    if os.geteuid() != 0:  # the files belong to root on the manager
-        message = "needs root (the stack's files are owned by root)"
-        if os.environ.get("PULSESTACK_REQUIRE_ALL") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+    if os.geteuid() != 0:
+        unavailable("needs root (the stack's files are owned by root on the manager)")
     ansible_playbook = require_tool("ansible-playbook")
     playbook = tmp_path / "files.yml"
     playbook.write_text(FILES_PLAYBOOK)

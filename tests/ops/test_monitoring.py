@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -30,6 +29,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.unavailable import unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 MON = REPO / "monitoring"
@@ -59,20 +60,14 @@ def require_tool(name: str) -> str:
     path = shutil.which(name)
     if path:
         return path
-    message = f"{name} not found (install with: sudo bash .ci/tools-monitoring.sh)"
-    if os.environ.get("PULSESTACK_REQUIRE_ALL") == "1":
-        pytest.fail(message + " and PULSESTACK_REQUIRE_ALL=1")
-    pytest.skip(message)
+    unavailable(f"{name} not found (install with: sudo bash .ci/tools-monitoring.sh)")
 
 
 def require_module(name: str) -> Any:
     try:
         return __import__(name)
     except ImportError:
-        message = f"Python package {name} not installed"
-        if os.environ.get("PULSESTACK_REQUIRE_ALL") == "1":
-            pytest.fail(message + " and PULSESTACK_REQUIRE_ALL=1")
-        pytest.skip(message)
+        unavailable(f"Python package {name} not installed")
 
 
 def run(cmd: list[str], cwd: Path = REPO) -> subprocess.CompletedProcess[str]:

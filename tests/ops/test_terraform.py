@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.unavailable import unavailable
+
 try:
     import hcl2
 except ImportError:  # pragma: no cover - depends on the environment
@@ -58,10 +60,7 @@ def require_tool(name: str) -> str:
     candidate = Path(sys.executable).parent / name
     path = str(candidate) if candidate.exists() else shutil.which(name)
     if path is None:
-        message = f"{name} is not installed (see .ci/tools-cluster.sh)"
-        if os.environ.get("PULSESTACK_REQUIRE_ALL") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"{name} is not installed (see .ci/tools-cluster.sh)")
     return path
 
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from tests.unavailable import unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 TRAEFIK = REPO / "traefik"
@@ -28,16 +29,10 @@ SCHEMAS = REPO.parent / "shared" / "schemas"
 STACK = REPO / "stack.yml"
 
 
-def _missing(message: str) -> None:
-    if os.environ.get("PULSESTACK_REQUIRE_ALL") == "1":
-        pytest.fail(message + " and PULSESTACK_REQUIRE_ALL=1")
-    pytest.skip(message)
-
-
 def load_schema(name: str) -> dict[str, Any]:
     path = SCHEMAS / name
     if not path.is_file():
-        _missing(f"schema {path} not found")
+        unavailable(f"schema {path} not found")
     schema: dict[str, Any] = json.loads(path.read_text())
     return schema
 
@@ -46,7 +41,7 @@ def validator(schema: dict[str, Any]) -> Any:
     try:
         import jsonschema
     except ImportError:
-        _missing("Python package jsonschema not installed")
+        unavailable("Python package jsonschema not installed")
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
     return cls(schema)

@@ -1,4 +1,4 @@
-"""The members of the archive that carries the stack's files to the manager (tasks/main.yml)."""
+"""The members of the archive that carries the stack's files to the manager (tasks/files.yml)."""
 
 from __future__ import annotations
 
