@@ -26,6 +26,10 @@ from pulsestack_cli.connections import connect
 
 API_TIMEOUT = 10.0
 POLL_SECONDS = 1.0
+# A replica answers its leader every second or so. NATS marks a server that shut down offline at once, but
+# one that was killed (its VM lost) only after about three minutes; silent for longer than a stopping
+# server's lame-duck time (30 s, deploy/nats) it is gone, and its streams should not wait for "offline".
+SILENT_SECONDS = 30.0
 
 
 def add_parser(sub: Any) -> None:
@@ -81,16 +85,21 @@ def unhealthy(info: dict[str, Any], replicas: int) -> str | None:
     return None
 
 
+def _gone(peer: dict[str, Any]) -> bool:
+    """Offline, or silent (`active`: nanoseconds since it last answered) for longer than SILENT_SECONDS."""
+    return bool(peer.get("offline")) or peer.get("active", 0) > SILENT_SECONDS * 1e9
+
+
 def replaced_peers(infos: list[dict[str, Any]], running: list[str]) -> list[str]:
-    """Servers that were replaced: offline replicas whose service runs now under another name.
+    """Servers that were replaced: gone replicas (_gone) whose service runs now under another name.
 
     A server's name is "<service>-<node ID>" (stack.yml); swarm restarting a service on another node gives it
     a new name and an empty store. A server down on its own node keeps its name and its data: not replaced.
     """
     services = {name.rsplit("-", 1)[0] for name in running}
-    offline = {peer["name"] for info in infos for peer in (info.get("cluster") or {}).get("replicas") or []
-               if peer.get("offline")}
-    return sorted(name for name in offline - set(running) if name.rsplit("-", 1)[0] in services)
+    gone = {peer["name"] for info in infos for peer in (info.get("cluster") or {}).get("replicas") or []
+            if _gone(peer)}
+    return sorted(name for name in gone - set(running) if name.rsplit("-", 1)[0] in services)
 
 
 async def _peer_remove(system: NATS, server: str, within: float) -> dict[str, Any]:
