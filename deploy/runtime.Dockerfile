@@ -28,6 +28,8 @@ RUN groupadd --system --gid 10001 pulsestack \
  && useradd --system --uid 10001 --gid pulsestack --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin pulsestack
 COPY --from=build /opt/pulsestack /opt/pulsestack
+# Every service's health check: `healthz PORT` (deploy/healthz), a shell, not an interpreter.
+COPY deploy/healthz /opt/pulsestack/bin/healthz
 # Nothing is written at run time (bytecode compiled at build): a read-only root
 # filesystem works. Secrets come as files (*_FILE variables, /run/secrets).
 ENV PATH=/opt/pulsestack/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
