@@ -9,6 +9,7 @@ and `replaced_peers` are checked here on the answers a cluster gives.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -125,6 +126,13 @@ def test_a_replica_silent_for_longer_than_a_lame_duck_counts_as_gone() -> None:
     assert replaced_peers([lagging], ["nats-1-a", "nats-2-b", "nats-3-d"]) == []
     # Silent on its own node: kept, as an offline one is.
     assert replaced_peers([killed], ["nats-1-a", "nats-2-b", "nats-3-c"]) == []
+    # The killed server led the stream: the new leader never heard from it (active 0, not current).
+    unheard = _info("nats-2-b", {"name": "nats-1-a", "current": True, "active": 3_000_000},
+                    {"name": "nats-3-c", "current": False, "active": 0})
+    assert replaced_peers([unheard], ["nats-1-a", "nats-2-b", "nats-3-d"]) == ["nats-3-c"]
+    caught_up = _info("nats-2-b", {"name": "nats-1-a", "current": True, "active": 3_000_000},
+                      {"name": "nats-3-c", "current": True, "active": 0})
+    assert replaced_peers([caught_up], ["nats-1-a", "nats-2-b", "nats-3-d"]) == []
 
 
 class _ClusterServer:
@@ -175,13 +183,29 @@ async def _until_the_leader_notices(nc: nats.NATS, stream: str) -> None:
         await asyncio.sleep(0.5)
 
 
+async def _make_leader(nc: nats.NATS, stream: str, name: str) -> None:
+    """Moves the stream's leadership to the server `name` (a stepdown that prefers it)."""
+    deadline = time.monotonic() + 30
+    while True:
+        info = json.loads((await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=5)).data)
+        if info.get("cluster", {}).get("leader") == name:
+            return
+        assert time.monotonic() < deadline, f"{name} never became the leader of {stream}: {info.get('cluster')}"
+        with contextlib.suppress(nats.errors.TimeoutError):
+            await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}",
+                             json.dumps({"placement": {"preferred": name}}).encode(), timeout=5)
+        await asyncio.sleep(1)
+
+
 @on_server
-@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
+@pytest.mark.parametrize(("how", "leading"), [(signal.SIGTERM, False), (signal.SIGKILL, False), (signal.SIGKILL, True)],
+                         ids=["stopped", "killed", "killed-while-leading"])
 async def test_streams_healthy_forgets_a_replaced_server_and_waits_for_its_successor(
-        tmp_path: Path, how: signal.Signals) -> None:
+        tmp_path: Path, how: signal.Signals, leading: bool) -> None:
     # What replace_server.yml does to a cluster: nats-3 stops on node c and starts on node d, empty, under a
     # new name; the old name must be removed before the stream can have three current replicas again.
-    # Killed (its VM lost), it is marked offline only minutes later: its silence must do, within a minute.
+    # Killed (its VM lost), it is marked offline only minutes later: its silence must do, within a minute;
+    # when it led the stream, the new leader never heard from it at all.
     ports = [free_port() for _ in range(4)]
     servers = [_ClusterServer(tmp_path, name, ports) for name in ("nats-1-a", "nats-2-b", "nats-3-c", "nats-3-d")]
     for server, port in zip(servers, ports, strict=True):
@@ -204,6 +228,10 @@ async def test_streams_healthy_forgets_a_replaced_server_and_waits_for_its_succe
                     await asyncio.sleep(0.5)
             for i in range(10):
                 await js.publish(f"test.{i}", b"reading")
+            if leading:
+                await _make_leader(nc, "RAW_TEST", replaced.name)
+            elif how == signal.SIGKILL:
+                await _make_leader(nc, "RAW_TEST", first.name)
             replaced.stop(how)
             await _until_the_leader_notices(nc, "RAW_TEST")
         finally:

@@ -20,9 +20,10 @@ class _Ops(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         code = self.status if self.path == "/healthz" else 404
+        # No body: healthz hangs up after the status line.
         self.send_response(code)
+        self.send_header("Content-Length", "0")
         self.end_headers()
-        self.wfile.write(b"ok" if code == 200 else b"not ready")
 
     def log_message(self, *args: object) -> None:
         pass

@@ -86,8 +86,11 @@ def unhealthy(info: dict[str, Any], replicas: int) -> str | None:
 
 
 def _gone(peer: dict[str, Any]) -> bool:
-    """Offline, or silent (`active`: nanoseconds since it last answered) for longer than SILENT_SECONDS."""
-    return bool(peer.get("offline")) or peer.get("active", 0) > SILENT_SECONDS * 1e9
+    """Offline, or silent: `active` (nanoseconds since it last answered the stream's leader) beyond
+    SILENT_SECONDS, or never heard by this leader at all (NATS then reports 0 and not current): after
+    the killed server led the stream, its successor as leader has never heard from it."""
+    active = peer.get("active", 0)
+    return bool(peer.get("offline")) or active > SILENT_SECONDS * 1e9 or (active == 0 and not peer.get("current"))
 
 
 def replaced_peers(infos: list[dict[str, Any]], running: list[str]) -> list[str]:
