@@ -25,7 +25,7 @@
 #   9 backup     backup.yml then restore.yml through an S3 stand-in (moto)
 #  10 migrate    migrate-node-type.yml under traffic: a second generation of
 #                "larger" VMs replaces every node, one at a time; then the old
-#                generation is deleted. About 11 minutes on a 2-core machine;
+#                generation is deleted. About 9–10 minutes on a 2-core machine;
 #                PULSESTACK_PROOF_MIGRATE=0 leaves it out
 #  11 again      site.yml once more: no task reports a change
 #  12 clean      VMs, their volumes, the network, the registry and what the

@@ -116,23 +116,25 @@ def test_replaced_peers_are_offline_names_of_services_running_elsewhere() -> Non
     assert replaced_peers([{"error": {"code": 503}}], ["nats-1-a"]) == []
 
 
-def test_a_replica_silent_for_longer_than_a_lame_duck_counts_as_gone() -> None:
-    # A killed server is marked offline minutes later; its silence (`active`, in ns) tells sooner.
-    killed = _info("nats-1-a", {"name": "nats-2-b", "current": True, "active": 3_000_000},
-                   {"name": "nats-3-c", "current": False, "active": 31_000_000_000})
-    assert replaced_peers([killed], ["nats-1-a", "nats-2-b", "nats-3-d"]) == ["nats-3-c"]
-    lagging = _info("nats-1-a", {"name": "nats-2-b", "current": True, "active": 3_000_000},
-                    {"name": "nats-3-c", "current": False, "active": 29_000_000_000})
-    assert replaced_peers([lagging], ["nats-1-a", "nats-2-b", "nats-3-d"]) == []
+MOVED = ["nats-1-a", "nats-2-b", "nats-3-d"]  # nats-3 runs on node d now
+
+
+@pytest.mark.parametrize(("leader", "old_replica", "running", "forgotten"), [
+    # Killed: marked offline minutes later, but silent (`active`, in ns) beyond a lame duck.
+    ("nats-1-a", {"current": False, "active": 31_000_000_000}, MOVED, ["nats-3-c"]),
+    # Lagging, not yet silent for that long: kept.
+    ("nats-1-a", {"current": False, "active": 29_000_000_000}, MOVED, []),
     # Silent on its own node: kept, as an offline one is.
-    assert replaced_peers([killed], ["nats-1-a", "nats-2-b", "nats-3-c"]) == []
+    ("nats-1-a", {"current": False, "active": 31_000_000_000}, ["nats-1-a", "nats-2-b", "nats-3-c"], []),
     # The killed server led the stream: the new leader never heard from it (active 0, not current).
-    unheard = _info("nats-2-b", {"name": "nats-1-a", "current": True, "active": 3_000_000},
-                    {"name": "nats-3-c", "current": False, "active": 0})
-    assert replaced_peers([unheard], ["nats-1-a", "nats-2-b", "nats-3-d"]) == ["nats-3-c"]
-    caught_up = _info("nats-2-b", {"name": "nats-1-a", "current": True, "active": 3_000_000},
-                      {"name": "nats-3-c", "current": True, "active": 0})
-    assert replaced_peers([caught_up], ["nats-1-a", "nats-2-b", "nats-3-d"]) == []
+    ("nats-2-b", {"current": False, "active": 0}, MOVED, ["nats-3-c"]),
+    ("nats-2-b", {"current": True, "active": 0}, MOVED, []),
+], ids=["silent", "lagging", "silent-on-its-node", "never-heard", "current"])
+def test_a_silent_replica_counts_as_gone(leader: str, old_replica: dict[str, Any], running: list[str],
+                                         forgotten: list[str]) -> None:
+    other = "nats-1-a" if leader == "nats-2-b" else "nats-2-b"
+    info = _info(leader, {"name": other, "current": True, "active": 3_000_000}, {"name": "nats-3-c", **old_replica})
+    assert replaced_peers([info], running) == forgotten
 
 
 class _ClusterServer:
