@@ -117,12 +117,21 @@ _DELETE_GAPS = """
 DELETE FROM gaps g USING unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[]) AS k(p, d, pe, s)
 WHERE g.protocol = k.p AND g.device_id = k.d AND g.from_period_end = k.pe AND g.from_seq = k.s
 """
-_INSERT_RESETS = """
-INSERT INTO meter_events (protocol, device_id, at, seq, kind, from_index, to_index)
+# A reset is keyed by the later of its two readings; a late reading between them moves it (a new earlier
+# side, or a reset that now lies before the late reading), so the row is rewritten or deleted, not kept.
+_UPSERT_RESETS = """
+INSERT INTO meter_events AS e (protocol, device_id, at, seq, kind, from_index, to_index)
 SELECT p, d, at, s, 'reset', fi, ti
 FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[], $5::bigint[], $6::bigint[])
      AS t(p, d, at, s, fi, ti)
-ON CONFLICT DO NOTHING
+ON CONFLICT (protocol, device_id, at, seq, kind) DO UPDATE
+SET from_index = EXCLUDED.from_index, to_index = EXCLUDED.to_index, recorded_at = now()
+WHERE (e.from_index, e.to_index) IS DISTINCT FROM (EXCLUDED.from_index, EXCLUDED.to_index)
+RETURNING xmax = 0 AS inserted
+"""
+_DELETE_RESETS = """
+DELETE FROM meter_events e USING unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[]) AS k(p, d, at, s)
+WHERE e.protocol = k.p AND e.device_id = k.d AND e.at = k.at AND e.seq = k.s AND e.kind = 'reset'
 """
 
 
@@ -240,20 +249,25 @@ def lock_key(protocol: str, device: str) -> int:
 
 
 class _GapWriter:
-    """Collects gap rows keyed by their earlier reading, so the last computation for a key wins."""
+    """Collects what lies between consecutive readings: gap rows keyed by the earlier reading, resets keyed by
+    the later one, so the last computation for a key wins."""
 
     def __init__(self) -> None:
         self.rows: dict[tuple[str, str, int, int], tuple[Point, Gap] | None] = {}
-        self.resets: list[tuple[str, str, Point, Point]] = []
+        self.resets: dict[tuple[str, str, int, int], tuple[Point, Point] | None] = {}
 
-    def put(self, protocol: str, device: str, a: Point, b: Point) -> None:
+    def put(self, protocol: str, device: str, a: Point, b: Point, b_stored_before: bool = False) -> None:
+        """`b_stored_before`: B was already followed by what it now follows, so a reset keyed by B may exist."""
         gap = gap_between(a, b)
         key = (protocol, device, a.period_end, a.seq)
+        reset_key = (protocol, device, b.period_end, b.seq)
         if gap is RESET:
             self.rows[key] = None
-            self.resets.append((protocol, device, a, b))
+            self.resets[reset_key] = (a, b)
         else:
             self.rows[key] = (b, gap) if gap.volume else None
+            if b_stored_before or reset_key in self.resets:
+                self.resets[reset_key] = None
 
     async def flush(self, conn: asyncpg.Connection, deltas: Deltas) -> tuple[int, int]:
         if self.rows:
@@ -282,15 +296,24 @@ class _GapWriter:
                 [ts(g.end) for _, (_, g) in upserts], [g.volume for _, (_, g) in upserts],
                 [g.kind for _, (_, g) in upserts],
             )
-        inserted = 0
-        if self.resets:
-            status = await conn.execute(
-                _INSERT_RESETS,
-                [r[0] for r in self.resets], [r[1] for r in self.resets], [ts(r[3].period_end) for r in self.resets],
-                [r[3].seq for r in self.resets], [r[2].index for r in self.resets], [r[3].index for r in self.resets],
+        return len(upserts), await self._flush_resets(conn)
+
+    async def _flush_resets(self, conn: asyncpg.Connection) -> int:
+        """Writes the resets; returns how many are new."""
+        gone = [k for k, v in self.resets.items() if v is None]
+        if gone:
+            await conn.execute(
+                _DELETE_RESETS, [k[0] for k in gone], [k[1] for k in gone], [ts(k[2]) for k in gone],
+                [k[3] for k in gone],
             )
-            inserted = int(status.rsplit(" ", 1)[1])
-        return len(upserts), inserted
+        resets = [(k, v) for k, v in self.resets.items() if v is not None]
+        if not resets:
+            return 0
+        written = await conn.fetch(
+            _UPSERT_RESETS, [k[0] for k, _ in resets], [k[1] for k, _ in resets], [ts(k[2]) for k, _ in resets],
+            [k[3] for k, _ in resets], [a.index for _, (a, _) in resets], [b.index for _, (_, b) in resets],
+        )
+        return sum(1 for row in written if row["inserted"])
 
 
 async def write_pulses(conn: asyncpg.Connection, items: list[PulseItem], replay: bool = False) -> PulseOutcome:
@@ -412,7 +435,7 @@ async def _update_history(
             if before is not None:
                 gaps.put(r.protocol, r.device, before, point)
             if after is not None:
-                gaps.put(r.protocol, r.device, point, after)
+                gaps.put(r.protocol, r.device, point, after, b_stored_before=True)
     written, resets = await gaps.flush(conn, deltas)
     for (protocol, device), state in states.items():
         _judge(protocol, device, state, alerts, replay)
