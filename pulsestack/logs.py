@@ -33,6 +33,18 @@ def configure(service: str, level: str = "info") -> None:
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(service=service)
+    # Libraries log through the standard library (aiohttp, asyncio): their lines become JSON lines too.
+    root = logging.getLogger()
+    root.handlers = [_ToStructlog()]
+    root.setLevel(numeric)
+
+
+class _ToStructlog(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        fields: dict[str, Any] = {"logger": record.name}
+        if record.exc_info:
+            fields["exc_info"] = record.exc_info
+        structlog.get_logger(record.name).log(record.levelno, record.getMessage(), **fields)
 
 
 def get_logger(name: str) -> Any:

@@ -66,6 +66,14 @@ notification_seconds = Histogram(
 silent_sweep_seconds = Histogram(
     "pulsestack_silent_sweep_seconds", "One sweep over all device states", buckets=LATENCY_BUCKETS
 )
+http_connections_open = Gauge(
+    "pulsestack_http_connections_open", "Client connections open on an HTTP service", ["service"]
+)
+http_connections_refused = Counter(
+    "pulsestack_http_connections_refused",
+    "Client connections closed by a limit: too_many (answered 503), header_timeout or body_timeout (408)",
+    ["service", "reason"],
+)
 registry_devices = Gauge(
     "pulsestack_registry_devices", "Registered, enabled devices known to this ingester", ["protocol"]
 )

@@ -10,6 +10,7 @@ from aiohttp import web
 from api.config import ApiConfig
 from api.handlers import ReadApi, error
 from pulsestack import ops
+from pulsestack.http import serve_app
 from pulsestack.logs import get_logger
 from pulsestack.store.db import create_pool
 from pulsestack.tokens import Tokens
@@ -45,9 +46,7 @@ async def serve(config: ApiConfig, stop: asyncio.Event) -> None:
         return None
 
     ops.add_routes(app, ready)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, config.host, config.port, reuse_address=True).start()
+    runner = await serve_app(app, "api", config.host, config.port, config.http)
     log.info("api started", port=config.port)
     while not stop.is_set():
         try:

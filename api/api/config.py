@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pulsestack.config import CommonConfig, ConfigError, database_url, env_int, env_str
+from pulsestack.http import HttpLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -13,6 +14,7 @@ class ApiConfig:
     database_url: str
     host: str
     port: int
+    http: HttpLimits
     tokens_file: Path | None
     tokens_inline: tuple[str, ...]
     max_points: int
@@ -28,6 +30,7 @@ class ApiConfig:
             database_url=database_url(),
             host=env_str("PULSESTACK_API_HOST", "0.0.0.0"),
             port=env_int("PULSESTACK_API_PORT", 8080),
+            http=HttpLimits.from_env(),
             tokens_file=Path(tokens_file) if tokens_file else None,
             tokens_inline=inline,
             # A year of hours: enough for a chart, bounded for the database.

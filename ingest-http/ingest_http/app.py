@@ -10,6 +10,7 @@ from aiohttp import web
 from ingest_http.config import HttpIngestConfig
 from ingest_http.handler import PROTOCOL, SigfoxCallbacks, json_response
 from pulsestack import metrics, ops
+from pulsestack.http import serve_app
 from pulsestack.ingest import IngestBus
 from pulsestack.logs import get_logger
 from pulsestack.tokens import Tokens
@@ -48,9 +49,8 @@ async def serve(config: HttpIngestConfig, stop: asyncio.Event) -> None:
     app = web.Application(middlewares=[count_wrong_methods], client_max_size=64 * 1024)
     app.router.add_post("/v1/sigfox", callbacks.handle)
     ops.add_routes(app, bus.ready)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.answer_within + 1)
-    await runner.setup()
-    await web.TCPSite(runner, config.host, config.port, reuse_address=True, backlog=1024).start()
+    runner = await serve_app(app, "ingest-http", config.host, config.port, config.http,
+                             shutdown_timeout=config.answer_within + 1)
     bus.follow_registry(stop)
     reloading = asyncio.create_task(_reload_tokens(tokens, stop))
     log.info("ingest-http started", port=config.port)

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pulsestack.config import CommonConfig, ConfigError, env_float, env_int, env_str
+from pulsestack.http import HttpLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -12,6 +13,7 @@ class HttpIngestConfig:
     common: CommonConfig
     host: str
     port: int
+    http: HttpLimits
     tokens_file: Path | None
     tokens_inline: tuple[str, ...]
     max_age_seconds: float
@@ -29,6 +31,7 @@ class HttpIngestConfig:
             common=CommonConfig.from_env("ingest-http"),
             host=env_str("PULSESTACK_HTTP_HOST", "0.0.0.0"),
             port=env_int("PULSESTACK_HTTP_PORT", 7070),
+            http=HttpLimits.from_env(),
             tokens_file=Path(tokens_file) if tokens_file else None,
             tokens_inline=inline,
             max_age_seconds=env_float("PULSESTACK_MAX_AGE", 30 * 86_400),

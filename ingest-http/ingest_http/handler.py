@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from typing import Any
 
@@ -13,12 +12,13 @@ from aiohttp import web
 from pulsestack import metrics
 from pulsestack.bus.publisher import PublishError, ReadingGrouper
 from pulsestack.bus.quarantine import Quarantine
+from pulsestack.http import BodyIncomplete, BodyTimeout, read_body
 from pulsestack.logs import RateLimitedLog, get_logger
 from pulsestack.registry.membership import Membership
 from pulsestack.tokens import Tokens
 from pulsestack.wire import sigfox
 from pulsestack.wire.errors import CodecError
-from pulsestack.wire.reading import clock_problem
+from pulsestack.wire.reading import clock_problem, trace_id_or_new
 
 PROTOCOL = sigfox.PROTOCOL
 MAX_BODY = 4096
@@ -69,12 +69,14 @@ class SigfoxCallbacks:
             self._reject(request, "too_large", f"{request.content_length} bytes")
             return json_response({"error": "too_large", "detail": f"at most {MAX_BODY} bytes"}, 413)
         try:
-            raw = await request.content.readexactly(request.content_length) if request.content_length else (
-                await request.content.read(MAX_BODY + 1)
-            )
-        except asyncio.IncompleteReadError:
-            self._reject(request, "bad_json", "body shorter than Content-Length")
+            raw = await read_body(request, MAX_BODY)
+        except BodyIncomplete as exc:
+            self._reject(request, "bad_json", f"body shorter than announced: {exc}")
             return json_response({"error": "bad_json", "field": None, "detail": "truncated body"}, 400)
+        except BodyTimeout:
+            response = json_response({"error": "timeout", "detail": "body not received in time"}, 408)
+            response.force_close()
+            return response
         if len(raw) > MAX_BODY:
             self._reject(request, "too_large", "chunked body over the limit")
             return json_response({"error": "too_large", "detail": f"at most {MAX_BODY} bytes"}, 413)
@@ -84,9 +86,9 @@ class SigfoxCallbacks:
             self._reject(request, "bad_json", str(exc))
             return json_response({"error": "bad_json", "field": None, "detail": str(exc)}, 400)
         received_at = time.time()
-        trace_id = request.headers.get("X-Trace-Id") or os.urandom(8).hex()
+        trace_id = trace_id_or_new(request.headers.get("X-Trace-Id"))
         try:
-            reading = sigfox.decode_callback(body, received_at, trace_id[:64])
+            reading = sigfox.decode_callback(body, received_at, trace_id)
         except CodecError as exc:
             self._reject(request, exc.reason, exc.detail, field=exc.field)
             if exc.reason == "payload":

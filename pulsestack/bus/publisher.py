@@ -182,19 +182,25 @@ class ReadingGrouper:
             task.add_done_callback(self._tasks.discard)
 
     async def _publish(self, subject: str, group: list[tuple[Reading, asyncio.Future[Stored]]]) -> None:
-        readings = [reading for reading, _ in group]
-        data = encode_raw(readings)
-        # A lone reading gets the documented id so JetStream dedupes its retransmissions;
-        # a group's id is its content hash, so only a republish of the same group dedupes
-        # there and the database's unique keys handle the rest.
-        msg_id = readings[0].msg_id if len(readings) == 1 else "g:" + hashlib.blake2b(data, digest_size=16).hexdigest()
-        headers = {MSG_ID: msg_id, TRACE_ID: readings[0].trace_id, ENVELOPE: "raw/1"}
+        # Whatever fails here (encoding included) fails every reading of the group, so each caller gets
+        # its answer and the pending count stays exact.
         try:
+            readings = [reading for reading, _ in group]
+            data = encode_raw(readings)
+            # A lone reading gets the documented id so JetStream dedupes its retransmissions;
+            # a group's id is its content hash, so only a republish of the same group dedupes
+            # there and the database's unique keys handle the rest.
+            msg_id = (readings[0].msg_id if len(readings) == 1
+                      else "g:" + hashlib.blake2b(data, digest_size=16).hexdigest())
+            headers = {MSG_ID: msg_id, TRACE_ID: readings[0].trace_id, ENVELOPE: "raw/1"}
             ack = await self._publisher.publish(subject, data, headers, self._stream)
-        except PublishError as exc:
+        except BaseException as exc:
+            failure = exc if isinstance(exc, PublishError) else PublishError(f"not published: {exc!r}")
             for _, future in group:
                 if not future.done():
-                    future.set_exception(exc)
+                    future.set_exception(failure)
+            if not isinstance(exc, Exception):
+                raise  # cancelled: the callers have their answer, the task still ends as cancelled
         else:
             result = Stored(ack.duplicate)
             for _, future in group:

@@ -6,6 +6,9 @@ times cheaper to encode and decode than JSON for the same content.
 
 from __future__ import annotations
 
+import math
+import os
+import re
 from enum import IntFlag
 
 import msgspec
@@ -13,6 +16,7 @@ import msgspec
 ENVELOPE_VERSION = 1
 ALLOWED_BUCKET_SECONDS = frozenset({60, 300, 600, 900, 1800, 3600})
 MAX_BUCKETS = 240
+MetaValue = str | int | float | bool | None
 
 
 class Flags(IntFlag):
@@ -40,7 +44,7 @@ class Reading(msgspec.Struct, array_like=True, frozen=True):
     received_at: float  # ingester clock, Unix seconds
     trace_id: str
     payload: bytes = b""  # the bytes as received, kept in raw_messages
-    meta: dict[str, str | int | float | bool | None] | None = None
+    meta: dict[str, MetaValue] | None = None
 
     @property
     def first_bucket_start(self) -> int:
@@ -102,6 +106,51 @@ def decode_pulse(data: bytes) -> PulseEnvelope:
 
 
 DAY_SECONDS = 86_400
+MAX_TEXT = 64
+# What a trace id may be: it travels in a NATS header and the logs, so no spaces, controls or separators.
+_TRACE_ID_RE = re.compile(r"[0-9A-Za-z._:-]{1,64}")
+
+
+def new_trace_id() -> str:
+    return os.urandom(8).hex()
+
+
+def trace_id_or_new(untrusted: str | None) -> str:
+    """A client's trace id when it is a safe one; any other (control characters, non-UTF-8 bytes, too long)
+    is replaced, since tracing is ours to do and no reason to refuse a reading."""
+    if untrusted and _TRACE_ID_RE.fullmatch(untrusted):
+        return untrusted
+    return new_trace_id()
+
+
+def text_problem(value: str) -> str | None:
+    """Why a text field cannot be stored (PostgreSQL text and jsonb refuse NUL, msgpack lone surrogates),
+    or None. Only printable characters pass: a device's metadata has no use for controls or formatting."""
+    if len(value) > MAX_TEXT:
+        return f"at most {MAX_TEXT} characters"
+    if not value.isprintable():
+        return "printable characters only"
+    return None
+
+
+def meta_problem(meta: dict[str, MetaValue] | None) -> str | None:
+    """Why a reading's metadata cannot be stored, or None."""
+    for name, value in (meta or {}).items():
+        problem = text_problem(name) or value_problem(value)
+        if problem:
+            return f"meta {name!r}: {problem}"
+    return None
+
+
+def value_problem(value: MetaValue) -> str | None:
+    """Why one metadata value cannot be stored (jsonb, msgpack), or None."""
+    if isinstance(value, str):
+        return text_problem(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "finite number expected"
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        return "number out of range"
+    return None
 
 
 def invariant_problem(r: Reading) -> str | None:
@@ -121,9 +170,9 @@ def invariant_problem(r: Reading) -> str | None:
         return f"seq {r.seq} out of range"
     if not 0 < r.device_time < 2**32 or not 0 < r.period_end < 2**32:
         return f"device time {r.device_time} out of range"
-    if not r.device or not r.device.isalnum():
+    if not r.device or not r.device.isascii() or not r.device.isalnum():
         return "device id"
-    return None
+    return meta_problem(r.meta)
 
 
 def clock_problem(device_time: int, now: float, max_age_seconds: float) -> str | None:

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from pulsestack.wire.errors import CodecError
-from pulsestack.wire.reading import Flags, Reading
+from pulsestack.wire.reading import Flags, MetaValue, Reading, value_problem
 
 PROTOCOL = "sigfox"
 PAYLOAD_SIZE = 12
@@ -80,10 +80,15 @@ def decode_callback(body: Any, received_at: float, trace_id: str) -> Reading:
     data = _field(body, "data", str)
     if not _HEX_RE.fullmatch(data):
         raise CodecError("bad_field", "hex string expected", field="data")
-    meta: dict[str, str | int | float | bool | None] = {}
+    meta: dict[str, MetaValue] = {}
     for name, kind in _OPTIONAL_META.items():
         if name in body and body[name] is not None:
-            meta[name] = _field(body, name, kind)
+            value = _field(body, name, kind)
+            # Stored in raw_messages.meta (jsonb) and carried in msgpack: both refuse some values.
+            problem = value_problem(value)
+            if problem:
+                raise CodecError("bad_field", problem, field=name)
+            meta[name] = value
     if "duplicate" in body:
         if not isinstance(body["duplicate"], bool):
             raise CodecError("bad_field", "expected bool", field="duplicate")
