@@ -12,11 +12,18 @@ from pathlib import Path
 import asyncpg
 import nats
 import pytest
+from hypothesis import settings
 from nats.aio.client import Client as NATS
 
 from pulsestack_cli.local import LocalStack
 
 REQUIRE_ALL = os.environ.get("PULSESTACK_REQUIRE_ALL") == "1"
+
+# CI runs the same examples every time (each test's max_examples is its budget): a failure there is one
+# anybody can reproduce; a developer's run explores new ones.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -261,8 +261,13 @@ async def loaded(rawdata_url: str, headers: dict[str, str] | None = None) -> dic
     deadline = time.monotonic() + 20
     async with client(headers=headers) as http:
         while True:
-            async with http.get(rawdata_url) as response:
-                data: dict[str, Any] = await response.json() if response.status == 200 else {}
+            data: dict[str, Any] = {}
+            try:
+                async with http.get(rawdata_url) as response:
+                    if response.status == 200:
+                        data = await response.json()
+            except aiohttp.ClientConnectionError:
+                pass  # its TLS certificates are not loaded yet either: the SNI-strict handshake fails
             if any(name.endswith("@file") for name in data.get("middlewares", {})) or time.monotonic() > deadline:
                 return data
             await asyncio.sleep(0.2)
