@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from nats.aio.client import Client as NATS
 
-from pulsestack.bus.publisher import PublishError, Publisher, ReadingGrouper
+from pulsestack.bus.publisher import Publisher, PublishError, ReadingGrouper
 from pulsestack.bus.streams import RAW
 from pulsestack.wire.reading import Reading
 from tests.helpers import now_aligned
