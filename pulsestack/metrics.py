@@ -58,6 +58,13 @@ stream_pending = Gauge(
 stream_ack_pending = Gauge(
     "pulsestack_stream_ack_pending", "Messages delivered but not yet acknowledged", ["stream", "consumer"]
 )
+stream_oldest_unprocessed = Gauge(
+    "pulsestack_stream_oldest_unprocessed_seconds",
+    "Age of the oldest message a consumer has not acknowledged (0 when it has processed everything)",
+    ["stream", "consumer"],
+)
+stream_bytes = Gauge("pulsestack_stream_bytes", "Bytes a stream holds", ["stream"])
+stream_max_bytes = Gauge("pulsestack_stream_max_bytes", "A stream's byte limit", ["stream"])
 alerts = Counter("pulsestack_alerts", "Alert events published, by kind", ["kind", "event"])
 notifications = Counter("pulsestack_notifications", "Webhook deliveries by outcome", ["outcome"])
 notification_seconds = Histogram(
@@ -73,6 +80,16 @@ http_connections_refused = Counter(
     "pulsestack_http_connections_refused",
     "Client connections closed by a limit: too_many (answered 503), header_timeout or body_timeout (408)",
     ["service", "reason"],
+)
+partitions_ahead = Gauge(
+    "pulsestack_partitions_ahead_months", "Months from this month to the last monthly partition", ["table"]
+)
+default_partition_rows = Gauge(
+    "pulsestack_default_partition_rows", "Rows in a table's default partition (none when maintenance runs)",
+    ["table"],
+)
+maintenance_last_success = Gauge(
+    "pulsestack_maintenance_last_success_timestamp_seconds", "When this instance last finished a maintenance run"
 )
 registry_devices = Gauge(
     "pulsestack_registry_devices", "Registered, enabled devices known to this ingester", ["protocol"]

@@ -11,7 +11,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from pulsestack.bus.quarantine import decode_record
-from pulsestack.bus.streams import QUARANTINE, RAW
+from pulsestack.bus.streams import QUARANTINE, RAW, RAW_CONSUMER
 from pulsestack.wire import sigfox
 from pulsestack_cli.local import LocalStack
 from tests.helpers import UdpDevice, device_key, eventually, metric, now_aligned, register, run_cli, unique_number
@@ -121,6 +121,16 @@ async def test_stream_full_means_no_ack_and_503(stack: LocalStack, nc: NATS) -> 
     sig = f"{unique_number(0x3C000000):X}"
     await register(stack, "sigfox", [sig])
     js = nc.jetstream()
+    # RAW is a work queue: with its processor stopped, what it holds stays, and a limit of exactly that is full.
+    stack.services["raw-processor"].stop()
+    assert await device.send(seq=7) == (7, 0)
+
+    async def only_unprocessed_left() -> bool:
+        # RAW lets go of a processed message once the replay copy's source has it too, a few seconds later.
+        pending = await js.consumer_info(RAW, RAW_CONSUMER)
+        return (await js.stream_info(RAW)).state.messages == pending.num_pending + pending.num_ack_pending
+
+    await eventually(only_unprocessed_left, timeout=30)
     info = await js.stream_info(RAW)
     config = info.config
     original = config.max_msgs
@@ -135,6 +145,7 @@ async def test_stream_full_means_no_ack_and_503(stack: LocalStack, nc: NATS) -> 
     finally:
         config.max_msgs = original
         await js.update_stream(config)
+        stack.services["raw-processor"].start()
     assert await device.send(wait=3.0) == (1, 0)
     device.close()
 

@@ -9,7 +9,7 @@ import asyncpg
 from alerting.config import AlertingConfig
 from alerting.notifier import Notifier
 from alerting.sweep import Sweeper
-from pulsestack import ops
+from pulsestack import metrics, ops
 from pulsestack.bus.alerts import publish_pending
 from pulsestack.bus.consumer import BatchConsumer, ConsumerSettings
 from pulsestack.bus.publisher import Publisher
@@ -17,6 +17,7 @@ from pulsestack.bus.streams import ALERTS, NOTIFIER_CONSUMER, NOTIFIER_MAX_DELIV
 from pulsestack.logs import get_logger
 from pulsestack.service import connect_nats
 from pulsestack.store.db import create_pool
+from pulsestack.store.maintenance import maintain
 
 log = get_logger(__name__)
 
@@ -42,11 +43,36 @@ async def _sweep_loop(pool: asyncpg.Pool, publisher: Publisher, config: Alerting
             pass
 
 
+async def _maintenance_loop(pool: asyncpg.Pool, config: AlertingConfig, stop: asyncio.Event) -> None:
+    """Partitions ahead and retention, on a schedule; one instance runs at a time (pulsestack/store/maintenance.py)."""
+    metrics.maintenance_last_success.set(0)
+    while not stop.is_set():
+        try:
+            async with pool.acquire() as conn:
+                report = await maintain(conn, config.retention, config.months_ahead)
+            if report.ran:
+                for table, months in report.months_ahead.items():
+                    metrics.partitions_ahead.labels(table).set(months)
+                for table, rows in report.default_rows.items():
+                    metrics.default_partition_rows.labels(table).set(rows)
+                metrics.maintenance_last_success.set(report.finished_at)
+                log.info("maintenance done", dropped=report.dropped, deleted=report.deleted,
+                         months_ahead=report.months_ahead, default_rows=report.default_rows)
+        except Exception as exc:
+            # The next run retries; MaintenanceNotRunning fires if none succeeds for a day.
+            log.warning("maintenance failed; the next run retries", error=f"{type(exc).__name__}: {exc}")
+        try:
+            await asyncio.wait_for(stop.wait(), config.maintenance_every)
+        except TimeoutError:
+            pass
+
+
 async def serve(config: AlertingConfig, stop: asyncio.Event) -> None:
     nc = await connect_nats(config.common, "alerting")
     publisher = Publisher(nc)
     await publisher.start()
-    pool = await create_pool(config.database_url, size=2, keyed_lookups=False)
+    # Sweeps and the outbox, and the maintenance run beside them.
+    pool = await create_pool(config.database_url, size=3, keyed_lookups=False)
     notifier = Notifier(config.webhook_url, config.webhook_secret, config.webhook_timeout)
     consumer = BatchConsumer(
         nc.jetstream(), publisher, ConsumerSettings(
@@ -64,10 +90,12 @@ async def serve(config: AlertingConfig, stop: asyncio.Event) -> None:
 
     runner = await ops.serve(config.ops_host, config.ops_port, ready)
     sweeper = asyncio.create_task(_sweep_loop(pool, publisher, config, stop))
+    maintenance = asyncio.create_task(_maintenance_loop(pool, config, stop))
     log.info("alerting started", webhook=bool(config.webhook_url), sweep_every=config.sweep_every)
     try:
         await consumer.run(stop)
         await sweeper
+        await maintenance
     finally:
         await notifier.close()
         await publisher.stop()

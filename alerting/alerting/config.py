@@ -4,6 +4,7 @@ import os
 from dataclasses import dataclass
 
 from pulsestack.config import CommonConfig, database_url, env_float, env_int, env_str, secret
+from pulsestack.store.maintenance import MONTHS_AHEAD, Retention
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +18,9 @@ class AlertingConfig:
     webhook_url: str | None
     webhook_secret: bytes
     webhook_timeout: float
+    maintenance_every: float
+    months_ahead: int
+    retention: Retention
 
     @classmethod
     def from_env(cls) -> AlertingConfig:
@@ -33,4 +37,7 @@ class AlertingConfig:
             webhook_url=url,
             webhook_secret=secret("PULSESTACK_WEBHOOK_SECRET").encode() if has_secret else b"",
             webhook_timeout=env_float("PULSESTACK_WEBHOOK_TIMEOUT", 10.0),
+            maintenance_every=env_float("PULSESTACK_MAINTENANCE_INTERVAL", 3600.0),
+            months_ahead=env_int("PULSESTACK_PARTITIONS_AHEAD", MONTHS_AHEAD),
+            retention=Retention.from_env(),
         )

@@ -17,7 +17,8 @@ from pulsestack.config import database_url
 from pulsestack.logs import configure
 from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET
-from pulsestack.store.migrate import drop_partitions_before, ensure_partitions, migrate, set_role_passwords
+from pulsestack.store.maintenance import MONTHS_AHEAD, Retention, maintain
+from pulsestack.store.migrate import migrate, set_role_passwords
 from pulsestack_cli import jetstream as jetstream_cmd
 from pulsestack_cli import quarantine as quarantine_cmd
 from pulsestack_cli.connections import connect
@@ -53,19 +54,19 @@ async def cmd_setup(args: argparse.Namespace) -> int:
 
 
 async def cmd_maintain(args: argparse.Namespace) -> int:
-    import datetime as dt
-
+    retention = Retention.every_table(args.retention_months) if args.retention_months is not None else (
+        Retention.from_env())
     conn = await asyncpg.connect(database_url())
     try:
-        await ensure_partitions(conn, months_ahead=args.months_ahead)
-        dropped: list[str] = []
-        if args.retention_months:
-            today = dt.datetime.now(dt.UTC).date()
-            index = today.year * 12 + today.month - 1 - args.retention_months
-            dropped = await drop_partitions_before(conn, dt.date(index // 12, index % 12 + 1, 1))
+        report = await maintain(conn, retention, months_ahead=args.months_ahead)
     finally:
         await conn.close()
-    print(f"partitions ensured {args.months_ahead} months ahead; dropped: {', '.join(dropped) or 'none'}")
+    if not report.ran:
+        print("another maintenance run is in progress (the alerting service's, most likely); nothing done")
+        return 0
+    trimmed = ", ".join(f"{table} {n}" for table, n in report.deleted.items() if n) or "none"
+    print(f"partitions ensured {args.months_ahead} months ahead; dropped: {', '.join(report.dropped) or 'none'}; "
+          f"rows past retention deleted: {trimmed}")
     return 0
 
 
@@ -136,9 +137,12 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="apply database migrations (safe to run from several replicas)")
     sub.add_parser("setup", help="migrate, then create streams, consumers and the registry bucket")
-    maintain = sub.add_parser("maintain", help="create partitions ahead, drop those past retention")
-    maintain.add_argument("--months-ahead", type=int, default=3)
-    maintain.add_argument("--retention-months", type=int, default=0, help="0 keeps everything")
+    maintain = sub.add_parser(
+        "maintain", help="what the alerting service runs hourly: partitions ahead, retention of every table")
+    maintain.add_argument("--months-ahead", type=int, default=MONTHS_AHEAD)
+    maintain.add_argument("--retention-months", type=int, default=None,
+                          help="one retention for every table (0 keeps everything); default: "
+                               "PULSESTACK_RETENTION_<TABLE>_MONTHS, see docs/durability.md")
 
     devices = sub.add_parser("devices", help="the device registry")
     dsub = devices.add_subparsers(dest="action", required=True)

@@ -13,7 +13,7 @@ from pulsestack import metrics, ops
 from pulsestack.bus.consumer import TRANSIENT, BatchConsumer, ConsumerSettings, report_backlog
 from pulsestack.bus.publisher import Publisher
 from pulsestack.bus.quarantine import Quarantine
-from pulsestack.bus.streams import PULSE_CONSUMER, PULSES, RAW, RAW_CONSUMER
+from pulsestack.bus.streams import PULSE_CONSUMER, PULSES, RAW, RAW_CONSUMER, RAW_REPLAY
 from pulsestack.logs import get_logger
 from pulsestack.service import connect_nats
 from pulsestack.store.db import create_pool
@@ -69,7 +69,9 @@ async def serve(config: ProcessorConfig, stop: asyncio.Event) -> None:
         return None
 
     runner = await ops.serve(config.ops_host, config.ops_port, ready)
-    backlog = asyncio.create_task(report_backlog(js, stream, durable, stop))
+    # The raw stage also watches the replay copy its stream feeds.
+    also = (RAW_REPLAY,) if stream == RAW else ()
+    backlog = asyncio.create_task(report_backlog(js, stream, durable, stop, also))
     log.info("processor started", stage=config.stage, ops_port=config.ops_port)
     try:
         await consumer.run(stop)  # returns after the in-flight batch is acknowledged

@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 
 from processors.stage import Entry, Stage
 from pulsestack import faults, metrics
-from pulsestack.bus.publisher import MSG_ID, TRACE_ID, Publisher
+from pulsestack.bus.publisher import MSG_ID, TRACE_ID, Publisher, PublishError
 from pulsestack.bus.quarantine import Quarantine
 from pulsestack.bus.streams import PULSES
 from pulsestack.store.raw import RawRow, insert_readings
@@ -63,6 +63,12 @@ class RawStage(Stage[Reading, list[RawRow]]):
         results = await asyncio.gather(
             *(self._publish_pulses(protocol, msgs, chunk) for protocol, chunk in chunks), return_exceptions=True
         )
+        refused = [r for r in results if isinstance(r, PublishError)]
+        if refused:
+            # PULSES is full (its consumer is behind) or the bus is down: not these messages' fault, so no
+            # redelivery is spent. The batch stays in hand and is retried whole (its rows are found stored,
+            # its pulse messages dedupe); RAW fills meanwhile, and ingest refuses past its budget.
+            raise refused[0]
         for (_, chunk), result in zip(chunks, results, strict=True):
             if isinstance(result, BaseException):
                 for i, _ in chunk:

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerInfo
+from nats.js.errors import NotFoundError
 
 from pulsestack import metrics
 from pulsestack.bus.publisher import Publisher, PublishError
@@ -174,16 +177,39 @@ class BatchConsumer:
         log.error("message moved to DEAD", stage=s.stage, seq=msg.metadata.sequence.stream, error=error)
 
 
-async def report_backlog(js: JetStreamContext, stream: str, durable: str, stop: asyncio.Event) -> None:
-    """Keeps pulsestack_stream_pending current, so alerts work without the NATS exporter."""
+async def report_backlog(
+    js: JetStreamContext, stream: str, durable: str, stop: asyncio.Event, also: tuple[str, ...] = ()
+) -> None:
+    """Keeps the backlog gauges current, so alerts work without the NATS exporter: the consumer's pending
+    counts, the age of its oldest unprocessed message, and how full its stream (and `also`) are."""
     while not stop.is_set():
         try:
             info = await js.consumer_info(stream, durable)
             metrics.stream_pending.labels(stream, durable).set(info.num_pending or 0)
             metrics.stream_ack_pending.labels(stream, durable).set(info.num_ack_pending or 0)
+            metrics.stream_oldest_unprocessed.labels(stream, durable).set(await _oldest_unprocessed_age(js, info))
+            for name in (stream, *also):
+                state = await js.stream_info(name)
+                metrics.stream_bytes.labels(name).set(state.state.bytes)
+                metrics.stream_max_bytes.labels(name).set(state.config.max_bytes or 0)
         except Exception as exc:
-            log.debug("consumer info unavailable", error=str(exc))
+            log.debug("stream or consumer info unavailable", error=str(exc))
         await _sleep_or_stop(stop, 5.0)
+
+
+async def _oldest_unprocessed_age(js: JetStreamContext, info: ConsumerInfo) -> float:
+    """Seconds since the oldest message the consumer has not acknowledged was stored; 0 when none is left."""
+    if not (info.num_pending or info.num_ack_pending):
+        return 0.0
+    first = (info.ack_floor.stream_seq or 0 if info.ack_floor else 0) + 1
+    subject = (info.config.filter_subject if info.config else None) or ">"
+    try:
+        msg = await js.get_msg(info.stream_name, first, subject=subject, next=True)
+    except NotFoundError:
+        return 0.0
+    if msg.time is None:
+        return 0.0
+    return max(0.0, time.time() - msg.time.timestamp())
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

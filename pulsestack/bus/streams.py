@@ -1,8 +1,17 @@
-"""The streams, their limits and the processors' durable consumers.
+"""The streams, their sizing and the processors' durable consumers.
 
-Limits are sized for at least a day of peak traffic; `discard: new` means a
-full stream refuses new messages (ingesters then stop acknowledging) instead of
-silently dropping old ones it had already acknowledged.
+RAW and PULSES are work queues: a message leaves when its stage has acknowledged it, so what they hold is
+the backlog, never data already stored. RAW_REPLAY copies RAW (a stream source, server-side) and keeps it
+for the replay window: what a database restored to an earlier point needs again. Sizing follows from the
+provisioned peak rate (docs/durability.md):
+
+- RAW and PULSES hold `backlog` seconds of peak traffic; past that, with `discard: new`, they refuse, the
+  raw stage holds its batch, and ingesters stop acknowledging: backpressure, never a drop;
+- RAW_REPLAY holds `replay window` seconds of peak traffic (its age limit) and drops its oldest past that:
+  it is a copy of what PostgreSQL already holds.
+
+`setup` refuses limits that cannot hold the peak for their window, and migrates RAW and PULSES from the
+limits retention of earlier versions once their consumers have nothing left to process.
 """
 
 from __future__ import annotations
@@ -18,13 +27,15 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamSource,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import NotFoundError
 
-from pulsestack.config import env_float, env_int
+from pulsestack.config import ConfigError, env_float, env_int
 from pulsestack.registry.membership import BUCKET as REGISTRY_BUCKET
 
 RAW = "RAW"
+RAW_REPLAY = "RAW_REPLAY"
 PULSES = "PULSES"
 QUARANTINE = "QUARANTINE"
 DEAD = "DEAD"
@@ -34,38 +45,79 @@ PULSE_CONSUMER = "pulse-processor"
 NOTIFIER_CONSUMER = "notifier"
 NOTIFIER_MAX_DELIVER = 50
 GIB = 1024**3
+HOUR = 3600.0
 DAY = 86_400.0
+# Stream bytes per reading, message overhead included, at low rates where a RAW message carries one reading
+# (at high rates groups share it): measured by tests/test_streams_over_time.py, with headroom.
+RAW_BYTES_PER_READING = 320
+PULSE_BYTES_PER_READING = 160
+
+
+class SetupError(Exception):
+    """The bus cannot be set up as asked; the message says what to change or do."""
 
 
 @dataclass(frozen=True, slots=True)
 class BusLimits:
     replicas: int
+    peak_rate: float  # readings/s the deployment is provisioned for
+    backlog_seconds: float  # how far the processors may fall behind at peak before ingest refuses
+    replay_seconds: float  # how long RAW_REPLAY keeps readings for a database restore
     raw_max_bytes: int
     pulses_max_bytes: int
-    max_age_seconds: float
+    replay_max_bytes: int
     duplicate_window_seconds: float
     max_deliver: int
     ack_wait_seconds: float
 
     @classmethod
     def from_env(cls) -> BusLimits:
-        return cls(
+        peak = env_float("PULSESTACK_PEAK_RATE", 1000.0)  # the reference peak: 3.6 M meters reporting hourly
+        backlog = env_float("PULSESTACK_BACKLOG_WINDOW", 6 * HOUR)
+        # The WAL archive's lag (docs/durability.md) is minutes; half a day also covers a restore decided late.
+        replay = env_float("PULSESTACK_REPLAY_WINDOW", 12 * HOUR)
+        limits = cls(
             # 1 on a single node (see docs/durability.md), 3 on the swarm.
             replicas=env_int("PULSESTACK_STREAM_REPLICAS", 1),
-            # ~100 B per reading: 16 GiB holds 24 h at ~2,000 readings/s, twice the reference peak.
-            raw_max_bytes=env_int("PULSESTACK_RAW_MAX_BYTES", 16 * GIB),
-            pulses_max_bytes=env_int("PULSESTACK_PULSES_MAX_BYTES", 16 * GIB),
-            max_age_seconds=env_float("PULSESTACK_STREAM_MAX_AGE", 3 * DAY),
+            peak_rate=peak,
+            backlog_seconds=backlog,
+            replay_seconds=replay,
+            raw_max_bytes=env_int("PULSESTACK_RAW_MAX_BYTES", needed(peak, backlog, RAW_BYTES_PER_READING)),
+            pulses_max_bytes=env_int("PULSESTACK_PULSES_MAX_BYTES", needed(peak, backlog, PULSE_BYTES_PER_READING)),
+            replay_max_bytes=env_int("PULSESTACK_REPLAY_MAX_BYTES", needed(peak, replay, RAW_BYTES_PER_READING)),
             # Sigfox retries span 7 minutes, devices retransmit for about a minute.
             duplicate_window_seconds=env_float("PULSESTACK_DUPLICATE_WINDOW", 20 * 60),
             max_deliver=env_int("PULSESTACK_MAX_DELIVER", 5),
             ack_wait_seconds=env_float("PULSESTACK_ACK_WAIT", 30.0),
         )
+        limits.check()
+        return limits
+
+    def check(self) -> None:
+        """Refuses limits under which a stream would fill at the provisioned peak within its window."""
+        problems = []
+        for variable, have, seconds, per_reading, window in (
+            ("PULSESTACK_RAW_MAX_BYTES", self.raw_max_bytes, self.backlog_seconds, RAW_BYTES_PER_READING,
+             "PULSESTACK_BACKLOG_WINDOW"),
+            ("PULSESTACK_PULSES_MAX_BYTES", self.pulses_max_bytes, self.backlog_seconds, PULSE_BYTES_PER_READING,
+             "PULSESTACK_BACKLOG_WINDOW"),
+            ("PULSESTACK_REPLAY_MAX_BYTES", self.replay_max_bytes, self.replay_seconds, RAW_BYTES_PER_READING,
+             "PULSESTACK_REPLAY_WINDOW"),
+        ):
+            want = needed(self.peak_rate, seconds, per_reading)
+            if have < want:
+                problems.append(f"{variable}={have} holds less than {window}={seconds:.0f} s at "
+                                f"PULSESTACK_PEAK_RATE={self.peak_rate:g}/s ({want} bytes needed)")
+        if problems:
+            raise ConfigError("; ".join(problems))
 
 
-def _stream(
-    limits: BusLimits, name: str, subject: str, max_bytes: int, max_age: float, discard: DiscardPolicy
-) -> StreamConfig:
+def needed(rate: float, seconds: float, bytes_per_reading: int) -> int:
+    return int(rate * seconds * bytes_per_reading)
+
+
+def _stream(limits: BusLimits, name: str, subject: str, max_bytes: int, max_age: float,
+            discard: DiscardPolicy) -> StreamConfig:
     return StreamConfig(
         name=name, subjects=[subject], retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
         num_replicas=limits.replicas, duplicate_window=limits.duplicate_window_seconds,
@@ -73,10 +125,21 @@ def _stream(
     )
 
 
+def _work_queue(limits: BusLimits, name: str, subject: str, max_bytes: int) -> StreamConfig:
+    config = _stream(limits, name, subject, max_bytes, 0, DiscardPolicy.NEW)
+    config.retention = RetentionPolicy.WORK_QUEUE
+    return config
+
+
 def stream_configs(limits: BusLimits) -> list[StreamConfig]:
     return [
-        _stream(limits, RAW, "raw.*", limits.raw_max_bytes, limits.max_age_seconds, DiscardPolicy.NEW),
-        _stream(limits, PULSES, "pulse.*", limits.pulses_max_bytes, limits.max_age_seconds, DiscardPolicy.NEW),
+        _work_queue(limits, RAW, "raw.*", limits.raw_max_bytes),
+        StreamConfig(
+            name=RAW_REPLAY, sources=[StreamSource(name=RAW)], retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE, num_replicas=limits.replicas, max_bytes=limits.replay_max_bytes,
+            max_age=limits.replay_seconds, discard=DiscardPolicy.OLD,
+        ),
+        _work_queue(limits, PULSES, "pulse.*", limits.pulses_max_bytes),
         # Rejected input is evidence, not data: bounded, oldest dropped first.
         _stream(limits, QUARANTINE, "quarantine.*", GIB, 14 * DAY, DiscardPolicy.OLD),
         _stream(limits, DEAD, "dead.*", GIB, 30 * DAY, DiscardPolicy.OLD),
@@ -99,24 +162,53 @@ def consumer_config(durable: str, subject: str, limits: BusLimits, max_deliver: 
     )
 
 
+CONSUMERS = (
+    (RAW_CONSUMER, RAW, "raw.*", None), (PULSE_CONSUMER, PULSES, "pulse.*", None),
+    # A webhook may be down for a while: about 25 minutes of retries before DEAD.
+    (NOTIFIER_CONSUMER, ALERTS, "alerts.*", NOTIFIER_MAX_DELIVER),
+)
+
+
 async def setup(js: JetStreamContext, limits: BusLimits) -> None:
     """Creates or updates streams, consumers and the registry bucket; safe to run again."""
-    for config in stream_configs(limits):
+    configs = stream_configs(limits)
+    for config in configs:
+        assert config.name is not None
         try:
-            await js.add_stream(config)
-        except BadRequestError:
-            await js.update_stream(config)
-    consumers = (
-        (RAW_CONSUMER, RAW, "raw.*", None), (PULSE_CONSUMER, PULSES, "pulse.*", None),
-        # A webhook may be down for a while: about 25 minutes of retries before DEAD.
-        (NOTIFIER_CONSUMER, ALERTS, "alerts.*", NOTIFIER_MAX_DELIVER),
-    )
-    for durable, stream, subject, max_deliver in consumers:
-        try:
-            await js.consumer_info(stream, durable)
+            existing = (await js.stream_info(config.name)).config
         except NotFoundError:
-            await js.add_consumer(stream, consumer_config(durable, subject, limits, max_deliver))
+            await js.add_stream(config)
+            continue
+        if existing.retention != config.retention:
+            await _recreate(js, config)
+        else:
+            await js.update_stream(config)
+    for durable, stream, subject, max_deliver in CONSUMERS:
+        # Create or update: a changed ack wait or max_deliver reaches the existing consumer.
+        await js.add_consumer(stream, consumer_config(durable, subject, limits, max_deliver))
     try:
         await js.key_value(REGISTRY_BUCKET)
     except Exception:
         await js.create_key_value(bucket=REGISTRY_BUCKET, history=1, replicas=limits.replicas)
+
+
+async def _recreate(js: JetStreamContext, config: StreamConfig) -> None:
+    """A stream's retention cannot be updated: once its consumer has processed everything, it is deleted and
+    created again (what it held is stored in PostgreSQL already). Refused while anything is left."""
+    assert config.name is not None
+    for durable, stream, _, _ in CONSUMERS:
+        if stream != config.name:
+            continue
+        try:
+            info = await js.consumer_info(stream, durable)
+        except NotFoundError:
+            continue
+        left = info.num_pending + info.num_ack_pending
+        if left:
+            raise SetupError(
+                f"{stream} must move to {config.retention} retention, but {durable} has {left} message(s) "
+                f"left to process: stop ingest (scale ingest-udp and ingest-http to 0), let the processors "
+                f"drain, then run setup again"
+            )
+    await js.delete_stream(config.name)
+    await js.add_stream(config)

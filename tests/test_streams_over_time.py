@@ -1,0 +1,195 @@
+"""Streams in compressed time: limits a thousand times smaller than production's, so what happens after days
+of traffic happens in a minute.
+
+- RAW and PULSES hold the backlog, not the history: a stack whose RAW holds 384 KiB (PULSES 192 KiB) takes
+  over twenty times that at a rate its processors keep up with, refusing nothing and losing nothing. (RAW
+  must hold some seconds of traffic: the replay copy's source acknowledges RAW in steps of about 7 s, so
+  RAW gives up what the raw stage took only then; at production sizes that is a few MB. This test takes
+  about 4 minutes: twenty times a buffer of ten seconds, whatever the rate.);
+- with the processors stopped the streams fill, ingest refuses (no UDP ack, HTTP 503 with Retry-After),
+  and once the processors are back everything the devices were told is stored, exactly once;
+- RAW_REPLAY keeps a copy for the replay window, whatever RAW has handed on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import os
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js.api import StreamConfig
+
+from pulsestack.bus.streams import (
+    PULSE_CONSUMER,
+    PULSES,
+    RAW,
+    RAW_BYTES_PER_READING,
+    RAW_CONSUMER,
+    RAW_REPLAY,
+    BusLimits,
+    SetupError,
+    setup,
+)
+from pulsestack.config import ConfigError
+from pulsestack_cli.local import LocalStack
+from simulator.run import Simulation, SimulationConfig, SimulationReport
+from simulator.verify import verify
+from tests.helpers import eventually, metric
+
+pytestmark = pytest.mark.slow
+TINY = 384 * 1024  # RAW's; PULSES gets half
+RATE = 200.0
+DEVICES = 300
+_fleets = itertools.count(1)
+
+
+@contextlib.asynccontextmanager
+async def tiny_streams(nc: NATS, replay_bytes: int = TINY) -> AsyncIterator[None]:
+    """RAW and PULSES (and the replay copy) limited to TINY bytes for the test; put back afterwards."""
+    js = nc.jetstream()
+    saved: list[StreamConfig] = []
+    for name, size in ((RAW, TINY), (PULSES, TINY // 2), (RAW_REPLAY, replay_bytes)):
+        config = (await js.stream_info(name)).config
+        saved.append(StreamConfig.from_response(config.as_dict()))
+        config.max_bytes = size
+        await js.update_stream(config)
+    try:
+        yield
+    finally:
+        for config in saved:
+            await js.update_stream(config)
+
+
+def simulation(stack: LocalStack, rate: float, seconds: float, first_id: int) -> Simulation:
+    return Simulation(SimulationConfig(
+        devices=DEVICES, rate=rate, duration=seconds, udp_target=("127.0.0.1", stack.udp_port),
+        http_url=f"http://127.0.0.1:{stack.http_port}/v1/sigfox", sigfox_token=stack.sigfox_token,
+        master_key=stack.master_key, first_id=first_id, ack_timeout=1.0, retransmissions=8,
+        sigfox_retry_delays=(1, 2, 4, 8, 8, 8),
+    ))
+
+
+async def fresh_fleet(stack: LocalStack) -> int:
+    first_id = next(_fleets) * 100_000 + (os.getpid() % 100) * 1_000_000 + 50_000_000
+    await stack.provision(DEVICES, 0.5, first_id)
+    return first_id
+
+
+async def drained(nc: NATS) -> bool:
+    js = nc.jetstream()
+    for stream, durable in ((RAW, RAW_CONSUMER), (PULSES, PULSE_CONSUMER)):
+        info = await js.consumer_info(stream, durable)
+        if info.num_pending or info.num_ack_pending:
+            return False
+    return True
+
+
+async def exactly_stored(stack: LocalStack, nc: NATS, report: SimulationReport) -> None:
+    await eventually(lambda: drained(nc), timeout=120, interval=0.5)
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        delivery = await verify(conn, report.acked_readings)
+    finally:
+        await conn.close()
+    assert delivery.exact, (delivery.line(), report.lines())
+
+
+def refused(stack: LocalStack) -> float:
+    return sum(metric(stack, service, "pulsestack_ingest_rejected_total", reason="overloaded")
+               for service in ("ingest-udp", "ingest-http"))
+
+
+async def test_streams_hold_the_backlog_not_the_history(stack: LocalStack, nc: NATS) -> None:
+    js = nc.jetstream()
+    first_id = await fresh_fleet(stack)
+    before = refused(stack)
+    replay_before = (await js.stream_info(RAW_REPLAY)).state
+    async with tiny_streams(nc, replay_bytes=1024**3):
+        report = await simulation(stack, rate=RATE, seconds=220, first_id=first_id).run(settle_timeout=60)
+        await exactly_stored(stack, nc, report)
+        replay = (await js.stream_info(RAW_REPLAY)).state
+    through = replay.bytes - replay_before.bytes
+    readings = sum(report.acked.values())
+    assert refused(stack) == before, "a stream refused at a rate its processors keep up with"
+    assert through >= 20 * TINY, f"only {through} bytes went through RAW"
+    assert readings == sum(report.sent.values()) and not sum(report.gave_up.values()), report.lines()
+    # The sizing rule's bytes per reading (docs/durability.md) hold at this low rate, where most RAW
+    # messages carry one reading.
+    assert through / readings <= RAW_BYTES_PER_READING, through / readings
+
+
+async def test_stopped_processors_fill_the_streams_then_ingest_refuses_then_all_is_stored(
+    stack: LocalStack, nc: NATS
+) -> None:
+    first_id = await fresh_fleet(stack)
+    before = {service: metric(stack, service, "pulsestack_ingest_rejected_total", reason="overloaded")
+              for service in ("ingest-udp", "ingest-http")}
+    async with tiny_streams(nc):
+        for name in ("raw-processor", "pulse-processor"):
+            stack.services[name].stop()
+        traffic = asyncio.create_task(simulation(stack, rate=300, seconds=25, first_id=first_id).run(
+            settle_timeout=90))
+        # Full within seconds: both ingesters refuse (the simulation's devices retransmit, Sigfox retries).
+        await eventually(lambda: _refusing(stack, before), timeout=30)
+        assert (await nc.jetstream().stream_info(RAW)).state.bytes > TINY * 0.9
+        await asyncio.sleep(5)
+        for name in ("raw-processor", "pulse-processor"):
+            stack.services[name].start()
+        report = await traffic
+        await exactly_stored(stack, nc, report)
+    assert sum(report.acked.values()) > 300 * 25 * 0.5, report.lines()
+
+
+async def _refusing(stack: LocalStack, before: dict[str, float]) -> bool:
+    return all(metric(stack, service, "pulsestack_ingest_rejected_total", reason="overloaded") > count
+               for service, count in before.items())
+
+
+def test_limits_that_cannot_hold_the_peak_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PULSESTACK_PEAK_RATE", "1000")
+    monkeypatch.setenv("PULSESTACK_RAW_MAX_BYTES", str(1024**3))  # 1 GiB: under an hour at 1,000/s
+    with pytest.raises(ConfigError, match="PULSESTACK_RAW_MAX_BYTES=1073741824 holds less than"):
+        BusLimits.from_env()
+    monkeypatch.delenv("PULSESTACK_RAW_MAX_BYTES")
+    limits = BusLimits.from_env()
+    assert limits.raw_max_bytes == 1000 * 6 * 3600 * RAW_BYTES_PER_READING
+
+
+async def test_setup_moves_a_limits_stream_to_a_work_queue_only_once_it_is_processed(stack: LocalStack) -> None:
+    """What `setup` does to a RAW stream made by an earlier version (limits retention), on a server of its own
+    so the stack's streams stay as they are."""
+    import nats
+
+    from pulsestack_cli.localstack import NatsServer
+
+    server = NatsServer(stack.workdir / "nats-migration")
+    server.start()
+    nc = await nats.connect(server.url)
+    try:
+        js = nc.jetstream()
+        limits = BusLimits.from_env()
+        old = StreamConfig(name=RAW, subjects=["raw.*"], max_bytes=16 * 1024**2, max_age=3 * 86_400)
+        await js.add_stream(old)
+        await setup(js, limits)  # nothing to process: moved
+        assert (await js.stream_info(RAW)).config.retention == "workqueue"
+        # Again, with another ack wait: the existing consumer takes it.
+        await setup(js, dataclasses.replace(limits, ack_wait_seconds=45.0))
+        assert (await js.consumer_info(RAW, RAW_CONSUMER)).config.ack_wait == 45.0
+        await js.delete_stream(RAW)
+        await js.add_stream(old)
+        await js.publish("raw.nbiot", b"an unprocessed reading")
+        from pulsestack.bus.streams import consumer_config
+
+        await js.add_consumer(RAW, consumer_config(RAW_CONSUMER, "raw.*", limits))
+        with pytest.raises(SetupError, match="1 message"):
+            await setup(js, limits)
+        assert (await js.stream_info(RAW)).state.messages == 1  # kept, still to be processed
+    finally:
+        await nc.close()
+        server.stop()
