@@ -13,11 +13,14 @@ import asyncpg
 import nats
 
 from pulsestack import keys
+from pulsestack.bus.streams import PULSE_CONSUMER, PULSES, RAW, RAW_CONSUMER
 from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET
 from pulsestack.wire import nbiot
 from pulsestack_cli.local import LocalStack
 from pulsestack_cli.summary import scrape, total
+from simulator.fleet import SentReading
+from simulator.verify import Delivery, verify
 
 T = TypeVar("T")
 _ids = itertools.count(1)
@@ -37,6 +40,26 @@ async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 20.0, i
             assert result, f"condition still false after {timeout} s: {result!r}"
             return result
         await asyncio.sleep(interval)
+
+
+async def drained(nc: nats.NATS) -> bool:
+    """Both stages have processed everything their streams hold."""
+    js = nc.jetstream()
+    for stream, durable in ((RAW, RAW_CONSUMER), (PULSES, PULSE_CONSUMER)):
+        info = await js.consumer_info(stream, durable)
+        if info.num_pending or info.num_ack_pending:
+            return False
+    return True
+
+
+async def delivery_once_drained(stack: LocalStack, nc: nats.NATS, acked: list[SentReading]) -> Delivery:
+    """What became of the readings the devices were told are stored, once the stages processed everything."""
+    await eventually(lambda: drained(nc), timeout=120, interval=0.5)
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        return await verify(conn, acked)
+    finally:
+        await conn.close()
 
 
 def metric(stack: LocalStack, service: str, name: str, **labels: str) -> float:

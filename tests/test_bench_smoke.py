@@ -15,7 +15,6 @@ import asyncpg
 import pytest
 from nats.aio.client import Client as NATS
 
-from pulsestack.bus.streams import PULSE_CONSUMER, PULSES, RAW, RAW_CONSUMER
 from pulsestack_cli.local import LocalStack
 from simulator.batch import ReadingBatch
 from simulator.fleet import SentReading
@@ -24,7 +23,7 @@ from simulator.loadgen import Spec
 from simulator.plans import HourlyFleet, RampPool
 from simulator.profiles import HOUSEHOLD, LEAK, SILENT, WRAP, Profiles
 from simulator.verify import verify, verify_batch
-from tests.helpers import eventually
+from tests.helpers import drained, eventually
 
 # Many leaking, silent and wrapping meters, so a small fleet has all of them.
 PROFILES = Profiles(leak_share=0.2, silent_share=0.1, wrap_share=0.2)
@@ -32,15 +31,6 @@ PROFILES = Profiles(leak_share=0.2, silent_share=0.1, wrap_share=0.2)
 
 def _first_id(slot: int) -> int:
     return 50_000_000 + (os.getpid() % 1000) * 20_000 + slot * 5_000
-
-
-async def drained(nc: NATS) -> bool:
-    js = nc.jetstream()
-    for stream, durable in ((RAW, RAW_CONSUMER), (PULSES, PULSE_CONSUMER)):
-        info = await js.consumer_info(stream, durable)
-        if info.num_pending or info.num_ack_pending:
-            return False
-    return True
 
 
 def jobs(stack: LocalStack, batches: list[ReadingBatch]) -> list[GeneratorJob]:

@@ -13,26 +13,16 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from pulsestack.bus.publisher import MSG_ID
-from pulsestack.bus.streams import DEAD, PULSE_CONSUMER, PULSES, RAW, RAW_CONSUMER
+from pulsestack.bus.streams import DEAD
 from pulsestack.wire.reading import Reading, encode_raw
 from pulsestack_cli.local import LocalStack
 from simulator.run import Simulation, SimulationConfig, SimulationReport
-from simulator.verify import verify
-from tests.helpers import eventually, metric
+from tests.helpers import delivery_once_drained, eventually, metric
 
 pytestmark = pytest.mark.slow
 RATE = 300.0  # readings/s, both protocols
 DEVICES = 400
 _fleets = itertools.count(1)
-
-
-async def drained(nc: NATS) -> bool:
-    js = nc.jetstream()
-    for stream, durable in ((RAW, RAW_CONSUMER), (PULSES, PULSE_CONSUMER)):
-        info = await js.consumer_info(stream, durable)
-        if info.num_pending or info.num_ack_pending:
-            return False
-    return True
 
 
 async def under_traffic(
@@ -50,12 +40,7 @@ async def under_traffic(
     await asyncio.sleep(2.0)
     await fault()
     report = await traffic
-    await eventually(lambda: drained(nc), timeout=120, interval=0.5)
-    conn = await asyncpg.connect(stack.database_url)
-    try:
-        delivery = await verify(conn, report.acked_readings)
-    finally:
-        await conn.close()
+    delivery = await delivery_once_drained(stack, nc, report.acked_readings)
     assert sum(report.acked.values()) > RATE * seconds * 0.5, report.lines()
     assert delivery.exact, (delivery.line(), delivery.total_mismatches[:5], report.lines())
     assert delivery.delivered == len({(r.protocol, r.device, r.seq) for r in report.acked_readings})

@@ -20,13 +20,11 @@ import itertools
 import os
 from collections.abc import AsyncIterator
 
-import asyncpg
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import StreamConfig
 
 from pulsestack.bus.streams import (
-    PULSE_CONSUMER,
     PULSES,
     RAW,
     RAW_BYTES_PER_READING,
@@ -39,8 +37,7 @@ from pulsestack.bus.streams import (
 from pulsestack.config import ConfigError
 from pulsestack_cli.local import LocalStack
 from simulator.run import Simulation, SimulationConfig, SimulationReport
-from simulator.verify import verify
-from tests.helpers import eventually, metric
+from tests.helpers import delivery_once_drained, eventually, metric
 
 pytestmark = pytest.mark.slow
 TINY = 384 * 1024  # RAW's; PULSES gets half
@@ -81,22 +78,8 @@ async def fresh_fleet(stack: LocalStack) -> int:
     return first_id
 
 
-async def drained(nc: NATS) -> bool:
-    js = nc.jetstream()
-    for stream, durable in ((RAW, RAW_CONSUMER), (PULSES, PULSE_CONSUMER)):
-        info = await js.consumer_info(stream, durable)
-        if info.num_pending or info.num_ack_pending:
-            return False
-    return True
-
-
 async def exactly_stored(stack: LocalStack, nc: NATS, report: SimulationReport) -> None:
-    await eventually(lambda: drained(nc), timeout=120, interval=0.5)
-    conn = await asyncpg.connect(stack.database_url)
-    try:
-        delivery = await verify(conn, report.acked_readings)
-    finally:
-        await conn.close()
+    delivery = await delivery_once_drained(stack, nc, report.acked_readings)
     assert delivery.exact, (delivery.line(), report.lines())
 
 
