@@ -66,11 +66,23 @@ def metric(stack: LocalStack, service: str, name: str, **labels: str) -> float:
     return total(scrape(stack.services[service].url("/metrics")), name, **labels)
 
 
+INGESTER_OF = {"nbiot": "ingest-udp", "sigfox": "ingest-http"}
+
+
 async def register(stack: LocalStack, protocol: str, devices: list[str]) -> None:
+    """Registers devices and waits until their ingester knows them, as the registry's KV watch tells it:
+    on a loaded machine that can take seconds, and a reading sent before is quarantined as unknown."""
     conn = await asyncpg.connect(stack.database_url)
     nc = await nats.connect(stack.nats_url)
     try:
         await registry.add(conn, await nc.jetstream().key_value(BUCKET), stack.master_key, protocol, devices, "test")
+
+        async def known() -> bool:
+            enabled = await conn.fetchval(
+                "SELECT count(*) FROM devices WHERE protocol = $1 AND NOT disabled", protocol)
+            return metric(stack, INGESTER_OF[protocol], "pulsestack_registry_devices", protocol=protocol) == enabled
+
+        await eventually(known, timeout=30)
     finally:
         await nc.close()
         await conn.close()
