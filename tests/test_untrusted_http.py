@@ -147,6 +147,7 @@ class SlowClient:
         self.token = token
         self.closed_after: float | None = None
         self.answer = b""
+        self.reset = False
 
     async def run(self, started: float, stop: asyncio.Event) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
@@ -170,6 +171,7 @@ class SlowClient:
                 reading.cancel()
         except ConnectionError:
             self.closed_after = time.monotonic() - started
+            self.reset = True
         finally:
             writer.close()
 
@@ -214,7 +216,10 @@ async def test_slow_clients_are_cut_off_and_good_callbacks_still_answered(
     still_open = [c.kind for c in clients if c.closed_after is None]
     assert not still_open, f"{len(still_open)} slow connections left open: {set(still_open)}"
     assert all(c.closed_after >= 4.5 for c in clients), "closed before the read timeout"  # type: ignore[operator]
-    assert all(c.answer.startswith(b"HTTP/1.1 408") for c in clients), {c.answer[:40] for c in clients}
+    # A client still trickling bytes when the server answers 408 and closes gets a reset for its next byte,
+    # which can discard the 408 before the client has read it (seen on a loaded machine).
+    assert all(c.answer.startswith(b"HTTP/1.1 408") or (c.reset and c.kind == "headers") for c in clients), {
+        (c.kind, c.reset, c.answer[:40]) for c in clients}
     after = {reason: metric(stack, "ingest-http", "pulsestack_http_connections_refused_total", reason=reason)
              for reason in before}
     assert after["header_timeout"] - before["header_timeout"] == 2000
