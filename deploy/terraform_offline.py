@@ -106,6 +106,10 @@ def layout_config(workdir: Path, public_ip: str = EXAMPLE_PUBLIC_IP) -> Path:
     if resource not in inventory_locals:
         raise ValueError(f"outputs.tf no longer reads {resource}: adapt terraform_offline.py")
     inventory_locals = inventory_locals.replace(resource, "local.offline_public_ips[name]")
+    volume = "scaleway_block_volume.data[name].id"
+    if volume not in inventory_locals:
+        raise ValueError(f"outputs.tf no longer reads {volume}: adapt terraform_offline.py")
+    inventory_locals = inventory_locals.replace(volume, '""')  # simulated nodes have no block volume
     stub = (
         "locals {\n"
         f"  offline_public_ips = {{ for i, name in sort(keys(local.nodes)) : name => {public_ip} }}\n"

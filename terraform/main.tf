@@ -51,10 +51,27 @@ locals {
   database_role = { for g in local.generations : g.generation => (var.database_node_role == "worker" && g.worker_count > 0 ? "worker" : "manager") }
   ingest_roles  = { for g in local.generations : g.generation => (var.ingest_node_role == "all" || (var.ingest_node_role == "worker" && g.worker_count == 0) ? ["manager", "worker"] : [var.ingest_node_role]) }
 
+  # Every node may run a NATS server (one of the nats-N labels below), which holds a replica of every
+  # stream: RAW and PULSES for the backlog window, RAW_REPLAY for the replay window, at the provisioned
+  # peak and the bytes per reading of pulsestack/bus/streams.py (RAW_BYTES_PER_READING,
+  # PULSE_BYTES_PER_READING; tests/ops/test_terraform.py keeps them equal) with 30 % headroom, plus 4 GB
+  # for QUARANTINE, DEAD and ALERTS (3.2 GB at most). Managers may run Prometheus (20 GB of retention by
+  # size, stack.yml) and the small admin volumes: 25 GB more. The database node also holds PostgreSQL:
+  # retention_months of every meter's readings at the measured bytes per reading, with 30 % headroom.
+  # See docs/durability.md.
+  stream_gb = ceil(1.3 * var.peak_readings_per_second * 3600 * (
+    var.stream_backlog_hours * (320 + 160) + var.stream_replay_hours * 320
+  ) / 1e9) + 4
+  database_gb = ceil(1.3 * var.meters * var.readings_per_meter_per_day * 30.44 * var.retention_months
+  * var.stored_bytes_per_reading / 1e9)
+
   nodes = {
     for n in local.node_list : n.name => merge(n, {
       ingest   = contains(local.ingest_roles[n.generation], n.role)
       database = n.role == local.database_role[n.generation] && n.index == 0
+      data_volume_gb = local.stream_gb + (n.role == "manager" ? 25 : 0) + (
+        n.role == local.database_role[n.generation] && n.index == 0 ? local.database_gb : 0
+      )
       labels = merge(
         { zone = n.zone },
         contains(local.ingest_roles[n.generation], n.role) ? { ingest = "true" } : {},
@@ -240,6 +257,9 @@ resource "scaleway_instance_server" "node" {
     delete_on_termination = true
   }
 
+  # NATS's and PostgreSQL's data: Ansible (role data_volume) mounts it where the engine keeps named volumes.
+  additional_volume_ids = [scaleway_block_volume.data[each.key].id]
+
   # The project's SSH keys are injected at first boot: they must exist first.
   depends_on = [scaleway_iam_ssh_key.admin]
 
@@ -249,6 +269,19 @@ resource "scaleway_instance_server" "node" {
     # as a new generation, see var.generation and migrate-node-type.yml.
     ignore_changes = [image]
   }
+}
+
+# A volume of its own per node, outliving the server: what JetStream and PostgreSQL hold is never on a
+# root volume that goes with its instance.
+resource "scaleway_block_volume" "data" {
+  for_each = local.nodes
+
+  name       = "${each.key}-data"
+  size_in_gb = each.value.data_volume_gb
+  iops       = var.data_volume_iops
+  zone       = each.value.zone
+  project_id = var.project_id
+  tags       = concat(local.common_tags, ["node:${each.key}", "data"])
 }
 
 resource "scaleway_instance_private_nic" "node" {

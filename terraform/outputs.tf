@@ -12,6 +12,7 @@ locals {
       retiring      = n.retiring
       instance_type = n.instance_type
       public_ip     = scaleway_instance_ip.node[name].address
+      data_volume   = { id = scaleway_block_volume.data[name].id, size_gb = n.data_volume_gb }
       private_ip    = n.private_ip
       labels        = n.labels
     }

@@ -111,13 +111,101 @@ variable "image" {
 }
 
 variable "root_volume_size_gb" {
-  description = "Size of each node's root volume in GB (Docker images, volumes of NATS and PostgreSQL)."
+  description = "Size of each node's root volume in GB (system, Docker images, logs). NATS's and PostgreSQL's data live on the data volume (data_volume_iops and the sizing variables below)."
   type        = number
   default     = 40
 
   validation {
     condition     = floor(var.root_volume_size_gb) == var.root_volume_size_gb && var.root_volume_size_gb >= 20 && var.root_volume_size_gb <= 1000
     error_message = "The root_volume_size_gb must be a whole number between 20 and 1000."
+  }
+}
+
+variable "peak_readings_per_second" {
+  description = "Readings per second the deployment is provisioned for (the stack's PULSESTACK_PEAK_RATE): with the two windows below it sizes the streams, and so every node's data volume. The reference peak, 1,000/s, is 3.6 M meters reporting hourly."
+  type        = number
+  default     = 1000
+
+  validation {
+    condition     = var.peak_readings_per_second > 0
+    error_message = "The peak_readings_per_second must be positive."
+  }
+}
+
+variable "stream_backlog_hours" {
+  description = "Hours of peak traffic RAW and PULSES hold when the processors stop (the stack's PULSESTACK_BACKLOG_WINDOW, in hours)."
+  type        = number
+  default     = 6
+
+  validation {
+    condition     = var.stream_backlog_hours > 0
+    error_message = "The stream_backlog_hours must be positive."
+  }
+}
+
+variable "stream_replay_hours" {
+  description = "Hours of peak traffic RAW_REPLAY keeps for a database restore (the stack's PULSESTACK_REPLAY_WINDOW, in hours)."
+  type        = number
+  default     = 12
+
+  validation {
+    condition     = var.stream_replay_hours > 0
+    error_message = "The stream_replay_hours must be positive."
+  }
+}
+
+variable "meters" {
+  description = "Meters the deployment is provisioned for: with readings_per_meter_per_day, retention_months and stored_bytes_per_reading it sizes the database node's data volume."
+  type        = number
+  default     = 100000
+
+  validation {
+    condition     = var.meters > 0
+    error_message = "The meters must be positive."
+  }
+}
+
+variable "readings_per_meter_per_day" {
+  description = "Readings a meter sends per day on average (24: hourly)."
+  type        = number
+  default     = 24
+
+  validation {
+    condition     = var.readings_per_meter_per_day > 0
+    error_message = "The readings_per_meter_per_day must be positive."
+  }
+}
+
+variable "retention_months" {
+  description = "Months PostgreSQL keeps readings (the stack's PULSESTACK_RETENTION_RAW_MESSAGES_MONTHS and _PULSES_MONTHS)."
+  type        = number
+  default     = 24
+
+  validation {
+    condition     = var.retention_months >= 1
+    error_message = "The retention_months must be at least 1."
+  }
+}
+
+variable "stored_bytes_per_reading" {
+  description = "Bytes on disk per stored reading, tables and indexes, as the benchmark measures it (bench/results/, 'on disk per reading')."
+  type        = number
+  default     = 1400
+
+  validation {
+    condition     = var.stored_bytes_per_reading > 0
+    error_message = "The stored_bytes_per_reading must be positive."
+  }
+}
+
+variable "data_volume_iops" {
+  description = "IOPS of every node's data volume (Scaleway Block Storage: 5000 or 15000). JetStream and PostgreSQL fsync on every write."
+  type        = number
+  default     = 5000
+
+  validation {
+    condition     = contains([5000, 15000], var.data_volume_iops)
+    error_message = "The data_volume_iops must be 5000 or 15000."
   }
 }
 

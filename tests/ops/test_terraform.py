@@ -289,13 +289,15 @@ def test_load_balancer_forwards_http_and_https_as_tcp_to_the_managers() -> None:
 SAMPLE_MANAGERS = """[for i in range(3) : {
   name = "pulsestack-manager-${i + 1}", role = "manager", public_ip = "192.0.2.${i + 1}",
   private_ip = "172.16.16.${10 + i}", zone = "fr-par-${i + 1}", instance_type = "PLAY2-SMALL",
-  generation = 1, retiring = false, labels = { zone = "fr-par-${i + 1}", edge = "true" }
+  generation = 1, retiring = false, labels = { zone = "fr-par-${i + 1}", edge = "true" },
+  data_volume = { id = "fr-par-${i + 1}/0000000${i}-0000-0000-0000-000000000000", size_gb = 50 }
 }]"""
 SAMPLE_WORKERS = """[for i in range(3) : {
   name = "pulsestack-worker-${i + 1}", role = "worker", public_ip = "192.0.2.${i + 11}",
   private_ip = "172.16.16.${30 + i}", zone = "fr-par-${i + 1}", instance_type = "PLAY2-SMALL",
   generation = 1, retiring = false,
-  labels = merge({ zone = "fr-par-${i + 1}", ingest = "true" }, i == 0 ? { database = "true" } : {})
+  labels = merge({ zone = "fr-par-${i + 1}", ingest = "true" }, i == 0 ? { database = "true" } : {}),
+  data_volume = { id = "fr-par-${i + 1}/1000000${i}-0000-0000-0000-000000000000", size_gb = i == 0 ? 500 : 50 }
 }]"""
 
 
@@ -327,6 +329,8 @@ def test_inventory_template_renders_with_sample_values(tmp_path: Path) -> None:
     assert first["ansible_host"] == "192.0.2.1"
     assert first["swarm_advertise_addr"] == "172.16.16.10"
     assert first["swarm_node_labels"] == {"zone": "fr-par-1", "edge": "true"}
+    assert first["data_volume_id"] == "00000000-0000-0000-0000-000000000000", "the volume's id without its zone"
+    assert first["data_volume_size_gb"] == 50
     assert hosts_of(inventory, "ingest") == workers
     assert hosts_of(inventory, "database") == ["pulsestack-worker-1"]
     assert hosts_of(inventory, "retiring") == []
@@ -421,3 +425,28 @@ def test_example_inventory_is_what_terraform_outputs(tmp_path: Path) -> None:
         "ansible/inventories/example/hosts.yml differs from what outputs.tf renders; "
         "regenerate it (see ansible/README.md)"
     )
+
+
+def test_data_volumes_hold_the_streams_the_stack_sizes_and_the_database(tmp_path: Path) -> None:
+    """Every node's data volume holds a replica of every stream as pulsestack/bus/streams.py sizes them for
+    the same peak and windows; the database node's also holds the readings of the retention period."""
+    from pulsestack.bus.streams import PULSE_BYTES_PER_READING, RAW_BYTES_PER_READING, needed
+
+    peak, backlog_hours, replay_hours = 2500, 3, 24
+    variables = dict(EXAMPLE_VARS, peak_readings_per_second=str(peak), stream_backlog_hours=str(backlog_hours),
+                     stream_replay_hours=str(replay_hours), meters="1000000", retention_months="12")
+    inventory = yaml.safe_load(render_inventory(tmp_path, variables))
+    swarm = inventory["all"]["children"]["swarm"]["children"]
+    hosts = {**swarm["managers"]["hosts"], **swarm["workers"]["hosts"]}
+    streams = sum(needed(peak, hours * 3600, per_reading) for hours, per_reading in (
+        (backlog_hours, RAW_BYTES_PER_READING), (backlog_hours, PULSE_BYTES_PER_READING),
+        (replay_hours, RAW_BYTES_PER_READING)))
+    stream_gb = -(-13 * streams // (10 * 10**9)) + 4
+    database_gb = -(-13 * 1_000_000 * 24 * 3044 * 12 * 1400 // (1000 * 10**9))
+    sizes = {name: host["data_volume_size_gb"] for name, host in hosts.items()}
+    assert sizes.pop("pulsestack-worker-1") == stream_gb + database_gb
+    assert {sizes.pop(f"pulsestack-manager-{i}") for i in (1, 2, 3)} == {stream_gb + 25}, "Prometheus's room"
+    assert set(sizes.values()) == {stream_gb}, sizes
+    assert all(host["data_volume_id"] == "" for host in hosts.values()), "the offline copy has no volumes"
+    main = (TF_DIR / "main.tf").read_text()
+    assert 'additional_volume_ids = [scaleway_block_volume.data[each.key].id]' in main
