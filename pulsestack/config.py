@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pulsestack.clock import WALL, Clock
+
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
@@ -62,6 +64,7 @@ class CommonConfig:
     nats_password: str | None
     log_level: str
     service: str
+    clock: Clock
 
     @property
     def nats_servers(self) -> list[str]:
@@ -77,7 +80,22 @@ class CommonConfig:
             nats_password=secret("PULSESTACK_NATS_PASSWORD", "") if user else None,
             log_level=env_str("PULSESTACK_LOG_LEVEL", "info"),
             service=service,
+            clock=env_clock(),
         )
+
+
+def env_clock() -> Clock:
+    """The wall clock, or the compressed clock of `PULSESTACK_TEST_CLOCK` (pulsestack/clock.py)."""
+    raw = os.environ.get("PULSESTACK_TEST_CLOCK", "").strip()
+    if not raw:
+        return WALL
+    try:
+        wall_epoch, epoch, rate = (float(part) for part in raw.split())
+    except ValueError as exc:
+        raise ConfigError(f"PULSESTACK_TEST_CLOCK must be '<wall epoch> <clock epoch> <rate>', got {raw!r}") from exc
+    if rate <= 0:
+        raise ConfigError(f"PULSESTACK_TEST_CLOCK: the rate must be positive, got {rate}")
+    return Clock(wall_epoch, epoch, rate)
 
 
 def database_url() -> str:

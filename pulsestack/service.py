@@ -26,6 +26,9 @@ def stop_on_signals() -> asyncio.Event:
 
 
 async def connect_nats(config: CommonConfig, name: str) -> NATS:
+    if config.clock.compressed:
+        log.warning("PULSESTACK_TEST_CLOCK is set: device times and months are judged by a test clock",
+                    clock_now=config.clock.now(), rate=config.clock.rate)
     async def disconnected() -> None:
         log.warning("nats disconnected")
 

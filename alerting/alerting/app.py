@@ -49,7 +49,7 @@ async def _maintenance_loop(pool: asyncpg.Pool, config: AlertingConfig, stop: as
     while not stop.is_set():
         try:
             async with pool.acquire() as conn:
-                report = await maintain(conn, config.retention, config.months_ahead)
+                report = await maintain(conn, config.retention, config.months_ahead, config.common.clock.today())
             if report.ran:
                 for table, months in report.months_ahead.items():
                     metrics.partitions_ahead.labels(table).set(months)

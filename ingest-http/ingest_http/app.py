@@ -43,7 +43,8 @@ async def serve(config: HttpIngestConfig, stop: asyncio.Event) -> None:
     tokens = Tokens(config.tokens_file, config.tokens_inline)
     callbacks = SigfoxCallbacks(
         tokens=tokens, membership=bus.membership, grouper=bus.grouper, quarantine=bus.quarantine,
-        max_age_seconds=config.max_age_seconds, answer_within=config.answer_within,
+        max_age_seconds=config.max_age_seconds, clock=config.common.clock,
+        answer_within=config.answer_within,
     )
     # The handler reads the body itself and answers 413 with a reason; this is only a backstop.
     app = web.Application(middlewares=[count_wrong_methods], client_max_size=64 * 1024)

@@ -12,6 +12,7 @@ from aiohttp import web
 from pulsestack import metrics
 from pulsestack.bus.publisher import PublishError, ReadingGrouper
 from pulsestack.bus.quarantine import Quarantine
+from pulsestack.clock import Clock
 from pulsestack.http import BodyIncomplete, BodyTimeout, read_body
 from pulsestack.logs import RateLimitedLog, get_logger
 from pulsestack.registry.membership import Membership
@@ -39,6 +40,7 @@ class SigfoxCallbacks:
         grouper: ReadingGrouper,
         quarantine: Quarantine,
         max_age_seconds: float,
+        clock: Clock,
         answer_within: float,
     ) -> None:
         self._tokens = tokens
@@ -46,6 +48,7 @@ class SigfoxCallbacks:
         self._grouper = grouper
         self._quarantine = quarantine
         self._max_age = max_age_seconds
+        self._clock = clock
         self._answer_within = answer_within
         self._logs = RateLimitedLog(per_second=1.0)
 
@@ -100,7 +103,7 @@ class SigfoxCallbacks:
             return json_response({"error": "overloaded"}, 503, {"Retry-After": RETRY_AFTER})
         if not self._membership.contains(PROTOCOL, int(reading.device, 16)):
             return await self._quarantined(request, "unknown_device", "device not registered or disabled", reading)
-        problem = clock_problem(reading.device_time, received_at, self._max_age)
+        problem = clock_problem(reading.device_time, self._clock.now(), self._max_age)
         if problem:
             return await self._quarantined(request, "clock", problem, reading)
         try:

@@ -32,6 +32,7 @@ async def serve(config: UdpIngestConfig, stop: asyncio.Event) -> None:
     datagrams = NbiotDatagrams(
         membership=bus.membership, grouper=bus.grouper, quarantine=bus.quarantine,
         master_key=config.master_key, max_age_seconds=config.max_age_seconds,
+        clock=config.common.clock,
     )
     sock = open_socket(config.host, config.port, config.receive_buffer)
     transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(lambda: datagrams, sock=sock)

@@ -15,6 +15,7 @@ from functools import partial
 from pulsestack import faults, keys, metrics
 from pulsestack.bus.publisher import ReadingGrouper, Stored
 from pulsestack.bus.quarantine import Quarantine
+from pulsestack.clock import Clock
 from pulsestack.logs import RateLimitedLog, get_logger
 from pulsestack.registry.membership import Membership
 from pulsestack.wire import nbiot
@@ -22,9 +23,10 @@ from pulsestack.wire.errors import CodecError
 from pulsestack.wire.reading import clock_problem
 
 PROTOCOL = nbiot.PROTOCOL
-# Enough for the retransmissions of the last few seconds at 20k readings/s; a miss only means a
-# retransmission is acked "stored" instead of "known duplicate", which devices treat alike.
-RECENT_MAX = 100_000
+# Readings remembered per generation: the last 64k to 128k, the retransmissions of the last few seconds
+# at 20k readings/s; a miss only means a retransmission is acked "stored" instead of "known duplicate",
+# which devices treat alike.
+RECENT_GENERATION = 65_536
 log = get_logger(__name__)
 
 Address = tuple[str, int]
@@ -39,17 +41,23 @@ class NbiotDatagrams(asyncio.DatagramProtocol):
         quarantine: Quarantine,
         master_key: bytes,
         max_age_seconds: float,
+        clock: Clock,
     ) -> None:
         self._membership = membership
         self._grouper = grouper
         self._quarantine = quarantine
         self._master = master_key
         self._max_age = max_age_seconds
+        self._clock = clock
         self._transport: asyncio.DatagramTransport | None = None
         self.closing = False  # set at shutdown: new datagrams get no ack, the device retransmits elsewhere
         # Readings already acknowledged (a hash of device, seq and period), so a retransmission is answered
-        # "known duplicate". One int per entry keeps this small beside the registry.
-        self._recent: dict[int, None] = {}
+        # "known duplicate". Two generations of sets, the older dropped whole: evicting the oldest entry of
+        # an insertion-ordered dict one at a time grew a process by 15 MB over its first million readings
+        # (24 to 40 MB in isolation; these sets stay at 24 MB), which tests/test_months_of_operation.py
+        # saw as 16 % more resident memory after two million readings than after one.
+        self._recent: set[int] = set()
+        self._older: set[int] = set()
         self._logs = RateLimitedLog(per_second=1.0)
         self._received = metrics.ingest_received.labels(PROTOCOL)
         self._accepted = metrics.ingest_accepted.labels(PROTOCOL)
@@ -86,7 +94,7 @@ class NbiotDatagrams(asyncio.DatagramProtocol):
             self._reject("unknown_device", addr, "device not registered or disabled", device, frame.seq)
             self._quarantine.submit("ingest", "unknown_device", "not registered", source=source, reading=reading)
             return
-        problem = clock_problem(frame.period_end, now, self._max_age)
+        problem = clock_problem(frame.period_end, self._clock.now(), self._max_age)
         if problem:
             self._reject("clock", addr, problem, device, frame.seq)
             self._quarantine.submit("ingest", "clock", problem, source=source, reading=reading)
@@ -101,7 +109,7 @@ class NbiotDatagrams(asyncio.DatagramProtocol):
             return
         self._accepted.inc()
         seen = hash(ident)
-        duplicate = future.result().duplicate or seen in self._recent
+        duplicate = future.result().duplicate or seen in self._recent or seen in self._older
         if duplicate:
             self._duplicates.inc()
         else:
@@ -112,9 +120,9 @@ class NbiotDatagrams(asyncio.DatagramProtocol):
             self._transport.sendto(nbiot.encode_ack(key, ident[1], status), addr)
 
     def _remember(self, seen: int) -> None:
-        self._recent[seen] = None
-        if len(self._recent) > RECENT_MAX:
-            del self._recent[next(iter(self._recent))]
+        self._recent.add(seen)
+        if len(self._recent) >= RECENT_GENERATION:
+            self._older, self._recent = self._recent, set()
 
     def _reject(
         self, reason: str, addr: Address, detail: str, device: str | None = None, seq: int | None = None

@@ -70,11 +70,14 @@ def _months_between(a: dt.date, b: dt.date) -> int:
     return (b.year - a.year) * 12 + b.month - a.month
 
 
-async def ensure_partitions(conn: asyncpg.Connection, months_ahead: int, today: dt.date) -> None:
-    """Monthly partitions from MONTHS_BACK before `today`'s month to `months_ahead` after it; creating one
-    moves the rows its month had in the default partition."""
-    for offset in range(-MONTHS_BACK, months_ahead + 1):
-        for table, column in PARTITIONED:
+async def ensure_partitions(conn: asyncpg.Connection, months_ahead: int, today: dt.date,
+                            retention: Retention | None = None) -> None:
+    """Monthly partitions from MONTHS_BACK before `today`'s month (never a month `retention` drops) to
+    `months_ahead` after it; creating one moves the rows its month had in the default partition."""
+    for table, column in PARTITIONED:
+        kept = getattr(retention, table) if retention else 0
+        back = min(MONTHS_BACK, kept) if kept else MONTHS_BACK
+        for offset in range(-back, months_ahead + 1):
             await conn.execute("SELECT pulsestack_ensure_partition($1::regclass, $2, $3)", table, column,
                                month_start(today, offset))
 
@@ -120,7 +123,7 @@ async def maintain(conn: asyncpg.Connection, retention: Retention, months_ahead:
         return MaintenanceReport(ran=False)
     try:
         report = MaintenanceReport()
-        await ensure_partitions(conn, months_ahead, today)
+        await ensure_partitions(conn, months_ahead, today, retention)
         for table, _ in PARTITIONED:
             months = getattr(retention, table)
             if months:

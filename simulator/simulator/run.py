@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from pulsestack.clock import WALL, Clock
 from simulator.fleet import Meter, SentReading, build_fleet
 from simulator.nbiot import NbiotClient
 from simulator.profiles import Profiles
@@ -28,6 +29,7 @@ class SimulationConfig:
     master_key: bytes = b""
     # Device clocks start this far back; each reading advances a device by an hour, never past now.
     start_age: float = 20 * DAY
+    clock: Clock = WALL  # what "now" is for the devices: the services' PULSESTACK_TEST_CLOCK in a test
     sockets: int = 16
     ack_timeout: float = 2.0
     retransmissions: int = 5
@@ -65,7 +67,7 @@ class Simulation:
         self.config = config
         self.meters: list[Meter] = build_fleet(
             devices=config.devices, nbiot_share=config.nbiot_share, master_key=config.master_key,
-            start=int(time.time() - config.start_age), seed=config.seed,
+            start=int(config.clock.now() - config.start_age), seed=config.seed,
             first_id=config.first_id, profiles=config.profiles,
         )
         self.nbiot = NbiotClient(
@@ -109,7 +111,7 @@ class Simulation:
         return self.report()
 
     def _send(self, count: int) -> bool:
-        now = time.time()
+        now = self.config.clock.now()
         meters = self.meters
         checked = 0
         while count > 0 and checked < len(meters):
