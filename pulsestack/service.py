@@ -25,6 +25,12 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
+def inbox_prefix(user: str | None) -> str:
+    """Where a service's replies and deliveries come: `_INBOX_<user>`, the only inboxes its NATS user may
+    subscribe to (deploy/nats/nats-server.conf), so no service reads another's."""
+    return f"_INBOX_{user}" if user else "_INBOX"
+
+
 async def connect_nats(config: CommonConfig, name: str) -> NATS:
     if config.clock.compressed:
         log.warning("PULSESTACK_TEST_CLOCK is set: device times and months are judged by a test clock",
@@ -43,6 +49,7 @@ async def connect_nats(config: CommonConfig, name: str) -> NATS:
         name=name,
         user=config.nats_user,
         password=config.nats_password,
+        inbox_prefix=inbox_prefix(config.nats_user),
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         disconnected_cb=disconnected,
