@@ -20,37 +20,42 @@ from pulsestack_cli.connections import connect
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser("quarantine", help="inspect or replay quarantined readings")
     qsub = parser.add_subparsers(dest="action", required=True)
-    lst = qsub.add_parser("list")
-    lst.add_argument("--limit", type=int, default=50)
+    lst = qsub.add_parser("list", help="the newest quarantined records, oldest of them first")
+    lst.add_argument("--limit", type=int, default=50, help="how many of the newest to show (default 50)")
     replay = qsub.add_parser("replay", help="re-inject readings of devices now registered and enabled")
     replay.add_argument("--reason", default="unknown_device")
 
 
-async def _records(js: Any) -> list[tuple[int, QuarantineRecord]]:
-    info = await js.stream_info(QUARANTINE)
-    found = []
-    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+async def _records(js: Any, newest: int | None = None) -> tuple[list[tuple[int, QuarantineRecord]], int]:
+    """The stream's records, or only its `newest` ones (read backwards from its end, not the whole stream),
+    in stream order; and how many the stream holds."""
+    state = (await js.stream_info(QUARANTINE)).state
+    found: list[tuple[int, QuarantineRecord]] = []
+    seq = state.last_seq
+    # An empty stream has no message at first_seq (asking for it is an error, not a miss).
+    while state.messages and seq >= state.first_seq and (newest is None or len(found) < newest):
         try:
-            msg = await js.get_msg(QUARANTINE, seq)
+            found.append((seq, decode_record((await js.get_msg(QUARANTINE, seq)).data)))
         except NotFoundError:
-            continue  # deleted after an earlier replay
-        found.append((seq, decode_record(msg.data)))
-    return found
+            pass  # deleted after an earlier replay
+        seq -= 1
+    return found[::-1], state.messages
 
 
 async def run(args: argparse.Namespace) -> int:
     nc = await connect()
     js = nc.jetstream()
     try:
-        records = await _records(js)
         if args.action == "list":
-            for seq, rec in records[-args.limit :]:
+            records, held = await _records(js, max(args.limit, 0))
+            for seq, rec in records:
                 at = dt.datetime.fromtimestamp(rec.at, dt.UTC).isoformat(timespec="seconds")
                 who = f"{rec.reading.protocol}:{rec.reading.device} seq {rec.reading.seq}" if rec.reading else "-"
                 print(f"{seq:>8} {at} {rec.stage:6} {rec.reason:15} {who:40} {rec.detail}")
-            print(f"{len(records)} quarantined record(s)")
+            shown = f"; the newest {len(records)} shown (--limit)" if len(records) < held else ""
+            print(f"{held} quarantined record(s){shown}")
             return 0
-        return await _replay(js, records, args.reason)
+        return await _replay(js, (await _records(js))[0], args.reason)
     finally:
         await nc.close()
 
