@@ -1,13 +1,60 @@
-"""The CLI's NATS connection, configured like the services' (NATS_URL, PULSESTACK_NATS_USER, password file)."""
+"""The CLI's connections, configured like the services' (NATS_URL, DATABASE_URL, users and password files).
+
+When the environment names neither server, the settings `make run` wrote for the local stack
+(`var/local/env`, see `LocalStack.write_env`) are used: the CLI then works against a running `make run`
+as it is. A server that cannot be reached is an `Unreachable` error, which the CLI prints as one line.
+"""
 
 from __future__ import annotations
 
 import os
+import shlex
+from pathlib import Path
+from urllib.parse import urlsplit
 
+import asyncpg
 import nats
 from nats.aio.client import Client as NATS
 
-from pulsestack.config import CommonConfig, secret
+from pulsestack.config import CommonConfig, database_url, secret
+
+LOCAL_ENV = Path("var/local/env")
+
+
+class Unreachable(Exception):
+    """NATS or PostgreSQL did not answer; the message says where, and what to do."""
+
+
+def local_settings(path: Path | None = None) -> dict[str, str]:
+    """The `export NAME=value` lines of the local stack's settings file, if it exists."""
+    path = path or Path(os.environ.get("PULSESTACK_LOCAL_ENV", LOCAL_ENV))
+    settings = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.startswith("export ") and "=" in line:
+                name, value = line.removeprefix("export ").split("=", 1)
+                settings[name] = shlex.split(value)[0] if value else ""
+    return settings
+
+
+def use_local_stack() -> Path | None:
+    """Takes the local stack's settings when the environment names no server; returns the file used."""
+    if "NATS_URL" in os.environ or "DATABASE_URL" in os.environ:
+        return None
+    path = Path(os.environ.get("PULSESTACK_LOCAL_ENV", LOCAL_ENV))
+    settings = local_settings(path)
+    for name, value in settings.items():
+        os.environ.setdefault(name, value)
+    return path.resolve() if settings else None
+
+
+async def _quiet(exc: Exception) -> None:
+    """nats-py logs every failed attempt with a traceback; the CLI reports the outcome itself."""
+
+
+def _where(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}" if parts.hostname else url
 
 
 async def connect(*, system: bool = False) -> NATS:
@@ -20,4 +67,20 @@ async def connect(*, system: bool = False) -> NATS:
     user, password = config.nats_user, config.nats_password
     if system and (system_user := os.environ.get("PULSESTACK_NATS_SYSTEM_USER")):
         user, password = system_user, secret("PULSESTACK_NATS_SYSTEM_PASSWORD", "")
-    return await nats.connect(config.nats_servers, user=user, password=password)
+    try:
+        # A few quick attempts: an operator waits seconds for an answer, not the client's default 2 minutes.
+        return await nats.connect(config.nats_servers, user=user, password=password, max_reconnect_attempts=4,
+                                  reconnect_time_wait=0.5, error_cb=_quiet)
+    except (nats.errors.NoServersError, OSError) as exc:
+        servers = ", ".join(_where(url) for url in config.nats_servers)
+        raise Unreachable(f"cannot reach NATS at {servers} ({exc}): start the stack (make run) or set NATS_URL")\
+            from exc
+
+
+async def connect_db() -> asyncpg.Connection:
+    url = database_url()
+    try:
+        return await asyncpg.connect(url)
+    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
+        raise Unreachable(f"cannot reach PostgreSQL at {_where(url)} ({exc}): start the stack (make run) or set "
+                          "DATABASE_URL") from exc

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -145,6 +146,22 @@ class LocalStack:
                 url = self.database_url
                 env["DATABASE_URL"] = with_user(url, ROLE_OF[name]) if self.postgres else url
             self.services[name] = ServiceProcess(name, env, port, self.workdir / "logs" / f"{name}.log")
+
+    @property
+    def env_file(self) -> Path:
+        return self.workdir / "env"
+
+    def write_env(self) -> None:
+        """What the CLI needs to reach this stack, as export lines (`pulsestack env` prints them); paths to
+        secret files, never a secret."""
+        settings = {
+            "NATS_URL": self.nats_url, "DATABASE_URL": self.database_url,
+            "PULSESTACK_DEVICE_MASTER_KEY_FILE": str(self.master_key_file),
+            "PULSESTACK_SIGFOX_TOKENS_FILE": str(self.tokens_file),
+            "PULSESTACK_API_URL": f"http://127.0.0.1:{self.api_port}",
+            "PULSESTACK_API_TOKENS_FILE": str(self.api_tokens_file),
+        }
+        self.env_file.write_text("".join(f"export {name}={shlex.quote(value)}\n" for name, value in settings.items()))
 
     def start_services(self, timeout: float = 30.0) -> None:
         for service in self.services.values():

@@ -13,7 +13,7 @@ import uvloop
 
 from pulsestack import keys
 from pulsestack.bus.streams import BusLimits, setup
-from pulsestack.config import database_url
+from pulsestack.config import ConfigError
 from pulsestack.logs import configure
 from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET
@@ -21,13 +21,13 @@ from pulsestack.store.maintenance import MONTHS_AHEAD, Retention, maintain
 from pulsestack.store.migrate import migrate, set_role_passwords
 from pulsestack_cli import jetstream as jetstream_cmd
 from pulsestack_cli import quarantine as quarantine_cmd
-from pulsestack_cli.connections import connect
+from pulsestack_cli.connections import LOCAL_ENV, Unreachable, connect, connect_db, local_settings, use_local_stack
 
 ROLES = ("pulsestack_raw", "pulsestack_pulse", "pulsestack_registry", "pulsestack_reader", "pulsestack_alerting")
 
 
 async def cmd_migrate(args: argparse.Namespace) -> int:
-    conn = await asyncpg.connect(database_url())
+    conn = await connect_db()
     try:
         applied = await migrate(conn)
         passwords = {}
@@ -56,7 +56,7 @@ async def cmd_setup(args: argparse.Namespace) -> int:
 async def cmd_maintain(args: argparse.Namespace) -> int:
     retention = Retention.every_table(args.retention_months) if args.retention_months is not None else (
         Retention.from_env())
-    conn = await asyncpg.connect(database_url())
+    conn = await connect_db()
     try:
         report = await maintain(conn, retention, months_ahead=args.months_ahead)
     finally:
@@ -71,7 +71,7 @@ async def cmd_maintain(args: argparse.Namespace) -> int:
 
 
 async def _registry() -> tuple[asyncpg.Connection, Any, Any]:
-    conn = await asyncpg.connect(database_url())
+    conn = await connect_db()
     nc = await connect()
     kv = await nc.jetstream().key_value(BUCKET)
     return conn, nc, kv
@@ -120,7 +120,7 @@ async def cmd_reprocess(args: argparse.Namespace) -> int:
     def day(text: str | None) -> dt.datetime | None:
         return dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC) if text else None
 
-    conn = await asyncpg.connect(database_url())
+    conn = await connect_db()
     try:
         await prepare(conn)
         report = await reprocess(conn, protocol=args.protocol, devices=args.device, since=day(args.since),
@@ -132,14 +132,38 @@ async def cmd_reprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+# Exit codes (README, "Operating it"): 0 done, 1 unexpected failure (a traceback with --debug), 2 a wrong
+# argument or setting, 3 NATS or PostgreSQL unreachable, 4 the device or settings file named does not exist.
+EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOT_FOUND = 1, 2, 3, 4
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    settings = local_settings()
+    if not settings:
+        print(f"pulsestack: no local stack settings in {LOCAL_ENV}: `make run` writes them while it runs",
+              file=sys.stderr)
+        return EXIT_NOT_FOUND
+    for name, value in settings.items():
+        print(f"export {name}={value}")
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pulsestack", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="pulsestack", description=__doc__,
+        epilog=f"Without NATS_URL and DATABASE_URL, the settings of a running `make run` ({LOCAL_ENV}) are used. "
+               "Exit codes: 0 done, 1 unexpected failure, 2 wrong argument or setting, 3 NATS or PostgreSQL "
+               "unreachable, 4 not found.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("env", help="the local stack's settings (of a running `make run`) as export lines")
     sub.add_parser("migrate", help="apply database migrations (safe to run from several replicas)")
     sub.add_parser("setup", help="migrate, then create streams, consumers and the registry bucket")
     maintain = sub.add_parser(
         "maintain", help="what the alerting service runs hourly: partitions ahead, retention of every table")
-    maintain.add_argument("--months-ahead", type=int, default=MONTHS_AHEAD)
+    maintain.add_argument("--months-ahead", type=int, default=MONTHS_AHEAD,
+                          help=f"monthly partitions to keep ready ahead (default {MONTHS_AHEAD})")
     maintain.add_argument("--retention-months", type=int, default=None,
                           help="one retention for every table (0 keeps everything); default: "
                                "PULSESTACK_RETENTION_<TABLE>_MONTHS, see docs/durability.md")
@@ -148,47 +172,50 @@ def _build_parser() -> argparse.ArgumentParser:
     dsub = devices.add_subparsers(dest="action", required=True)
     add = dsub.add_parser("add", help="register devices; prints each NB-IoT device's key once")
     add.add_argument("protocol", choices=["nbiot", "sigfox"])
-    add.add_argument("ids", nargs="+")
-    add.add_argument("--label")
-    lst = dsub.add_parser("list")
-    lst.add_argument("--protocol", choices=["nbiot", "sigfox"])
-    lst.add_argument("--limit", type=int, default=100)
-    for name in ("disable", "rotate-key"):
-        p = dsub.add_parser(name)
+    add.add_argument("ids", nargs="+", help="NB-IoT: decimal ids (IMEI); Sigfox: 1 to 8 hex digits")
+    add.add_argument("--label", help="free text kept with each device (an address, a meter number)")
+    lst = dsub.add_parser("list", help="registered devices, enabled or not")
+    lst.add_argument("--protocol", choices=["nbiot", "sigfox"], help="only this protocol's")
+    lst.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    for name, what in (("disable", "stop accepting a device's readings (they are quarantined)"),
+                       ("rotate-key", "give an NB-IoT device a new key; prints it once")):
+        p = dsub.add_parser(name, help=what)
         p.add_argument("protocol", choices=["nbiot", "sigfox"])
-        p.add_argument("id")
+        p.add_argument("id", help="the device's id")
     dsub.add_parser("sync", help="rebuild the registry bucket from the table")
     settings = dsub.add_parser("set", help="per-device settings: " + "; ".join(
         f"{k}: {v}" for k, v in registry.SETTINGS.items()))
     settings.add_argument("protocol", choices=["nbiot", "sigfox"])
-    settings.add_argument("id")
-    settings.add_argument("settings", nargs="+", metavar="NAME=VALUE")
+    settings.add_argument("id", help="the device's id")
+    settings.add_argument("settings", nargs="+", metavar="NAME=VALUE", help="one or more settings to change")
 
     quarantine_cmd.add_parser(sub)
     jetstream_cmd.add_parser(sub)
 
     again = sub.add_parser("reprocess", help="re-derive pulses, gaps, state and rollups from raw_messages")
-    again.add_argument("--protocol", choices=["nbiot", "sigfox"])
+    again.add_argument("--protocol", choices=["nbiot", "sigfox"], help="only this protocol's devices")
     again.add_argument("--device", action="append", help="repeatable; default: every device in the range")
     again.add_argument("--since", help="period end from (ISO date or time, UTC)")
     again.add_argument("--until", help="period end before (ISO date or time, UTC)")
 
     run = sub.add_parser("run", help="run the stack locally, or every stage in one process")
     run.add_argument("mode", choices=["local", "all"])
-    run.add_argument("--devices", type=int, default=1000)
+    run.add_argument("--devices", type=int, default=1000, help="simulated meters (default 1000)")
     run.add_argument("--rate", type=float, default=50.0, help="readings per second offered by the fleet")
-    run.add_argument("--nbiot-share", type=float, default=0.5)
-    run.add_argument("--workdir", type=Path, default=Path("var/local"))
+    run.add_argument("--nbiot-share", type=float, default=0.5, help="share of NB-IoT meters, 0 to 1 (default 0.5)")
+    run.add_argument("--workdir", type=Path, default=Path("var/local"),
+                     help="where the local servers keep data, logs and secrets (default var/local)")
     run.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
 
     simulate = sub.add_parser("simulate", help="drive a simulated fleet against running ingesters")
-    simulate.add_argument("--devices", type=int, default=1000)
-    simulate.add_argument("--rate", type=float, default=100.0)
-    simulate.add_argument("--duration", type=float, default=30.0)
-    simulate.add_argument("--nbiot-share", type=float, default=0.5)
-    simulate.add_argument("--udp", default="127.0.0.1:2204")
-    simulate.add_argument("--http", default="http://127.0.0.1:7070/v1/sigfox")
-    simulate.add_argument("--sigfox-token-file", type=Path, required=True)
+    simulate.add_argument("--devices", type=int, default=1000, help="simulated meters (default 1000)")
+    simulate.add_argument("--rate", type=float, default=100.0, help="readings per second (default 100)")
+    simulate.add_argument("--duration", type=float, default=30.0, help="seconds (default 30)")
+    simulate.add_argument("--nbiot-share", type=float, default=0.5, help="share of NB-IoT meters (default 0.5)")
+    simulate.add_argument("--udp", default="127.0.0.1:2204", help="NB-IoT ingester, HOST:PORT")
+    simulate.add_argument("--http", default="http://127.0.0.1:7070/v1/sigfox", help="Sigfox callback URL")
+    simulate.add_argument("--sigfox-token-file", type=Path, required=True,
+                          help="file whose first line is a Sigfox callback token")
     return parser
 
 
@@ -198,18 +225,51 @@ COMMANDS = {
 }
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pulsestack")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+def _explain(exc: BaseException) -> tuple[int, str] | None:
+    """The exit code and line for an everyday mistake; None for anything else."""
+    if isinstance(exc, Unreachable):
+        return EXIT_UNREACHABLE, str(exc)
+    if isinstance(exc, ConfigError):
+        return EXIT_USAGE, f"{exc} (settings: README.md, \"Operating it\")"
+    if isinstance(exc, LookupError):
+        return EXIT_NOT_FOUND, str(exc).strip("'\"")
+    if isinstance(exc, ValueError):
+        return EXIT_USAGE, str(exc)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.command == "run":
         from pulsestack_cli import run as run_cmd
 
         return run_cmd.main(args)
-    if args.command == "simulate":
-        from pulsestack_cli import run as run_cmd
-
-        return uvloop.run(run_cmd.simulate(args))
+    if args.command == "env":
+        return cmd_env(args)
+    use_local_stack()
     configure("cli", os.environ.get("PULSESTACK_LOG_LEVEL", "warning"))
-    return uvloop.run(COMMANDS[args.command](args))
+    try:
+        if args.command == "simulate":
+            from pulsestack_cli import run as run_cmd
+
+            return uvloop.run(run_cmd.simulate(args))
+        return uvloop.run(COMMANDS[args.command](args))
+    except Exception as exc:
+        explained = _explain(exc)
+        if explained is None or args.debug:
+            raise
+        code, line = explained
+        print(f"pulsestack: {line}", file=sys.stderr)
+        return code
 
 
 

@@ -6,15 +6,13 @@ import argparse
 import datetime as dt
 from typing import Any
 
-import asyncpg
 from nats.js.errors import NotFoundError
 
 from pulsestack.bus.publisher import ENVELOPE, MSG_ID, TRACE_ID
 from pulsestack.bus.quarantine import QuarantineRecord, decode_record
 from pulsestack.bus.streams import QUARANTINE
-from pulsestack.config import database_url
 from pulsestack.wire.reading import encode_raw
-from pulsestack_cli.connections import connect
+from pulsestack_cli.connections import connect, connect_db
 
 
 def add_parser(sub: Any) -> None:
@@ -23,7 +21,8 @@ def add_parser(sub: Any) -> None:
     lst = qsub.add_parser("list", help="the newest quarantined records, oldest of them first")
     lst.add_argument("--limit", type=int, default=50, help="how many of the newest to show (default 50)")
     replay = qsub.add_parser("replay", help="re-inject readings of devices now registered and enabled")
-    replay.add_argument("--reason", default="unknown_device")
+    replay.add_argument("--reason", default="unknown_device",
+                        help="replay records quarantined for this reason (default unknown_device)")
 
 
 async def _records(js: Any, newest: int | None = None) -> tuple[list[tuple[int, QuarantineRecord]], int]:
@@ -62,7 +61,7 @@ async def run(args: argparse.Namespace) -> int:
 
 async def _replay(js: Any, records: list[tuple[int, QuarantineRecord]], reason: str) -> int:
     candidates = [(seq, r) for seq, r in records if r.reason == reason and r.reading is not None]
-    conn = await asyncpg.connect(database_url())
+    conn = await connect_db()
     try:
         rows = await conn.fetch(
             "SELECT protocol, device_id FROM devices WHERE NOT disabled AND (protocol, device_id) IN"

@@ -34,12 +34,16 @@ def _run_local(args: argparse.Namespace) -> int:
         uvloop.run(stack.provision(args.devices, args.nbiot_share))
         stack.configure_services(udp_port=2204, http_port=7070)
         stack.start_services()
+        stack.write_env()
         print(f"NATS {stack.nats_url}  PostgreSQL {stack.database_url}")
+        print(f"read API http://127.0.0.1:{stack.api_port} (token: first line of {stack.api_tokens_file}); "
+              f"the pulsestack CLI finds this stack by {stack.env_file} (`pulsestack env` prints it)")
         print(f"NB-IoT udp://127.0.0.1:{stack.udp_port}  Sigfox http://127.0.0.1:{stack.http_port}/v1/sigfox")
         print(f"metrics: {', '.join(stack.metrics_urls().values())}   logs: {stack.workdir / 'logs'}")
         print(f"fleet of {args.devices} devices at {args.rate:g} readings/s; Ctrl-C stops everything", flush=True)
         return uvloop.run(_drive(stack, args))
     finally:
+        stack.env_file.unlink(missing_ok=True)
         stack.stop()
         print("stopped", flush=True)
 

@@ -17,14 +17,12 @@ from pulsestack.wire import sigfox
 def canonical(protocol: str, device: str) -> str:
     """The canonical text form; raises ValueError for an id the protocol cannot carry."""
     if protocol == "nbiot":
-        number = int(device, 10)
-        if not 0 <= number < 2**64:
-            raise ValueError("NB-IoT device ids are uint64")
-        return str(number)
+        if not (device.isascii() and device.isdigit()) or not 0 <= int(device) < 2**64:
+            raise ValueError(f"{device!r} is not an NB-IoT device id: a decimal number below 2^64 (an IMEI)")
+        return str(int(device))
     if protocol == "sigfox":
-        if not 1 <= len(device) <= 8:
-            raise ValueError("Sigfox device ids have 1 to 8 hex digits")
-        int(device, 16)
+        if not 1 <= len(device) <= 8 or any(c not in "0123456789abcdefABCDEF" for c in device):
+            raise ValueError(f"{device!r} is not a Sigfox device id: 1 to 8 hex digits")
         return sigfox.canonical_device(device)
     raise ValueError(f"unknown protocol {protocol!r}")
 
