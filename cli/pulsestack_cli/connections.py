@@ -69,12 +69,18 @@ async def connect(*, system: bool = False) -> NATS:
         user, password = system_user, secret("PULSESTACK_NATS_SYSTEM_PASSWORD", "")
     try:
         # A few quick attempts: an operator waits seconds for an answer, not the client's default 2 minutes.
-        return await nats.connect(config.nats_servers, user=user, password=password, max_reconnect_attempts=4,
-                                  reconnect_time_wait=0.5, error_cb=_quiet)
+        nc = await nats.connect(config.nats_servers, user=user, password=password, max_reconnect_attempts=4,
+                                reconnect_time_wait=0.5, error_cb=_quiet)
     except (nats.errors.NoServersError, OSError) as exc:
         servers = ", ".join(_where(url) for url in config.nats_servers)
         raise Unreachable(f"cannot reach NATS at {servers} ({exc}): start the stack (make run) or set NATS_URL")\
             from exc
+    # Once connected, the client's usual patience (60 attempts, 2 s apart): the runbooks' waits
+    # (`jetstream streams-healthy --within`) outlast servers restarting under them. nats-py reads these
+    # options at each reconnection.
+    nc.options["max_reconnect_attempts"] = 60
+    nc.options["reconnect_time_wait"] = 2.0
+    return nc
 
 
 async def connect_db() -> asyncpg.Connection:
