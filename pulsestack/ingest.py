@@ -14,7 +14,7 @@ from pulsestack.bus.quarantine import Quarantine
 from pulsestack.bus.streams import RAW
 from pulsestack.config import CommonConfig
 from pulsestack.registry.membership import Membership, keep_following
-from pulsestack.service import connect_nats
+from pulsestack.service import close_nats, connect_nats
 
 
 @dataclass
@@ -56,4 +56,4 @@ class IngestBus:
         if self._following:
             self._following.cancel()
         await self.publisher.stop()
-        await self.nc.drain()
+        await close_nats(self.nc)

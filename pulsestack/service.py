@@ -60,6 +60,17 @@ async def connect_nats(config: CommonConfig, name: str) -> NATS:
     )
 
 
+async def close_nats(nc: NATS) -> None:
+    """Drains the connection (what was received is handled, what was published is flushed), or, when the
+    server is already gone (`make run`'s Ctrl-C reaches it with everything else), just closes it: there is
+    nothing left to flush to, and a stop is not an error."""
+    try:
+        await nc.drain()
+    except (nats.errors.ConnectionReconnectingError, nats.errors.ConnectionClosedError) as exc:
+        log.info("nats unavailable at stop; connection closed without draining", error=type(exc).__name__)
+        await nc.close()
+
+
 def run(service: str, main: Callable[[asyncio.Event], Awaitable[None]], log_level: str = "info") -> None:
     """Entry point of every service process."""
     configure(service, log_level)

@@ -7,6 +7,10 @@ instead of by the service.
 
 from __future__ import annotations
 
+import signal
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from pulsestack_cli.local import LocalStack
@@ -24,3 +28,24 @@ async def test_service_exits_by_itself_on_sigterm(stack: LocalStack, service: st
     proc.wait_ready()
     code = proc.stop(timeout=GRACE)
     assert code == 0, f"{service} did not exit by itself on SIGTERM within {GRACE} s (exit {code}): see {proc.log_path}"
+
+
+async def test_ctrl_c_stops_every_service_without_a_traceback() -> None:
+    """`make run`'s Ctrl-C reaches every process at once: NATS may be gone before a service drains."""
+    stack = LocalStack(Path(tempfile.mkdtemp(prefix="pulsestack-ctrl-c-")))
+    stack.start_servers()
+    try:
+        await stack.prepare()
+        stack.configure_services()
+        stack.start_services()
+        assert stack.nats is not None and stack.nats.process is not None
+        processes = [service.process for service in stack.services.values() if service.process is not None]
+        for process in [stack.nats.process, *processes]:
+            process.send_signal(signal.SIGINT)
+        for service in stack.services.values():
+            assert service.wait_exit(GRACE) == 0, f"{service.name}: see {service.log_path}"
+    finally:
+        stack.stop()
+    tracebacks = {name: service.log_path for name, service in stack.services.items()
+                  if "Traceback" in service.log_path.read_text()}
+    assert not tracebacks, f"tracebacks in {tracebacks}"

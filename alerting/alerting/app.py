@@ -15,7 +15,7 @@ from pulsestack.bus.consumer import BatchConsumer, ConsumerSettings
 from pulsestack.bus.publisher import Publisher
 from pulsestack.bus.streams import ALERTS, NOTIFIER_CONSUMER, NOTIFIER_MAX_DELIVER
 from pulsestack.logs import get_logger
-from pulsestack.service import connect_nats
+from pulsestack.service import close_nats, connect_nats
 from pulsestack.store.db import create_pool
 from pulsestack.store.maintenance import maintain
 
@@ -99,7 +99,7 @@ async def serve(config: AlertingConfig, stop: asyncio.Event) -> None:
     finally:
         await notifier.close()
         await publisher.stop()
-        await nc.drain()
+        await close_nats(nc)
         await pool.close()
         await runner.cleanup()
         log.info("alerting stopped")

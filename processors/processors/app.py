@@ -15,7 +15,7 @@ from pulsestack.bus.publisher import Publisher
 from pulsestack.bus.quarantine import Quarantine
 from pulsestack.bus.streams import PULSE_CONSUMER, PULSES, RAW, RAW_CONSUMER, RAW_REPLAY
 from pulsestack.logs import get_logger
-from pulsestack.service import connect_nats
+from pulsestack.service import close_nats, connect_nats
 from pulsestack.store.db import create_pool
 
 log = get_logger(__name__)
@@ -78,7 +78,7 @@ async def serve(config: ProcessorConfig, stop: asyncio.Event) -> None:
     finally:
         backlog.cancel()
         await publisher.stop()
-        await nc.drain()
+        await close_nats(nc)
         await pool.close()
         await runner.cleanup()
         log.info("processor stopped", stage=config.stage)
