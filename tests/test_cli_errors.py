@@ -112,3 +112,15 @@ def test_every_subcommand_and_option_has_help() -> None:
 
     walk(_build_parser(), "pulsestack")
     assert not missing, missing
+
+
+async def test_a_cut_list_says_so(stack: LocalStack) -> None:
+    from tests.helpers import register
+
+    await register(stack, "sigfox", [f"{unique_number(0x5A000000) % 0xFFFFFFFF:X}" for _ in range(3)])
+    env = {**servers(stack), "PULSESTACK_DEVICE_MASTER_KEY_FILE": str(stack.master_key_file)}
+    code, out, err = await cli("devices", "list", "--protocol", "sigfox", "--limit", "2", **env)
+    assert code == 0 and out.count("\n") == 2
+    one_line(err, "the first 2 shown; --limit N or --all for more")
+    code, out, err = await cli("devices", "list", "--protocol", "sigfox", "--all", **env)
+    assert code == 0 and out.count("\n") >= 3 and err == ""

@@ -87,9 +87,13 @@ async def cmd_devices(args: argparse.Namespace) -> int:
                 print(f"{args.protocol} {device} key {key.hex()}" if args.protocol == "nbiot" else
                       f"{args.protocol} {device} registered")
         elif args.action == "list":
-            for d in await registry.list_devices(conn, args.protocol, args.limit):
+            # One more than asked for tells whether the list was cut.
+            listed = await registry.list_devices(conn, args.protocol, None if args.all else args.limit + 1)
+            for d in listed[: None if args.all else args.limit]:
                 state = "disabled" if d.disabled else "enabled"
                 print(f"{d.protocol:7} {d.device_id:20} key v{d.key_version}  {state:8} {d.label or ''}")
+            if not args.all and len(listed) > args.limit:
+                print(f"pulsestack: the first {args.limit} shown; --limit N or --all for more", file=sys.stderr)
         elif args.action == "disable":
             if not await registry.disable(conn, kv, args.protocol, args.id):
                 print(f"{args.protocol} device {args.id} is not registered", file=sys.stderr)
@@ -177,6 +181,7 @@ def _build_parser() -> argparse.ArgumentParser:
     lst = dsub.add_parser("list", help="registered devices, enabled or not")
     lst.add_argument("--protocol", choices=["nbiot", "sigfox"], help="only this protocol's")
     lst.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    lst.add_argument("--all", action="store_true", help="every device, however many")
     for name, what in (("disable", "stop accepting a device's readings (they are quarantined)"),
                        ("rotate-key", "give an NB-IoT device a new key; prints it once")):
         p = dsub.add_parser(name, help=what)

@@ -116,7 +116,8 @@ async def rotate_key(conn: asyncpg.Connection, kv: KeyValue, master: bytes, prot
     return keys.derive(master, protocol, device, version)
 
 
-async def list_devices(conn: asyncpg.Connection, protocol: str | None, limit: int) -> list[Device]:
+async def list_devices(conn: asyncpg.Connection, protocol: str | None, limit: int | None) -> list[Device]:
+    """Devices in id order; `limit` None lists them all."""
     rows = await conn.fetch(
         "SELECT protocol, device_id, key_version, label, disabled FROM devices"
         " WHERE $1::text IS NULL OR protocol = $1 ORDER BY protocol, device_id LIMIT $2",
