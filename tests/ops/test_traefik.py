@@ -30,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -330,6 +331,18 @@ async def test_a_dynamic_file_of_the_wrong_shape_is_not_loaded(tmp_path: Path) -
     assert 'parsing \\"4 KiB\\": invalid syntax' in running.log.read_text()
     assert "api@internal" in data.get("routers", {}), "Traefik's API never answered"
     assert not [name for name in middlewares if name.endswith("@file")], "a file of the wrong shape was loaded"
+
+
+async def test_admin_routes_answer_a_flood_with_429_before_checking_credentials(traefik: RunningTraefik) -> None:
+    statuses: Counter[int] = Counter()
+    async with client() as http:
+        async def one() -> None:
+            async with http.get(traefik.url("websecure", f"grafana.{DOMAIN}") + "/") as response:
+                statuses[response.status] += 1
+
+        await asyncio.gather(*(one() for _ in range(300)))
+    # A burst of 100 and 20 a second pass (to the credentials check); a flood of 300 is mostly refused.
+    assert statuses[401] >= 100 and statuses[429] >= 100 and sum(statuses.values()) == 300, statuses
 
 
 async def test_routes_answer_through_traefik(traefik: RunningTraefik, stack: Any) -> None:
