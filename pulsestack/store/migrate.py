@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
+import hmac
+import os
+import re
 from importlib import resources
 
 import asyncpg
@@ -49,10 +54,35 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
 
 
 async def set_role_passwords(conn: asyncpg.Connection, passwords: dict[str, str]) -> None:
+    """Sets each role's password as its SCRAM-SHA-256 verifier: the password itself never travels in SQL
+    text (ALTER ROLE takes no parameters), so it cannot reach the server's statement logs or
+    pg_stat_statements, and nothing is escaped by hand."""
     for role, password in passwords.items():
-        # Identifiers cannot be parameters; role names come from our own fixed list.
-        await conn.execute(f'ALTER ROLE "{role}" PASSWORD {_literal(password)}')
+        verifier = scram_verifier(password)
+        # Identifiers cannot be parameters; role names come from our own fixed list, and a verifier holds
+        # only base64, digits, '$' and ':' (checked).
+        if not (_ROLE.fullmatch(role) and _VERIFIER.fullmatch(verifier)):
+            raise ValueError(f"refusing to set a password on role {role!r}")
+        await conn.execute(f"ALTER ROLE \"{role}\" PASSWORD '{verifier}'")
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+_ROLE = re.compile(r"[a-z_][a-z0-9_]*")
+_VERIFIER = re.compile(r"SCRAM-SHA-256\$[0-9]+:[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+:[A-Za-z0-9+/=]+")
+
+
+def scram_verifier(password: str, salt: bytes | None = None, iterations: int = 4096) -> str:
+    """What PostgreSQL stores for a SCRAM-SHA-256 password (RFC 5802 and 7677, in PostgreSQL's format).
+
+    PostgreSQL runs a password through SASLprep first, which changes nothing in printable ASCII; other
+    passwords are refused rather than hashed differently from what the server would compute."""
+    if not (password.isascii() and password.isprintable()):
+        raise ValueError("role passwords must be printable ASCII (deploy/secrets.sh generates them so)")
+    salt = salt or os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    stored_key = hashlib.sha256(hmac.digest(salted, b"Client Key", "sha256")).digest()
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
