@@ -124,3 +124,14 @@ async def test_a_cut_list_says_so(stack: LocalStack) -> None:
     one_line(err, "the first 2 shown; --limit N or --all for more")
     code, out, err = await cli("devices", "list", "--protocol", "sigfox", "--all", **env)
     assert code == 0 and out.count("\n") >= 3 and err == ""
+
+
+async def test_reports_print_one_json_object_with_json(stack: LocalStack) -> None:
+    import json
+
+    for args, keys in ((("maintain", "--json"), {"ran", "dropped", "deleted"}),
+                       (("reprocess", "--json", "--protocol", "nbiot", "--device", "4"), {"readings", "devices"})):
+        code, out, err = await cli(*args, **servers(stack))
+        assert code == 0 and err == "", err
+        [line] = out.splitlines()
+        assert keys <= json.loads(line).keys(), line

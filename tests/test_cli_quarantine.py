@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
@@ -46,5 +47,11 @@ async def test_quarantine_list_answers_on_an_empty_stream_and_shows_the_newest(t
         assert lines[-1] == "6 quarantined record(s); the newest 3 shown (--limit)"
         code, lines = await quarantine_list(server.url)
         assert code == 0 and len(lines) == 7 and lines[-1] == "6 quarantined record(s)", lines
+        # --json: one object per record on stdout; the count is a notice on stderr.
+        code, lines = await quarantine_list(server.url, "--limit", "2", "--json")
+        records = [json.loads(line) for line in lines[:-1]]
+        assert code == 0 and [(r["stream_seq"], r["reason"], r["detail"]) for r in records] == [
+            (5, "malformed", "record 4"), (7, "malformed", "record 6")], lines
+        assert lines[-1] == "6 quarantined record(s); the newest 2 shown (--limit)"
     finally:
         server.stop()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import asyncpg
 import uvloop
 
 from pulsestack import keys
-from pulsestack.bus.streams import BusLimits, setup
+from pulsestack.bus.streams import BusLimits, setup, stream_configs
 from pulsestack.config import ConfigError
 from pulsestack.logs import configure
 from pulsestack.registry import devices as registry
@@ -22,11 +24,12 @@ from pulsestack.store.migrate import migrate, set_role_passwords
 from pulsestack_cli import jetstream as jetstream_cmd
 from pulsestack_cli import quarantine as quarantine_cmd
 from pulsestack_cli.connections import LOCAL_ENV, Unreachable, connect, connect_db, local_settings, use_local_stack
+from pulsestack_cli.output import add_json_flag, emit
 
 ROLES = ("pulsestack_raw", "pulsestack_pulse", "pulsestack_registry", "pulsestack_reader", "pulsestack_alerting")
 
 
-async def cmd_migrate(args: argparse.Namespace) -> int:
+async def _migrate() -> dict[str, Any]:
     conn = await connect_db()
     try:
         applied = await migrate(conn)
@@ -38,18 +41,31 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
         await set_role_passwords(conn, passwords)
     finally:
         await conn.close()
-    print(f"migrations applied: {', '.join(applied) or 'none (up to date)'}; role passwords set: {len(passwords)}")
+    return {"migrations_applied": applied, "role_passwords_set": sorted(passwords)}
+
+
+def _migrated(done: dict[str, Any]) -> str:
+    return (f"migrations applied: {', '.join(done['migrations_applied']) or 'none (up to date)'}; "
+            f"role passwords set: {len(done['role_passwords_set'])}")
+
+
+async def cmd_migrate(args: argparse.Namespace) -> int:
+    done = await _migrate()
+    emit(args, done, _migrated(done))
     return 0
 
 
 async def cmd_setup(args: argparse.Namespace) -> int:
-    await cmd_migrate(args)
+    done = await _migrate()
+    limits = BusLimits.from_env()
     nc = await connect()
     try:
-        await setup(nc.jetstream(), BusLimits.from_env())
+        await setup(nc.jetstream(), limits)
     finally:
         await nc.close()
-    print("streams RAW, PULSES, QUARANTINE, DEAD, their consumers and the registry bucket are in place")
+    streams = [str(config.name) for config in stream_configs(limits)]
+    emit(args, {**done, "streams": streams, "registry_bucket": BUCKET},
+         f"{_migrated(done)}\nstreams {', '.join(streams)}, their consumers and the registry bucket are in place")
     return 0
 
 
@@ -62,11 +78,14 @@ async def cmd_maintain(args: argparse.Namespace) -> int:
     finally:
         await conn.close()
     if not report.ran:
-        print("another maintenance run is in progress (the alerting service's, most likely); nothing done")
+        emit(args, {"ran": False},
+             "another maintenance run is in progress (the alerting service's, most likely); nothing done")
         return 0
     trimmed = ", ".join(f"{table} {n}" for table, n in report.deleted.items() if n) or "none"
-    print(f"partitions ensured {args.months_ahead} months ahead; dropped: {', '.join(report.dropped) or 'none'}; "
-          f"rows past retention deleted: {trimmed}")
+    emit(args, {"ran": True, "months_ahead": args.months_ahead, "dropped": report.dropped,
+                "deleted": report.deleted},
+         f"partitions ensured {args.months_ahead} months ahead; dropped: {', '.join(report.dropped) or 'none'}; "
+         f"rows past retention deleted: {trimmed}")
     return 0
 
 
@@ -131,8 +150,9 @@ async def cmd_reprocess(args: argparse.Namespace) -> int:
                                  until=day(args.until))
     finally:
         await conn.close()
-    print(f"reprocessed {report.readings} reading(s) of {report.devices} device(s); "
-          f"{report.redecoded} decoded differently now, {report.undecodable} undecodable (left as they were)")
+    emit(args, asdict(report),
+         f"reprocessed {report.readings} reading(s) of {report.devices} device(s); "
+         f"{report.redecoded} decoded differently now, {report.undecodable} undecodable (left as they were)")
     return 0
 
 
@@ -147,8 +167,11 @@ def cmd_env(args: argparse.Namespace) -> int:
         print(f"pulsestack: no local stack settings in {LOCAL_ENV}: `make run` writes them while it runs",
               file=sys.stderr)
         return EXIT_NOT_FOUND
-    for name, value in settings.items():
-        print(f"export {name}={value}")
+    if args.json:
+        emit(args, settings, "")
+    else:
+        for name, value in settings.items():
+            print(f"export {name}={shlex.quote(value)}")
     return 0
 
 
@@ -161,9 +184,9 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("env", help="the local stack's settings (of a running `make run`) as export lines")
-    sub.add_parser("migrate", help="apply database migrations (safe to run from several replicas)")
-    sub.add_parser("setup", help="migrate, then create streams, consumers and the registry bucket")
+    add_json_flag(sub.add_parser("env", help="the local stack's settings (of a running `make run`) as export lines"))
+    add_json_flag(sub.add_parser("migrate", help="apply database migrations (safe to run from several replicas)"))
+    add_json_flag(sub.add_parser("setup", help="migrate, then create streams, consumers and the registry bucket"))
     maintain = sub.add_parser(
         "maintain", help="what the alerting service runs hourly: partitions ahead, retention of every table")
     maintain.add_argument("--months-ahead", type=int, default=MONTHS_AHEAD,
@@ -171,6 +194,7 @@ def _build_parser() -> argparse.ArgumentParser:
     maintain.add_argument("--retention-months", type=int, default=None,
                           help="one retention for every table (0 keeps everything); default: "
                                "PULSESTACK_RETENTION_<TABLE>_MONTHS, see docs/durability.md")
+    add_json_flag(maintain)
 
     devices = sub.add_parser("devices", help="the device registry")
     dsub = devices.add_subparsers(dest="action", required=True)
@@ -202,6 +226,7 @@ def _build_parser() -> argparse.ArgumentParser:
     again.add_argument("--device", action="append", help="repeatable; default: every device in the range")
     again.add_argument("--since", help="period end from (ISO date or time, UTC)")
     again.add_argument("--until", help="period end before (ISO date or time, UTC)")
+    add_json_flag(again)
 
     run = sub.add_parser("run", help="run the stack locally, or every stage in one process")
     run.add_argument("mode", choices=["local", "all"])

@@ -13,6 +13,7 @@ from pulsestack.bus.quarantine import QuarantineRecord, decode_record
 from pulsestack.bus.streams import QUARANTINE
 from pulsestack.wire.reading import encode_raw
 from pulsestack_cli.connections import connect, connect_db
+from pulsestack_cli.output import add_json_flag, emit, notice
 
 
 def add_parser(sub: Any) -> None:
@@ -20,6 +21,7 @@ def add_parser(sub: Any) -> None:
     qsub = parser.add_subparsers(dest="action", required=True)
     lst = qsub.add_parser("list", help="the newest quarantined records, oldest of them first")
     lst.add_argument("--limit", type=int, default=50, help="how many of the newest to show (default 50)")
+    add_json_flag(lst)
     replay = qsub.add_parser("replay", help="re-inject readings of devices now registered and enabled")
     replay.add_argument("--reason", default="unknown_device",
                         help="replay records quarantined for this reason (default unknown_device)")
@@ -49,10 +51,15 @@ async def run(args: argparse.Namespace) -> int:
             records, held = await _records(js, max(args.limit, 0))
             for seq, rec in records:
                 at = dt.datetime.fromtimestamp(rec.at, dt.UTC).isoformat(timespec="seconds")
-                who = f"{rec.reading.protocol}:{rec.reading.device} seq {rec.reading.seq}" if rec.reading else "-"
-                print(f"{seq:>8} {at} {rec.stage:6} {rec.reason:15} {who:40} {rec.detail}")
+                reading = rec.reading
+                who = f"{reading.protocol}:{reading.device} seq {reading.seq}" if reading else "-"
+                emit(args, {"stream_seq": seq, "at": at, "stage": rec.stage, "reason": rec.reason,
+                            "detail": rec.detail, "protocol": reading.protocol if reading else None,
+                            "device_id": reading.device if reading else None,
+                            "seq": reading.seq if reading else None},
+                     f"{seq:>8} {at} {rec.stage:6} {rec.reason:15} {who:40} {rec.detail}")
             shown = f"; the newest {len(records)} shown (--limit)" if len(records) < held else ""
-            print(f"{held} quarantined record(s){shown}")
+            (notice if args.json else print)(f"{held} quarantined record(s){shown}")
             return 0
         return await _replay(js, (await _records(js))[0], args.reason)
     finally:
