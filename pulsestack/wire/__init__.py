@@ -1,29 +1,4 @@
-"""Wire formats: what devices send (codecs) and what travels on the bus (envelopes)."""
+"""Wire formats: what devices send (codecs: nbiot, sigfox) and what travels on the bus (envelopes: reading).
 
-from pulsestack.wire.errors import CodecError
-from pulsestack.wire.reading import (
-    ENVELOPE_VERSION,
-    Flags,
-    PulseEnvelope,
-    PulseItem,
-    RawEnvelope,
-    Reading,
-    decode_pulse,
-    decode_raw,
-    encode_pulse,
-    encode_raw,
-)
-
-__all__ = [
-    "ENVELOPE_VERSION",
-    "CodecError",
-    "Flags",
-    "PulseEnvelope",
-    "PulseItem",
-    "RawEnvelope",
-    "Reading",
-    "decode_pulse",
-    "decode_raw",
-    "encode_pulse",
-    "encode_raw",
-]
+Import the module that owns a name (`from pulsestack.wire.reading import Reading`): this package re-exports nothing.
+"""
