@@ -25,9 +25,13 @@ class Clock:
         return self.rate != 1.0 or self.epoch != self.wall_epoch
 
     def now(self) -> float:
+        return self.at(time.time())
+
+    def at(self, wall: float) -> float:
+        """What this clock showed at wall time `wall` (one wall-clock read serves both, on a hot path)."""
         if not self.compressed:
-            return time.time()
-        return self.epoch + (time.time() - self.wall_epoch) * self.rate
+            return wall
+        return self.epoch + (wall - self.wall_epoch) * self.rate
 
     def today(self) -> dt.date:
         return dt.datetime.fromtimestamp(self.now(), dt.UTC).date()

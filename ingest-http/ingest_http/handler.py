@@ -103,7 +103,7 @@ class SigfoxCallbacks:
             return json_response({"error": "overloaded"}, 503, {"Retry-After": RETRY_AFTER})
         if not self._membership.contains(PROTOCOL, int(reading.device, 16)):
             return await self._quarantined(request, "unknown_device", "device not registered or disabled", reading)
-        problem = clock_problem(reading.device_time, self._clock.now(), self._max_age)
+        problem = clock_problem(reading.device_time, self._clock.at(received_at), self._max_age)
         if problem:
             return await self._quarantined(request, "clock", problem, reading)
         try:

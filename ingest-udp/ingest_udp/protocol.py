@@ -94,7 +94,7 @@ class NbiotDatagrams(asyncio.DatagramProtocol):
             self._reject("unknown_device", addr, "device not registered or disabled", device, frame.seq)
             self._quarantine.submit("ingest", "unknown_device", "not registered", source=source, reading=reading)
             return
-        problem = clock_problem(frame.period_end, self._clock.now(), self._max_age)
+        problem = clock_problem(frame.period_end, self._clock.at(now), self._max_age)
         if problem:
             self._reject("clock", addr, problem, device, frame.seq)
             self._quarantine.submit("ingest", "clock", problem, source=source, reading=reading)
