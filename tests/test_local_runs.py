@@ -24,7 +24,9 @@ from pulsestack_cli.localstack import Postgres
 from simulator.fleet import READING_SECONDS, Meter
 
 RATE, SECONDS = 40, 8
-SUMMARY_LINE = re.compile(r"^ *\d+ s \| received nbiot +[\d,]+ sigfox +[\d,]+ \| stored nbiot +[\d,]+ sigfox +[\d,]+ \|")
+SUMMARY_LINE = re.compile(
+    r"^ *\d+ s \| received nbiot +[\d,]+ sigfox +[\d,]+ \| stored nbiot +[\d,]+ sigfox +[\d,]+ \|"
+    r" .* \| duplicates \d+ \| quarantined \d+ \|")
 
 
 @pytest.fixture

@@ -133,7 +133,7 @@ def _live_view() -> Iterator[Callable[[Figures], None]]:
     from rich.live import Live
 
     with Live(auto_refresh=False) as live:
-        yield lambda figures: live.update(figures.table(), refresh=True)
+        yield lambda figures: live.update(figures.view(), refresh=True)
 
 
 def _run_all() -> int:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from prometheus_client.parser import text_string_to_metric_families
 
 if TYPE_CHECKING:
-    from rich.table import Table
+    from rich.console import RenderableType
 
 Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
 PROTOCOLS = ("nbiot", "sigfox")
@@ -81,12 +81,14 @@ class Figures:
             f" | rejected {self.rejected:,.0f} | backlog {self.backlog:,.0f} | end-to-end p50/p99 {self.latency}{why}"
         )
 
-    def table(self) -> Table:
+    def view(self) -> RenderableType:
+        """The same figures as a table, for a terminal's live display."""
+        from rich.console import Group
         from rich.table import Table
+        from rich.text import Text
 
         minutes, seconds = divmod(int(self.elapsed), 60)
-        table = Table(title=f"pulsestack local run, {minutes}:{seconds:02d} elapsed (Ctrl-C stops)",
-                      title_justify="left")
+        table = Table()
         for column in ("", "nbiot", "sigfox", "all"):
             table.add_column(column, justify="right")
         for name, counts in (("received", self.received), ("stored", self.stored)):
@@ -94,10 +96,11 @@ class Figures:
         for name, value in (("duplicates", self.duplicates), ("quarantined", self.quarantined),
                             ("rejected", self.rejected), ("backlog", self.backlog)):
             table.add_row(name, "", "", f"{value:,.0f}")
-        table.caption = (f"{self.rate:,.0f} readings/s stored, end-to-end p50/p99 {self.latency}"
-                         + (f"; stored unchanged: {self.still}" if self.still else ""))
-        table.caption_justify = "left"
-        return table
+        return Group(
+            Text(f"{minutes}:{seconds:02d} elapsed (Ctrl-C stops)", style="bold"), table,
+            Text(f"{self.rate:,.0f} readings/s stored, end-to-end p50/p99 {self.latency}"),
+            Text(f"stored unchanged: {self.still}" if self.still else "", style="yellow"),
+        )
 
 
 class Summary:
