@@ -149,9 +149,15 @@ def test_fresh_leaves_a_folder_that_is_not_a_local_stack_alone(workdir: Path) ->
     assert (workdir / "thesis.tex").read_text() == "keep me"
 
 
-def test_a_resumed_sigfox_meter_wraps_its_sequence_number() -> None:
+def test_a_resumed_meter_wraps_sigfox_seq_and_starts_no_earlier_than_its_own_start() -> None:
     meter = Meter("sigfox", "1A0001", 0x1A0001, b"", next_period_end=1_000 * READING_SECONDS)
     meter.resume(last_period_end=2_000 * READING_SECONDS, last_seq=4095, last_index=77)
     reading = meter.next_reading()
     assert reading.seq == 0 and reading.period_end == 2_001 * READING_SECONDS
     assert reading.index == 77 + sum(reading.counts)
+    # A store older than the meter's own start (an old var/local): it starts there, not beyond the
+    # ingesters' maximum age; a gap, not readings they would refuse as too old.
+    old = Meter("nbiot", "356938035600001", 356938035600001, b"", next_period_end=1_000 * READING_SECONDS)
+    old.resume(last_period_end=500 * READING_SECONDS, last_seq=9, last_index=0)
+    reading = old.next_reading()
+    assert reading.period_end == 1_000 * READING_SECONDS and reading.seq == 10

@@ -76,12 +76,12 @@ def wipe(workdir: Path) -> None:
     print(f"removed the earlier local stack in {workdir}", flush=True)
 
 
-async def _settle(stack: LocalStack) -> None:
-    """Waits until the stages have processed what the bus holds."""
+async def _settle(stack: LocalStack, until: asyncio.Event | None = None) -> None:
+    """Waits until the stages have processed what the bus holds (or `until` is set)."""
     said = 0.0
-    while left := await stack.backlog():
+    while (left := await stack.backlog()) and not (until and until.is_set()):
         if time.monotonic() - said > 5:
-            print(f"the stages are processing {left:,} messages left on the bus ...", flush=True)
+            print(f"the stages are processing what is left on the bus (backlog {left:,}) ...", flush=True)
             said = time.monotonic()
         await asyncio.sleep(0.5)
 
@@ -97,7 +97,9 @@ async def _drive(stack: LocalStack, args: argparse.Namespace) -> int:
         sigfox_token=stack.sigfox_token, master_key=stack.master_key,
     ))
     # Readings an earlier run left on the bus reach device_state first, so each device resumes after them.
-    await _settle(stack)
+    await _settle(stack, until=stop)
+    if stop.is_set():
+        return 0
     conn = await asyncpg.connect(stack.database_url)
     try:
         resumed = await resume_fleet(conn, simulation.meters)
@@ -117,7 +119,7 @@ async def _drive(stack: LocalStack, args: argparse.Namespace) -> int:
             async with asyncio.timeout(30):
                 await _settle(stack)
         except TimeoutError:
-            print(f"{await stack.backlog():,} messages still on the bus: the next run processes them first")
+            print(f"backlog {await stack.backlog():,} still on the bus: the next run processes it first")
         show(summary.take(simulation.caught_up))
     for line in report.lines():
         print(line)
