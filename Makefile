@@ -1,5 +1,6 @@
 # The two commands of the README, and what they stand on.
-# `make run`: the whole stack on this machine with a simulated fleet (Ctrl-C stops it).
+# `make run`: the whole stack on this machine with a simulated fleet (Ctrl-C stops it); a second `make run`
+# continues from var/local, `make run FRESH=1` (or `make reset` first) starts clean.
 # `make test`: every test, with the tools they need installed first.
 
 PYTHON ?= python3
@@ -7,9 +8,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEVICES ?= 1000
 RATE ?= 50
+FRESH ?=
 BENCH_ARGS ?=
 
-.PHONY: run test check lint tools bench clean
+.PHONY: run reset test check lint tools bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +20,11 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 run: $(BIN)/.installed
-	$(BIN)/pulsestack run local --devices $(DEVICES) --rate $(RATE)
+	$(BIN)/pulsestack run local --devices $(DEVICES) --rate $(RATE) $(if $(filter-out 0,$(FRESH)),--fresh)
+
+# The local stack's data, secrets and logs (stop `make run` first).
+reset:
+	rm -rf var/local
 
 # Debian tools the ops tests check files with (promtool, amtool, ...); needs root, as in CI.
 tools:

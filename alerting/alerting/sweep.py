@@ -22,6 +22,7 @@ SELECT s.protocol, s.device_id, 'silent',
        jsonb_build_object('last_seen', s.last_seen, 'interval_seconds', coalesce(s.interval_seconds, $1))
 FROM device_state s
 WHERE s.last_seen < now() - make_interval(secs => $2 * coalesce(s.interval_seconds, $1))
+  AND NOT EXISTS (SELECT FROM devices d WHERE d.protocol = s.protocol AND d.device_id = s.device_id AND d.disabled)
 ON CONFLICT (protocol, device_id, kind) WHERE resolved_at IS NULL DO NOTHING
 RETURNING id
 """

@@ -14,13 +14,13 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import nats
 
-from pulsestack.bus.streams import BusLimits, setup
+from pulsestack.bus.streams import PULSE_CONSUMER, PULSES, RAW, RAW_CONSUMER, BusLimits, setup
 from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET
 from pulsestack.store.migrate import migrate
 from pulsestack_cli.localstack import NatsServer, Postgres, free_port
 from pulsestack_cli.processes import ServiceProcess
-from simulator.fleet import fleet_ids
+from simulator.fleet import fleet_ids, simulated
 
 ROLE_OF = {
     "raw-processor": "pulsestack_raw", "pulse-processor": "pulsestack_pulse", "alerting": "pulsestack_alerting",
@@ -114,6 +114,37 @@ class LocalStack:
         finally:
             await nc.close()
             await conn.close()
+
+    async def retire_others(self, devices: int, nbiot_share: float) -> int:
+        """Disables the simulated devices an earlier, larger run registered that this fleet leaves out: they
+        would go silent and each open an alert. A later, larger run enables them again (`provision`)."""
+        nbiot_ids, sigfox_ids = fleet_ids(devices, nbiot_share)
+        wanted = {"nbiot": set(nbiot_ids), "sigfox": set(sigfox_ids)}
+        conn = await asyncpg.connect(self.database_url)
+        nc = await nats.connect(self.nats_url)
+        try:
+            kv = await nc.jetstream().key_value(BUCKET)
+            retired = 0
+            for protocol, ids in wanted.items():
+                rows = await conn.fetch("SELECT device_id FROM devices WHERE protocol = $1 AND NOT disabled", protocol)
+                others = [d for d in (r["device_id"] for r in rows) if d not in ids and simulated(protocol, d)]
+                if others:
+                    retired += await registry.disable_bulk(conn, kv, protocol, others)
+            return retired
+        finally:
+            await nc.close()
+            await conn.close()
+
+    async def backlog(self) -> int:
+        """Messages the two stages have not processed yet (pending or unacknowledged in RAW and PULSES)."""
+        nc = await nats.connect(self.nats_url)
+        try:
+            js = nc.jetstream()
+            infos = [await js.consumer_info(stream, durable)
+                     for stream, durable in ((RAW, RAW_CONSUMER), (PULSES, PULSE_CONSUMER))]
+            return sum((info.num_pending or 0) + (info.num_ack_pending or 0) for info in infos)
+        finally:
+            await nc.close()
 
     def configure_services(self, udp_port: int | None = None, http_port: int | None = None) -> None:
         self.udp_port = udp_port or free_port()

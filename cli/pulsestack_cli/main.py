@@ -236,6 +236,10 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workdir", type=Path, default=Path("var/local"),
                      help="where the local servers keep data, logs and secrets (default var/local)")
     run.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    run.add_argument("--fresh", action="store_true",
+                     help="remove the workdir's earlier data, secrets and logs first (default: continue from them)")
+    run.add_argument("--udp-port", type=int, default=2204, help="NB-IoT ingester's port (default 2204; 0: any free)")
+    run.add_argument("--http-port", type=int, default=7070, help="Sigfox ingester's port (default 7070; 0: any free)")
 
     simulate = sub.add_parser("simulate", help="drive a simulated fleet against running ingesters")
     simulate.add_argument("--devices", type=int, default=1000, help="simulated meters (default 1000)")

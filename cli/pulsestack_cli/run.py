@@ -6,16 +6,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
+import asyncpg
 import uvloop
 
 from pulsestack.keys import load_master_key
 from pulsestack.logs import configure
 from pulsestack_cli.local import LocalStack
-from pulsestack_cli.summary import Summary
+from pulsestack_cli.summary import Figures, Summary
+from simulator.resume import resume_fleet
 from simulator.run import Simulation, SimulationConfig
 
 
@@ -26,13 +32,17 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _run_local(args: argparse.Namespace) -> int:
-    stack = LocalStack(args.workdir.resolve())
+    workdir = args.workdir.resolve()
+    if args.fresh:
+        wipe(workdir)
+    stack = LocalStack(workdir)
     print(f"starting the local stack in {stack.workdir} ...", flush=True)
     try:
         stack.start_servers()
         uvloop.run(stack.prepare())
         uvloop.run(stack.provision(args.devices, args.nbiot_share))
-        stack.configure_services(udp_port=2204, http_port=7070)
+        retired = uvloop.run(stack.retire_others(args.devices, args.nbiot_share))
+        stack.configure_services(udp_port=args.udp_port, http_port=args.http_port)
         stack.start_services()
         stack.write_env()
         print(f"NATS {stack.nats_url}  PostgreSQL {stack.database_url}")
@@ -40,12 +50,40 @@ def _run_local(args: argparse.Namespace) -> int:
               f"the pulsestack CLI finds this stack by {stack.env_file} (`pulsestack env` prints it)")
         print(f"NB-IoT udp://127.0.0.1:{stack.udp_port}  Sigfox http://127.0.0.1:{stack.http_port}/v1/sigfox")
         print(f"metrics: {', '.join(stack.metrics_urls().values())}   logs: {stack.workdir / 'logs'}")
+        if retired:
+            print(f"disabled {retired} simulated devices of an earlier, larger run (their data stays; a run with "
+                  "more devices enables them again)")
         print(f"fleet of {args.devices} devices at {args.rate:g} readings/s; Ctrl-C stops everything", flush=True)
         return uvloop.run(_drive(stack, args))
     finally:
         stack.env_file.unlink(missing_ok=True)
         stack.stop()
         print("stopped", flush=True)
+
+
+# What `pulsestack run local` keeps in its workdir: --fresh removes these and nothing else.
+WORKDIR_ENTRIES = {"secrets", "nats", "postgres", "logs", "env"}
+
+
+def wipe(workdir: Path) -> None:
+    """Removes an earlier local stack's data, secrets and logs; refuses a folder holding anything else."""
+    if not workdir.exists():
+        return
+    others = sorted(p.name for p in workdir.iterdir() if p.name not in WORKDIR_ENTRIES)
+    if others:
+        raise SystemExit(f"pulsestack: {workdir} holds more than a local stack ({', '.join(others)}): not wiping it")
+    shutil.rmtree(workdir)
+    print(f"removed the earlier local stack in {workdir}", flush=True)
+
+
+async def _settle(stack: LocalStack, until: asyncio.Event | None = None) -> None:
+    """Waits until the stages have processed what the bus holds (or `until` is set)."""
+    said = 0.0
+    while (left := await stack.backlog()) and not (until and until.is_set()):
+        if time.monotonic() - said > 5:
+            print(f"the stages are processing what is left on the bus (backlog {left:,}) ...", flush=True)
+            said = time.monotonic()
+        await asyncio.sleep(0.5)
 
 
 async def _drive(stack: LocalStack, args: argparse.Namespace) -> int:
@@ -58,17 +96,46 @@ async def _drive(stack: LocalStack, args: argparse.Namespace) -> int:
         udp_target=("127.0.0.1", stack.udp_port), http_url=f"http://127.0.0.1:{stack.http_port}/v1/sigfox",
         sigfox_token=stack.sigfox_token, master_key=stack.master_key,
     ))
+    # Readings an earlier run left on the bus reach device_state first, so each device resumes after them.
+    await _settle(stack, until=stop)
+    if stop.is_set():
+        return 0
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        resumed = await resume_fleet(conn, simulation.meters)
+    finally:
+        await conn.close()
+    if resumed:
+        print(f"{resumed} of {len(simulation.meters)} devices continue after their last stored reading "
+              "(`make run FRESH=1` starts clean)", flush=True)
     summary = Summary(stack.metrics_urls())
     fleet = asyncio.create_task(simulation.run(stop, settle_timeout=10))
-    while not fleet.done():
-        print(summary.line(), flush=True)
-        await asyncio.wait({fleet}, timeout=2.0)
-    report = fleet.result()
-    await asyncio.sleep(2)
-    print(summary.line())
+    with _live_view() as show:
+        while not fleet.done():
+            show(summary.take(simulation.caught_up))
+            await asyncio.wait({fleet}, timeout=2.0)
+        report = fleet.result()
+        try:
+            async with asyncio.timeout(30):
+                await _settle(stack)
+        except TimeoutError:
+            print(f"backlog {await stack.backlog():,} still on the bus: the next run processes it first")
+        show(summary.take(simulation.caught_up))
     for line in report.lines():
         print(line)
     return 0
+
+
+@contextmanager
+def _live_view() -> Iterator[Callable[[Figures], None]]:
+    """In a terminal, one table updated in place; otherwise (tests, logs) a plain line per look."""
+    if not sys.stdout.isatty():
+        yield lambda figures: print(figures.line(), flush=True)
+        return
+    from rich.live import Live
+
+    with Live(auto_refresh=False) as live:
+        yield lambda figures: live.update(figures.view(), refresh=True)
 
 
 def _run_all() -> int:

@@ -1,14 +1,21 @@
-"""A live summary from the services' own /metrics: received, stored, rate, backlog, rejected."""
+"""A live summary from the services' own /metrics: received, stored, duplicates, quarantined, rejected, rate,
+backlog, and why the stored count stands still when it does."""
 
 from __future__ import annotations
 
 import time
 import urllib.request
 from collections import defaultdict
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from prometheus_client.parser import text_string_to_metric_families
 
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
 Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
+PROTOCOLS = ("nbiot", "sigfox")
 
 
 def scrape(url: str) -> Samples:
@@ -49,32 +56,105 @@ def histogram_quantile(samples: Samples, name: str, q: float) -> float | None:
     return lower
 
 
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """One look at the services. Counts are since the services started (this run), not since var/local began."""
+
+    elapsed: float
+    received: dict[str, float]
+    stored: dict[str, float]
+    duplicates: float  # readings the raw stage found already stored
+    quarantined: float  # by any stage, for any reason (`pulsestack quarantine list` shows them)
+    rejected: float  # turned away at ingest with an answer to the device
+    backlog: float  # messages the stages have not processed yet
+    rate: float  # stored readings per second since the previous look
+    latency: str
+    still: str | None  # why the stored count did not move since the previous look; None when it did
+
+    def line(self) -> str:
+        why = f" | stored unchanged: {self.still}" if self.still else ""
+        return (
+            f"{self.elapsed:6.0f} s | received nbiot {self.received['nbiot']:>9,.0f}"
+            f" sigfox {self.received['sigfox']:>9,.0f} | stored nbiot {self.stored['nbiot']:>9,.0f}"
+            f" sigfox {self.stored['sigfox']:>9,.0f}"
+            f" | {self.rate:7,.0f} readings/s | duplicates {self.duplicates:,.0f} | quarantined {self.quarantined:,.0f}"
+            f" | rejected {self.rejected:,.0f} | backlog {self.backlog:,.0f} | end-to-end p50/p99 {self.latency}{why}"
+        )
+
+    def view(self) -> RenderableType:
+        """The same figures as a table, for a terminal's live display."""
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        minutes, seconds = divmod(int(self.elapsed), 60)
+        table = Table()
+        for column in ("", "nbiot", "sigfox", "all"):
+            table.add_column(column, justify="right")
+        for name, counts in (("received", self.received), ("stored", self.stored)):
+            table.add_row(name, *(f"{counts[p]:,.0f}" for p in PROTOCOLS), f"{sum(counts.values()):,.0f}")
+        for name, value in (("duplicates", self.duplicates), ("quarantined", self.quarantined),
+                            ("rejected", self.rejected), ("backlog", self.backlog)):
+            table.add_row(name, "", "", f"{value:,.0f}")
+        return Group(
+            Text(f"{minutes}:{seconds:02d} elapsed (Ctrl-C stops)", style="bold"), table,
+            Text(f"{self.rate:,.0f} readings/s stored, end-to-end p50/p99 {self.latency}"),
+            Text(f"stored unchanged: {self.still}" if self.still else "", style="yellow"),
+        )
+
+
 class Summary:
     def __init__(self, urls: dict[str, str]) -> None:
         self.urls = urls
-        self._last: tuple[float, float] | None = None
+        self.started = time.monotonic()
+        self._last: Figures | None = None
 
-    def line(self) -> str:
+    def take(self, caught_up: bool = False) -> Figures:
+        """The figures now; `caught_up`: every simulated device has sent its readings up to the clock."""
         s = {name: scrape(url) for name, url in self.urls.items()}
         udp, http = s.get("ingest-udp", {}), s.get("ingest-http", {})
         pulse, raw = s.get("pulse-processor", {}), s.get("raw-processor", {})
-        stored = {
-            p: total(pulse, "pulsestack_end_to_end_seconds_count", protocol=p) for p in ("nbiot", "sigfox")
-        }
-        all_stored = sum(stored.values())
-        now = time.monotonic()
-        rate = 0.0
-        if self._last:
-            rate = (all_stored - self._last[1]) / max(1e-9, now - self._last[0])
-        self._last = (now, all_stored)
-        rejected = total(udp, "pulsestack_ingest_rejected_total") + total(http, "pulsestack_ingest_rejected_total")
-        backlog = total(raw, "pulsestack_stream_pending") + total(pulse, "pulsestack_stream_pending")
+        stored = {p: total(pulse, "pulsestack_end_to_end_seconds_count", protocol=p) for p in PROTOCOLS}
         p50 = histogram_quantile(pulse, "pulsestack_end_to_end_seconds", 0.5)
         p99 = histogram_quantile(pulse, "pulsestack_end_to_end_seconds", 0.99)
-        latency = f"{p50 * 1000:.0f}/{p99 * 1000:.0f} ms" if p50 is not None and p99 is not None else "-"
-        return (
-            f"received nbiot {total(udp, 'pulsestack_ingest_received_total'):>9,.0f}"
-            f" sigfox {total(http, 'pulsestack_ingest_received_total'):>9,.0f} | stored nbiot {stored['nbiot']:>9,.0f}"
-            f" sigfox {stored['sigfox']:>9,.0f} | {rate:7,.0f} readings/s | backlog {backlog:>6,.0f}"
-            f" | rejected {rejected:,.0f} | end-to-end p50/p99 {latency}"
+        now = time.monotonic()
+        figures = Figures(
+            elapsed=now - self.started,
+            received={"nbiot": total(udp, "pulsestack_ingest_received_total"),
+                      "sigfox": total(http, "pulsestack_ingest_received_total")},
+            stored=stored,
+            duplicates=total(raw, "pulsestack_processor_messages_total", stage="raw", outcome="duplicate"),
+            quarantined=sum(total(samples, "pulsestack_quarantined_total") for samples in s.values()),
+            rejected=total(udp, "pulsestack_ingest_rejected_total") + total(http, "pulsestack_ingest_rejected_total"),
+            backlog=total(raw, "pulsestack_stream_pending") + total(pulse, "pulsestack_stream_pending"),
+            rate=0.0,
+            latency=f"{p50 * 1000:.0f}/{p99 * 1000:.0f} ms" if p50 is not None and p99 is not None else "-",
+            still=None,
         )
+        last = self._last
+        moved = sum(stored.values()) - (sum(last.stored.values()) if last else 0.0)
+        figures = replace(
+            figures, rate=moved / max(1e-9, figures.elapsed - last.elapsed) if last else 0.0,
+            still=None if moved else _why_still(last, figures, caught_up),
+        )
+        self._last = figures
+        return figures
+
+
+def _why_still(last: Figures | None, now: Figures, caught_up: bool) -> str:
+    def since_last(f: Figures) -> tuple[float, float, float]:
+        return f.duplicates, f.quarantined + f.rejected, sum(f.received.values())
+
+    before = since_last(last) if last else (0.0, 0.0, 0.0)
+    duplicates, turned_away, received = (a - b for a, b in zip(since_last(now), before, strict=True))
+    if duplicates:
+        return "all duplicates (those readings were stored before)"
+    if turned_away:
+        return "readings quarantined or rejected (see the logs, `pulsestack quarantine list`)"
+    if now.backlog:
+        return f"backlog {now.backlog:,.0f}: the stages are behind"
+    if received:
+        return "received, not processed yet"
+    if caught_up:
+        return "no traffic: every device has reported up to now (one reading an hour each)"
+    return "no traffic"

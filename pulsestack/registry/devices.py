@@ -103,6 +103,18 @@ async def disable(conn: asyncpg.Connection, kv: KeyValue, protocol: str, device:
     return status.endswith(" 1")
 
 
+async def disable_bulk(conn: asyncpg.Connection, kv: KeyValue, protocol: str, ids: list[str]) -> int:
+    """Disables many devices in one statement; returns how many were enabled before."""
+    canonical_ids = [canonical(protocol, d) for d in ids]
+    status: str = await conn.execute(
+        "UPDATE devices SET disabled = true, updated_at = now()"
+        " WHERE protocol = $1 AND device_id = ANY($2::text[]) AND NOT disabled",
+        protocol, canonical_ids,
+    )
+    await sync_shards(conn, kv, protocol, {shard_of(device_number(protocol, d)) for d in canonical_ids})
+    return int(status.split()[-1])
+
+
 async def rotate_key(conn: asyncpg.Connection, kv: KeyValue, master: bytes, protocol: str, device: str) -> bytes:
     device = canonical(protocol, device)
     version = await conn.fetchval(

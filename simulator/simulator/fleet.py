@@ -47,6 +47,13 @@ class Meter:
     def silent(self) -> bool:
         return self.profiles is not None and self.profiles.kind(self.number) == SILENT
 
+    def resume(self, last_period_end: int, last_seq: int, last_index: int) -> None:
+        """Continues after the last reading the store holds: the next seq (Sigfox's wraps at 4096, as
+        `next_reading` does) and the next period after it, never before this meter's own start, so a
+        reading is neither a duplicate of a stored one nor older than the ingesters accept."""
+        self.seq, self.index = last_seq, last_index
+        self.next_period_end = max(self.next_period_end, last_period_end + READING_SECONDS)
+
     def next_reading(self) -> SentReading:
         if self.profiles is not None:
             counts = self.profiles.counts(self.number, self.next_period_end, BUCKETS, BUCKET_SECONDS)
@@ -69,6 +76,12 @@ def nbiot_id(i: int) -> str:
 
 def sigfox_id(i: int) -> str:
     return f"{SIGFOX_BASE + i:X}"
+
+
+def simulated(protocol: str, device: str) -> bool:
+    """Whether an id is one a simulated fleet uses (offsets below 2^24 from its protocol's base)."""
+    number, base = (int(device), NBIOT_BASE) if protocol == "nbiot" else (int(device, 16), SIGFOX_BASE)
+    return base <= number < base + 2**24
 
 
 def fleet_ids(devices: int, nbiot_share: float, first_id: int = 0) -> tuple[list[str], list[str]]:

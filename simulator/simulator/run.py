@@ -80,6 +80,7 @@ class Simulation:
         )
         self._cursor = 0
         self.started = 0.0
+        self.caught_up = False  # every device has sent its readings up to the clock
 
     @property
     def sent(self) -> int:
@@ -101,8 +102,9 @@ class Simulation:
                     target = min(target, c.readings)
                     if self.sent >= c.readings:
                         break
-                if not self._send(target - self.sent):
-                    await asyncio.sleep(0.5)  # every device is up to date with the clock
+                self.caught_up = not self._send(target - self.sent)
+                if self.caught_up:
+                    await asyncio.sleep(0.5)
                 await asyncio.sleep(0.005)
             await asyncio.gather(self.nbiot.settle(settle_timeout), self.sigfox.settle(settle_timeout))
         finally:

@@ -1,0 +1,163 @@
+"""`pulsestack run local` run again on the same workdir, as `make run` is: the second run continues the fleet
+(new readings, none a duplicate of the first run's), a smaller run disables the simulated devices it leaves
+out instead of letting them go silent and raise alerts, and `--fresh` (`make run FRESH=1`) starts clean.
+Each run is a real `pulsestack run local` with its own embedded servers, as an operator starts it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from pulsestack_cli.localstack import Postgres
+from simulator.fleet import READING_SECONDS, Meter
+
+RATE, SECONDS = 40, 8
+SUMMARY_LINE = re.compile(
+    r"^ *\d+ s \| received nbiot +[\d,]+ sigfox +[\d,]+ \| stored nbiot +[\d,]+ sigfox +[\d,]+ \|"
+    r" .* \| duplicates \d+ \| quarantined \d+ \|")
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    # Not under pytest's temporary root: pytest keeps that 0700, and PostgreSQL runs as its own user.
+    path = Path(tempfile.mkdtemp(prefix="pulsestack-runs-"))
+    yield path / "local"
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def run_local(workdir: Path, devices: int, *extra: str) -> str:
+    """A run of `pulsestack run local` that stops by itself; its output, which is not a terminal here."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL")}
+    result = subprocess.run(
+        [sys.executable, "-m", "pulsestack_cli", "run", "local", "--workdir", str(workdir), "--devices", str(devices),
+         "--rate", str(RATE), "--duration", str(SECONDS), "--udp-port", "0", "--http-port", "0", *extra],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def summary_lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if " s | received " in line]
+
+
+def acked(out: str) -> int:
+    match = re.search(r"^acked \{'nbiot': (\d+), 'sigfox': (\d+)\} \(as duplicate \{'nbiot': 0, 'sigfox': 0\}\)",
+                      out, re.MULTILINE)
+    assert match, f"no acked line without duplicates in:\n{out}"
+    return int(match[1]) + int(match[2])
+
+
+@dataclass
+class Stored:
+    raw: int
+    last: dict[tuple[str, str], tuple[int, float]]  # per device: last seq, last device time
+    readings: dict[tuple[str, str], int]
+    disabled: set[tuple[str, str]]
+    silent_open: set[tuple[str, str]]
+    longest_interval: int  # the longest reporting interval the pulse stage learnt, in seconds
+
+
+def stored(workdir: Path) -> Stored:
+    """What the stopped stack's database holds (its PostgreSQL started for the look, then stopped)."""
+    async def look() -> Stored:
+        conn = await asyncpg.connect(postgres.url())
+        try:
+            state = await conn.fetch(
+                "SELECT protocol, device_id, last_seq, last_device_time, readings, interval_seconds FROM device_state")
+            return Stored(
+                raw=await conn.fetchval("SELECT count(*) FROM raw_messages"),
+                last={(r["protocol"], r["device_id"]): (r["last_seq"], r["last_device_time"].timestamp())
+                      for r in state},
+                readings={(r["protocol"], r["device_id"]): r["readings"] for r in state},
+                disabled={(r["protocol"], r["device_id"])
+                          for r in await conn.fetch("SELECT protocol, device_id FROM devices WHERE disabled")},
+                silent_open={(r["protocol"], r["device_id"]) for r in await conn.fetch(
+                    "SELECT protocol, device_id FROM alerts WHERE kind = 'silent' AND resolved_at IS NULL")},
+                longest_interval=max((r["interval_seconds"] or 0 for r in state), default=0),
+            )
+        finally:
+            await conn.close()
+
+    postgres = Postgres(workdir / "postgres")
+    postgres.start()
+    try:
+        return asyncio.run(look())
+    finally:
+        postgres.stop()
+
+
+def test_a_second_run_continues_the_fleet_and_a_smaller_one_retires_the_rest(workdir: Path) -> None:
+    first_out = run_local(workdir, 20)
+    lines = summary_lines(first_out)
+    assert len(lines) >= 3 and all(SUMMARY_LINE.match(line) for line in lines), first_out
+    assert "\x1b" not in first_out  # plain lines when stdout is not a terminal
+    first = stored(workdir)
+    assert first.raw == acked(first_out) > 0 and len(first.last) == 20
+
+    second_out = run_local(workdir, 20)
+    second = stored(workdir)
+    # Every reading of the second run is new: the raw stage stored each one, found none already there.
+    assert second.raw - first.raw == acked(second_out) > 0
+    assert re.search(r"\| duplicates 0 \|", summary_lines(second_out)[-1]), second_out
+    for device, (seq, device_time) in first.last.items():
+        later_seq, later_time = second.last[device]
+        assert later_time > device_time, device
+        assert later_seq == (seq + second.readings[device] - first.readings[device]) % (
+            4096 if device[0] == "sigfox" else 2**63), device
+    assert "20 of 20 devices continue after their last stored reading" in second_out
+
+    # A smaller run: the ten it leaves out are disabled, so they raise no silent-meter alerts. By the
+    # alerting service's first sweep they have been silent for more than three of their intervals.
+    time.sleep(3 * second.longest_interval)
+    third_out = run_local(workdir, 10)
+    assert "disabled 10 simulated devices of an earlier, larger run" in third_out
+    third = stored(workdir)
+    assert len(third.disabled) == 10 and third.disabled <= set(first.last)
+    assert not third.silent_open & third.disabled, third.silent_open & third.disabled
+    assert third.raw - second.raw == acked(third_out) > 0
+
+
+def test_fresh_starts_clean(workdir: Path) -> None:
+    run_local(workdir, 20)
+    key = (workdir / "secrets" / "device-master-key").read_text()
+    out = run_local(workdir, 6, "--fresh")
+    assert f"removed the earlier local stack in {workdir}" in out and "continue after" not in out
+    assert (workdir / "secrets" / "device-master-key").read_text() != key
+    clean = stored(workdir)
+    assert clean.raw == acked(out) and len(clean.last) == 6 and not clean.disabled
+
+
+def test_fresh_leaves_a_folder_that_is_not_a_local_stack_alone(workdir: Path) -> None:
+    workdir.mkdir()
+    (workdir / "thesis.tex").write_text("keep me")
+    result = subprocess.run([sys.executable, "-m", "pulsestack_cli", "run", "local", "--workdir", str(workdir),
+                             "--fresh"], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "not wiping it" in result.stderr and "Traceback" not in result.stderr
+    assert (workdir / "thesis.tex").read_text() == "keep me"
+
+
+def test_a_resumed_meter_wraps_sigfox_seq_and_starts_no_earlier_than_its_own_start() -> None:
+    meter = Meter("sigfox", "1A0001", 0x1A0001, b"", next_period_end=1_000 * READING_SECONDS)
+    meter.resume(last_period_end=2_000 * READING_SECONDS, last_seq=4095, last_index=77)
+    reading = meter.next_reading()
+    assert reading.seq == 0 and reading.period_end == 2_001 * READING_SECONDS
+    assert reading.index == 77 + sum(reading.counts)
+    # A store older than the meter's own start (an old var/local): it starts there, not beyond the
+    # ingesters' maximum age; a gap, not readings they would refuse as too old.
+    old = Meter("nbiot", "356938035600001", 356938035600001, b"", next_period_end=1_000 * READING_SECONDS)
+    old.resume(last_period_end=500 * READING_SECONDS, last_seq=9, last_index=0)
+    reading = old.next_reading()
+    assert reading.period_end == 1_000 * READING_SECONDS and reading.seq == 10
