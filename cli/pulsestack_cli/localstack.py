@@ -13,7 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+from pulsestack import store
+
 PG_SYSTEM_USER = "pulsestack-pg"  # PostgreSQL refuses to run as root
+PRODUCTION_CONFIG = Path(store.__file__).parent / "postgresql.conf"
 
 
 def free_port() -> int:
@@ -134,10 +137,12 @@ class Postgres:
                             "pulsestack"], check=True)
 
     def resume(self) -> None:
-        options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data} -c max_connections=200"
-            " -c shared_buffers=256MB -c wal_buffers=16MB -c max_wal_size=2GB"
-        )
+        # Production's settings (the file stack.yml mounts), copied where the server's user can read them;
+        # only where it listens differs.
+        config = self.workdir / "postgresql.conf"
+        shutil.copyfile(PRODUCTION_CONFIG, config)
+        config.chmod(0o644)
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data} -c config_file={config}"
         self._run("pg_ctl", "-D", str(self.data), "-w", "-l", str(self.data / "server.log"), "-o", options,
                   "start")
 
