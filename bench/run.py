@@ -47,7 +47,7 @@ from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET, SHARDS, shard_of
 from pulsestack.store.maintenance import Retention
 from pulsestack_cli.local import LocalStack
-from pulsestack_cli.localstack import free_port
+from pulsestack_cli.localstack import free_port, free_ports
 from pulsestack_cli.processes import ServiceProcess
 from pulsestack_cli.summary import total
 from simulator.batch import device_text
@@ -379,7 +379,7 @@ class Bench:
         for name in PIPELINE_SERVICES:
             stack.services[name].stop()
             self.groups.remove(name)
-        ops = _free_port_run(3)
+        ops = free_ports(3)
         env = {**stack.service_env, "DATABASE_URL": stack.database_url, "PULSESTACK_OPS_PORT": str(ops)}
         one = ServiceProcess("all", env, ops, stack.workdir / "logs" / "all.log")
         one.start()
@@ -627,19 +627,6 @@ class Bench:
         if a.step_seconds < 60 and ran & {"ramp", "peer"}:
             self.report.notes.insert(0, f"**Development run**: ramp steps of {a.step_seconds} s are shorter than"
                                         " the 60 s a ceiling needs; these figures are not a measurement.")
-
-
-def _free_port_run(n: int) -> int:
-    """A port P such that P .. P+n-1 are all free on loopback."""
-    while True:
-        first = free_port()
-        try:
-            for port in range(first + 1, first + n):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return first
 
 
 def _round_rate(rate: float) -> float:
