@@ -260,8 +260,28 @@ def stage_figures(before: dict[str, Samples], after: dict[str, Samples]) -> dict
 # ------------------------------------------------------------------------------------------- postgres
 
 _TABLES = """
-SELECT relname, seq_scan, seq_tup_read, coalesce(idx_scan, 0) AS idx_scan, n_tup_ins, n_tup_upd, n_tup_del
+SELECT relname, coalesce(pg_partition_root(relid), relid)::regclass::text AS root, seq_scan, seq_tup_read,
+       coalesce(idx_scan, 0) AS idx_scan, n_tup_ins, n_tup_upd, n_tup_del
 FROM pg_stat_user_tables
+"""
+# Bytes on disk per table, its partitions summed (heap, TOAST, free space and visibility maps, indexes).
+_SIZES = """
+SELECT coalesce(pg_partition_root(c.oid), c.oid)::regclass::text AS root,
+       sum(pg_total_relation_size(c.oid))::bigint AS total, sum(pg_indexes_size(c.oid))::bigint AS indexes
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg_toast%'
+GROUP BY 1
+"""
+_LSN = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint"
+# What the report prints of the server's configuration: every setting a file or the command line gave,
+# and those that decide what a write costs, whatever their source.
+_SETTINGS = """
+SELECT name, current_setting(name) AS value, source FROM pg_settings
+WHERE source IN ('configuration file', 'command line')
+   OR name IN ('fsync', 'full_page_writes', 'synchronous_commit', 'wal_level', 'wal_compression', 'wal_buffers',
+               'checkpoint_timeout', 'shared_buffers', 'max_wal_size', 'autovacuum', 'server_version')
+ORDER BY name
 """
 _DATABASE = """
 SELECT xact_commit, xact_rollback, blks_read, blks_hit, tup_returned, tup_fetched, tup_inserted, tup_updated,
@@ -305,7 +325,7 @@ def pg_delta(before: dict[str, Any], after: dict[str, Any], seconds: float) -> d
     tables = []
     for name, row in after["tables"].items():
         old = before["tables"].get(name, {})
-        d = {k: (row[k] or 0) - (old.get(k) or 0) for k in row if k != "relname"}
+        d = {k: (row[k] or 0) - (old.get(k) or 0) for k in row if k not in ("relname", "root")}
         if any(d.values()):
             tables.append((name, d))
     tables.sort(key=lambda t: -t[1]["seq_tup_read"])
@@ -318,3 +338,40 @@ def pg_delta(before: dict[str, Any], after: dict[str, Any], seconds: float) -> d
         for name, d in tables[:8] if d["n_tup_ins"] + d["n_tup_upd"] + d["n_tup_del"]
     ]
     return out
+
+
+def rows_written(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
+    """Rows inserted, updated or deleted between two snapshots, per table (its partitions summed)."""
+    out: dict[str, int] = {}
+    for name, row in after["tables"].items():
+        old = before["tables"].get(name, {})
+        n = sum((row[k] or 0) - (old.get(k) or 0) for k in ("n_tup_ins", "n_tup_upd", "n_tup_del"))
+        if n:
+            out[row["root"]] = out.get(row["root"], 0) + n
+    return out
+
+
+async def wal_position(conn: Any) -> int:
+    """The server's current WAL position in bytes (differences are WAL written)."""
+    return int(await conn.fetchval(_LSN))
+
+
+async def disk_sizes(conn: Any) -> dict[str, dict[str, int]]:
+    """Bytes on disk per table {table: {"total", "indexes"}}, after a VACUUM ANALYZE: dead rows and free
+    space as autovacuum would leave them in production."""
+    await conn.execute("VACUUM ANALYZE")
+    return {r["root"]: {"total": r["total"], "indexes": r["indexes"]} for r in await conn.fetch(_SIZES)}
+
+
+def disk_growth(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    out = {}
+    for table, size in after.items():
+        old = before.get(table, {"total": 0, "indexes": 0})
+        grown = {k: size[k] - old[k] for k in size}
+        if any(grown.values()):
+            out[table] = grown
+    return out
+
+
+async def pg_settings(conn: Any) -> list[tuple[str, str, str]]:
+    return [(r["name"], r["value"], r["source"]) for r in await conn.fetch(_SETTINGS)]

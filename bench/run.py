@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import importlib.metadata
 import math
@@ -26,6 +27,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -37,21 +40,26 @@ import nats
 
 from bench import peer as peer_mod
 from bench import profiling
-from bench.monitor import ProcessGroups, scrape_all
-from bench.report import Cluster, Report, write
+from bench.monitor import ProcessGroups, pg_settings, scrape_all
+from bench.report import ONE_PROCESS, Cluster, Report, write
 from bench.steps import Display, StepResult, StepRunner, job, nbiot_spec, sigfox_spec
 from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET, SHARDS, shard_of
+from pulsestack.store.maintenance import Retention
 from pulsestack_cli.local import LocalStack
-from pulsestack_cli.localstack import free_port
+from pulsestack_cli.localstack import free_port, free_ports
+from pulsestack_cli.processes import ServiceProcess
 from pulsestack_cli.summary import total
 from simulator.batch import device_text
 from simulator.plans import HourlyFleet, RampPool, device_number
 from simulator.profiles import Profiles
 
 ROOT = Path(__file__).resolve().parent.parent
+PIPELINE_SERVICES = ("ingest-udp", "ingest-http", "raw-processor", "pulse-processor")  # what `run all` runs
 REF_FIRST = 0  # the reference fleets (nested: the 180 k fleet is the start of the 3.6 M one)
 POOL_FIRST = 10_000_000  # the ramp's meters
+FOOTPRINT_FIRST = 20_000_000  # the footprint step's meters
+RAMPS = {"nbiot": "NB-IoT only", "mix": "50/50 mix", "nbiot-one": "NB-IoT only, one process"}
 PEER_FIRST = 30_000_000  # the peer's meters (not registered: rsyslog checks nothing)
 REGISTRY_FIRST = 100_000_000  # the 10 M registry measurement
 
@@ -64,7 +72,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--step-seconds", type=int, default=60, help="seconds per ramp step (default 60, at least 60"
                    " for a valid ceiling; shorter only for development)")
     p.add_argument("--reference", default="50,100,1000", help="reference loads in readings/s ('' for none)")
-    p.add_argument("--ramps", default="nbiot,mix", help="ramps to run: nbiot, mix ('' for none)")
+    p.add_argument("--ramps", default="nbiot,mix,nbiot-one", help="ramps to run: nbiot, mix, nbiot-one (NB-IoT"
+                   " with every stage in one process, `pulsestack run all`); '' for none")
     p.add_argument("--ramp-start", type=float, default=5000.0, help="first ramp rate (readings/s)")
     p.add_argument("--ramp-factor", type=float, default=1.5, help="rate multiplier between ramp steps")
     p.add_argument("--ramp-max", type=float, default=80_000.0)
@@ -72,6 +81,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--refine", type=int, default=2, help="bisection steps between the last good and first bad rate")
     p.add_argument("--max-steps", type=int, default=10, help="at most this many steps per ramp")
     p.add_argument("--pool", type=int, default=100_000, help="ramp meters per protocol (registered)")
+    p.add_argument("--max-p99", type=float, default=1.0, help="a step is sustained only if its p99 ingest →"
+                   " committed latency is at most this (seconds, default 1)")
+    p.add_argument("--footprint-devices", type=int, default=1000, help="NB-IoT meters of the footprint step,"
+                   " which measures bytes on disk per reading (0 skips it)")
+    p.add_argument("--footprint-readings", type=int, default=48, help="hourly readings per meter in the"
+                   " footprint step (at least 24: per-meter rows amortize as in production)")
+    p.add_argument("--footprint-rate", type=float, default=1000.0, help="readings/s of the footprint step")
     p.add_argument("--no-peer", action="store_true", help="skip the rsyslog peer")
     p.add_argument("--peer-start", type=float, default=5000.0)
     p.add_argument("--peer-workers", type=int, default=4)
@@ -90,6 +106,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--price", type=float, default=18.0, help="price per node per month")
     p.add_argument("--currency", default="EUR")
     p.add_argument("--utilization", type=float, default=0.6, help="planned CPU use of the cluster (0..1)")
+    p.add_argument("--retention-months", type=int, default=0, help="months every table keeps, for the storage"
+                   " cost (default 0: each table's own retention, pulsestack.store.maintenance.Retention)")
+    p.add_argument("--storage-price", type=float, default=0.05, help="price per GB-month of disk")
     p.add_argument("--drain-timeout", type=float, default=900.0, help="seconds to wait for the backlog to empty"
                    " after a step before verifying")
     p.add_argument("--workdir", type=Path, default=ROOT / "bench" / "work")
@@ -102,6 +121,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.step_seconds = min(args.step_seconds, 60)
     if args.window > 3000:
         p.error("--window must be at most 3000 s (a window lies inside one hour of the fleet)")
+    unknown = {m for m in args.ramps.split(",") if m} - set(RAMPS)
+    if unknown:
+        p.error(f"unknown ramp {', '.join(sorted(unknown))}: choose from {', '.join(RAMPS)}")
+    if args.footprint_devices and args.footprint_readings < 24:
+        p.error("--footprint-readings must be at least 24 (a day of hourly readings per meter)")
     return args
 
 
@@ -186,13 +210,13 @@ async def bulk_register(database_url: str, nats_url: str, protocol: str, first_i
     return time.monotonic() - started
 
 
-async def wait_registry(stack: LocalStack, counts: dict[str, int], display: Display, limit: float = 600) -> None:
-    """Until each ingester reports at least `counts[protocol]` registered devices."""
-    service = {"nbiot": "ingest-udp", "sigfox": "ingest-http"}
+async def wait_registry(urls: dict[str, str], counts: dict[str, int], display: Display, limit: float = 600) -> None:
+    """Until the ingesters (among the processes at `urls`) report at least `counts[protocol]` registered
+    devices."""
     deadline = time.monotonic() + limit
     while True:
-        samples = scrape_all({service[p]: stack.metrics_urls()[service[p]] for p in counts})
-        have = {p: total(samples[service[p]], "pulsestack_registry_devices", protocol=p) for p in counts}
+        samples = scrape_all(urls)
+        have = {p: max(total(s, "pulsestack_registry_devices", protocol=p) for s in samples.values()) for p in counts}
         if all(have[p] >= counts[p] for p in counts):
             return
         if time.monotonic() > deadline:
@@ -233,13 +257,21 @@ class Bench:
                 self.say(f"note: {var} ignored, the benchmark runs its own servers")
         self.report.machine = machine()
         self.report.settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
-        self.report.cluster = vars(Cluster(a.nodes, a.vcpus, a.price, a.currency, a.utilization))
+        retention = Retention.every_table(a.retention_months) if a.retention_months else Retention()
+        self.report.cluster = vars(Cluster(a.nodes, a.vcpus, a.price, a.currency, a.utilization, a.storage_price,
+                                           {f.name: getattr(retention, f.name) for f in fields(retention)}))
         self.say(f"benchmark workdir {self.workdir}")
         try:
             await self._setup()
+            if a.footprint_devices:
+                await self._footprint()
             await self._reference_loads()
             for mix in [m for m in a.ramps.split(",") if m]:
-                await self._ramp(mix)
+                if mix == "nbiot-one":
+                    async with self._one_process():
+                        await self._ramp(mix)
+                else:
+                    await self._ramp(mix)
             if not a.no_peer:
                 await self._peer()
             if a.profile:
@@ -289,11 +321,18 @@ class Bench:
                                           self.display)
             self.say(f"   registered {a.pool:,} {protocol} meters for the ramp in {seconds:.0f} s")
             counts[protocol] = self.ref_registered + a.pool
+        if a.footprint_devices:
+            seconds = await bulk_register(stack.database_url, stack.nats_url, "nbiot", FOOTPRINT_FIRST,
+                                          a.footprint_devices, self.display)
+            self.say(f"   registered {a.footprint_devices:,} nbiot meters for the footprint step in {seconds:.0f} s")
+            counts["nbiot"] += a.footprint_devices
+        self.counts = counts
         # Start from a quiet database: statistics current, the registration's WAL checkpointed.
         conn = await asyncpg.connect(stack.database_url)
         try:
             await conn.execute("VACUUM ANALYZE devices")
             await conn.execute("CHECKPOINT")
+            self.report.postgres_settings = await pg_settings(conn)
         finally:
             await conn.close()
         self.pools = {p: RampPool(p, a.pool, POOL_FIRST, self.profiles) for p in ("nbiot", "sigfox")}
@@ -301,7 +340,7 @@ class Bench:
         self.say("starting the services ...")
         stack.configure_services()
         stack.start_services(timeout=120)
-        await wait_registry(stack, counts, self.display)
+        await wait_registry(stack.metrics_urls(), counts, self.display)
         for name, service in stack.services.items():
             assert service.process is not None
             self.groups.add(name, service.process.pid)
@@ -315,9 +354,56 @@ class Bench:
         self.runner = StepRunner(
             urls=stack.metrics_urls(), groups=self.groups, database_url=stack.database_url, nc=self.nc,
             workdir=self.workdir / "steps", display=self.display, drain_timeout=a.drain_timeout,
+            max_p99=a.max_p99,
         )
         self.say(f"stack ready: services {', '.join(stack.services)}; "
                  f"UDP {stack.udp_port}, HTTP {stack.http_port}")
+
+    async def _footprint(self) -> None:
+        """Bytes on disk per reading as production accumulates them: few meters, each sending a day or more of
+        hourly readings, so the rows kept per meter (state, daily rollups) are shared by many readings."""
+        a = self.args
+        pool = RampPool("nbiot", a.footprint_devices, FOOTPRINT_FIRST, self.profiles)
+        readings = a.footprint_readings * len(pool.active)
+        seconds = readings / a.footprint_rate
+        result = StepResult(
+            name=f"footprint: {len(pool.active):,} NB-IoT meters × {a.footprint_readings} hourly readings",
+            kind="footprint", mix="nbiot", target_rate=a.footprint_rate, window=seconds, registered=len(pool.active),
+        )
+        await self._step(result, [pool.step(a.footprint_rate, seconds, min_per_device=a.footprint_readings)])
+
+    @contextlib.asynccontextmanager
+    async def _one_process(self) -> AsyncIterator[None]:
+        """The four pipeline stages as one `pulsestack run all` process in place of four, on the same ports."""
+        stack = self.stack
+        for name in PIPELINE_SERVICES:
+            stack.services[name].stop()
+            self.groups.remove(name)
+        ops = free_ports(3)
+        env = {**stack.service_env, "DATABASE_URL": stack.database_url, "PULSESTACK_OPS_PORT": str(ops)}
+        one = ServiceProcess("all", env, ops, stack.workdir / "logs" / "all.log")
+        one.start()
+        try:
+            one.wait_ready(120, more_ports=(ops + 1, ops + 2, stack.http_port))
+            assert one.process is not None
+            self.groups.add(ONE_PROCESS, one.process.pid)
+            # One process, one registry of metrics, served on each stage's port: scraped once.
+            self.runner.urls = {ONE_PROCESS: one.url("/metrics")}
+            await wait_registry(self.runner.urls, self.counts, self.display)
+            self.say(f"   the pipeline runs as one process, `pulsestack run all` (pid {one.process.pid})")
+            yield
+        finally:
+            one.stop()
+            self.groups.remove(ONE_PROCESS)
+            for name in PIPELINE_SERVICES:
+                stack.services[name].start()
+            for name in PIPELINE_SERVICES:
+                service = stack.services[name]
+                service.wait_ready(120)
+                assert service.process is not None
+                self.groups.add(name, service.process.pid)
+            self.runner.urls = stack.metrics_urls()
+            await wait_registry(self.runner.urls, self.counts, self.display)
 
     def _registered_for(self, rate: float) -> int:
         """Meters per protocol so that the reporting (not silent) ones send `rate` readings/s in all."""
@@ -356,7 +442,7 @@ class Bench:
         return result
 
     def _ramp_batches(self, mix: str, rate: float, seconds: float) -> list[Any]:
-        if mix == "nbiot":
+        if mix in ("nbiot", "nbiot-one"):
             return [self.pools["nbiot"].step(rate, seconds)]
         return [self.pools["nbiot"].step(rate / 2, seconds), self.pools["sigfox"].step(rate / 2, seconds)]
 
@@ -392,7 +478,7 @@ class Bench:
 
     async def _ramp(self, mix: str) -> None:
         a = self.args
-        title = "NB-IoT only" if mix == "nbiot" else "50/50 mix"
+        title = RAMPS[mix]
 
         async def one(rate: float) -> bool:
             result = StepResult(name=f"ramp {title} {rate:,.0f}/s", kind="ramp", mix=mix, target_rate=rate,
@@ -441,8 +527,8 @@ class Bench:
         a = self.args
         pids = {name: s.process.pid for name, s in self.stack.services.items()
                 if s.process and name in ("ingest-udp", "ingest-http", "raw-processor", "pulse-processor")}
-        for mix in [m for m in a.ramps.split(",") if m] or ["nbiot"]:
-            title = f"{'NB-IoT only' if mix == 'nbiot' else '50/50 mix'} at {a.profile_rate:,.0f} readings/s"
+        for mix in [m for m in a.ramps.split(",") if m and m != "nbiot-one"] or ["nbiot"]:
+            title = f"{RAMPS[mix]} at {a.profile_rate:,.0f} readings/s"
             wanted = {n: p for n, p in pids.items() if mix == "mix" or n != "ingest-http"}
             collected: dict[str, Any] = {}
 
@@ -462,8 +548,8 @@ class Bench:
         self.say(f"== registering {a.registry_devices:,} NB-IoT devices for the memory measurement ...")
         seconds = await bulk_register(stack.database_url, stack.nats_url, "nbiot", REGISTRY_FIRST,
                                       a.registry_devices, self.display, chunk=1_000_000)
-        expected = self.ref_registered + a.pool + a.registry_devices
-        await wait_registry(stack, {"nbiot": expected}, self.display, limit=1800)
+        expected = self.counts["nbiot"] + a.registry_devices
+        await wait_registry(stack.metrics_urls(), {"nbiot": expected}, self.display, limit=1800)
         await asyncio.sleep(5.0)
         import psutil
 
@@ -475,7 +561,7 @@ class Bench:
         self.say("   RSS: " + ", ".join(f"{n} {v / 2**20:.0f} MiB" for n, v in rss.items()))
 
     def _ceilings(self) -> None:
-        for mix in ("nbiot", "mix", "peer"):
+        for mix in (*RAMPS, "peer"):
             if mix in self.report.ceilings:
                 continue
             sustained = [r.target_rate for r in self.results if r.mix == mix and r.kind in ("ramp", "peer")
@@ -507,10 +593,28 @@ class Bench:
             " drains (both consumers at 0 pending), then every reading sent is checked in PostgreSQL"
             " (simulator.verify: raw row exactly once, each bucket's count, per meter pulses + gaps = index"
             " difference). *lost* = acknowledged to the device and not stored.",
+            f"Sustained also requires p99 ingest → committed ≤ {a.max_p99:g} s and a stored rate during the"
+            " window of at least 98 % of the offered rate: a backlog can hide in the devices' retransmissions"
+            " (counted per step) instead of the stream.",
             "Latency: quantiles interpolated in the pulsestack_end_to_end_seconds histogram (buckets 1 ms … 30 s)"
             " between the step's start and the end of its drain: received at the ingester → committed in pulses.",
             "Durability profile: single node, nats-server `sync_interval: always` (fsync before every PubAck),"
-            " PostgreSQL synchronous_commit on.",
+            " PostgreSQL with production's configuration (pulsestack/store/postgresql.conf, the file stack.yml"
+            " mounts; printed below): fsync, full_page_writes and synchronous_commit on.",
+            "footprint" in ran and f"Footprint step: {a.footprint_devices:,} NB-IoT meters (less the silent ones)"
+            f" registered for it alone, each sending {a.footprint_readings} consecutive hourly readings at"
+            f" {a.footprint_rate:,.0f} readings/s, so the rows kept per meter (its state, its daily rollups) are"
+            " shared by a day or more of readings as in production.",
+            "Costs per reading, every step: bytes on disk = growth of every table with its partitions, TOAST and"
+            " indexes (pg_total_relation_size) from before the window to after the drain, both measured after a"
+            " `VACUUM ANALYZE`, per reading stored in the step; WAL = pg_current_wal_lsn() difference over the"
+            " window; rows written = inserted + updated + deleted (pg_stat_user_tables) over the window; CPU µs"
+            " per process over the window; each per reading stored during the window. Only the footprint step"
+            " has enough readings per meter for its disk figure to be production's: ramp meters send a few"
+            " readings each per step, so their per-meter rows weigh more.",
+            "nbiot-one" in {r.mix for r in self.results} and "NB-IoT ramp in one process: the four pipeline"
+            " stages stopped and `pulsestack run all` started in their place (same ports, the database owner's"
+            " URL for both processor stages), then the separate processes again after it.",
             "CPU: user + system seconds per process (psutil) over the window; postgres sums its backends;"
             " memory: peak RSS sampled every second (postgres: PSS), generator: its own ru_maxrss.",
             "peer" in ran and f"Peer: a private rsyslogd ({a.peer_workers} ompgsql workers, batches of"

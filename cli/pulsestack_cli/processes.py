@@ -18,6 +18,7 @@ SERVICES = {
     "pulse-processor": ["-m", "processors", "pulse"],
     "alerting": ["-m", "alerting"],
     "api": ["-m", "api"],
+    "all": ["-m", "pulsestack_cli", "run", "all"],  # the four pipeline stages in one process
 }
 
 
@@ -43,15 +44,20 @@ class ServiceProcess:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.ops_port}{path}"
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = 30.0, more_ports: tuple[int, ...] = ()) -> None:
+        """Until /readyz answers 200 on its ops port and on `more_ports` (the other stages of `all`)."""
         deadline = time.monotonic() + timeout
+        waiting = [self.ops_port, *more_ports]
         while time.monotonic() < deadline:
             if not self.running:
                 raise RuntimeError(f"{self.name} exited: see {self.log_path}")
             try:
-                with urllib.request.urlopen(self.url("/readyz"), timeout=1) as response:
+                with urllib.request.urlopen(f"http://127.0.0.1:{waiting[0]}/readyz", timeout=1) as response:
                     if response.status == 200:
-                        return
+                        waiting.pop(0)
+                        if not waiting:
+                            return
+                        continue
             except OSError:
                 pass
             time.sleep(0.1)

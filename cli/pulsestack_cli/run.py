@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import shutil
 import signal
 import sys
@@ -13,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 import uvloop
@@ -23,6 +25,9 @@ from pulsestack_cli.local import LocalStack
 from pulsestack_cli.summary import Figures, Summary
 from simulator.resume import resume_fleet
 from simulator.run import Simulation, SimulationConfig
+
+if TYPE_CHECKING:
+    from processors.config import ProcessorConfig
 
 
 def main(args: argparse.Namespace) -> int:
@@ -149,10 +154,10 @@ def _run_all() -> int:
     from pulsestack.service import stop_on_signals
 
     configs = (UdpIngestConfig.from_env(), HttpIngestConfig.from_env())
-    raw, pulse = ProcessorConfig.from_env("raw"), ProcessorConfig.from_env("pulse")
-    # One process, one port per stage's ops endpoints: the pulse stage moves if both default.
-    if raw.ops_port == pulse.ops_port:
-        pulse = ProcessorConfig(**{**{f: getattr(pulse, f) for f in pulse.__slots__}, "ops_port": raw.ops_port + 1})
+    # One process, one port per stage's ops endpoints: a processor whose port is taken (all three read
+    # PULSESTACK_OPS_PORT) moves to the next, so PULSESTACK_OPS_PORT=P gives the stages P, P+1, P+2.
+    taken = {configs[0].ops_port}
+    raw, pulse = (_own_ops_port(ProcessorConfig.from_env(stage), taken) for stage in ("raw", "pulse"))
     configure("all", configs[0].common.log_level)
 
     async def everything() -> None:
@@ -164,6 +169,14 @@ def _run_all() -> int:
 
     uvloop.run(everything())
     return 0
+
+
+def _own_ops_port(config: ProcessorConfig, taken: set[int]) -> ProcessorConfig:
+    port = config.ops_port
+    while port in taken:
+        port += 1
+    taken.add(port)
+    return dataclasses.replace(config, ops_port=port)
 
 
 async def simulate(args: argparse.Namespace) -> int:
