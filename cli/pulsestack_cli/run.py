@@ -32,7 +32,7 @@ def _run_local(args: argparse.Namespace) -> int:
         stack.start_servers()
         uvloop.run(stack.prepare())
         uvloop.run(stack.provision(args.devices, args.nbiot_share))
-        stack.configure_services(udp_port=2204, http_port=7070)
+        stack.configure_services(udp_port=2204, http_port=7070, api_port=8080)
         stack.start_services()
         stack.write_env()
         print(f"NATS {stack.nats_url}  PostgreSQL {stack.database_url}")
