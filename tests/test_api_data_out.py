@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime as dt
 import io
+import socket
+from pathlib import Path
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -18,6 +22,7 @@ from hypothesis import strategies as st
 from api.handlers import EXPORT_BATCH
 from pulsestack_cli.local import LocalStack
 from tests.api_fleet import HOURS, START, Fleet
+from tests.helpers import eventually
 
 
 def _auth(stack: LocalStack) -> dict[str, str]:
@@ -209,3 +214,35 @@ def test_the_data_needs_a_token(stack: LocalStack, path: str, authorization: str
     response = requests.get(f"http://127.0.0.1:{stack.api_port}{path}", headers=headers, timeout=30)
     assert response.status_code == 401 and response.json()["error"] == "unauthorized"
     assert response.headers["WWW-Authenticate"] == 'Bearer realm="pulsestack"'
+
+
+async def test_an_export_the_client_abandons_ends_quietly_and_frees_its_connection(
+    stack: LocalStack, api_fleet: Fleet,
+) -> None:
+    log = stack.workdir / "logs" / "api.log"
+    end = (START + dt.timedelta(hours=HOURS)).isoformat()
+    query = urlencode({"from": START.isoformat(), "to": end})
+    request = (f"GET /v1/consumption.csv?{query} HTTP/1.1\r\nHost: api\r\n"
+               f"Authorization: Bearer {stack.api_token}\r\n\r\n").encode()
+    loop = asyncio.get_running_loop()
+    for _ in range(3):  # more than the exports' two connections: each abandoned one must give its back
+        before = log.stat().st_size
+        with socket.socket() as sock:
+            # A small receive window keeps the server from handing the whole export (~1.5 MB) to the kernel
+            # before the client goes: it is still writing when the connection is reset.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", stack.api_port))
+            await loop.sock_sendall(sock, request)
+            assert (await loop.sock_recv(sock, 1024)).startswith(b"HTTP/1.1 200")
+        await eventually(lambda offset=before: _logged(log, offset, b"export abandoned by the client"), timeout=10)
+        text = log.read_bytes()[before:]
+        assert b"Traceback" not in text and b"Error handling request" not in text, text.decode()
+    device = api_fleet.large[0]
+    status, rows, _ = await _export(
+        stack, [("from", START.isoformat()), ("to", end), ("device", f"{device.protocol}:{device.device}")])
+    assert status == 200 and len(rows) > HOURS // 2  # the exports' pool has its connections back
+
+
+async def _logged(log: Path, offset: int, line: bytes) -> bool:
+    return line in log.read_bytes()[offset:]

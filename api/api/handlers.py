@@ -15,8 +15,11 @@ from aiohttp import web
 
 from api.docs import page
 from api.openapi import SPEC
+from pulsestack.logs import get_logger
 from pulsestack.registry.devices import canonical
 from pulsestack.store.alerts import KINDS
+
+log = get_logger(__name__)
 
 PROTOCOLS = ("nbiot", "sigfox")
 DOCS = page(SPEC)
@@ -291,9 +294,15 @@ class ReadApi:
             })
             # Chunked, with no deadline of ours on writing: the export lasts as long as the client reads.
             await response.prepare(request)
-            await response.write(f"protocol,device,{resolution},pulses,volume\r\n".encode())
-            while batch := await rows.fetch(EXPORT_BATCH):
-                await response.write(_csv(batch))
+            sent = 0
+            try:
+                await response.write(f"protocol,device,{resolution},pulses,volume\r\n".encode())
+                while batch := await rows.fetch(EXPORT_BATCH):
+                    await response.write(_csv(batch))
+                    sent += len(batch)
+            except ConnectionResetError:  # the client's choice: one line, and the snapshot ends with it
+                log.info("export abandoned by the client", rows_sent=sent)
+                return response
         await response.write_eof()
         return response
 
