@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 import nats
@@ -16,7 +17,9 @@ from hypothesis import settings
 from nats.aio.client import Client as NATS
 
 from pulsestack_cli.local import LocalStack
-from tests.api_fleet import Fleet
+
+if TYPE_CHECKING:
+    from tests.api_fleet import Fleet
 
 REQUIRE_ALL = os.environ.get("PULSESTACK_REQUIRE_ALL") == "1"
 
