@@ -102,7 +102,10 @@ def _limit(request: web.Request, default: int) -> int:
     return limit
 
 
-def cursor_after(protocol: str, device: str) -> str:
+_NOT_A_CURSOR = "cursor: not a cursor this API issued (take `next` from a previous page)"
+
+
+def _cursor_after(protocol: str, device: str) -> str:
     """An opaque position in (protocol, device) order: the page after it starts past that device."""
     return base64.urlsafe_b64encode(orjson.dumps([protocol, device])).decode().rstrip("=")
 
@@ -115,13 +118,13 @@ def _position(request: web.Request) -> tuple[str, str]:
     try:
         position = orjson.loads(base64.b64decode(raw + "=" * (-len(raw) % 4), altchars=b"-_", validate=True))
     except (binascii.Error, ValueError, orjson.JSONDecodeError) as exc:
-        raise BadParameter("cursor: not a cursor this API issued (take `next` from a previous page)") from exc
+        raise BadParameter(_NOT_A_CURSOR) from exc
     try:
         protocol, device = position
         if not isinstance(device, str) or canonical(protocol, device) != device:
             raise ValueError(device)
     except (TypeError, ValueError) as exc:  # a position no device can have
-        raise BadParameter("cursor: not a cursor this API issued (take `next` from a previous page)") from exc
+        raise BadParameter(_NOT_A_CURSOR) from exc
     return protocol, device
 
 
@@ -252,7 +255,7 @@ class ReadApi:
         rows = await self._pool.fetch(
             _DEVICES, *after, protocol, label_prefix, silent, open_alerts, limit + 1)
         page, more = rows[:limit], len(rows) > limit
-        following = cursor_after(page[-1]["protocol"], page[-1]["device_id"]) if more else None
+        following = _cursor_after(page[-1]["protocol"], page[-1]["device_id"]) if more else None
         response = json_response({"devices": [
             {"protocol": r["protocol"], "device": r["device_id"], "label": r["label"], "disabled": r["disabled"],
              "settings": orjson.loads(r["settings"]), "last_seen": r["last_seen"],
