@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 import nats
@@ -16,6 +17,9 @@ from hypothesis import settings
 from nats.aio.client import Client as NATS
 
 from pulsestack_cli.local import LocalStack
+
+if TYPE_CHECKING:
+    from tests.api_fleet import Fleet
 
 REQUIRE_ALL = os.environ.get("PULSESTACK_REQUIRE_ALL") == "1"
 
@@ -55,6 +59,16 @@ def stack() -> Iterator[LocalStack]:
     local.stop()
     if os.environ.get("PULSESTACK_KEEP_TEST_STACK") != "1":  # keep logs and data to look into a failure
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def api_fleet(stack: LocalStack) -> Fleet:
+    """Devices with labels, settings, alerts and rollups for the read API's tests (tests/api_fleet.py)."""
+    import uvloop
+
+    from tests.api_fleet import api_fleet
+
+    return uvloop.run(api_fleet(stack.database_url))
 
 
 @pytest.fixture

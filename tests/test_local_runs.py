@@ -42,7 +42,8 @@ def run_local(workdir: Path, devices: int, *extra: str) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL")}
     result = subprocess.run(
         [sys.executable, "-m", "pulsestack_cli", "run", "local", "--workdir", str(workdir), "--devices", str(devices),
-         "--rate", str(RATE), "--duration", str(SECONDS), "--udp-port", "0", "--http-port", "0", *extra],
+         "--rate", str(RATE), "--duration", str(SECONDS), "--udp-port", "0", "--http-port", "0", "--api-port", "0",
+         *extra],
         env=env, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -34,7 +34,9 @@ def make_run(tmp_path: Path) -> Iterator[dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "DATABASE_", "PULSESTACK_LOCAL"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     log = (tmp_path / "run.log").open("w")
-    proc = subprocess.Popen(["pulsestack", "run", "local", "--devices", "20", "--rate", "10"], cwd=tmp_path,
+    # Free ports rather than make run's fixed ones, which a developer's own `make run` may hold.
+    proc = subprocess.Popen(["pulsestack", "run", "local", "--devices", "20", "--rate", "10", "--udp-port", "0",
+                             "--http-port", "0", "--api-port", "0"], cwd=tmp_path,
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120

@@ -17,7 +17,7 @@ from pulsestack.tokens import Tokens
 
 log = get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PUBLIC = frozenset({"/v1/openapi.json", "/healthz", "/readyz", "/metrics"})
+PUBLIC = frozenset({"/openapi.json", "/v1/openapi.json", "/docs", "/healthz", "/readyz", "/metrics"})
 
 
 def token_required(tokens: Tokens) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
@@ -34,9 +34,10 @@ def token_required(tokens: Tokens) -> Callable[[web.Request, Handler], Awaitable
 
 async def serve(config: ApiConfig, stop: asyncio.Event) -> None:
     pool = await create_pool(config.database_url, size=4)
+    export_pool = await create_pool(config.database_url, size=2)
     tokens = Tokens(config.tokens_file, config.tokens_inline, name="api")
     app = web.Application(middlewares=[token_required(tokens)])
-    ReadApi(pool, config.max_points).routes(app)
+    ReadApi(pool, export_pool, config.max_points).routes(app)
 
     async def ready() -> str | None:
         try:
@@ -54,5 +55,6 @@ async def serve(config: ApiConfig, stop: asyncio.Event) -> None:
         except TimeoutError:
             tokens.reload()
     await runner.cleanup()
+    await export_pool.close()
     await pool.close()
     log.info("api stopped")

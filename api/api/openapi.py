@@ -28,6 +28,20 @@ def _errors(*codes: int) -> dict[str, Any]:
     }
 
 
+_RANGE = [
+    {"name": "from", "in": "query", "required": True, "schema": _TS},
+    {"name": "to", "in": "query", "required": True, "schema": _TS},
+    {"name": "resolution", "in": "query", "required": False,
+     "schema": {"type": "string", "enum": ["hour", "day"], "default": "hour"}},
+]
+_PROTOCOL_FILTER = {
+    "name": "protocol", "in": "query", "required": False, "schema": {"type": "string", "enum": ["nbiot", "sigfox"]},
+}
+_SILENT = (
+    "A device is silent while it has an open `silent` alert: the alerting service opens one when a device has"
+    " not been heard from for three of its reporting intervals (or, never heard from, three default intervals"
+    " after registration), and it is resolved when the device reports again."
+)
 _KIND = {"type": "string", "enum": ["leak", "threshold", "silent", "tamper", "reverse_flow", "battery_low"]}
 _ALERT = {
     "type": "object",
@@ -48,25 +62,99 @@ SPEC: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {
         "title": "pulsestack read API", "version": "1.0.0",
-        "description": "Unknown or repeated query parameters are answered with 400.",
+        "description": "Unknown query parameters, or repeated ones other than `device`, are answered with 400."
+                       " Every path but this document and /docs needs a bearer token.",
     },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
     },
     "security": [{"bearer": []}],
     "paths": {
+        "/v1/devices": {
+            "get": {
+                "operationId": "devices",
+                "summary": "Registered devices in (protocol, device) order, a page at a time",
+                "description": (
+                    "Pass `next` from a page as `cursor` (with the same filters) for the following page; it is"
+                    " null on the last page, and a Link header (rel=\"next\") carries the same. Each device"
+                    " appears on exactly one page, whatever the page sizes. " + _SILENT
+                ),
+                "parameters": [
+                    {"name": "limit", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                    {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"},
+                     "description": "Opaque: the `next` of the previous page."},
+                    _PROTOCOL_FILTER,
+                    {"name": "label_prefix", "in": "query", "required": False, "schema": {"type": "string"},
+                     "description": "Devices whose label starts with this text (taken literally: no wildcards)."},
+                    {"name": "silent", "in": "query", "required": False, "schema": {"type": "boolean"},
+                     "description": "Only silent devices (true) or only the others (false)."},
+                    {"name": "open_alerts", "in": "query", "required": False, "schema": {"type": "boolean"},
+                     "description": "Only devices with an open alert of any kind (true), or with none (false)."},
+                ],
+                "responses": {
+                    "200": {"description": "One page", "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["devices", "next"],
+                        "properties": {
+                            "devices": {"type": "array", "items": {
+                                "type": "object",
+                                "required": ["protocol", "device", "label", "disabled", "settings", "last_seen",
+                                             "interval_seconds", "open_alerts", "silent"],
+                                "properties": {
+                                    "protocol": {"type": "string"}, "device": {"type": "string"},
+                                    "label": {"type": "string", "nullable": True},
+                                    "disabled": {"type": "boolean"},
+                                    "settings": {"type": "object", "description": (
+                                        "As registered; absent keys take their defaults (timezone UTC,"
+                                        " pulse_weight 1, no daily_limit).")},
+                                    "last_seen": _NULLABLE_TS,
+                                    "interval_seconds": {"type": "integer", "nullable": True},
+                                    "open_alerts": {"type": "array", "items": _KIND},
+                                    "silent": {"type": "boolean"},
+                                },
+                            }},
+                            "next": {"type": "string", "nullable": True},
+                        },
+                    }}}},
+                    **_errors(400, 401),
+                },
+            },
+        },
+        "/v1/consumption.csv": {
+            "get": {
+                "operationId": "export",
+                "summary": "Consumption of many devices as CSV, per hour (UTC) or per day (each device's zone)",
+                "description": (
+                    "For billing: streamed (chunked) from the database as it is read, so an export of every"
+                    " device over a long range is never cut by a server deadline; one consistent snapshot."
+                    " Without `device`, every registered device (of `protocol`, if given). Periods as in"
+                    " /v1/devices/{protocol}/{device}/consumption: hours starting in [from, to), or the"
+                    " device-local days that [from, to) touches; periods without pulses are absent."
+                ),
+                "parameters": [
+                    *_RANGE,
+                    {"name": "device", "in": "query", "required": False, "style": "form", "explode": True,
+                     "schema": {"type": "array", "items": {
+                         "type": "string", "pattern": "^(nbiot|sigfox):[0-9A-Fa-f]{1,20}$"}},
+                     "description": "protocol:id, repeatable (device=nbiot:1&device=sigfox:1A2B)."},
+                    {**_PROTOCOL_FILTER, "description": "Every device of this protocol (not with `device`)."},
+                ],
+                "responses": {
+                    "200": {"description": (
+                        "CSV (RFC 4180) with a header row: protocol, device, then `hour` (RFC 3339, UTC) or"
+                        " `day` (YYYY-MM-DD, the device's zone), pulses, volume (pulses times the device's"
+                        " pulse_weight); rows in (protocol, device, period) order."),
+                        "content": {"text/csv": {"schema": {"type": "string"}}}},
+                    **_errors(400, 401, 404),
+                },
+            },
+        },
         "/v1/devices/{protocol}/{device}/consumption": {
             "get": {
                 "operationId": "consumption",
                 "summary": "Consumption of a device over a range, per hour (UTC) or per day (the device's zone)",
                 "description": "Hours starting in [from, to); days (in the device's zone) that [from, to) touches.",
-                "parameters": [
-                    _PROTOCOL, _DEVICE,
-                    {"name": "from", "in": "query", "required": True, "schema": _TS},
-                    {"name": "to", "in": "query", "required": True, "schema": _TS},
-                    {"name": "resolution", "in": "query", "required": False,
-                     "schema": {"type": "string", "enum": ["hour", "day"], "default": "hour"}},
-                ],
+                "parameters": [_PROTOCOL, _DEVICE, *_RANGE],
                 "responses": {
                     "200": {"description": "Points in time order; periods without pulses are absent", "content": {
                         "application/json": {"schema": {

@@ -146,10 +146,11 @@ class LocalStack:
         finally:
             await nc.close()
 
-    def configure_services(self, udp_port: int | None = None, http_port: int | None = None) -> None:
+    def configure_services(self, udp_port: int | None = None, http_port: int | None = None,
+                           api_port: int | None = None) -> None:
         self.udp_port = udp_port or free_port()
         self.http_port = http_port or free_port()
-        self.api_port = free_port()
+        self.api_port = api_port or free_port()
         self.ops_ports = {
             "ingest-udp": free_port(), "ingest-http": self.http_port,
             "raw-processor": free_port(), "pulse-processor": free_port(),

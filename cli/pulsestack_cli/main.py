@@ -240,6 +240,7 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="remove the workdir's earlier data, secrets and logs first (default: continue from them)")
     run.add_argument("--udp-port", type=int, default=2204, help="NB-IoT ingester's port (default 2204; 0: any free)")
     run.add_argument("--http-port", type=int, default=7070, help="Sigfox ingester's port (default 7070; 0: any free)")
+    run.add_argument("--api-port", type=int, default=8080, help="read API's port (default 8080; 0: any free)")
 
     simulate = sub.add_parser("simulate", help="drive a simulated fleet against running ingesters")
     simulate.add_argument("--devices", type=int, default=1000, help="simulated meters (default 1000)")

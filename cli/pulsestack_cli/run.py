@@ -47,7 +47,7 @@ def _run_local(args: argparse.Namespace) -> int:
         uvloop.run(stack.prepare())
         uvloop.run(stack.provision(args.devices, args.nbiot_share))
         retired = uvloop.run(stack.retire_others(args.devices, args.nbiot_share))
-        stack.configure_services(udp_port=args.udp_port, http_port=args.http_port)
+        stack.configure_services(udp_port=args.udp_port, http_port=args.http_port, api_port=args.api_port)
         stack.start_services()
         stack.write_env()
         print(f"NATS {stack.nats_url}  PostgreSQL {stack.database_url}")

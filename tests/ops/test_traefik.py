@@ -376,9 +376,23 @@ async def test_routes_answer_through_traefik(traefik: RunningTraefik, stack: Any
         async with http.post(websecure + "/v1/sigfox", json=body,
                              headers={"Authorization": f"Bearer {stack.sigfox_token}"}) as response:
             assert (response.status, await response.json()) == (200, {"status": "stored"})
-        async with http.get(traefik.url("websecure", f"api.{DOMAIN}") + "/v1/alerts?limit=1",
+        api = traefik.url("websecure", f"api.{DOMAIN}")
+        async with http.get(api + "/v1/alerts?limit=1",
                             headers={"Authorization": f"Bearer {stack.api_token}"}) as response:
             assert response.status == 200 and "alerts" in await response.json()
+        # The OpenAPI document and the docs page where clients look, without a token; the ops paths not at all.
+        async with http.get(api + "/openapi.json") as response:
+            assert response.status == 200 and (await response.json())["openapi"].startswith("3.")
+        async with http.get(api + "/docs") as response:
+            assert response.status == 200 and "/v1/consumption.csv" in await response.text()
+        for path in ("/metrics", "/healthz"):
+            async with http.get(api + path) as response:
+                assert response.status == 404, path
+        # A streamed export passes through whole, in chunks.
+        async with http.get(api + "/v1/consumption.csv?from=2024-01-01T00:00:00Z&to=2024-01-02T00:00:00Z",
+                            headers={"Authorization": f"Bearer {stack.api_token}"}) as response:
+            assert response.status == 200 and response.headers["Content-Type"].startswith("text/csv")
+            assert (await response.text()).startswith("protocol,device,hour,pulses,volume\r\n")
 
 
 # ---------------------------------------------------- pulsestack conventions
