@@ -114,5 +114,6 @@ if __name__ == "__main__":
     publish("device-import", "Bulk provisioning: devices import", lines, (
         f"\nThrough the real CLI path (`python -m pulsestack_cli devices import`, one process), against an "
         f"embedded nats-server (fsync before every acknowledgement) and PostgreSQL on the same machine; "
-        f"Python {platform.python_version()}, {os.cpu_count()} CPUs. Peak RSS: the importing process's "
+        f"Python {platform.python_version()}, {os.cpu_count()} CPUs shared with other work (load average "
+        f"{os.getloadavg()[1]:.1f} over the last 5 minutes of the run). Peak RSS: the importing process's "
         f"ru_maxrss.\n").strip())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ def canonical(protocol: str, device: str) -> str:
     raise ValueError(f"unknown protocol {protocol!r}")
 
 
+SHARDS_PER_QUERY = 64
+
+
 @dataclass(frozen=True, slots=True)
 class Device:
     protocol: str
@@ -39,12 +43,19 @@ class Device:
 
 
 async def sync_shards(conn: asyncpg.Connection, kv: KeyValue, protocol: str, shards: Iterable[int]) -> None:
-    """Rewrites the KV value of each shard from the table: idempotent, so a lost update heals on the next."""
-    for shard in sorted(set(shards)):
+    """Rewrites the KV value of each shard from the table: idempotent, so a lost update heals on the next.
+    A bulk import syncs up to all 1,024 shards per batch: one query per 64 shards, their puts in flight together,
+    instead of two round trips per shard; and never more than 64 shards' ids in memory (10 M devices: 600 k)."""
+    wanted = sorted(set(shards))
+    for chunk in (wanted[i : i + SHARDS_PER_QUERY] for i in range(0, len(wanted), SHARDS_PER_QUERY)):
         rows = await conn.fetch(
-            "SELECT device_id FROM devices WHERE protocol = $1 AND shard = $2 AND NOT disabled", protocol, shard
+            "SELECT shard, array_agg(device_id) AS ids FROM devices"
+            " WHERE protocol = $1 AND shard = ANY($2::smallint[]) AND NOT disabled GROUP BY shard", protocol, chunk
         )
-        await kv.put(members_key(protocol, shard), pack(device_number(protocol, r["device_id"]) for r in rows))
+        members = {r["shard"]: r["ids"] for r in rows}
+        await asyncio.gather(*(
+            kv.put(members_key(protocol, shard), pack(device_number(protocol, d) for d in members.get(shard, ())))
+            for shard in chunk))
 
 
 async def sync_all(conn: asyncpg.Connection, kv: KeyValue) -> int:
