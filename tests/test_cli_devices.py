@@ -121,6 +121,12 @@ async def test_bad_lines_are_named_and_nothing_is_stored_for_them(stack: LocalSt
                    "pulse_weight, daily_limit\n")
     assert await table(db, "nbiot", nbiot) == {}
 
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(f"protocol,device_id\nnbiot,{nbiot[0]}\n".encode() + b"nbiot,\xff\n")
+    code, out, err = await cli("devices", "import", str(binary), **env(stack))
+    assert code == 2 and err.startswith("pulsestack: not UTF-8 text after line ") and out == "", err
+    assert await table(db, "nbiot", nbiot) == {}
+
     bad = tmp_path / "bad.csv"
     bad.write_text("\n".join([
         HEADER,

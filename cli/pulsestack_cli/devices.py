@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import sys
@@ -171,6 +172,12 @@ class KeyFile:
         self.master = master
         self.written = 0
 
+    def __enter__(self) -> KeyFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.out.close()
+
     def keep(self, created: list[tuple[str, str, int]]) -> None:
         for protocol, device, version in created:
             if protocol == "nbiot":
@@ -186,12 +193,14 @@ async def _import(importer: registry.Import, path: Path, key_path: Path | None, 
         raise ValueError("--batch must be at least 1")
     if not path.is_file():
         raise LookupError(f"{path}: no such file")
-    key_file = KeyFile(key_path, keys.load_master_key()) if key_path else None
+    master = keys.load_master_key() if key_path else b""
     created = updated = unchanged = bad = 0
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            lines = csv.reader(f)
-            for entries, refused in _batches(lines, _header(next(lines, None)), size):
+    with path.open(newline="", encoding="utf-8-sig") as f, contextlib.ExitStack() as stack:
+        lines = csv.reader(f)
+        try:
+            names = _header(next(lines, None))
+            key_file = stack.enter_context(KeyFile(key_path, master)) if key_path else None
+            for entries, refused in _batches(lines, names, size):
                 outcome = await importer.batch(entries, key_file.keep if key_file else None)
                 for line, reason in sorted(refused + outcome.refused):
                     print(f"line {line}: {reason}", file=sys.stderr)
@@ -199,9 +208,12 @@ async def _import(importer: registry.Import, path: Path, key_path: Path | None, 
                 updated += outcome.updated
                 unchanged += outcome.unchanged
                 bad += len(refused) + len(outcome.refused)
-    finally:
-        if key_file:
-            key_file.out.close()
+        except (UnicodeDecodeError, csv.Error) as exc:
+            # The reader cannot go past an unreadable line; the batches committed before it stay stored.
+            where = f"line {lines.line_num}: {exc}" if isinstance(exc, csv.Error) else (
+                f"not UTF-8 text after line {lines.line_num}")
+            raise ValueError(f"{where}; stopped there, {created + updated + unchanged:,} line(s) stored before "
+                             "(once fixed, run the import again: it is idempotent)") from exc
     written = (f"{key_file.written:,} NB-IoT key(s) appended to {key_path}" if key_file else
                "none written (derived from the master secret; --keys FILE writes those of new NB-IoT devices)")
     print(f"{path}: {created:,} device(s) created, {updated:,} updated, {unchanged:,} unchanged, {bad:,} bad "
