@@ -24,7 +24,7 @@ COLUMNS = ["protocol", "device_id", "label", *registry.SETTINGS]
 BATCH = 10_000
 
 IMPORT_HELP = (
-    f"register or update devices from a CSV file with a header naming columns among {', '.join(COLUMNS)} "
+    f"Registers or updates devices from a CSV file with a header naming columns among {', '.join(COLUMNS)} "
     "(protocol and device_id required). Idempotent: a device already registered takes the line's label and "
     "settings, an empty cell leaves its value as it is, and nothing else of it changes (a disabled device "
     "stays disabled). Each batch is one transaction, after which the ingesters' registry matches the table: "
@@ -59,11 +59,14 @@ def add_parser(sub: Any) -> None:
     settings.add_argument("protocol", choices=PROTOCOLS)
     settings.add_argument("id", help="the device's id")
     settings.add_argument("settings", nargs="+", metavar="NAME=VALUE", help="one or more settings to change")
-    imp = dsub.add_parser("import", help=IMPORT_HELP)
+    imp = dsub.add_parser("import", help="register or update devices from a CSV file (a fleet at once)",
+                          description=IMPORT_HELP)
     imp.add_argument("file", type=Path, help="the CSV file (UTF-8)")
     imp.add_argument("--keys", type=Path, metavar="FILE", help=KEYS_HELP)
     imp.add_argument("--batch", type=int, default=BATCH, help=f"lines per transaction (default {BATCH:,})")
-    exp = dsub.add_parser("export", help="the enabled devices in the format `devices import` reads")
+    exp = dsub.add_parser("export", help="the enabled devices in the format `devices import` reads",
+                          description="Writes the enabled devices (a disabled one stays out: importing the file "
+                                      "elsewhere must not bring it back) as `devices import` reads them.")
     exp.add_argument("file", help="where to write the CSV file; - for standard output")
 
 
