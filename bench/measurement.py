@@ -1,5 +1,5 @@
 """Printing and keeping the figures of the small measurements (sweep, alert latency, registry memory,
-rollup cost): each writes bench/results/<date>-<host>-<name>.md."""
+rollup cost, device import): each writes bench/results/<date>-<host>-<name>.md."""
 
 from __future__ import annotations
 

@@ -55,6 +55,7 @@ async def test_unreachable_servers_are_named_with_what_to_do() -> None:
     (("devices", "add", "nbiot", "18446744073709551616"), 2, "'18446744073709551616' is not an NB-IoT device id"),
     (("devices", "add", "sigfox", "12345G"), 2, "'12345G' is not a Sigfox device id"),
     (("devices", "rotate-key", "nbiot", "4"), 4, "nbiot device 4 is not registered"),
+    (("devices", "disable", "sigfox", "4"), 4, "sigfox device 4 is not registered"),
     (("devices", "set", "nbiot", "4", "colour=blue"), 2, "unknown setting 'colour'"),
 ])
 async def test_wrong_arguments_get_one_line(stack: LocalStack, args: tuple[str, ...], code: int,

@@ -10,17 +10,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import uvloop
 
-from pulsestack import keys
 from pulsestack.bus.streams import BusLimits, setup, stream_configs
 from pulsestack.config import ConfigError
 from pulsestack.logs import configure
-from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET
 from pulsestack.store.maintenance import MONTHS_AHEAD, Retention, maintain
 from pulsestack.store.migrate import migrate, set_role_passwords
+from pulsestack_cli import devices as devices_cmd
 from pulsestack_cli import jetstream as jetstream_cmd
 from pulsestack_cli import quarantine as quarantine_cmd
 from pulsestack_cli.connections import LOCAL_ENV, Unreachable, connect, connect_db, local_settings, use_local_stack
@@ -89,51 +87,6 @@ async def cmd_maintain(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _registry() -> tuple[asyncpg.Connection, Any, Any]:
-    conn = await connect_db()
-    nc = await connect()
-    kv = await nc.jetstream().key_value(BUCKET)
-    return conn, nc, kv
-
-
-async def cmd_devices(args: argparse.Namespace) -> int:
-    conn, nc, kv = await _registry()
-    try:
-        if args.action == "add":
-            added = await registry.add(conn, kv, keys.load_master_key(), args.protocol, args.ids, args.label)
-            for device, key in added.items():
-                # Printed once: the key is derived, never stored, and shown only to whoever provisions.
-                print(f"{args.protocol} {device} key {key.hex()}" if args.protocol == "nbiot" else
-                      f"{args.protocol} {device} registered")
-        elif args.action == "list":
-            # One more than asked for tells whether the list was cut.
-            listed = await registry.list_devices(conn, args.protocol, None if args.all else args.limit + 1)
-            for d in listed[: None if args.all else args.limit]:
-                state = "disabled" if d.disabled else "enabled"
-                print(f"{d.protocol:7} {d.device_id:20} key v{d.key_version}  {state:8} {d.label or ''}")
-            if not args.all and len(listed) > args.limit:
-                print(f"pulsestack: the first {args.limit} shown; --limit N or --all for more", file=sys.stderr)
-        elif args.action == "disable":
-            if not await registry.disable(conn, kv, args.protocol, args.id):
-                print(f"{args.protocol} device {args.id} is not registered", file=sys.stderr)
-                return 1
-            print(f"{args.protocol} {args.id} disabled")
-        elif args.action == "rotate-key":
-            key = await registry.rotate_key(conn, kv, keys.load_master_key(), args.protocol, args.id)
-            print(f"{args.protocol} {args.id} new key {key.hex()}")
-        elif args.action == "set":
-            changes = dict(item.split("=", 1) for item in args.settings)
-            settings = await registry.update_settings(conn, args.protocol, args.id, changes)
-            print(f"{args.protocol} {args.id} settings {settings}")
-        elif args.action == "sync":
-            count = await registry.sync_all(conn, kv)
-            print(f"registry bucket rebuilt for {count} protocol(s)")
-    finally:
-        await nc.close()
-        await conn.close()
-    return 0
-
-
 async def cmd_reprocess(args: argparse.Namespace) -> int:
     import datetime as dt
 
@@ -196,28 +149,7 @@ def _build_parser() -> argparse.ArgumentParser:
                                "PULSESTACK_RETENTION_<TABLE>_MONTHS, see docs/durability.md")
     add_json_flag(maintain)
 
-    devices = sub.add_parser("devices", help="the device registry")
-    dsub = devices.add_subparsers(dest="action", required=True)
-    add = dsub.add_parser("add", help="register devices; prints each NB-IoT device's key once")
-    add.add_argument("protocol", choices=["nbiot", "sigfox"])
-    add.add_argument("ids", nargs="+", help="NB-IoT: decimal ids (IMEI); Sigfox: 1 to 8 hex digits")
-    add.add_argument("--label", help="free text kept with each device (an address, a meter number)")
-    lst = dsub.add_parser("list", help="registered devices, enabled or not")
-    lst.add_argument("--protocol", choices=["nbiot", "sigfox"], help="only this protocol's")
-    lst.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
-    lst.add_argument("--all", action="store_true", help="every device, however many")
-    for name, what in (("disable", "stop accepting a device's readings (they are quarantined)"),
-                       ("rotate-key", "give an NB-IoT device a new key; prints it once")):
-        p = dsub.add_parser(name, help=what)
-        p.add_argument("protocol", choices=["nbiot", "sigfox"])
-        p.add_argument("id", help="the device's id")
-    dsub.add_parser("sync", help="rebuild the registry bucket from the table")
-    settings = dsub.add_parser("set", help="per-device settings: " + "; ".join(
-        f"{k}: {v}" for k, v in registry.SETTINGS.items()))
-    settings.add_argument("protocol", choices=["nbiot", "sigfox"])
-    settings.add_argument("id", help="the device's id")
-    settings.add_argument("settings", nargs="+", metavar="NAME=VALUE", help="one or more settings to change")
-
+    devices_cmd.add_parser(sub)
     quarantine_cmd.add_parser(sub)
     jetstream_cmd.add_parser(sub)
 
@@ -255,7 +187,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {
-    "migrate": cmd_migrate, "setup": cmd_setup, "maintain": cmd_maintain, "devices": cmd_devices,
+    "migrate": cmd_migrate, "setup": cmd_setup, "maintain": cmd_maintain, "devices": devices_cmd.run,
     "quarantine": quarantine_cmd.run, "jetstream": jetstream_cmd.run, "reprocess": cmd_reprocess,
 }
 

@@ -7,18 +7,19 @@ go to stderr either way, so that stdout under `--json` is only data.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
+
+import orjson
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON, one object per line, instead of text")
 
 
-def emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
-    """One item or report: `data` as JSON under `--json`, otherwise `text`."""
-    print(json.dumps(data, default=str) if getattr(args, "json", False) else text)
+def emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    """One item or report (a dict or a dataclass): `data` as JSON under `--json`, otherwise `text`."""
+    print(orjson.dumps(data, default=str).decode() if getattr(args, "json", False) else text)
 
 
 def notice(text: str) -> None:
