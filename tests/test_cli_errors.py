@@ -130,9 +130,15 @@ async def test_a_cut_list_says_so(stack: LocalStack) -> None:
 async def test_reports_print_one_json_object_with_json(stack: LocalStack) -> None:
     import json
 
+    device = f"{unique_number(0x5B000000) % 0xFFFFFFFF:X}"
     for args, keys in ((("maintain", "--json"), {"ran", "dropped", "deleted"}),
-                       (("reprocess", "--json", "--protocol", "nbiot", "--device", "4"), {"readings", "devices"})):
-        code, out, err = await cli(*args, **servers(stack))
+                       (("reprocess", "--json", "--protocol", "nbiot", "--device", "4"), {"readings", "devices"}),
+                       (("devices", "add", "sigfox", device, "--json"), {"protocol", "device_id", "key"}),
+                       (("devices", "set", "sigfox", device, "daily_limit=7", "--json"), {"settings"}),
+                       (("devices", "disable", "sigfox", device, "--json"), {"disabled"}),
+                       (("quarantine", "replay", "--json"), {"replayed", "skipped"})):
+        code, out, err = await cli(*args, **servers(stack),
+                                   PULSESTACK_DEVICE_MASTER_KEY_FILE=str(stack.master_key_file))
         assert code == 0 and err == "", err
         [line] = out.splitlines()
         assert keys <= json.loads(line).keys(), line

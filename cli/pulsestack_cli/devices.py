@@ -43,6 +43,7 @@ def add_parser(sub: Any) -> None:
     add.add_argument("protocol", choices=PROTOCOLS)
     add.add_argument("ids", nargs="+", help="NB-IoT: decimal ids (IMEI); Sigfox: 1 to 8 hex digits")
     add.add_argument("--label", help="free text kept with each device (an address, a meter number)")
+    add_json_flag(add)
     lst = dsub.add_parser("list", help="registered devices, enabled or not")
     lst.add_argument("--protocol", choices=PROTOCOLS, help="only this protocol's")
     lst.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
@@ -53,17 +54,20 @@ def add_parser(sub: Any) -> None:
         p = dsub.add_parser(name, help=what)
         p.add_argument("protocol", choices=PROTOCOLS)
         p.add_argument("id", help="the device's id")
+        add_json_flag(p)
     dsub.add_parser("sync", help="rebuild the registry bucket from the table")
     settings = dsub.add_parser("set", help="per-device settings: " + "; ".join(
         f"{k}: {v}" for k, v in registry.SETTINGS.items()))
     settings.add_argument("protocol", choices=PROTOCOLS)
     settings.add_argument("id", help="the device's id")
     settings.add_argument("settings", nargs="+", metavar="NAME=VALUE", help="one or more settings to change")
+    add_json_flag(settings)
     imp = dsub.add_parser("import", help="register or update devices from a CSV file (a fleet at once)",
                           description=IMPORT_HELP)
     imp.add_argument("file", type=Path, help="the CSV file (UTF-8)")
     imp.add_argument("--keys", type=Path, metavar="FILE", help=KEYS_HELP)
     imp.add_argument("--batch", type=int, default=BATCH, help=f"lines per transaction (default {BATCH:,})")
+    add_json_flag(imp)
     exp = dsub.add_parser("export", help="the enabled devices in the format `devices import` reads",
                           description="Writes the enabled devices (a disabled one stays out: importing the file "
                                       "elsewhere must not bring it back) as `devices import` reads them.")
@@ -79,26 +83,30 @@ async def run(args: argparse.Namespace) -> int:
             added = await registry.add(conn, kv, keys.load_master_key(), args.protocol, args.ids, args.label)
             for device, key in added.items():
                 # Printed once: the key is derived, never stored, and shown only to whoever provisions.
-                print(f"{args.protocol} {device} key {key.hex()}" if args.protocol == "nbiot" else
-                      f"{args.protocol} {device} registered")
+                nbiot = args.protocol == "nbiot"
+                emit(args, {"protocol": args.protocol, "device_id": device, "key": key.hex() if nbiot else None},
+                     f"{args.protocol} {device} key {key.hex()}" if nbiot else f"{args.protocol} {device} registered")
         elif args.action == "list":
             await _list(conn, args)
         elif args.action == "disable":
             if not await registry.disable(conn, kv, args.protocol, args.id):
                 raise LookupError(f"{args.protocol} device {args.id} is not registered")  # exit 4, as rotate-key
-            print(f"{args.protocol} {args.id} disabled")
+            emit(args, {"protocol": args.protocol, "device_id": args.id, "disabled": True},
+                 f"{args.protocol} {args.id} disabled")
         elif args.action == "rotate-key":
             key = await registry.rotate_key(conn, kv, keys.load_master_key(), args.protocol, args.id)
-            print(f"{args.protocol} {args.id} new key {key.hex()}")
+            emit(args, {"protocol": args.protocol, "device_id": args.id, "key": key.hex()},
+                 f"{args.protocol} {args.id} new key {key.hex()}")
         elif args.action == "set":
             changes = dict(item.split("=", 1) for item in args.settings)
             settings = await registry.update_settings(conn, args.protocol, args.id, changes)
-            print(f"{args.protocol} {args.id} settings {settings}")
+            emit(args, {"protocol": args.protocol, "device_id": args.id, "settings": settings},
+                 f"{args.protocol} {args.id} settings {settings}")
         elif args.action == "sync":
             count = await registry.sync_all(conn, kv)
             print(f"registry bucket rebuilt for {count} protocol(s)")
         elif args.action == "import":
-            await _import(registry.Import(conn, kv), args.file, args.keys, args.batch)
+            await _import(registry.Import(conn, kv), args)
         elif args.action == "export":
             await _export(conn, args.file)
     finally:
@@ -187,7 +195,8 @@ class KeyFile:
         os.fsync(self.out.fileno())
 
 
-async def _import(importer: registry.Import, path: Path, key_path: Path | None, size: int) -> None:
+async def _import(importer: registry.Import, args: argparse.Namespace) -> None:
+    path, key_path, size = args.file, args.keys, args.batch
     if size < 1:
         raise ValueError("--batch must be at least 1")
     if not path.is_file():
@@ -215,8 +224,10 @@ async def _import(importer: registry.Import, path: Path, key_path: Path | None, 
                              "(once fixed, run the import again: it is idempotent)") from exc
     written = (f"{key_file.written:,} NB-IoT key(s) appended to {key_path}" if key_file else
                "none written (derived from the master secret; --keys FILE writes those of new NB-IoT devices)")
-    print(f"{path}: {created:,} device(s) created, {updated:,} updated, {unchanged:,} unchanged, {bad:,} bad "
-          f"line(s) not stored; keys: {written}")
+    emit(args, {"file": str(path), "created": created, "updated": updated, "unchanged": unchanged, "bad": bad,
+                "keys_written": key_file.written if key_file else 0},
+         f"{path}: {created:,} device(s) created, {updated:,} updated, {unchanged:,} unchanged, {bad:,} bad "
+         f"line(s) not stored; keys: {written}")
     if bad:
         raise ValueError(f"{bad:,} bad line(s) not stored (listed above with their line numbers)")
 

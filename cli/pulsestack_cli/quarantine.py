@@ -25,6 +25,7 @@ def add_parser(sub: Any) -> None:
     replay = qsub.add_parser("replay", help="re-inject readings of devices now registered and enabled")
     replay.add_argument("--reason", default="unknown_device",
                         help="replay records quarantined for this reason (default unknown_device)")
+    add_json_flag(replay)
 
 
 async def _records(js: Any, newest: int | None = None) -> tuple[list[tuple[int, QuarantineRecord]], int]:
@@ -61,12 +62,13 @@ async def run(args: argparse.Namespace) -> int:
             shown = f"; the newest {len(records)} shown (--limit)" if len(records) < held else ""
             (notice if args.json else print)(f"{held} quarantined record(s){shown}")
             return 0
-        return await _replay(js, (await _records(js))[0], args.reason)
+        return await _replay(js, (await _records(js))[0], args)
     finally:
         await nc.close()
 
 
-async def _replay(js: Any, records: list[tuple[int, QuarantineRecord]], reason: str) -> int:
+async def _replay(js: Any, records: list[tuple[int, QuarantineRecord]], args: argparse.Namespace) -> int:
+    reason = args.reason
     candidates = [(seq, r) for seq, r in records if r.reason == reason and r.reading is not None]
     conn = await connect_db()
     try:
@@ -91,5 +93,6 @@ async def _replay(js: Any, records: list[tuple[int, QuarantineRecord]], reason: 
         await js.publish(f"raw.{reading.protocol}", encode_raw([reading]), headers=headers)
         await js.delete_msg(QUARANTINE, seq)
         replayed += 1
-    print(f"replayed {replayed} reading(s); {skipped} still belong to unregistered or disabled devices")
+    emit(args, {"replayed": replayed, "skipped": skipped},
+         f"replayed {replayed} reading(s); {skipped} still belong to unregistered or disabled devices")
     return 0
