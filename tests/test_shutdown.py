@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pulsestack_cli.local import LocalStack
-from pulsestack_cli.processes import SERVICES
+from pulsestack_cli.processes import STACK_SERVICES
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 GRACE = 25.0
 
 
-@pytest.mark.parametrize("service", sorted(SERVICES))
+@pytest.mark.parametrize("service", sorted(STACK_SERVICES))
 async def test_service_exits_by_itself_on_sigterm(stack: LocalStack, service: str) -> None:
     proc = stack.services[service]
     proc.wait_ready()

@@ -19,7 +19,7 @@ from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET
 from pulsestack.store.migrate import migrate
 from pulsestack_cli.localstack import NatsServer, Postgres, free_port
-from pulsestack_cli.processes import ServiceProcess
+from pulsestack_cli.processes import STACK_SERVICES, ServiceProcess
 from simulator.fleet import fleet_ids, simulated
 
 ROLE_OF = {
@@ -151,11 +151,8 @@ class LocalStack:
         self.udp_port = udp_port or free_port()
         self.http_port = http_port or free_port()
         self.api_port = api_port or free_port()
-        self.ops_ports = {
-            "ingest-udp": free_port(), "ingest-http": self.http_port,
-            "raw-processor": free_port(), "pulse-processor": free_port(),
-            "alerting": free_port(), "api": self.api_port,
-        }
+        fixed = {"ingest-http": self.http_port, "api": self.api_port}
+        self.ops_ports = {name: fixed.get(name) or free_port() for name in STACK_SERVICES}
         self.service_env = {
             "NATS_URL": self.nats_url,
             "PULSESTACK_DEVICE_MASTER_KEY_FILE": str(self.master_key_file),

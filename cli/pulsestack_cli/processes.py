@@ -20,6 +20,8 @@ SERVICES = {
     "api": ["-m", "api"],
     "all": ["-m", "pulsestack_cli", "run", "all"],  # the four pipeline stages in one process
 }
+# What `pulsestack run local` (and the tests' stack) starts: each service apart, not the one-process form.
+STACK_SERVICES = tuple(name for name in SERVICES if name != "all")
 
 
 @dataclass
