@@ -222,13 +222,15 @@ class Entry:
     line: int
     protocol: str
     device_id: str
+    shard: int
     label: str | None
     settings: dict[str, object]
 
 
 def entry(line: int, protocol: str, device: str, label: str, settings: dict[str, str]) -> Entry:
     """Validates one line's cells (an empty cell leaves that value as it is); raises ValueError."""
-    return Entry(line, protocol, canonical(protocol, device), label or None,
+    device_id = canonical(protocol, device)
+    return Entry(line, protocol, device_id, shard_of(device_number(protocol, device_id)), label or None,
                  setting_values({name: value for name, value in settings.items() if value}))
 
 
@@ -272,8 +274,8 @@ class Import:
                 "CREATE TEMP TABLE import_batch (line bigint, protocol text, device_id text, shard smallint,"
                 " label text, settings jsonb) ON COMMIT DROP")
             await self.conn.copy_records_to_table("import_batch", records=[
-                (e.line, e.protocol, e.device_id, shard_of(device_number(e.protocol, e.device_id)), e.label,
-                 orjson.dumps(e.settings).decode()) for e in entries])
+                (e.line, e.protocol, e.device_id, e.shard, e.label, orjson.dumps(e.settings).decode())
+                for e in entries])
             await self.conn.execute(
                 "INSERT INTO import_seen SELECT DISTINCT ON (protocol, device_id) protocol, device_id, line"
                 " FROM import_batch ORDER BY protocol, device_id, line ON CONFLICT DO NOTHING")
@@ -301,7 +303,7 @@ class Import:
         # Every shard the batch names, changed or not: a rerun heals a sync that a crash after the commit missed.
         shards: dict[str, set[int]] = {}
         for e in entries:
-            shards.setdefault(e.protocol, set()).add(shard_of(device_number(e.protocol, e.device_id)))
+            shards.setdefault(e.protocol, set()).add(e.shard)
         for protocol, touched in shards.items():
             await sync_shards(self.conn, self.kv, protocol, touched)
         return outcome
