@@ -4,7 +4,7 @@
 
 Starts the local stack, registers `--devices` NB-IoT devices with a daily limit, sends each one reading
 that crosses it (at `--rate` readings/s), and times, per device, the sending of that datagram against
-(a) the alert row's `opened_at` (committed with the reading, in the pulse stage's transaction) and
+(a) the alert row's `opened_at` (committed with the reading, in the processor's transaction) and
 (b) the `alerts.threshold` event received on NATS. Prints the figures and writes
 bench/results/<date>-<host>-alert-latency.md.
 """
@@ -88,7 +88,7 @@ async def main(devices: int, rate: float) -> list[str]:
     return [
         f"{devices} devices, one limit-crossing reading each at {rate:g} readings/s",
         f"alerts opened {len(rows)} / {devices}; events received on NATS {len(published)} / {devices}",
-        f"datagram sent -> alert row opened (opened_at, in the reading's pulse transaction): {quantiles(committed)}",
+        f"datagram sent -> alert row opened (opened_at, in the reading's transaction): {quantiles(committed)}",
         f"datagram sent -> alerts.threshold event received: {quantiles(published)}",
     ]
 

@@ -25,7 +25,7 @@ def _sum(samples: dict[str, Samples], name: str, services: Iterable[str] | None 
 
 
 def stored(samples: dict[str, Samples], protocol: str | None = None) -> float:
-    """Readings committed in pulses (the pulse stage's end-to-end histogram count)."""
+    """Readings committed (the raw stage's end-to-end histogram count)."""
     labels = {"protocol": protocol} if protocol else {}
     return _sum(samples, f"{E2E}_count", **labels)
 
@@ -46,14 +46,14 @@ def kernel_drops(samples: dict[str, Samples]) -> float:
     return _sum(samples, "pulsestack_ingest_udp_kernel_drops_total")
 
 
-def pulse_handled(samples: dict[str, Samples]) -> float:
-    return sum(_sum(samples, "pulsestack_processor_messages_total", stage="pulse", outcome=o)
+def processor_handled(samples: dict[str, Samples]) -> float:
+    return sum(_sum(samples, "pulsestack_processor_messages_total", stage="raw", outcome=o)
                for o in ("stored", "duplicate", "quarantined"))
 
 
 def backlog_readings(samples: dict[str, Samples]) -> float:
-    """Readings accepted at ingest that the pulse stage has not handled yet."""
-    return accepted(samples) - pulse_handled(samples)
+    """Readings accepted at ingest that the processor has not handled yet."""
+    return accepted(samples) - processor_handled(samples)
 
 
 def stream_pending(samples: dict[str, Samples]) -> float:
@@ -226,35 +226,30 @@ def _hist_delta(before: dict[str, Samples], after: dict[str, Samples], name: str
 
 
 def stage_figures(before: dict[str, Samples], after: dict[str, Samples]) -> dict[str, float]:
-    """Where a reading's time goes, from the services' histograms: mean batch size and transaction time per
-    stage, mean publish-to-PubAck per stream, p99 of each (seconds)."""
+    """Where a reading's time goes, from the services' histograms: mean batch size, transaction time and
+    publish-to-PubAck, p99 of the last two (seconds), and how many of each per second."""
     out: dict[str, float] = {}
-    for stage in ("raw", "pulse"):
-        n, total_size = _hist_delta(before, after, "pulsestack_processor_batch_size", stage=stage)
-        if n:
-            out[f"{stage} batch (readings)"] = total_size / n
-        n, seconds = _hist_delta(before, after, "pulsestack_processor_db_write_seconds", stage=stage)
-        if n:
-            out[f"{stage} transaction mean (s)"] = seconds / n
-            buckets = delta_histogram(
-                histogram(before, "pulsestack_processor_db_write_seconds", None, stage=stage),
-                histogram(after, "pulsestack_processor_db_write_seconds", None, stage=stage))
-            p99 = quantile(0.99, buckets)
-            if p99 is not None:
-                out[f"{stage} transaction p99 (s)"] = p99
-            out[f"{stage} transactions/s"] = n
-    for stream in ("RAW", "PULSES"):
-        n, seconds = _hist_delta(before, after, "pulsestack_bus_publish_seconds", stream=stream)
-        if n:
-            out[f"publish to {stream} → PubAck mean (s)"] = seconds / n
-            buckets = delta_histogram(
-                histogram(before, "pulsestack_bus_publish_seconds", None, stream=stream),
-                histogram(after, "pulsestack_bus_publish_seconds", None, stream=stream))
-            p99 = quantile(0.99, buckets)
-            if p99 is not None:
-                out[f"publish to {stream} → PubAck p99 (s)"] = p99
-            out[f"{stream} messages/s"] = n
+    n, total_size = _hist_delta(before, after, "pulsestack_processor_batch_size", stage="raw")
+    if n:
+        out["raw batch (readings)"] = total_size / n
+    _timing(out, before, after, "raw transaction", "raw transactions/s", "pulsestack_processor_db_write_seconds",
+            stage="raw")
+    _timing(out, before, after, "publish to RAW → PubAck", "RAW messages/s", "pulsestack_bus_publish_seconds",
+            stream="RAW")
     return out
+
+
+def _timing(out: dict[str, float], before: dict[str, Samples], after: dict[str, Samples], name: str, per_second: str,
+            metric: str, **labels: str) -> None:
+    n, seconds = _hist_delta(before, after, metric, **labels)
+    if not n:
+        return
+    out[f"{name} mean (s)"] = seconds / n
+    p99 = quantile(0.99, delta_histogram(histogram(before, metric, None, **labels),
+                                         histogram(after, metric, None, **labels)))
+    if p99 is not None:
+        out[f"{name} p99 (s)"] = p99
+    out[per_second] = n
 
 
 # ------------------------------------------------------------------------------------------- postgres

@@ -15,12 +15,11 @@ from typing import Any
 
 MIB = 1024 * 1024
 ONE_PROCESS = "pulsestack-all"  # the process group of `pulsestack run all` (every stage in one process)
-PIPELINE = ("ingest-udp", "ingest-http", "raw-processor", "pulse-processor", ONE_PROCESS, "nats-server", "postgres")
-PYTHON_SERVICES = ("ingest-udp", "ingest-http", "raw-processor", "pulse-processor")
-SEPARATE_GROUPS = ("ingest-udp", "ingest-http", "raw-processor", "pulse-processor", "nats-server", "postgres",
-                   "generator")
+PYTHON_SERVICES = ("ingest-udp", "ingest-http", "raw-processor")
+PIPELINE = (*PYTHON_SERVICES, ONE_PROCESS, "nats-server", "postgres")
+SEPARATE_GROUPS = (*PYTHON_SERVICES, "nats-server", "postgres", "generator")
 ONE_PROCESS_GROUPS = (ONE_PROCESS, "nats-server", "postgres", "generator")
-SHORT = {"ingest-udp": "ingest-udp", "ingest-http": "ingest-http", "raw-processor": "raw", "pulse-processor": "pulse",
+SHORT = {"ingest-udp": "ingest-udp", "ingest-http": "ingest-http", "raw-processor": "processor",
          ONE_PROCESS: "one process", "nats-server": "nats", "postgres": "postgres", "generator": "generator"}
 RAMP_TITLES = {"nbiot": "Ramp: NB-IoT only", "mix": "Ramp: the 50/50 mix",
                "nbiot-one": "Ramp: NB-IoT only, every stage in one process (`pulsestack run all`)",
@@ -172,9 +171,9 @@ def markdown(report: Report) -> str:
     staged = [st for st in report.steps if st.get("stages") and st["kind"] in ("ramp", "reference", "profile")]
     if staged:
         w("## Where a reading's time goes, per step (the services' own histograms, during the window)\n")
-        w("| step | raw batch | raw txn mean / p99 ms | pulse batch | pulse txn mean / p99 ms |"
-          " RAW PubAck mean / p99 ms | PULSES PubAck mean / p99 ms | RAW msgs/s | readings per RAW msg |")
-        w("|---|---|---|---|---|---|---|---|---|")
+        w("| step | processor batch | processor txn mean / p99 ms | RAW PubAck mean / p99 ms | RAW msgs/s |"
+          " readings per RAW msg |")
+        w("|---|---|---|---|---|---|")
         for st in staged:
             g = st["stages"]
 
@@ -184,9 +183,7 @@ def markdown(report: Report) -> str:
             raw_msgs = g.get("RAW messages/s")
             per_msg = f"{st['stored_rate'] / raw_msgs:.1f}" if raw_msgs else "–"
             w(f"| {st['name']} | {g.get('raw batch (readings)', 0):.0f} | {two('raw transaction')} |"
-              f" {g.get('pulse batch (readings)', 0):.0f} | {two('pulse transaction')} |"
-              f" {two('publish to RAW → PubAck')} | {two('publish to PULSES → PubAck')} |"
-              f" {raw_msgs or 0:,.0f} | {per_msg} |")
+              f" {two('publish to RAW → PubAck')} | {raw_msgs or 0:,.0f} | {per_msg} |")
         w("")
 
     pg_steps = [st for st in report.steps if st.get("postgres")]

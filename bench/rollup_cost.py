@@ -1,9 +1,9 @@
-"""What the live rollups cost the pulse stage: the same batches written with and without them.
+"""What the live rollups cost the raw stage: the same batches written with and without them.
 
     python -m bench.rollup_cost [--devices 2000] [--batches 40] [--batch 500]
 
 Starts its own embedded PostgreSQL, then writes hourly readings (4 quarter-hour buckets each) through
-`write_pulses`, the pulse stage's code, alternating batch by batch between two fleets of the same size:
+`write_pulses`, the raw stage's derivation code, alternating batch by batch between two fleets of the same size:
 one with the rollups kept (as in production), one with the rollup statement left out. Prints the median
 transaction time of each and their ratio; writes bench/results/<date>-<host>-rollup-cost.md.
 """
@@ -95,7 +95,7 @@ if __name__ == "__main__":
     parser.add_argument("--batch", type=int, default=500)
     args = parser.parse_args()
     lines = asyncio.run(main(args.devices, args.batches, args.batch))
-    publish("rollup-cost", "Cost of the live rollups in the pulse stage", lines, (
+    publish("rollup-cost", "Cost of the live rollups in the raw stage", lines, (
         "\nEmbedded PostgreSQL, synchronous commit; the two variants alternate batch by batch in one run, so"
         " machine noise falls on both. Same shared 2-core box as the capacity benchmark.\n"
     ).strip())

@@ -55,7 +55,7 @@ from simulator.plans import HourlyFleet, RampPool, device_number
 from simulator.profiles import Profiles
 
 ROOT = Path(__file__).resolve().parent.parent
-PIPELINE_SERVICES = ("ingest-udp", "ingest-http", "raw-processor", "pulse-processor")  # what `run all` runs
+PIPELINE_SERVICES = ("ingest-udp", "ingest-http", "raw-processor")  # what `run all` runs
 REF_FIRST = 0  # the reference fleets (nested: the 180 k fleet is the start of the 3.6 M one)
 POOL_FIRST = 10_000_000  # the ramp's meters
 FOOTPRINT_FIRST = 20_000_000  # the footprint step's meters
@@ -526,7 +526,7 @@ class Bench:
     async def _profiles(self) -> None:
         a = self.args
         pids = {name: s.process.pid for name, s in self.stack.services.items()
-                if s.process and name in ("ingest-udp", "ingest-http", "raw-processor", "pulse-processor")}
+                if s.process and name in PIPELINE_SERVICES}
         for mix in [m for m in a.ramps.split(",") if m and m != "nbiot-one"] or ["nbiot"]:
             title = f"{RAMPS[mix]} at {a.profile_rate:,.0f} readings/s"
             wanted = {n: p for n, p in pids.items() if mix == "mix" or n != "ingest-http"}

@@ -16,7 +16,7 @@ from nats.aio.client import Client as NATS
 
 from bench import monitor
 from bench.monitor import ProcessGroups, Tracker, cpu_delta
-from pulsestack.bus.streams import PULSE_CONSUMER, PULSES, RAW, RAW_CONSUMER
+from pulsestack.bus.streams import RAW, RAW_CONSUMER
 from simulator.batch import ReadingBatch
 from simulator.generators import GeneratorJob, GeneratorOutcome, Generators
 from simulator.loadgen import Spec
@@ -132,12 +132,8 @@ class StepRunner:
     async def _pending(self) -> float:
         if self.nc is None:
             return 0.0
-        js = self.nc.jetstream()
-        pending = 0
-        for stream, durable in ((RAW, RAW_CONSUMER), (PULSES, PULSE_CONSUMER)):
-            info = await js.consumer_info(stream, durable)
-            pending += (info.num_pending or 0) + (info.num_ack_pending or 0)
-        return float(pending)
+        info = await self.nc.jetstream().consumer_info(RAW, RAW_CONSUMER)
+        return float((info.num_pending or 0) + (info.num_ack_pending or 0))
 
     async def run(
         self, result: StepResult, jobs: list[GeneratorJob], *, peer: Any = None, during: Any = None,

@@ -202,7 +202,6 @@ def cmd_vars() -> None:
         "PULSESTACK_DOMAIN": DOMAIN,
         "PULSESTACK_INGEST_HTTP_REPLICAS": "1",  # its test port is published in host mode: one per node
         "PULSESTACK_RAW_PROCESSOR_REPLICAS": "1",
-        "PULSESTACK_PULSE_PROCESSOR_REPLICAS": "1",
     }
     settings = {
         "ansible_ssh_private_key_file": str(WORK / "id_ed25519"),
@@ -419,12 +418,12 @@ async def remove_add_node() -> None:
 
 async def scale_1_3_1() -> None:
     for replicas in (3, 1):
-        await asyncio.to_thread(playbook, "scale.yml", "-e", "service=raw-processor,pulse-processor",
+        await asyncio.to_thread(playbook, "scale.yml", "-e", "service=raw-processor,api",
                                 "-e", f"replicas={replicas}")
-        counts = {s: proof.running_tasks(s) for s in ("raw-processor", "pulse-processor")}
+        counts = {s: proof.running_tasks(s) for s in ("raw-processor", "api")}
         if set(counts.values()) != {replicas}:
             raise SystemExit(f"after scale.yml to {replicas}: {counts}")
-        say(f"  processors at {replicas} replicas: {counts}")
+        say(f"  processor and API at {replicas} replicas: {counts}")
 
 
 # ----------------------------------------------------------------------------------- backup, restore

@@ -29,10 +29,10 @@
 set -euo pipefail
 
 SECRETS=(
-    postgres_password postgres_raw_password postgres_pulse_password
+    postgres_password postgres_raw_password
     postgres_registry_password postgres_reader_password postgres_alerting_password
     nats_admin_password nats_ingest_udp_password nats_ingest_http_password
-    nats_raw_processor_password nats_pulse_processor_password nats_alerting_password
+    nats_raw_processor_password nats_alerting_password
     nats_system_password nats_route_password nats_server_secrets
     device_master_key sigfox_tokens api_tokens alerts_webhook_url alerts_webhook_secret
     grafana_admin_password admin_users admin_password portainer_admin_password
@@ -53,9 +53,9 @@ write_files() {
     local dir="$1" name
     mkdir -p "$dir"
     chmod 700 "$dir"
-    for name in postgres_password postgres_raw_password postgres_pulse_password postgres_registry_password \
+    for name in postgres_password postgres_raw_password postgres_registry_password \
         postgres_reader_password postgres_alerting_password nats_admin_password nats_ingest_udp_password \
-        nats_ingest_http_password nats_raw_processor_password nats_pulse_processor_password nats_alerting_password \
+        nats_ingest_http_password nats_raw_processor_password nats_alerting_password \
         nats_system_password nats_route_password grafana_admin_password admin_password portainer_admin_password \
         alertmanager_smtp_password alerts_webhook_secret; do
         write_new "$dir/$name" "$(random_hex 24)"
@@ -90,7 +90,6 @@ for var, name in [
     ("NATS_INGEST_UDP_PASSWORD", "nats_ingest_udp_password"),
     ("NATS_INGEST_HTTP_PASSWORD", "nats_ingest_http_password"),
     ("NATS_RAW_PROCESSOR_PASSWORD", "nats_raw_processor_password"),
-    ("NATS_PULSE_PROCESSOR_PASSWORD", "nats_pulse_processor_password"),
     ("NATS_ALERTING_PASSWORD", "nats_alerting_password"),
     ("NATS_SYSTEM_PASSWORD", "nats_system_password"),
     ("NATS_ROUTE_PASSWORD", "nats_route_password"),

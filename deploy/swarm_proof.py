@@ -36,7 +36,7 @@ import nats
 import yaml
 from nats.aio.client import Client as NATS
 
-from pulsestack.bus.streams import PULSE_CONSUMER, PULSES, RAW, RAW_CONSUMER
+from pulsestack.bus.streams import RAW, RAW_CONSUMER, RAW_REPLAY
 from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET
 from simulator.fleet import fleet_ids
@@ -44,7 +44,7 @@ from simulator.run import Simulation, SimulationConfig, SimulationReport
 from simulator.verify import verify
 
 STACK = "pulsestack"
-PULSESTACK_JOBS = ("ingest-udp", "ingest-http", "raw-processor", "pulse-processor", "alerting", "api", "swarm-exporter")
+PULSESTACK_JOBS = ("ingest-udp", "ingest-http", "raw-processor", "alerting", "api", "swarm-exporter")
 # Stand-ins run these too; their targets must be up as well.
 SCRAPED_JOBS = (*PULSESTACK_JOBS, "prometheus", "alertmanager", "node-exporter")
 REPO = Path(__file__).resolve().parent.parent
@@ -269,12 +269,8 @@ async def db(role: str, password_secret: str) -> asyncpg.Connection:
 
 
 async def drained(nc: NATS) -> bool:
-    js = nc.jetstream()
-    for stream, durable in ((RAW, RAW_CONSUMER), (PULSES, PULSE_CONSUMER)):
-        info = await js.consumer_info(stream, durable)
-        if info.num_pending or info.num_ack_pending:
-            return False
-    return True
+    info = await nc.jetstream().consumer_info(RAW, RAW_CONSUMER)
+    return not (info.num_pending or info.num_ack_pending)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
@@ -571,8 +567,7 @@ def update_force(name: str) -> Callable[[], Awaitable[None]]:
 
 
 async def rolling_updates() -> None:
-    for name in ("raw-processor", "pulse-processor"):
-        await update_force(name)()
+    await update_force("raw-processor")()
 
 
 async def kill_nats_server() -> None:
@@ -594,7 +589,7 @@ async def kill_nats_server() -> None:
 
     async def replicas_current() -> bool:
         js = nc.jetstream()
-        for stream in (RAW, PULSES):
+        for stream in (RAW, RAW_REPLAY):
             cluster = (await js.stream_info(stream)).cluster
             if cluster is None or cluster.leader is None or len(cluster.replicas or []) != 2:
                 return False
@@ -606,16 +601,16 @@ async def kill_nats_server() -> None:
         await eventually(replicas_current, 120, "streams fully replicated again")
     finally:
         await nc.close()
-    say(f"  {service} replaced by swarm, streams RAW and PULSES on 3 current replicas again after "
+    say(f"  {service} replaced by swarm, streams RAW and RAW_REPLAY on 3 current replicas again after "
         f"{time.monotonic() - started:.0f} s")
 
 
 async def scale(replicas: int) -> None:
     started = time.monotonic()
     await asyncio.to_thread(docker, "service", "scale", "--detach",
-                            f"{STACK}_raw-processor={replicas}", f"{STACK}_pulse-processor={replicas}")
+                            f"{STACK}_raw-processor={replicas}")
     await asyncio.sleep(2)
-    await asyncio.to_thread(wait_converged, ["raw-processor", "pulse-processor"], 150, f"scale to {replicas}")
+    await asyncio.to_thread(wait_converged, ["raw-processor"], 150, f"scale to {replicas}")
     say(f"  processors scaled to {replicas} in {time.monotonic() - started:.0f} s")
 
 

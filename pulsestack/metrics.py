@@ -41,7 +41,7 @@ processor_db_write_seconds = Histogram(
 )
 end_to_end_seconds = Histogram(
     "pulsestack_end_to_end_seconds",
-    "Received at the ingester to committed in pulses",
+    "Received at the ingester to committed (stored and derived)",
     ["protocol"],
     buckets=LATENCY_BUCKETS,
 )

@@ -52,15 +52,15 @@ locals {
   ingest_roles  = { for g in local.generations : g.generation => (var.ingest_node_role == "all" || (var.ingest_node_role == "worker" && g.worker_count == 0) ? ["manager", "worker"] : [var.ingest_node_role]) }
 
   # Every node may run a NATS server (one of the nats-N labels below), which holds a replica of every
-  # stream: RAW and PULSES for the backlog window, RAW_REPLAY for the replay window, at the provisioned
-  # peak and the bytes per reading of pulsestack/bus/streams.py (RAW_BYTES_PER_READING,
-  # PULSE_BYTES_PER_READING; tests/ops/test_terraform.py keeps them equal) with 30 % headroom, plus 4 GB
+  # stream: RAW for the backlog window, RAW_REPLAY for the replay window, at the provisioned peak and the
+  # bytes per reading of pulsestack/bus/streams.py (RAW_BYTES_PER_READING; tests/ops/test_terraform.py
+  # keeps them equal) with 30 % headroom, plus 4 GB
   # for QUARANTINE, DEAD and ALERTS (3.2 GB at most). Managers may run Prometheus (20 GB of retention by
   # size, stack.yml) and the small admin volumes: 25 GB more. The database node also holds PostgreSQL:
   # retention_months of every meter's readings at the measured bytes per reading, with 30 % headroom.
   # See docs/durability.md.
   stream_gb = ceil(1.3 * var.peak_readings_per_second * 3600 * (
-    var.stream_backlog_hours * (320 + 160) + var.stream_replay_hours * 320
+    var.stream_backlog_hours * 320 + var.stream_replay_hours * 320
   ) / 1e9) + 4
   database_gb = ceil(1.3 * var.meters * var.readings_per_meter_per_day * 30.44 * var.retention_months
   * var.stored_bytes_per_reading / 1e9)

@@ -133,7 +133,7 @@ variable "peak_readings_per_second" {
 }
 
 variable "stream_backlog_hours" {
-  description = "Hours of peak traffic RAW and PULSES hold when the processors stop (the stack's PULSESTACK_BACKLOG_WINDOW, in hours)."
+  description = "Hours of peak traffic RAW holds when the processors stop (the stack's PULSESTACK_BACKLOG_WINDOW, in hours)."
   type        = number
   default     = 6
 

@@ -1,6 +1,6 @@
 """Devices for the read API's tests: registered disabled, with labels under a prefix of one run, so the
 alerting sweep never marks them silent behind a test's back and other tests' devices never match; their
-alerts and rollup rows are written straight into the tables, as the pulse stage and the sweep leave them."""
+alerts and rollup rows are written straight into the tables, as the raw stage and the sweep leave them."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ async def _store(url: str, fleet: Fleet) -> None:
               orjson.dumps({k: v for k, v in (("pulse_weight", d.weight), ("timezone", d.zone)) if v}).decode())
              for d in fleet.devices],
         )
-        # Open alerts as the sweep and the pulse stage leave them, already published (the outbox skips them);
+        # Open alerts as the sweep and the raw stage leave them, already published (the outbox skips them);
         # a resolved silent alert on every device, which must not count.
         await conn.executemany(
             "INSERT INTO alerts (protocol, device_id, kind, resolved_at, published_open, published_resolved)"

@@ -13,7 +13,7 @@ import asyncpg
 import nats
 
 from pulsestack import keys
-from pulsestack.bus.streams import PULSE_CONSUMER, PULSES, RAW, RAW_CONSUMER
+from pulsestack.bus.streams import RAW, RAW_CONSUMER
 from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET
 from pulsestack.wire import nbiot
@@ -43,13 +43,9 @@ async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 20.0, i
 
 
 async def drained(nc: nats.NATS) -> bool:
-    """Both stages have processed everything their streams hold."""
-    js = nc.jetstream()
-    for stream, durable in ((RAW, RAW_CONSUMER), (PULSES, PULSE_CONSUMER)):
-        info = await js.consumer_info(stream, durable)
-        if info.num_pending or info.num_ack_pending:
-            return False
-    return True
+    """The processor has processed everything RAW holds."""
+    info = await nc.jetstream().consumer_info(RAW, RAW_CONSUMER)
+    return not (info.num_pending or info.num_ack_pending)
 
 
 async def delivery_once_drained(stack: LocalStack, nc: nats.NATS, acked: list[SentReading],

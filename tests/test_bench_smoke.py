@@ -171,5 +171,5 @@ async def test_a_step_measures_what_a_reading_costs(stack: LocalStack, nc: NATS,
     assert per["disk bytes"] == pytest.approx(sum(per["disk bytes by table"].values()))
     assert per["wal bytes"] > 43, per
     assert per["rows"] >= 1 and per["rows by table"]["raw_messages"] > 0.5, per
-    assert per["cpu us"]["raw-processor"] > 0 and per["cpu us"]["pulse-processor"] > 0, per
+    assert per["cpu us"]["raw-processor"] > 0, per
     assert result.retransmitted >= 0 and result.http_retries == 0

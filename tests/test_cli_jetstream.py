@@ -24,7 +24,7 @@ import nats.errors
 import nats.js.errors
 import pytest
 
-from pulsestack.bus.streams import PULSES, RAW
+from pulsestack.bus.streams import RAW, RAW_REPLAY
 from pulsestack_cli.jetstream import replaced_peers, unhealthy
 from pulsestack_cli.localstack import free_port, nats_server_binary, wait_for_port
 from tests.helpers import run_cli
@@ -35,11 +35,11 @@ on_server = pytest.mark.asyncio(loop_scope="session")
 
 @on_server
 async def test_streams_healthy_prints_each_streams_info_as_json(stack) -> None:
-    code, out = await run_cli(stack, "jetstream", "streams-healthy", "--replicas", "1", RAW, PULSES)
+    code, out = await run_cli(stack, "jetstream", "streams-healthy", "--replicas", "1", RAW, RAW_REPLAY)
     assert code == 0
     answer = json.loads(out)
     infos = answer["streams"]
-    assert [i["config"]["name"] for i in infos] == [RAW, PULSES]
+    assert [i["config"]["name"] for i in infos] == [RAW, RAW_REPLAY]
     assert answer["forgotten"] == []
     assert all(i["type"] == "io.nats.jetstream.api.v1.stream_info_response" for i in infos)
 
@@ -78,7 +78,7 @@ async def test_peer_remove_retries_until_its_time_is_up(stack) -> None:
 @on_server
 async def test_streams_healthy_without_offline_replicas_forgets_nothing(stack) -> None:
     code, out = await run_cli(stack, "jetstream", "streams-healthy", "--replicas", "1", "--running", "nats-1-a",
-                              RAW, PULSES)
+                              RAW, RAW_REPLAY)
     assert code == 0
     assert json.loads(out)["forgotten"] == []
 

@@ -148,7 +148,7 @@ async def test_bucket_conflict_goes_to_the_later_reading(stack: LocalStack, db: 
     device = await nbiot_device(stack)
     name = str(device.number)
     t0 = now_aligned(3600, 3 * 86_400)
-    before = metric(stack, "pulse-processor", "pulsestack_bucket_conflicts_total")
+    before = metric(stack, "raw-processor", "pulsestack_bucket_conflicts_total")
     # The later reading (seq 2, later device time) re-reports the last two quarter-hours with other counts.
     assert await device.send(seq=2, period_end=t0 + 1800, counts=[9, 9, 9, 9], index=1030)
     await eventually(lambda: _equals(_count(db, device), 4))
@@ -157,5 +157,5 @@ async def test_bucket_conflict_goes_to_the_later_reading(stack: LocalStack, db: 
     assert await pulses_of(db, "nbiot", name) == [
         (t0 - 3600, 1), (t0 - 2700, 2), (t0 - 1800, 9), (t0 - 900, 9), (t0, 9), (t0 + 900, 9)
     ]
-    assert metric(stack, "pulse-processor", "pulsestack_bucket_conflicts_total") - before == 2
+    assert metric(stack, "raw-processor", "pulsestack_bucket_conflicts_total") - before == 2
     device.close()

@@ -66,8 +66,6 @@ def crash_at(stack: LocalStack, service: str, point: str, hit: int) -> Callable[
     ("service", "point", "hit"),
     [
         ("raw-processor", "raw.after_commit", 5),
-        ("raw-processor", "raw.after_pulse_puback", 5),
-        ("pulse-processor", "pulse.after_commit", 5),
         ("ingest-udp", "udp.after_puback", 200),
     ],
 )

@@ -68,7 +68,7 @@ class Stored:
     readings: dict[tuple[str, str], int]
     disabled: set[tuple[str, str]]
     silent_open: set[tuple[str, str]]
-    longest_interval: int  # the longest reporting interval the pulse stage learnt, in seconds
+    longest_interval: int  # the longest reporting interval the raw stage learnt, in seconds
 
 
 def stored(workdir: Path) -> Stored:

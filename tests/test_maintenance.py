@@ -19,9 +19,9 @@ import pytest
 
 from pulsestack.store.maintenance import Retention, maintain, month_start
 from pulsestack.store.migrate import migrate
-from pulsestack.store.pulses import write_pulses
+from pulsestack.store.pulses import PulseItem, write_pulses
 from pulsestack.store.raw import insert_readings
-from pulsestack.wire.reading import PulseItem, Reading
+from pulsestack.wire.reading import Reading
 from pulsestack_cli.local import LocalStack, with_user
 
 MONTHS = 4
@@ -67,7 +67,7 @@ def readings_of(month: dt.date, seqs: itertools.count[int]) -> list[Reading]:
 
 
 async def write(conn: asyncpg.Connection, readings: list[Reading]) -> None:
-    """What the raw and pulse stages write, in batches of a hundred."""
+    """What the raw stage writes, in batches of a hundred."""
     for i in range(0, len(readings), 100):
         batch = readings[i : i + 100]
         async with conn.transaction():

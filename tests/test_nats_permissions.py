@@ -23,7 +23,7 @@ from pulsestack.service import inbox_prefix
 from pulsestack_cli.localstack import free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parents[1]
-SERVICES = ("ingest-udp", "ingest-http", "raw-processor", "pulse-processor", "alerting")
+SERVICES = ("ingest-udp", "ingest-http", "raw-processor", "alerting")
 
 
 def password_of(secrets: Path, user: str) -> str:
@@ -152,7 +152,7 @@ async def test_an_ingester_may_publish_neither_the_processors_subjects_nor_the_s
 ) -> None:
     errors = Errors()
     nc = await connect("ingest-udp", errors)
-    for subject in ("pulse.nbiot", "raw.sigfox", "alerts.opened", "$JS.API.STREAM.DELETE.RAW",
+    for subject in ("quarantine.raw", "raw.sigfox", "alerts.opened", "$JS.API.STREAM.DELETE.RAW",
                     "$JS.API.CONSUMER.MSG.NEXT.RAW.raw-processor", "$JS.ACK.RAW.raw-processor.1.1.1.1.1.1"):
         await nc.publish(subject, b"x")
         await nc.flush()

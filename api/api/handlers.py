@@ -188,7 +188,7 @@ _UNKNOWN_DEVICES = (
 # Device by device (LATERAL), an index range of each one's rollup: the work follows the devices and the range,
 # not the table's size, and rows leave in (protocol, device, period) order while later devices are still
 # unread (only one device's periods are sorted at a time). The inner ORDER BY keeps the planner from flattening
-# the subquery into a scan of the whole rollup index. Settings default as the pulse stage's do.
+# the subquery into a scan of the whole rollup index. Settings default as the raw stage's do.
 _WEIGHT = "coalesce((d.settings ->> 'pulse_weight')::float8, 1)"
 _ZONE = "coalesce(d.settings ->> 'timezone', 'UTC')"
 _EXPORT = {

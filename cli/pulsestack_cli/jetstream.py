@@ -39,7 +39,7 @@ def add_parser(sub: Any) -> None:
         "streams-healthy",
         help="wait until streams are fully replicated and current, forgetting replaced servers on the way;"
              " JSON {streams: their infos, forgotten: names}")
-    healthy.add_argument("streams", nargs="+", help="stream names, e.g. RAW PULSES")
+    healthy.add_argument("streams", nargs="+", help="stream names, e.g. RAW RAW_REPLAY")
     healthy.add_argument("--replicas", type=int, default=3, help="replicas each stream must have (default 3)")
     healthy.add_argument("--within", type=float, default=0.0,
                          help="seconds to wait for it (default 0: answer at once)")

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import nats
 
-from pulsestack.bus.streams import PULSE_CONSUMER, PULSES, RAW, RAW_CONSUMER, BusLimits, setup
+from pulsestack.bus.streams import RAW, RAW_CONSUMER, BusLimits, setup
 from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET
 from pulsestack.store.migrate import migrate
@@ -23,8 +23,7 @@ from pulsestack_cli.processes import STACK_SERVICES, ServiceProcess
 from simulator.fleet import fleet_ids, simulated
 
 ROLE_OF = {
-    "raw-processor": "pulsestack_raw", "pulse-processor": "pulsestack_pulse", "alerting": "pulsestack_alerting",
-    "api": "pulsestack_reader",
+    "raw-processor": "pulsestack_raw", "alerting": "pulsestack_alerting", "api": "pulsestack_reader",
 }
 
 
@@ -136,13 +135,11 @@ class LocalStack:
             await conn.close()
 
     async def backlog(self) -> int:
-        """Messages the two stages have not processed yet (pending or unacknowledged in RAW and PULSES)."""
+        """Messages the processor has not processed yet (pending or unacknowledged in RAW)."""
         nc = await nats.connect(self.nats_url)
         try:
-            js = nc.jetstream()
-            infos = [await js.consumer_info(stream, durable)
-                     for stream, durable in ((RAW, RAW_CONSUMER), (PULSES, PULSE_CONSUMER))]
-            return sum((info.num_pending or 0) + (info.num_ack_pending or 0) for info in infos)
+            info = await nc.jetstream().consumer_info(RAW, RAW_CONSUMER)
+            return (info.num_pending or 0) + (info.num_ack_pending or 0)
         finally:
             await nc.close()
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import uvloop
 
-from pulsestack.bus.streams import BusLimits, setup, stream_configs
+from pulsestack.bus.streams import BusLimits, retire_pulses, setup, stream_configs
 from pulsestack.config import ConfigError
 from pulsestack.logs import configure
 from pulsestack.registry.membership import BUCKET
@@ -24,7 +24,7 @@ from pulsestack_cli import quarantine as quarantine_cmd
 from pulsestack_cli.connections import LOCAL_ENV, Unreachable, connect, connect_db, local_settings, use_local_stack
 from pulsestack_cli.output import add_json_flag, emit
 
-ROLES = ("pulsestack_raw", "pulsestack_pulse", "pulsestack_registry", "pulsestack_reader", "pulsestack_alerting")
+ROLES = ("pulsestack_raw", "pulsestack_registry", "pulsestack_reader", "pulsestack_alerting")
 
 
 async def _migrate() -> dict[str, Any]:
@@ -54,10 +54,12 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 async def cmd_setup(args: argparse.Namespace) -> int:
-    done = await _migrate()
     limits = BusLimits.from_env()
     nc = await connect()
     try:
+        # Before migrating: the retired pulse stage's database role must outlive what is left for it.
+        await retire_pulses(nc.jetstream())
+        done = await _migrate()
         await setup(nc.jetstream(), limits)
     finally:
         await nc.close()

@@ -14,11 +14,10 @@ from pathlib import Path
 SERVICES = {
     "ingest-udp": ["-m", "ingest_udp"],
     "ingest-http": ["-m", "ingest_http"],
-    "raw-processor": ["-m", "processors", "raw"],
-    "pulse-processor": ["-m", "processors", "pulse"],
+    "raw-processor": ["-m", "processors"],
     "alerting": ["-m", "alerting"],
     "api": ["-m", "api"],
-    "all": ["-m", "pulsestack_cli", "run", "all"],  # the four pipeline stages in one process
+    "all": ["-m", "pulsestack_cli", "run", "all"],  # the ingesters and the processor in one process
 }
 # What `pulsestack run local` (and the tests' stack) starts: each service apart, not the one-process form.
 STACK_SERVICES = tuple(name for name in SERVICES if name != "all")

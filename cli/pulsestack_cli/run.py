@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import asyncpg
 import uvloop
@@ -25,9 +24,6 @@ from pulsestack_cli.local import LocalStack
 from pulsestack_cli.summary import Figures, Summary
 from simulator.resume import resume_fleet
 from simulator.run import Simulation, SimulationConfig
-
-if TYPE_CHECKING:
-    from processors.config import ProcessorConfig
 
 
 def main(args: argparse.Namespace) -> int:
@@ -154,29 +150,22 @@ def _run_all() -> int:
     from pulsestack.service import stop_on_signals
 
     configs = (UdpIngestConfig.from_env(), HttpIngestConfig.from_env())
-    # One process, one port per stage's ops endpoints: a processor whose port is taken (all three read
-    # PULSESTACK_OPS_PORT) moves to the next, so PULSESTACK_OPS_PORT=P gives the stages P, P+1, P+2.
-    taken = {configs[0].ops_port}
-    raw, pulse = (_own_ops_port(ProcessorConfig.from_env(stage), taken) for stage in ("raw", "pulse"))
+    # One process, one port per service's ops endpoints: the processor reads PULSESTACK_OPS_PORT too, so with
+    # PULSESTACK_OPS_PORT=P it takes P + 1.
+    processor = ProcessorConfig.from_env()
+    if processor.ops_port == configs[0].ops_port:
+        processor = dataclasses.replace(processor, ops_port=processor.ops_port + 1)
     configure("all", configs[0].common.log_level)
 
     async def everything() -> None:
         stop = stop_on_signals()
         await asyncio.gather(
             serve_udp(configs[0], stop), serve_http(configs[1], stop),
-            serve_processor(raw, stop), serve_processor(pulse, stop),
+            serve_processor(processor, stop),
         )
 
     uvloop.run(everything())
     return 0
-
-
-def _own_ops_port(config: ProcessorConfig, taken: set[int]) -> ProcessorConfig:
-    port = config.ops_port
-    while port in taken:
-        port += 1
-    taken.add(port)
-    return dataclasses.replace(config, ops_port=port)
 
 
 async def simulate(args: argparse.Namespace) -> int:

@@ -113,10 +113,10 @@ class Summary:
         """The figures now; `caught_up`: every simulated device has sent its readings up to the clock."""
         s = {name: scrape(url) for name, url in self.urls.items()}
         udp, http = s.get("ingest-udp", {}), s.get("ingest-http", {})
-        pulse, raw = s.get("pulse-processor", {}), s.get("raw-processor", {})
-        stored = {p: total(pulse, "pulsestack_end_to_end_seconds_count", protocol=p) for p in PROTOCOLS}
-        p50 = histogram_quantile(pulse, "pulsestack_end_to_end_seconds", 0.5)
-        p99 = histogram_quantile(pulse, "pulsestack_end_to_end_seconds", 0.99)
+        raw = s.get("raw-processor", {})
+        stored = {p: total(raw, "pulsestack_end_to_end_seconds_count", protocol=p) for p in PROTOCOLS}
+        p50 = histogram_quantile(raw, "pulsestack_end_to_end_seconds", 0.5)
+        p99 = histogram_quantile(raw, "pulsestack_end_to_end_seconds", 0.99)
         now = time.monotonic()
         figures = Figures(
             elapsed=now - self.started,
@@ -126,7 +126,7 @@ class Summary:
             duplicates=total(raw, "pulsestack_processor_messages_total", stage="raw", outcome="duplicate"),
             quarantined=sum(total(samples, "pulsestack_quarantined_total") for samples in s.values()),
             rejected=total(udp, "pulsestack_ingest_rejected_total") + total(http, "pulsestack_ingest_rejected_total"),
-            backlog=total(raw, "pulsestack_stream_pending") + total(pulse, "pulsestack_stream_pending"),
+            backlog=total(raw, "pulsestack_stream_pending"),
             rate=0.0,
             latency=f"{p50 * 1000:.0f}/{p99 * 1000:.0f} ms" if p50 is not None and p99 is not None else "-",
             still=None,

@@ -1,1 +1,1 @@
-"""The raw and pulse stages: durable JetStream consumers writing to PostgreSQL."""
+"""The raw stage: a durable JetStream consumer storing readings, and what they derive, in PostgreSQL."""

@@ -1,8 +1,6 @@
-"""`python -m processors raw|pulse` (the container's command)."""
+"""`python -m processors` (the container's command)."""
 
 from __future__ import annotations
-
-import sys
 
 from processors.app import serve
 from processors.config import ProcessorConfig
@@ -10,8 +8,7 @@ from pulsestack.service import run as run_service
 
 
 def run() -> None:
-    stage = sys.argv[1] if len(sys.argv) > 1 else ""
-    config = ProcessorConfig.from_env(stage)
+    config = ProcessorConfig.from_env()
     run_service(config.common.service, lambda stop: serve(config, stop), config.common.log_level)
 
 

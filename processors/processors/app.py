@@ -1,4 +1,4 @@
-"""A processor process: one stage, its pool, its consumer and its ops endpoints."""
+"""The processor process: the raw stage, its pool, its consumer and its ops endpoints."""
 
 from __future__ import annotations
 
@@ -7,13 +7,12 @@ import asyncio
 import asyncpg
 
 from processors.config import ProcessorConfig
-from processors.pulse_stage import PulseStage
 from processors.raw_stage import RawStage
 from pulsestack import metrics, ops
 from pulsestack.bus.consumer import TRANSIENT, BatchConsumer, ConsumerSettings, report_backlog
 from pulsestack.bus.publisher import Publisher
 from pulsestack.bus.quarantine import Quarantine
-from pulsestack.bus.streams import PULSE_CONSUMER, PULSES, RAW, RAW_CONSUMER, RAW_REPLAY
+from pulsestack.bus.streams import RAW, RAW_CONSUMER, RAW_REPLAY
 from pulsestack.logs import get_logger
 from pulsestack.service import close_nats, connect_nats
 from pulsestack.store.db import create_pool
@@ -35,7 +34,7 @@ async def _pool_when_available(config: ProcessorConfig, stop: asyncio.Event) -> 
 
 
 async def serve(config: ProcessorConfig, stop: asyncio.Event) -> None:
-    nc = await connect_nats(config.common, f"{config.stage}-processor")
+    nc = await connect_nats(config.common, config.common.service)
     js = nc.jetstream()
     publisher = Publisher(nc)
     await publisher.start()
@@ -44,24 +43,21 @@ async def serve(config: ProcessorConfig, stop: asyncio.Event) -> None:
         await nc.close()
         return
     quarantine = Quarantine(publisher)
-    metrics.prime_stage(config.stage)
-    if config.stage == "raw":
-        stream, durable, process = RAW, RAW_CONSUMER, RawStage(pool, publisher, quarantine).process
-    else:
-        stream, durable, process = PULSES, PULSE_CONSUMER, PulseStage(pool, publisher, quarantine).process
+    stage = RawStage(pool, publisher, quarantine)
+    metrics.prime_stage(stage.name)
     settings = ConsumerSettings(
-        stream, durable, config.stage, config.batch, config.max_wait, config.limits.max_deliver,
+        RAW, RAW_CONSUMER, stage.name, config.batch, config.max_wait, config.limits.max_deliver,
         transient=(*TRANSIENT, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
                    asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError),
         concurrency=config.concurrency,
     )
-    consumer = BatchConsumer(js, publisher, settings, process)
+    consumer = BatchConsumer(js, publisher, settings, stage.process)
 
     async def ready() -> str | None:
         if not nc.is_connected:
             return "not connected to NATS"
         if not consumer.bound:
-            return f"consumer {durable} not bound"
+            return f"consumer {RAW_CONSUMER} not bound"
         try:
             await asyncio.wait_for(pool.fetchval("SELECT 1"), 2.0)
         except Exception as exc:
@@ -69,10 +65,9 @@ async def serve(config: ProcessorConfig, stop: asyncio.Event) -> None:
         return None
 
     runner = await ops.serve(config.ops_host, config.ops_port, ready)
-    # The raw stage also watches the replay copy its stream feeds.
-    also = (RAW_REPLAY,) if stream == RAW else ()
-    backlog = asyncio.create_task(report_backlog(js, stream, durable, stop, also))
-    log.info("processor started", stage=config.stage, ops_port=config.ops_port)
+    # Also watched: the replay copy RAW feeds.
+    backlog = asyncio.create_task(report_backlog(js, RAW, RAW_CONSUMER, stop, (RAW_REPLAY,)))
+    log.info("processor started", ops_port=config.ops_port)
     try:
         await consumer.run(stop)  # returns after the in-flight batch is acknowledged
     finally:
@@ -81,4 +76,4 @@ async def serve(config: ProcessorConfig, stop: asyncio.Event) -> None:
         await close_nats(nc)
         await pool.close()
         await runner.cleanup()
-        log.info("processor stopped", stage=config.stage)
+        log.info("processor stopped")

@@ -3,15 +3,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pulsestack.bus.streams import BusLimits
-from pulsestack.config import CommonConfig, ConfigError, database_url, env_float, env_int, env_str
+from pulsestack.config import CommonConfig, database_url, env_float, env_int, env_str
 
-DEFAULT_OPS_PORT = {"raw": 9102, "pulse": 9103}
+DEFAULT_OPS_PORT = 9102
 
 
 @dataclass(frozen=True, slots=True)
 class ProcessorConfig:
     common: CommonConfig
-    stage: str
     database_url: str
     ops_host: str
     ops_port: int
@@ -22,15 +21,12 @@ class ProcessorConfig:
     limits: BusLimits
 
     @classmethod
-    def from_env(cls, stage: str) -> ProcessorConfig:
-        if stage not in DEFAULT_OPS_PORT:
-            raise ConfigError(f"stage must be raw or pulse, got {stage!r}")
+    def from_env(cls) -> ProcessorConfig:
         return cls(
-            common=CommonConfig.from_env(f"{stage}-processor"),
-            stage=stage,
+            common=CommonConfig.from_env("raw-processor"),
             database_url=database_url(),
             ops_host=env_str("PULSESTACK_OPS_HOST", "0.0.0.0"),
-            ops_port=env_int("PULSESTACK_OPS_PORT", DEFAULT_OPS_PORT[stage]),
+            ops_port=env_int("PULSESTACK_OPS_PORT", DEFAULT_OPS_PORT),
             # Messages per fetch; each carries up to 64 readings, so a batch stays a few thousand readings.
             batch=env_int("PULSESTACK_BATCH", 100),
             # Once a quiet stream wakes up, a fetch waits this long for its batch to fill: it bounds the

@@ -1,38 +1,48 @@
-"""RAW -> raw_messages -> PULSES.
+"""RAW -> raw_messages, and what each reading derives (buckets, gaps, meter events, device state, rollups,
+alerts), in one transaction.
 
-A RAW message is acknowledged only after its readings are committed *and* the
-PULSES message carrying their row ids has its PubAck. A crash in between means
-redelivery: the readings are found already stored (same row ids) and the pulse
-message is published again, which JetStream or the pulse stage deduplicates.
+A RAW message is acknowledged only after that transaction commits. A crash before means redelivery: what
+the transaction did is either all there (the readings are found stored, and nothing is derived twice) or
+not at all. Storing and
+deriving together keeps every stored reading applied (docs/storage-model.md), and costs one NATS hop and one
+commit per batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import time
+from dataclasses import dataclass
 
 import asyncpg
-import msgspec
 from nats.aio.msg import Msg
 
 from processors.stage import Entry, Stage
-from pulsestack import faults, metrics
-from pulsestack.bus.publisher import MSG_ID, TRACE_ID, Publisher, PublishError
+from pulsestack import metrics
+from pulsestack.bus.alerts import publish_pending
+from pulsestack.bus.publisher import Publisher
 from pulsestack.bus.quarantine import Quarantine
-from pulsestack.bus.streams import PULSES
+from pulsestack.logs import get_logger
+from pulsestack.store.pulses import PulseItem, PulseOutcome, write_pulses
 from pulsestack.store.raw import RawRow, insert_readings
-from pulsestack.wire.reading import PulseItem, Reading, decode_raw, encode_pulse
+from pulsestack.wire.reading import Reading, decode_raw
 
-# ~80 bytes a pulse item: 4,000 keep a message far below NATS's 1 MiB payload limit.
-PULSE_CHUNK = 4000
+log = get_logger(__name__)
 
 
-class RawStage(Stage[Reading, list[RawRow]]):
+@dataclass(frozen=True, slots=True)
+class Stored:
+    rows: list[RawRow]
+    outcome: PulseOutcome
+
+
+class RawStage(Stage[Reading, Stored]):
     name = "raw"
 
     def __init__(self, pool: asyncpg.Pool, publisher: Publisher, quarantine: Quarantine) -> None:
         super().__init__(pool, quarantine)
         self._publisher = publisher
+        self._announcing: set[asyncio.Task[int]] = set()
 
     def unpack(self, data: bytes) -> list[Reading]:
         return decode_raw(data).readings
@@ -40,50 +50,39 @@ class RawStage(Stage[Reading, list[RawRow]]):
     def reading(self, item: Reading) -> Reading:
         return item
 
-    async def write(self, conn: asyncpg.Connection, items: list[Reading]) -> list[RawRow]:
-        return await insert_readings(conn, items)
+    async def write(self, conn: asyncpg.Connection, items: list[Reading]) -> Stored:
+        rows = await insert_readings(conn, items)
+        # Only what this transaction inserted: a reading found already stored was derived from in the
+        # transaction that stored it (an upgrade drains the earlier two-stage pipeline first; see setup).
+        fresh = [PulseItem(row.raw_id, r) for row, r in zip(rows, items, strict=True) if row.inserted]
+        return Stored(rows, await write_pulses(conn, fresh) if fresh else PulseOutcome())
 
     async def after_commit(
-        self, msgs: list[Msg], written: list[tuple[list[Entry[Reading]], list[RawRow]]], errors: list[str | None]
+        self, msgs: list[Msg], written: list[tuple[list[Entry[Reading]], Stored]], errors: list[str | None]
     ) -> None:
-        # One PULSES message per protocol and chunk of the batch, not per RAW message: with fsync before
-        # every PubAck, the number of messages is what costs.
-        by_protocol: dict[str, list[tuple[int, PulseItem]]] = {}
-        for group, rows in written:
-            for (i, reading), row in zip(group, rows, strict=True):
-                metrics.processor_messages.labels(self.name, "stored" if row.inserted else "duplicate").inc()
-                # The raw bytes stay in raw_messages; the pulse stage does not need them.
-                item = PulseItem(row.raw_id, msgspec.structs.replace(reading, payload=b""))
-                by_protocol.setdefault(reading.protocol, []).append((i, item))
-        chunks = [
-            (protocol, entries[start : start + PULSE_CHUNK])
-            for protocol, entries in by_protocol.items()
-            for start in range(0, len(entries), PULSE_CHUNK)
-        ]
-        results = await asyncio.gather(
-            *(self._publish_pulses(protocol, msgs, chunk) for protocol, chunk in chunks), return_exceptions=True
-        )
-        refused = [r for r in results if isinstance(r, PublishError)]
-        if refused:
-            # PULSES is full (its consumer is behind) or the bus is down: not these messages' fault, so no
-            # redelivery is spent. The batch stays in hand and is retried whole (its rows are found stored,
-            # its pulse messages dedupe); RAW fills meanwhile, and ingest refuses past its budget.
-            raise refused[0]
-        for (_, chunk), result in zip(chunks, results, strict=True):
-            if isinstance(result, BaseException):
-                for i, _ in chunk:
-                    errors[i] = f"pulse message not published: {result}"
-        faults.hit("raw.after_pulse_puback")
+        committed = time.time()
+        changed_alerts: list[int] = []
+        for _, stored in written:
+            self._count(stored, committed)
+            changed_alerts += stored.outcome.alerts
+        if changed_alerts:
+            # Announced beside the batch, never in its way; the alerting sweep catches what this misses.
+            task = asyncio.create_task(publish_pending(self._pool, self._publisher, changed_alerts))
+            self._announcing.add(task)
+            task.add_done_callback(self._announced)
 
-    async def _publish_pulses(self, protocol: str, msgs: list[Msg], chunk: list[tuple[int, PulseItem]]) -> None:
-        # The same readings of the same RAW messages make the same id: a redelivered batch's pulses dedupe
-        # in the window. A batch put together differently gets another id; the pulse stage then dedupes
-        # by raw id.
-        origin = ",".join(f"{msgs[i].metadata.sequence.stream}/{item.raw_id}" for i, item in chunk)
-        items = [item for _, item in chunk]
-        headers = {
-            MSG_ID: "pulse:" + hashlib.blake2b(origin.encode(), digest_size=16).hexdigest(),
-            TRACE_ID: items[0].reading.trace_id,
-            "Pulsestack-Envelope": "pulse/1",
-        }
-        await self._publisher.publish(f"pulse.{protocol}", encode_pulse(items), headers, PULSES)
+    def _announced(self, task: asyncio.Task[int]) -> None:
+        self._announcing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("alert events not published now; the sweep will", error=str(task.exception()))
+
+    def _count(self, stored: Stored, committed: float) -> None:
+        inserted = sum(row.inserted for row in stored.rows)
+        metrics.processor_messages.labels(self.name, "stored").inc(inserted)
+        metrics.processor_messages.labels(self.name, "duplicate").inc(len(stored.rows) - inserted)
+        outcome = stored.outcome
+        metrics.bucket_conflicts.inc(outcome.conflicts)
+        metrics.device_gaps.inc(outcome.gaps)
+        metrics.meter_resets.inc(outcome.resets)
+        for reading in outcome.stored:
+            metrics.end_to_end_seconds.labels(reading.protocol).observe(max(0.0, committed - reading.received_at))

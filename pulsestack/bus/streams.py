@@ -1,17 +1,18 @@
 """The streams, their sizing and the processors' durable consumers.
 
-RAW and PULSES are work queues: a message leaves when its stage has acknowledged it, so what they hold is
-the backlog, never data already stored. RAW_REPLAY copies RAW (a stream source, server-side) and keeps it
+RAW is a work queue: a message leaves when the raw stage has acknowledged it, so what it holds is the
+backlog, never data already stored. RAW_REPLAY copies RAW (a stream source, server-side) and keeps it
 for the replay window: what a database restored to an earlier point needs again. Sizing follows from the
 provisioned peak rate (docs/durability.md):
 
-- RAW and PULSES hold `backlog` seconds of peak traffic; past that, with `discard: new`, they refuse, the
-  raw stage holds its batch, and ingesters stop acknowledging: backpressure, never a drop;
+- RAW holds `backlog` seconds of peak traffic; past that, with `discard: new`, it refuses and ingesters stop
+  acknowledging: backpressure, never a drop;
 - RAW_REPLAY holds `replay window` seconds of peak traffic (its age limit) and drops its oldest past that:
   it is a copy of what PostgreSQL already holds.
 
-`setup` refuses limits that cannot hold the peak for their window, and migrates RAW and PULSES from the
-limits retention of earlier versions once their consumers have nothing left to process.
+`setup` refuses limits that cannot hold the peak for their window, migrates RAW from the limits retention of
+earlier versions once its consumer has nothing left to process, and removes PULSES (the pulse stage's stream
+before the raw stage derived in its own transaction) once the old pulse processor has drained it.
 """
 
 from __future__ import annotations
@@ -36,12 +37,10 @@ from pulsestack.registry.membership import BUCKET as REGISTRY_BUCKET
 
 RAW = "RAW"
 RAW_REPLAY = "RAW_REPLAY"
-PULSES = "PULSES"
 QUARANTINE = "QUARANTINE"
 DEAD = "DEAD"
 ALERTS = "ALERTS"
 RAW_CONSUMER = "raw-processor"
-PULSE_CONSUMER = "pulse-processor"
 NOTIFIER_CONSUMER = "notifier"
 NOTIFIER_MAX_DELIVER = 50
 GIB = 1024**3
@@ -50,7 +49,8 @@ DAY = 86_400.0
 # Stream bytes per reading, message overhead included, at low rates where a RAW message carries one reading
 # (at high rates groups share it): measured by tests/test_streams_over_time.py, with headroom.
 RAW_BYTES_PER_READING = 320
-PULSE_BYTES_PER_READING = 160
+# Retired with the pulse stage; `setup` removes the stream once its consumer has drained it.
+RETIRED_STREAM, RETIRED_CONSUMER = "PULSES", "pulse-processor"
 
 
 class SetupError(Exception):
@@ -64,7 +64,6 @@ class BusLimits:
     backlog_seconds: float  # how far the processors may fall behind at peak before ingest refuses
     replay_seconds: float  # how long RAW_REPLAY keeps readings for a database restore
     raw_max_bytes: int
-    pulses_max_bytes: int
     replay_max_bytes: int
     duplicate_window_seconds: float
     max_deliver: int
@@ -83,7 +82,6 @@ class BusLimits:
             backlog_seconds=backlog,
             replay_seconds=replay,
             raw_max_bytes=env_int("PULSESTACK_RAW_MAX_BYTES", needed(peak, backlog, RAW_BYTES_PER_READING)),
-            pulses_max_bytes=env_int("PULSESTACK_PULSES_MAX_BYTES", needed(peak, backlog, PULSE_BYTES_PER_READING)),
             replay_max_bytes=env_int("PULSESTACK_REPLAY_MAX_BYTES", needed(peak, replay, RAW_BYTES_PER_READING)),
             # Sigfox retries span 7 minutes, devices retransmit for about a minute.
             duplicate_window_seconds=env_float("PULSESTACK_DUPLICATE_WINDOW", 20 * 60),
@@ -98,8 +96,6 @@ class BusLimits:
         problems = []
         for variable, have, seconds, per_reading, window in (
             ("PULSESTACK_RAW_MAX_BYTES", self.raw_max_bytes, self.backlog_seconds, RAW_BYTES_PER_READING,
-             "PULSESTACK_BACKLOG_WINDOW"),
-            ("PULSESTACK_PULSES_MAX_BYTES", self.pulses_max_bytes, self.backlog_seconds, PULSE_BYTES_PER_READING,
              "PULSESTACK_BACKLOG_WINDOW"),
             ("PULSESTACK_REPLAY_MAX_BYTES", self.replay_max_bytes, self.replay_seconds, RAW_BYTES_PER_READING,
              "PULSESTACK_REPLAY_WINDOW"),
@@ -139,7 +135,6 @@ def stream_configs(limits: BusLimits) -> list[StreamConfig]:
             storage=StorageType.FILE, num_replicas=limits.replicas, max_bytes=limits.replay_max_bytes,
             max_age=limits.replay_seconds, discard=DiscardPolicy.OLD,
         ),
-        _work_queue(limits, PULSES, "pulse.*", limits.pulses_max_bytes),
         # Rejected input is evidence, not data: bounded, oldest dropped first.
         _stream(limits, QUARANTINE, "quarantine.*", GIB, 14 * DAY, DiscardPolicy.OLD),
         _stream(limits, DEAD, "dead.*", GIB, 30 * DAY, DiscardPolicy.OLD),
@@ -163,7 +158,7 @@ def consumer_config(durable: str, subject: str, limits: BusLimits, max_deliver: 
 
 
 CONSUMERS = (
-    (RAW_CONSUMER, RAW, "raw.*", None), (PULSE_CONSUMER, PULSES, "pulse.*", None),
+    (RAW_CONSUMER, RAW, "raw.*", None),
     # A webhook may be down for a while: about 25 minutes of retries before DEAD.
     (NOTIFIER_CONSUMER, ALERTS, "alerts.*", NOTIFIER_MAX_DELIVER),
 )
@@ -171,6 +166,7 @@ CONSUMERS = (
 
 async def setup(js: JetStreamContext, limits: BusLimits) -> None:
     """Creates or updates streams, consumers and the registry bucket; safe to run again."""
+    await retire_pulses(js)
     configs = stream_configs(limits)
     for config in configs:
         assert config.name is not None
@@ -190,6 +186,20 @@ async def setup(js: JetStreamContext, limits: BusLimits) -> None:
         await js.key_value(REGISTRY_BUCKET)
     except Exception:
         await js.create_key_value(bucket=REGISTRY_BUCKET, history=1, replicas=limits.replicas)
+
+
+async def retire_pulses(js: JetStreamContext) -> None:
+    """Removes the retired stream once it is empty (a work queue holds only what is not processed yet)."""
+    try:
+        left = (await js.stream_info(RETIRED_STREAM)).state.messages
+    except NotFoundError:
+        return
+    if left:
+        raise SetupError(
+            f"{RETIRED_STREAM} still holds {left} message(s) for {RETIRED_CONSUMER}: keep the old "
+            f"{RETIRED_CONSUMER} service running until it has processed them, then run setup again"
+        )
+    await js.delete_stream(RETIRED_STREAM)
 
 
 async def _recreate(js: JetStreamContext, config: StreamConfig) -> None:

@@ -1,4 +1,5 @@
-"""The pulse stage's write: buckets, gap volumes, meter resets and device state, in one transaction.
+"""What a stored reading derives: buckets, gap volumes, meter resets and device state, in the raw stage's
+transaction.
 
 The cumulative index is the truth. For two consecutive readings A and B of a
 device (ordered by period), `(B.index - A.index) mod 2^32` pulses flowed between
@@ -18,7 +19,7 @@ import asyncpg
 from pulsestack.store.alerts import AlertChanges
 from pulsestack.store.rollups import Deltas
 from pulsestack.store.timeconv import epoch, ts, ts_float
-from pulsestack.wire.reading import Flags, PulseItem, Reading
+from pulsestack.wire.reading import Flags, Reading
 
 WRAP = 2**32
 HALF = 2**31
@@ -133,6 +134,14 @@ _DELETE_RESETS = """
 DELETE FROM meter_events e USING unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[]) AS k(p, d, at, s)
 WHERE e.protocol = k.p AND e.device_id = k.d AND e.at = k.at AND e.seq = k.s AND e.kind = 'reset'
 """
+
+
+@dataclass(frozen=True, slots=True)
+class PulseItem:
+    """A stored reading and its raw_messages row id: what deriving from it needs."""
+
+    raw_id: int
+    reading: Reading
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ stored payload with today's codec (so a decoding bug is fixed by replaying, not
 by patching rows), takes back exactly what those readings derived — the
 buckets they won, the gaps ending at them, their meter events, and those
 contributions to the rollups — and feeds them through `write_pulses`, the live
-code path, under the same device lock the pulse stage takes. Live ingestion
+code path, under the same device lock the raw stage takes. Live ingestion
 goes on; a device's live readings wait for its lock for the length of one
 device's replay.
 """
@@ -17,12 +17,12 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from pulsestack.store.pulses import lock_key, write_pulses
+from pulsestack.store.pulses import PulseItem, lock_key, write_pulses
 from pulsestack.store.rollups import Deltas
 from pulsestack.store.timeconv import epoch
 from pulsestack.wire import nbiot, sigfox
 from pulsestack.wire.errors import CodecError
-from pulsestack.wire.reading import PulseItem, Reading
+from pulsestack.wire.reading import Reading
 
 _READINGS = """
 SELECT id, protocol, device_id, seq, device_time, period_end, bucket_seconds, counts, meter_index, battery_mv,

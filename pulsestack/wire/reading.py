@@ -62,29 +62,12 @@ class RawEnvelope(msgspec.Struct, array_like=True):
     readings: list[Reading]
 
 
-class PulseItem(msgspec.Struct, array_like=True):
-    raw_id: int
-    reading: Reading
-
-
-class PulseEnvelope(msgspec.Struct, array_like=True):
-    """A PULSES message: the readings of one RAW message with their raw_messages row ids."""
-
-    v: int
-    items: list[PulseItem]
-
-
 _raw_encoder = msgspec.msgpack.Encoder()
 _raw_decoder = msgspec.msgpack.Decoder(RawEnvelope)
-_pulse_decoder = msgspec.msgpack.Decoder(PulseEnvelope)
 
 
 def encode_raw(readings: list[Reading]) -> bytes:
     return _raw_encoder.encode(RawEnvelope(ENVELOPE_VERSION, readings))
-
-
-def encode_pulse(items: list[PulseItem]) -> bytes:
-    return _raw_encoder.encode(PulseEnvelope(ENVELOPE_VERSION, items))
 
 
 def _check_version(v: int) -> None:
@@ -95,12 +78,6 @@ def _check_version(v: int) -> None:
 def decode_raw(data: bytes) -> RawEnvelope:
     """Raises msgspec.DecodeError / ValidationError on anything that is not a v1 RAW envelope."""
     envelope = _raw_decoder.decode(data)
-    _check_version(envelope.v)
-    return envelope
-
-
-def decode_pulse(data: bytes) -> PulseEnvelope:
-    envelope = _pulse_decoder.decode(data)
     _check_version(envelope.v)
     return envelope
 

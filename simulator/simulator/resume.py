@@ -7,7 +7,7 @@ import asyncpg
 
 from simulator.fleet import Meter
 
-# device_state holds each device's latest reading (by period end, device time, seq) once the pulse stage
+# device_state holds each device's latest reading (by period end, device time, seq) once the raw stage
 # has processed it: read it after the stages have drained.
 _LAST = """
 SELECT protocol, device_id, extract(epoch FROM last_period_end)::bigint AS period_end, last_seq, last_index

@@ -462,7 +462,7 @@ def test_check_scraped_metric_names_reports_missing_and_undocumented() -> None:
     assert any(p.startswith("pulsestack_surprise_total:") for p in problems)
     # Without the swarm exporter in the scrape, its metrics are not required.
     only_processors = {n for n in scrape if "swarm" not in n and "postgres" not in n}
-    problems = check_scraped_metric_names(only_processors, exporters={"raw-processor", "pulse-processor"})
+    problems = check_scraped_metric_names(only_processors, exporters={"raw-processor"})
     assert problems == ["pulsestack_surprise_total: scraped but not documented in monitoring/pulsestack-metrics.yml"]
 
 

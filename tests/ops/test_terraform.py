@@ -430,7 +430,7 @@ def test_example_inventory_is_what_terraform_outputs(tmp_path: Path) -> None:
 def test_data_volumes_hold_the_streams_the_stack_sizes_and_the_database(tmp_path: Path) -> None:
     """Every node's data volume holds a replica of every stream as pulsestack/bus/streams.py sizes them for
     the same peak and windows; the database node's also holds the readings of the retention period."""
-    from pulsestack.bus.streams import PULSE_BYTES_PER_READING, RAW_BYTES_PER_READING, needed
+    from pulsestack.bus.streams import RAW_BYTES_PER_READING, needed
 
     peak, backlog_hours, replay_hours = 2500, 3, 24
     variables = dict(EXAMPLE_VARS, peak_readings_per_second=str(peak), stream_backlog_hours=str(backlog_hours),
@@ -439,8 +439,7 @@ def test_data_volumes_hold_the_streams_the_stack_sizes_and_the_database(tmp_path
     swarm = inventory["all"]["children"]["swarm"]["children"]
     hosts = {**swarm["managers"]["hosts"], **swarm["workers"]["hosts"]}
     streams = sum(needed(peak, hours * 3600, per_reading) for hours, per_reading in (
-        (backlog_hours, RAW_BYTES_PER_READING), (backlog_hours, PULSE_BYTES_PER_READING),
-        (replay_hours, RAW_BYTES_PER_READING)))
+        (backlog_hours, RAW_BYTES_PER_READING), (replay_hours, RAW_BYTES_PER_READING)))
     stream_gb = -(-13 * streams // (10 * 10**9)) + 4
     database_gb = -(-13 * 1_000_000 * 24 * 3044 * 12 * 1400 // (1000 * 10**9))
     sizes = {name: host["data_volume_size_gb"] for name, host in hosts.items()}

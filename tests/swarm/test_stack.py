@@ -18,7 +18,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 STACK = REPO / "stack.yml"
 OVERRIDE = REPO / "tests" / "swarm" / "stack.override.yml"
-PULSESTACK = {"ingest-udp", "ingest-http", "raw-processor", "pulse-processor", "alerting", "api", "swarm-exporter"}
+PULSESTACK = {"ingest-udp", "ingest-http", "raw-processor", "alerting", "api", "swarm-exporter"}
 # Images without a shell or HTTP client to probe themselves with (comment in stack.yml).
 NO_HEALTHCHECK = {"setup", "nats-exporter", "portainer", "portainer-agent"}
 MANAGER_ONLY = {"prometheus", "alertmanager", "grafana", "nats-exporter", "traefik", "portainer", "swarm-exporter"}
@@ -73,7 +73,7 @@ def test_docker_stack_config_accepts_the_test_override() -> None:
 def test_every_component_is_there(resolved: dict[str, Any]) -> None:
     expected = {
         "traefik", "nats-1", "nats-2", "nats-3", "postgres", "setup", "ingest-udp", "ingest-http",
-        "raw-processor", "pulse-processor", "alerting", "api", "swarm-exporter", "nats-exporter", "cadvisor",
+        "raw-processor", "alerting", "api", "swarm-exporter", "nats-exporter", "cadvisor",
         "node-exporter", "prometheus", "alertmanager", "grafana", "portainer", "portainer-agent",
     }
     assert set(resolved["services"]) == expected
@@ -125,7 +125,7 @@ def test_every_service_has_the_shared_operational_settings(resolved: dict[str, A
 
 
 def test_stateless_services_update_start_first(resolved: dict[str, Any]) -> None:
-    for name in ("ingest-http", "raw-processor", "pulse-processor", "alerting", "api", "swarm-exporter"):
+    for name in ("ingest-http", "raw-processor", "alerting", "api", "swarm-exporter"):
         assert resolved["services"][name]["deploy"]["update_config"]["order"] == "start-first", name
     for name in ("ingest-udp", "postgres", "nats-1", "nats-2", "nats-3", "traefik"):
         assert resolved["services"][name]["deploy"]["update_config"]["order"] == "stop-first", name
@@ -171,7 +171,7 @@ def test_scrape_labels_follow_the_monitoring_convention(resolved: dict[str, Any]
             jobs[labels["prometheus.job"]] = (name, int(labels["prometheus.port"]))
             assert "monitoring" in service["networks"], f"{name} is scraped but not on the monitoring network"
     expected = {
-        "ingest-udp": 9101, "ingest-http": 7070, "raw-processor": 9102, "pulse-processor": 9103,
+        "ingest-udp": 9101, "ingest-http": 7070, "raw-processor": 9102,
         "swarm-exporter": 9104, "nats-exporter": 7777, "cadvisor": 8080, "node-exporter": 9100, "traefik": 8082,
         "prometheus": 9090, "alertmanager": 9093, "grafana": 3000,
     }
@@ -215,7 +215,7 @@ def test_nats_servers(resolved: dict[str, Any]) -> None:
     assert "http_port: 8222" in conf and "server_name: $PULSESTACK_NATS_SERVER_NAME" in conf
     for advertise in ("client_advertise", "cluster_advertise"):
         assert f"{advertise}: $PULSESTACK_NATS_SERVICE" in conf
-    for user in ("ingest-udp", "ingest-http", "raw-processor", "pulse-processor", "alerting", "admin"):
+    for user in ("ingest-udp", "ingest-http", "raw-processor", "alerting", "admin"):
         assert f"user: {user}" in conf, user
     # An ingester may publish its protocol's raw subject, not the processors' subjects.
     udp = conf[conf.index("user: ingest-udp"):conf.index("user: ingest-http")]
@@ -270,8 +270,7 @@ def test_configs_have_versioned_names_and_exist(resolved: dict[str, Any]) -> Non
 def test_operator_settings_come_from_the_environment() -> None:
     text = STACK.read_text()
     for var in ("PULSESTACK_DOMAIN", "PULSESTACK_REGISTRY", "PULSESTACK_VERSION", "PULSESTACK_INGEST_HTTP_REPLICAS",
-                "PULSESTACK_RAW_PROCESSOR_REPLICAS", "PULSESTACK_PULSE_PROCESSOR_REPLICAS",
-                "PULSESTACK_STREAM_REPLICAS"):
+                "PULSESTACK_RAW_PROCESSOR_REPLICAS", "PULSESTACK_STREAM_REPLICAS"):
         assert re.search(rf"\$\{{{var}:-[^}}]*\}}", text), var
 
 
@@ -280,7 +279,7 @@ def test_setup_job(resolved: dict[str, Any]) -> None:
     assert setup["deploy"]["mode"] == "replicated-job"
     assert setup["environment"]["PULSESTACK_STREAM_REPLICAS"] == "3"
     assert "pulsestack setup" in " ".join(setup["entrypoint"])
-    for role in ("RAW", "PULSE", "REGISTRY", "READER", "ALERTING"):
+    for role in ("RAW", "REGISTRY", "READER", "ALERTING"):
         assert f"PULSESTACK_PULSESTACK_{role}_PASSWORD_FILE" in setup["environment"], role
 
 
