@@ -6,7 +6,7 @@
     python bench/run.py --help
 
 Everything runs on this machine: the local stack (embedded nats-server with fsync before every PubAck,
-embedded PostgreSQL, the four services as separate processes), the load generators (one process per
+embedded PostgreSQL, the services as separate processes), the load generators (one process per
 protocol, frames pre-computed) and the peer (a private rsyslogd). Results go to
 bench/results/<date>-<host>.md / .png / .json.
 """
@@ -374,17 +374,17 @@ class Bench:
 
     @contextlib.asynccontextmanager
     async def _one_process(self) -> AsyncIterator[None]:
-        """The four pipeline stages as one `pulsestack run all` process in place of four, on the same ports."""
+        """The pipeline services as one `pulsestack run all` process in place of three, on the same ports."""
         stack = self.stack
         for name in PIPELINE_SERVICES:
             stack.services[name].stop()
             self.groups.remove(name)
-        ops = free_ports(3)
+        ops = free_ports(2)
         env = {**stack.service_env, "DATABASE_URL": stack.database_url, "PULSESTACK_OPS_PORT": str(ops)}
         one = ServiceProcess("all", env, ops, stack.workdir / "logs" / "all.log")
         one.start()
         try:
-            one.wait_ready(120, more_ports=(ops + 1, ops + 2, stack.http_port))
+            one.wait_ready(120, more_ports=(ops + 1, stack.http_port))
             assert one.process is not None
             self.groups.add(ONE_PROCESS, one.process.pid)
             # One process, one registry of metrics, served on each stage's port: scraped once.
@@ -612,9 +612,9 @@ class Bench:
             " per process over the window; each per reading stored during the window. Only the footprint step"
             " has enough readings per meter for its disk figure to be production's: ramp meters send a few"
             " readings each per step, so their per-meter rows weigh more.",
-            "nbiot-one" in {r.mix for r in self.results} and "NB-IoT ramp in one process: the four pipeline"
-            " stages stopped and `pulsestack run all` started in their place (same ports, the database owner's"
-            " URL for both processor stages), then the separate processes again after it.",
+            "nbiot-one" in {r.mix for r in self.results} and "NB-IoT ramp in one process: the three pipeline"
+            " services stopped and `pulsestack run all` started in their place (same ports, the database owner's"
+            " URL for the processor), then the separate processes again after it.",
             "CPU: user + system seconds per process (psutil) over the window; postgres sums its backends;"
             " memory: peak RSS sampled every second (postgres: PSS), generator: its own ru_maxrss.",
             "peer" in ran and f"Peer: a private rsyslogd ({a.peer_workers} ompgsql workers, batches of"

