@@ -3,9 +3,9 @@
 Stock `publish_async` caps near 20k msgs/s on a core; a core publish with a
 reply subject plus one wildcard subscription collecting the PubAcks does about
 56k/s here. Grouping the readings that arrive within a few milliseconds into
-one message halves the per-reading cost again. Each reading's future resolves
-only when the PubAck of the message carrying it arrived, so nothing is
-acknowledged to a device before JetStream holds it.
+one message halves the per-reading cost again. A reading's future (its own, or
+the one its group shares) resolves only when the PubAck of the message carrying
+it arrived, so nothing is acknowledged to a device before JetStream holds it.
 """
 
 from __future__ import annotations
