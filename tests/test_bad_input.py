@@ -226,6 +226,20 @@ async def test_key_rotation_reaches_the_ingester_without_restart(stack: LocalSta
     rotated.close()
 
 
+async def test_a_rotated_key_replaces_the_one_the_ingester_already_derived(stack: LocalStack) -> None:
+    # The ingester keeps the keys of devices it heard from: the rotation must still retire the old key.
+    device = await registered_device(stack)
+    assert await device.send(seq=1) == (1, 0)
+    code, out = await run_cli(stack, "devices", "rotate-key", "nbiot", str(device.number))
+    assert code == 0
+    await asyncio.sleep(0.5)
+    assert await device.send(seq=2, wait=1.0) is None
+    rotated = UdpDevice(stack, device.number, bytes.fromhex(out.split()[-1]))
+    assert await rotated.send(seq=2) == (2, 0)
+    device.close()
+    rotated.close()
+
+
 async def test_quarantine_replay_after_late_provisioning(stack: LocalStack, nc: NATS) -> None:
     import asyncpg
 

@@ -34,3 +34,23 @@ async def test_a_group_that_cannot_be_encoded_fails_every_reading_and_frees_its_
         assert grouper.pending == 0
     finally:
         await publisher.stop()
+
+
+async def test_added_readings_share_their_group_future_and_a_full_group_starts_a_new_one(nc: NATS) -> None:
+    publisher = Publisher(nc)
+    await publisher.start()
+    # No stream takes this subject: every group is answered with a PublishError (no responders).
+    grouper = ReadingGrouper(publisher, stream=RAW, subject_of=lambda r: "grouper.test", max_readings=2,
+                             max_delay=0.01)
+    try:
+        first = grouper.add(reading(1, "a"))
+        own = grouper.submit(reading(2, "b"))  # fills the group
+        second = grouper.add(reading(3, "c"))
+        assert grouper.add(reading(4, "d")) is second
+        assert len({id(first), id(own), id(second)}) == 3
+        for future in (first, own, second):
+            with pytest.raises(PublishError):
+                await asyncio.wait_for(asyncio.shield(future), 2.0)
+        assert grouper.pending == 0
+    finally:
+        await publisher.stop()

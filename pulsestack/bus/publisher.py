@@ -3,9 +3,9 @@
 Stock `publish_async` caps near 20k msgs/s on a core; a core publish with a
 reply subject plus one wildcard subscription collecting the PubAcks does about
 56k/s here. Grouping the readings that arrive within a few milliseconds into
-one message halves the per-reading cost again. Each reading's future resolves
-only when the PubAck of the message carrying it arrived, so nothing is
-acknowledged to a device before JetStream holds it.
+one message halves the per-reading cost again. A reading's future (its own, or
+the one its group shares) resolves only when the PubAck of the message carrying
+it arrived, so nothing is acknowledged to a device before JetStream holds it.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from prometheus_client import Histogram
 
 from pulsestack import metrics
 from pulsestack.wire.reading import Reading, encode_raw
@@ -50,6 +51,7 @@ class Publisher:
         self._waiting: dict[str, tuple[asyncio.Future[PubAck], float, str]] = {}
         self._inbox = ""
         self._sweeper: asyncio.Task[None] | None = None
+        self._publish_seconds: dict[str, Histogram] = {}  # the histogram's child per stream, looked up once
 
     async def start(self) -> None:
         self._inbox = self._nc.new_inbox()
@@ -99,7 +101,10 @@ class Publisher:
         if error:
             future.set_exception(PublishError(error.get("description", "JetStream error")))
             return
-        metrics.bus_publish_seconds.labels(stream).observe(time.monotonic() - started)
+        histogram = self._publish_seconds.get(stream)
+        if histogram is None:
+            histogram = self._publish_seconds[stream] = metrics.bus_publish_seconds.labels(stream)
+        histogram.observe(time.monotonic() - started)
         future.set_result(PubAck(reply["stream"], reply["seq"], bool(reply.get("duplicate"))))
 
     async def _expire_loop(self) -> None:
@@ -124,10 +129,21 @@ class Stored:
     duplicate: bool
 
 
+class _Group:
+    """The readings of one subject collected for one RAW message, and who waits for its PubAck."""
+
+    __slots__ = ("readings", "shared", "waiters")
+
+    def __init__(self) -> None:
+        self.readings: list[Reading] = []
+        self.waiters: list[asyncio.Future[Stored]] = []  # one per `submit`
+        self.shared: asyncio.Future[Stored] | None = None  # the one `add` hands out, made on first use
+
+
 class ReadingGrouper:
     """Collects readings per subject for up to `max_delay` seconds or `max_readings`, then publishes them.
 
-    `submit` is synchronous so a UDP datagram handler can call it without a task per datagram.
+    `submit` and `add` are synchronous so a UDP datagram handler can call them without a task per datagram.
     """
 
     def __init__(
@@ -146,7 +162,7 @@ class ReadingGrouper:
         self._max_readings = max_readings
         self._max_delay = max_delay
         self._max_pending = max_pending_readings
-        self._groups: dict[str, list[tuple[Reading, asyncio.Future[Stored]]]] = {}
+        self._groups: dict[str, _Group] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._pending = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -156,20 +172,44 @@ class ReadingGrouper:
         return self._pending
 
     def submit(self, reading: Reading) -> asyncio.Future[Stored]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Stored] = loop.create_future()
-        if self._pending >= self._max_pending:
+        """The reading's own future: its caller may cancel it (a timeout) without touching the others."""
+        future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
+        group = self._join(reading)
+        if group is None:
             future.set_exception(PublishError("too many readings awaiting PubAck"))
-            return future
-        subject = self._subject_of(reading)
-        group = self._groups.setdefault(subject, [])
-        group.append((reading, future))
-        self._pending += 1
-        if len(group) >= self._max_readings:
-            self._flush(subject)
-        elif subject not in self._timers:
-            self._timers[subject] = loop.call_later(self._max_delay, self._flush, subject)
+        else:
+            group.waiters.append(future)
         return future
+
+    def add(self, reading: Reading) -> asyncio.Future[Stored]:
+        """The future of the reading's whole group, shared by every reading `add` put in it: one done callback
+        per group instead of a future and a callback per reading. Callers must not cancel it; a new future
+        means the reading went into a new group."""
+        group = self._join(reading)
+        if group is None:
+            failed: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
+            failed.set_exception(PublishError("too many readings awaiting PubAck"))
+            return failed
+        shared = group.shared
+        if shared is None:
+            shared = group.shared = asyncio.get_running_loop().create_future()
+        return shared
+
+    def _join(self, reading: Reading) -> _Group | None:
+        """Puts the reading in its subject's open group (None: too many pending, refused). A group that is
+        full is flushed here; its waiters may still be added, its publishing task starts later."""
+        if self._pending >= self._max_pending:
+            return None
+        subject = self._subject_of(reading)
+        group = self._groups.get(subject)
+        if group is None:
+            group = self._groups[subject] = _Group()
+            self._timers[subject] = asyncio.get_running_loop().call_later(self._max_delay, self._flush, subject)
+        group.readings.append(reading)
+        self._pending += 1
+        if len(group.readings) >= self._max_readings:
+            self._flush(subject)
+        return group
 
     def _flush(self, subject: str) -> None:
         timer = self._timers.pop(subject, None)
@@ -181,11 +221,12 @@ class ReadingGrouper:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _publish(self, subject: str, group: list[tuple[Reading, asyncio.Future[Stored]]]) -> None:
+    async def _publish(self, subject: str, group: _Group) -> None:
         # Whatever fails here (encoding included) fails every reading of the group, so each caller gets
         # its answer and the pending count stays exact.
+        readings = group.readings
+        waiters = group.waiters if group.shared is None else [*group.waiters, group.shared]
         try:
-            readings = [reading for reading, _ in group]
             data = encode_raw(readings)
             # A lone reading gets the documented id so JetStream dedupes its retransmissions;
             # a group's id is its content hash, so only a republish of the same group dedupes
@@ -196,18 +237,18 @@ class ReadingGrouper:
             ack = await self._publisher.publish(subject, data, headers, self._stream)
         except BaseException as exc:
             failure = exc if isinstance(exc, PublishError) else PublishError(f"not published: {exc!r}")
-            for _, future in group:
+            for future in waiters:
                 if not future.done():
                     future.set_exception(failure)
             if not isinstance(exc, Exception):
                 raise  # cancelled: the callers have their answer, the task still ends as cancelled
         else:
             result = Stored(ack.duplicate)
-            for _, future in group:
+            for future in waiters:
                 if not future.done():
                     future.set_result(result)
         finally:
-            self._pending -= len(group)
+            self._pending -= len(readings)
 
     async def drain(self) -> None:
         """Publishes what is grouped and waits for every PubAck (graceful shutdown)."""

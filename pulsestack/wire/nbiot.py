@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from dataclasses import dataclass
+
+import msgspec
 
 from pulsestack.wire.errors import CodecError
-from pulsestack.wire.reading import ALLOWED_BUCKET_SECONDS, MAX_BUCKETS, Flags, Reading
+from pulsestack.wire.reading import ALLOWED_BUCKET_SECONDS, MAX_BUCKETS, Flags, Reading, flag_table
 
 PROTOCOL = "nbiot"
 VERSION = 1
@@ -23,18 +24,21 @@ ACK_SIZE = ACK.size + TAG_SIZE
 ACK_STORED = 0
 ACK_DUPLICATE = 1
 
-# Frame bit -> protocol-neutral flag.
-_FLAG_MAP = (
-    (0x01, Flags.RETRANSMISSION),
-    (0x02, Flags.BATTERY_LOW),
-    (0x04, Flags.TAMPER),
-    (0x08, Flags.REVERSE_FLOW),
+# Frame bit -> protocol-neutral flag, for every value of the frame's flags byte.
+_FLAGS = flag_table(
+    ((0x01, Flags.RETRANSMISSION), (0x02, Flags.BATTERY_LOW), (0x04, Flags.TAMPER), (0x08, Flags.REVERSE_FLOW)),
+    256,
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """A structurally valid datagram whose tag has not been checked yet."""
+# The counts of a frame with n buckets, by n: building the format per datagram cost more than unpacking.
+_COUNTS = tuple(struct.Struct(f">{n}H") for n in range(MAX_BUCKETS + 1))
+
+
+class Frame(msgspec.Struct, frozen=True, gc=False):
+    """A structurally valid datagram whose tag has not been checked yet. A msgspec struct, not a frozen
+    dataclass, whose generated __init__ took 2 µs per datagram; gc=False: it holds no references that
+    could form a cycle."""
 
     flags: int
     device: int
@@ -73,7 +77,7 @@ def parse(data: bytes) -> Frame:
         raise CodecError("misaligned", f"bucket_seconds = {bucket_seconds} not allowed")
     if period_end % bucket_seconds:
         raise CodecError("misaligned", f"period_end {period_end} not a multiple of {bucket_seconds}")
-    counts = struct.unpack_from(f">{n}H", data, HEADER.size)
+    counts = _COUNTS[n].unpack_from(data, HEADER.size)
     split = size - TAG_SIZE
     return Frame(flags, device, seq, period_end, bucket_seconds, index, battery, counts, data[:split], data[split:])
 
@@ -83,10 +87,6 @@ def verify(frame: Frame, key: bytes) -> bool:
 
 
 def to_reading(frame: Frame, received_at: float, trace_id: str, payload: bytes) -> Reading:
-    flags = 0
-    for bit, flag in _FLAG_MAP:
-        if frame.flags & bit:
-            flags |= flag
     return Reading(
         protocol=PROTOCOL,
         device=frame.device_text,
@@ -97,7 +97,7 @@ def to_reading(frame: Frame, received_at: float, trace_id: str, payload: bytes) 
         counts=list(frame.counts),
         index=frame.index,
         battery_mv=frame.battery_mv,
-        flags=flags,
+        flags=_FLAGS[frame.flags],
         received_at=received_at,
         trace_id=trace_id,
         payload=payload,

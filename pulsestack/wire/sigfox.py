@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from pulsestack.wire.errors import CodecError
-from pulsestack.wire.reading import Flags, MetaValue, Reading, value_problem
+from pulsestack.wire.reading import Flags, MetaValue, Reading, flag_table, value_problem
 
 PROTOCOL = "sigfox"
 PAYLOAD_SIZE = 12
@@ -14,7 +14,7 @@ BUCKET_SECONDS = 900
 BUCKETS = 4
 _DEVICE_RE = re.compile(r"[0-9A-Fa-f]{1,8}")
 _HEX_RE = re.compile(r"(?:[0-9A-Fa-f]{2})*")
-_FLAG_MAP = ((0x1, Flags.BATTERY_LOW), (0x2, Flags.TAMPER), (0x4, Flags.REVERSE_FLOW))
+_FLAGS = flag_table(((0x1, Flags.BATTERY_LOW), (0x2, Flags.TAMPER), (0x4, Flags.REVERSE_FLOW)), 16)
 _OPTIONAL_META: dict[str, type | tuple[type, ...]] = {
     "deviceTypeId": str, "station": str, "rssi": (int, float), "snr": (int, float), "lqi": str,
 }
@@ -37,11 +37,7 @@ def decode_payload(payload: bytes) -> tuple[int, int, list[int], int]:
     index = int.from_bytes(payload[1:5], "big")
     packed = int.from_bytes(payload[5:11], "big")
     counts = [(packed >> shift) & 0xFFF for shift in (36, 24, 12, 0)]
-    flags = 0
-    for bit, flag in _FLAG_MAP:
-        if raw_flags & bit:
-            flags |= flag
-    return flags, index, counts, 2000 + 10 * payload[11]
+    return _FLAGS[raw_flags], index, counts, 2000 + 10 * payload[11]
 
 
 def encode_payload(*, index: int, counts: list[int], battery_mv: int, flags: int = 0) -> bytes:
