@@ -62,13 +62,19 @@ class StackNats:
         return await nats.connect(self.url, **{"user": user, "password": self.password(user), **secure, **options})
 
 
-def mount_secrets(secrets: Path, root: Path) -> None:
-    """Each secret of stack.yml's nats-1 at its target, under `root` instead of /."""
+def mount(secrets: Path, root: Path) -> Path:
+    """Each secret of stack.yml's nats-1 at its target, and the configuration at its own, under `root` instead
+    of /; returns the configuration's path (its paths point under `root` too)."""
     service = yaml.safe_load((REPO / "stack.yml").read_text())["services"]["nats-1"]
     for mount in service["secrets"]:
         target = root / mount["target"].lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes((secrets / mount["source"]).read_bytes())
+    conf = (REPO / "deploy" / "nats" / "nats-server.conf").read_text().replace('"/etc/nats/', f'"{root}/etc/nats/')
+    assert '"/etc/' not in conf, "a path the secrets do not cover"
+    path = root / "etc" / "nats" / "nats-server.conf"
+    path.write_text(conf)
+    return path
 
 
 @contextmanager
@@ -77,7 +83,7 @@ def stack_nats(folder: Path, tls: bool = True) -> Iterator[StackNats]:
     block is left out (plain TCP, for bench/nats_tls.py's comparison)."""
     secrets = write_secrets(folder / "secrets")
     root = folder / "root"
-    mount_secrets(secrets, root)
+    path = mount(secrets, root)
     # A cluster of one has no JetStream (it waits for routes): the server runs alone, without the cluster
     # block and the routes' settings.
     held = root / "etc" / "nats" / "secrets.conf"
@@ -85,7 +91,7 @@ def stack_nats(folder: Path, tls: bool = True) -> Iterator[StackNats]:
     assert len(route_settings.findall(held.read_text())) == 2, "the routes' settings moved"
     held.write_text(route_settings.sub("", held.read_text()))
     port = free_port()
-    conf = (REPO / "deploy" / "nats" / "nats-server.conf").read_text()
+    conf = path.read_text()
     conf = conf.replace("listen: 0.0.0.0:4222", f"listen: 127.0.0.1:{port}")
     conf = conf.replace("http_port: 8222", f"http_port: {free_port()}")
     conf, clusters = re.subn(r"\ncluster \{.*?\n\}\n", "\n", conf, flags=re.DOTALL)
@@ -94,14 +100,12 @@ def stack_nats(folder: Path, tls: bool = True) -> Iterator[StackNats]:
         conf, blocks = re.subn(r"\ntls \{.*?\n\}\n", "\n", conf, flags=re.DOTALL)
         assert blocks == 1, "the tls block moved"
     conf = conf.replace("store_dir: /data", f"store_dir: {folder / 'store'}")
-    conf = conf.replace('"/etc/nats/', f'"{root}/etc/nats/')
-    assert str(port) in conf and '"/etc/' not in conf, "the configuration's ports moved"
-    (root / "etc" / "nats" / "nats-server.conf").write_text(conf)
+    assert str(port) in conf, "the configuration's ports moved"
+    path.write_text(conf)
     env = {**os.environ, "PULSESTACK_NATS_SERVICE": "nats-1", "PULSESTACK_NATS_SERVER_NAME": "nats-1-test"}
     binary = Path(sys.executable).parent / "nats-server"
     log = (folder / "nats.log").open("wb")
-    process = subprocess.Popen([str(binary), "-c", str(root / "etc" / "nats" / "nats-server.conf")], env=env,
-                               stdout=log, stderr=log)
+    process = subprocess.Popen([str(binary), "-c", str(path)], env=env, stdout=log, stderr=log)
     try:
         wait_for_port(port)
         server = StackNats(port, secrets, tls, process.pid)
