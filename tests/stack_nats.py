@@ -1,22 +1,23 @@
-"""A real nats-server running the stack's own configuration, for the tests of its users and its TLS.
+"""Real nats-servers running the stack's own configuration, for the tests of its users and its TLS.
 
 deploy/nats/nats-server.conf with the secrets deploy/secrets.sh writes, mounted where stack.yml's nats-1 mounts
 them (its `secrets:` list, read here, under a folder of the test's); only the ports, the store and that folder
-are this machine's, and it runs alone (no cluster block, no routes). Clients connect over TLS with the CA
-secrets.sh made, checking the certificate's name `nats` (the servers' alias on the bus network) since they
-reach the server at 127.0.0.1.
+are this machine's. `stack_nats` runs one server alone (no cluster block, no routes), `stack_cluster` three
+routed to each other. Clients connect over TLS with the CA secrets.sh made, checking the certificate's name
+`nats` (the servers' alias on the bus network) since they reach the server at 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ class StackNats:
 
     tls: bool = True
     pid: int = 0  # the server's process
+    route_port: int = 0  # in a cluster
 
     @property
     def url(self) -> str:
@@ -77,44 +79,82 @@ def mount(secrets: Path, root: Path) -> Path:
     return path
 
 
+def edit(path: Path, pattern: str, replacement: str, flags: re.RegexFlag = re.MULTILINE) -> None:
+    """Replaces what `pattern` matches in the file, exactly once."""
+    text, count = re.subn(pattern, replacement, path.read_text(), flags=flags)
+    assert count == 1, f"{pattern!r} matches {count} times in {path}: the configuration moved"
+    path.write_text(text)
+
+
+def listen_here(path: Path, port: int, store: Path) -> None:
+    """The configuration's ports and store as this machine's."""
+    edit(path, r"^listen: 0\.0\.0\.0:4222$", f"listen: 127.0.0.1:{port}")
+    edit(path, r"^http_port: 8222$", f"http_port: {free_port()}")
+    edit(path, r"store_dir: /data$", f"store_dir: {store}")
+
+
+@contextmanager
+def serve(path: Path, name: str, port: int) -> Iterator[int]:
+    """nats-server with the configuration at `path`, as the service `name`, until the block ends; yields its
+    process id."""
+    env = {**os.environ, "PULSESTACK_NATS_SERVICE": name, "PULSESTACK_NATS_SERVER_NAME": f"{name}-test"}
+    binary = Path(sys.executable).parent / "nats-server"
+    with (path.parent / "nats.log").open("wb") as log:
+        process = subprocess.Popen([str(binary), "-c", str(path)], env=env, stdout=log, stderr=log)
+        try:
+            wait_for_port(port)
+            yield process.pid
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
 @contextmanager
 def stack_nats(folder: Path, tls: bool = True) -> Iterator[StackNats]:
     """The stack's nats-server (as nats-1, alone), until the block ends; without `tls`, its clients' `tls {}`
     block is left out (plain TCP, for bench/nats_tls.py's comparison)."""
     secrets = write_secrets(folder / "secrets")
-    root = folder / "root"
-    path = mount(secrets, root)
+    path = mount(secrets, folder / "root")
     # A cluster of one has no JetStream (it waits for routes): the server runs alone, without the cluster
     # block and the routes' settings.
-    held = root / "etc" / "nats" / "secrets.conf"
-    route_settings = re.compile(r"^NATS_ROUTE(S|_PASSWORD): .*\n", re.MULTILINE)
-    assert len(route_settings.findall(held.read_text())) == 2, "the routes' settings moved"
-    held.write_text(route_settings.sub("", held.read_text()))
-    port = free_port()
-    conf = path.read_text()
-    conf = conf.replace("listen: 0.0.0.0:4222", f"listen: 127.0.0.1:{port}")
-    conf = conf.replace("http_port: 8222", f"http_port: {free_port()}")
-    conf, clusters = re.subn(r"\ncluster \{.*?\n\}\n", "\n", conf, flags=re.DOTALL)
-    assert clusters == 1, "the cluster block moved"
+    edit(path.parent / "secrets.conf", r"^NATS_ROUTES: .*\n", "")
+    edit(path.parent / "secrets.conf", r"^NATS_ROUTE_PASSWORD: .*\n", "")
+    edit(path, r"\ncluster \{.*?\n\}\n", "\n", re.DOTALL)
     if not tls:
-        conf, blocks = re.subn(r"\ntls \{.*?\n\}\n", "\n", conf, flags=re.DOTALL)
-        assert blocks == 1, "the tls block moved"
-    conf = conf.replace("store_dir: /data", f"store_dir: {folder / 'store'}")
-    assert str(port) in conf, "the configuration's ports moved"
-    path.write_text(conf)
-    env = {**os.environ, "PULSESTACK_NATS_SERVICE": "nats-1", "PULSESTACK_NATS_SERVER_NAME": "nats-1-test"}
-    binary = Path(sys.executable).parent / "nats-server"
-    log = (folder / "nats.log").open("wb")
-    process = subprocess.Popen([str(binary), "-c", str(path)], env=env, stdout=log, stderr=log)
-    try:
-        wait_for_port(port)
-        server = StackNats(port, secrets, tls, process.pid)
+        edit(path, r"\ntls \{.*?\n\}\n", "\n", re.DOTALL)
+    port = free_port()
+    listen_here(path, port, folder / "store")
+    with serve(path, "nats-1", port) as pid:
+        server = StackNats(port, secrets, tls, pid)
         asyncio.run(delivering(server))
         yield server
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
+
+
+@contextmanager
+def stack_cluster(folder: Path) -> Iterator[list[StackNats]]:
+    """Three of the stack's nats-servers routed to each other as in production (mutual TLS, the routes' user),
+    on 127.0.0.1: their certificate is the one deploy/secrets.sh's `server_cert` makes, for that address
+    (production's names nats-1..3, which do not resolve here)."""
+    secrets = write_secrets(folder / "secrets")
+    for made in ("nats_server_cert", "nats_server_key"):
+        (secrets / made).unlink()
+    subprocess.run(["bash", "-c", 'source "$0"; server_cert "$1" nats_server nats 127.0.0.1',
+                    str(REPO / "deploy" / "secrets.sh"), str(secrets)], check=True, capture_output=True)
+    ports = [(free_port(), free_port()) for _ in range(3)]
+    password = (secrets / "nats_route_password").read_text().strip()
+    routes = json.dumps([f"nats-route://route:{password}@127.0.0.1:{route}" for _, route in ports])
+    with ExitStack() as running:
+        servers = []
+        for number, (port, route) in enumerate(ports, start=1):
+            path = mount(secrets, folder / f"nats-{number}")
+            edit(path.parent / "secrets.conf", r"^NATS_ROUTES: .*$", f"NATS_ROUTES: {routes}")
+            edit(path, r"^  listen: 0\.0\.0\.0:6222$", f"  listen: 127.0.0.1:{route}")
+            edit(path, r"^  cluster_advertise: .*$", f"  cluster_advertise: 127.0.0.1:{route}")
+            edit(path, r"^client_advertise: .*$", f"client_advertise: 127.0.0.1:{port}")
+            listen_here(path, port, folder / f"nats-{number}" / "store")
+            pid = running.enter_context(serve(path, f"nats-{number}", port))
+            servers.append(StackNats(port, secrets, True, pid, route))
+        yield servers
 
 
 async def delivering(server: StackNats) -> None:

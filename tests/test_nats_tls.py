@@ -3,7 +3,8 @@
 deploy/nats/nats-server.conf's `tls {}` with the CA and certificate deploy/secrets.sh makes
 (tests/stack_nats.py): a service configured as in stack.yml (NATS_CA_FILE) connects and publishes to JetStream;
 a client without TLS, or trusting another CA, is refused; the server holds bcrypt hashes, against which the
-right password passes and a wrong one does not.
+right password passes and a wrong one does not. Three servers route to each other over mutual TLS (a stream
+replicated on all three), and a route port refuses a peer without a certificate of the CA.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import pytest
 
 from pulsestack.config import CommonConfig
 from pulsestack.service import close_nats, connect_nats
-from tests.stack_nats import TLS_HOSTNAME, StackNats, stack_nats, trusting, write_secrets
+from tests.helpers import eventually
+from tests.stack_nats import TLS_HOSTNAME, StackNats, stack_cluster, stack_nats, trusting, write_secrets
 
 SERVICE_USERS = ("admin", "ingest-udp", "ingest-http", "raw-processor", "pulse-processor", "alerting", "system")
 
@@ -98,3 +100,60 @@ async def test_a_user_logs_in_with_its_password_and_not_with_another(server: Sta
     for wrong in (server.password(user) + "0", server.password("admin")):
         with pytest.raises(nats.errors.Error, match=r"(?i)authorization"):
             await server.connect(user, password=wrong, allow_reconnect=False, connect_timeout=5)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[StackNats]]:
+    with stack_cluster(tmp_path_factory.mktemp("nats-routes")) as servers:
+        yield servers
+
+
+async def test_routes_carry_a_replicated_stream_over_tls(cluster: list[StackNats]) -> None:
+    nc = await cluster[0].connect("admin")
+    try:
+        js = nc.jetstream()
+
+        async def replicated() -> bool:
+            try:
+                await js.add_stream(name="ROUTED", subjects=["routed"], num_replicas=3)
+            except nats.errors.Error:  # the meta leader is being elected over the routes
+                return False
+            return True
+
+        await eventually(replicated, timeout=60, interval=0.5)
+        ack = await js.publish("routed", b"x" * 2048)
+        assert ack.seq == 1
+
+        async def everywhere() -> bool:
+            info = await js.stream_info("ROUTED")
+            replicas = info.cluster.replicas if info.cluster else None
+            return bool(replicas) and len(replicas) == 2 and all(r.current for r in replicas or [])
+
+        await eventually(everywhere, timeout=30, interval=0.5)
+    finally:
+        await nc.close()
+
+
+def route_handshake(server: StackNats, certificate: Path | None, key: Path | None) -> bool:
+    """Whether the route port keeps a TLS connection that presents `certificate` (or none) open: it is waiting
+    for the route's CONNECT then, instead of having refused the peer."""
+    context = trusting(server.secrets / "ca_cert")
+    if certificate and key:
+        context.load_cert_chain(certificate, key)
+    with socket.create_connection(("127.0.0.1", server.route_port), timeout=5) as raw:
+        try:  # routes start with the TLS handshake
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as secure:
+                secure.settimeout(0.5)
+                return not secure.recv(1) == b""  # EOF: closed by the server
+        except TimeoutError:
+            return True
+        except (ssl.SSLError, ConnectionError):
+            return False
+
+
+def test_routes_accept_only_peers_with_a_certificate_of_the_ca(cluster: list[StackNats], tmp_path: Path) -> None:
+    server = cluster[0]
+    assert route_handshake(server, server.secrets / "nats_server_cert", server.secrets / "nats_server_key")
+    assert not route_handshake(server, None, None)
+    other = write_secrets(tmp_path / "other")
+    assert not route_handshake(server, other / "nats_server_cert", other / "nats_server_key")
