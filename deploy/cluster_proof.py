@@ -232,6 +232,7 @@ def cmd_vars() -> None:
         "nats_jetstream_password": "{{ vault_nats_admin_password }}",
         "nats_jetstream_system_user": "{{ vault_nats_system_user }}",
         "nats_jetstream_system_password": "{{ vault_nats_system_password }}",
+        "nats_jetstream_ca_cert": "{{ vault_stack_secrets.ca_cert }}",
     }
     (GROUP_VARS / "main.yml").write_text("---\n" + yaml.safe_dump(settings, sort_keys=False))
     values = secret_values()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -252,15 +253,17 @@ def nats_urls(user: str, password: str) -> list[str]:
     urls = []
     for number, port in enumerate(NATS_PORTS, start=1):
         try:
-            urls.append(f"nats://{user}:{quoted}@{address_of(f'nats-{number}')}:{port}")
+            urls.append(f"tls://{user}:{quoted}@{address_of(f'nats-{number}')}:{port}")
         except RuntimeError:  # a server being replaced: the others answer
             continue
     return urls
 
 
 async def admin_nats() -> NATS:
+    # TLS with the stack's CA; the servers' certificate is for their names on the bus network, not this address.
     return await nats.connect(nats_urls("admin", secret("nats_admin_password")), max_reconnect_attempts=-1,
-                              reconnect_time_wait=0.5, connect_timeout=5, allow_reconnect=True)
+                              reconnect_time_wait=0.5, connect_timeout=5, allow_reconnect=True,
+                              tls=ssl.create_default_context(cafile=str(SECRETS / "ca_cert")), tls_hostname="nats")
 
 
 async def db(role: str, password_secret: str) -> asyncpg.Connection:

@@ -7,6 +7,7 @@ content is the value, so nothing secret has to sit in the environment.
 from __future__ import annotations
 
 import os
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,8 @@ class CommonConfig:
     nats_url: str
     nats_user: str | None
     nats_password: str | None
+    nats_tls: ssl.SSLContext | None
+    nats_tls_hostname: str | None  # the name the servers' certificate is for, where the URLs' host is not it
     log_level: str
     service: str
     clock: Clock
@@ -78,10 +81,25 @@ class CommonConfig:
             nats_url=env_str("NATS_URL", "nats://127.0.0.1:4222"),
             nats_user=user,
             nats_password=secret("PULSESTACK_NATS_PASSWORD", "") if user else None,
+            nats_tls=tls_context("NATS_CA_FILE"),
+            nats_tls_hostname=os.environ.get("NATS_TLS_HOSTNAME") or None,
             log_level=env_str("PULSESTACK_LOG_LEVEL", "info"),
             service=service,
             clock=env_clock(),
         )
+
+
+def tls_context(name: str) -> ssl.SSLContext | None:
+    """A client's TLS context trusting only the CA certificate in the file the variable `name` names (the
+    stack's own CA, deploy/secrets.sh), with the server's name checked; None when the variable is unset."""
+    path = os.environ.get(name)
+    if not path:
+        return None
+    try:
+        # With a CA file, the system's CAs are not loaded: no public CA can vouch for the stack's servers.
+        return ssl.create_default_context(cafile=path)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{name}={path} is not a readable CA certificate: {exc}") from exc
 
 
 def env_clock() -> Clock:

@@ -49,6 +49,8 @@ async def connect_nats(config: CommonConfig, name: str) -> NATS:
         name=name,
         user=config.nats_user,
         password=config.nats_password,
+        tls=config.nats_tls,
+        tls_hostname=config.nats_tls_hostname,
         inbox_prefix=inbox_prefix(config.nats_user),
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -70,6 +71,14 @@ async def test_a_missing_master_key_is_named(stack: LocalStack) -> None:
     code, _, err = await cli("devices", "add", "nbiot", "356938035643809", **servers(stack))
     assert code == 2
     one_line(err, "PULSESTACK_DEVICE_MASTER_KEY is required")
+
+
+async def test_an_unreadable_nats_ca_file_is_named(stack: LocalStack, tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    for path in (tmp_path / "missing.pem", tmp_path / "ca.pem"):
+        code, _, err = await cli("quarantine", "list", **servers(stack), NATS_CA_FILE=str(path))
+        assert code == 2, err
+        one_line(err, f"NATS_CA_FILE={path} is not a readable CA certificate")
 
 
 async def test_the_cli_finds_a_running_local_stack_by_its_settings_file(stack: LocalStack) -> None:

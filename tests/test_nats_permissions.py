@@ -1,81 +1,29 @@
-"""The stack's NATS users, against a real nats-server running the stack's own configuration.
+"""The stack's NATS users, against a real nats-server running the stack's own configuration (tests/stack_nats.py).
 
-deploy/nats/nats-server.conf and the secrets deploy/secrets.sh writes, as the swarm mounts them; only the
-ports and the store folder are this machine's. Each service may subscribe to its own inboxes only (the
-prefix connect_nats gives it), never to another's, and may publish only its own subjects.
+Each service may subscribe to its own inboxes only (the prefix connect_nats gives it), never to another's, and
+may publish only its own subjects.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import nats
 import pytest
 from nats.aio.msg import Msg
 
 from pulsestack.service import inbox_prefix
-from pulsestack_cli.localstack import free_port, wait_for_port
+from tests.stack_nats import StackNats, stack_nats
 
-REPO = Path(__file__).resolve().parents[1]
 SERVICES = ("ingest-udp", "ingest-http", "raw-processor", "alerting")
 
 
-def password_of(secrets: Path, user: str) -> str:
-    return (secrets / f"nats_{user.replace('-', '_')}_password").read_text().strip()
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    folder = tmp_path_factory.mktemp("nats-conf")
-    secrets = folder / "secrets"
-    subprocess.run(["bash", str(REPO / "deploy" / "secrets.sh"), "--files", str(secrets)], check=True,
-                   capture_output=True)
-    port = free_port()
-    conf = (REPO / "deploy" / "nats" / "nats-server.conf").read_text()
-    conf = conf.replace("listen: 0.0.0.0:4222", f"listen: 127.0.0.1:{port}")
-    conf = conf.replace("http_port: 8222", f"http_port: {free_port()}")
-    conf = conf.replace("listen: 0.0.0.0:6222", f"listen: 127.0.0.1:{free_port()}")  # its routes never connect
-    conf = conf.replace("store_dir: /data", f"store_dir: {folder / 'store'}")
-    assert str(port) in conf and str(folder) in conf and "6222" not in conf, "the configuration's ports moved"
-    (folder / "nats-server.conf").write_text(conf)
-    (folder / "secrets.conf").write_text((secrets / "nats_server_secrets").read_text())
-    env = {**os.environ, "PULSESTACK_NATS_SERVICE": "nats-1", "PULSESTACK_NATS_SERVER_NAME": "nats-1-test"}
-    binary = Path(sys.executable).parent / "nats-server"
-    log = (folder / "nats.log").open("wb")
-    process = subprocess.Popen([str(binary), "-c", str(folder / "nats-server.conf")], env=env, stdout=log,
-                               stderr=log)
-    try:
-        wait_for_port(port)
-        url = f"nats://127.0.0.1:{port}"
-        asyncio.run(delivering(url, password_of(secrets, "admin")))
-        yield url, secrets
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
-
-
-async def delivering(url: str, password: str) -> None:
-    """Until the server delivers what it is sent: for a moment after its port opens, it may not."""
-    nc = await nats.connect(url, user="admin", password=password)
-    try:
-        sub = await nc.subscribe("probe")
-        for attempt in range(100):
-            await nc.publish("probe", b"%d" % attempt)
-            try:
-                await sub.next_msg(timeout=0.1)
-                return
-            except nats.errors.TimeoutError:
-                continue
-        raise AssertionError("the server never delivered a message")
-    finally:
-        await nc.close()
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackNats]:
+    with stack_nats(tmp_path_factory.mktemp("nats-conf")) as running:
+        yield running
 
 
 class Errors:
@@ -96,13 +44,12 @@ class Errors:
 
 
 @pytest.fixture
-async def connect(server: tuple[str, Path]) -> AsyncIterator[object]:
-    url, secrets = server
+async def connect(server: StackNats) -> AsyncIterator[object]:
     clients: list[nats.NATS] = []
 
     async def as_user(user: str, errors: Errors | None = None, prefix: str | None = None) -> nats.NATS:
-        nc = await nats.connect(url, user=user, password=password_of(secrets, user), allow_reconnect=False,
-                                inbox_prefix=prefix or inbox_prefix(user), error_cb=(errors or Errors()).callback)
+        nc = await server.connect(user, allow_reconnect=False, inbox_prefix=prefix or inbox_prefix(user),
+                                  error_cb=(errors or Errors()).callback)
         clients.append(nc)
         return nc
 

