@@ -9,6 +9,7 @@ import asyncio
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -46,8 +47,14 @@ def run_local(workdir: Path, devices: int, *extra: str) -> str:
          *extra],
         env=env, capture_output=True, text=True, timeout=120,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr + logs(workdir)
     return result.stdout
+
+
+def logs(workdir: Path) -> str:
+    """The end of every service's log, for a failure's message (the workdir goes with the test)."""
+    return "".join(f"\n--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+                   for log in sorted((workdir / "logs").glob("*.log")))
 
 
 def summary_lines(out: str) -> list[str]:
@@ -106,7 +113,7 @@ def test_a_second_run_continues_the_fleet_and_a_smaller_one_retires_the_rest(wor
     assert len(lines) >= 3 and all(SUMMARY_LINE.match(line) for line in lines), first_out
     assert "\x1b" not in first_out  # plain lines when stdout is not a terminal
     first = stored(workdir)
-    assert first.raw == acked(first_out) > 0 and len(first.last) == 20
+    assert first.raw == acked(first_out) > 0 and len(first.last) == 20, first_out + logs(workdir)
 
     second_out = run_local(workdir, 20)
     second = stored(workdir)
@@ -162,3 +169,42 @@ def test_a_resumed_meter_wraps_sigfox_seq_and_starts_no_earlier_than_its_own_sta
     old.resume(last_period_end=500 * READING_SECONDS, last_seq=9, last_index=0)
     reading = old.next_reading()
     assert reading.period_end == 1_000 * READING_SECONDS and reading.seq == 10
+
+
+def service_pids(workdir: Path, module: str) -> list[int]:
+    """The processes of `python -m <module>` that this workdir's stack started (their environment names it)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            command = proc.joinpath("cmdline").read_bytes().split(b"\0")[1:3] if proc.name.isdigit() else []
+            if command == [b"-m", module.encode()] and str(workdir).encode() in proc.joinpath("environ").read_bytes():
+                pids.append(int(proc.name))
+        except (OSError, IndexError):
+            continue
+    return pids
+
+
+def test_a_service_that_dies_during_the_run_fails_it_by_name(workdir: Path) -> None:
+    """A processor that exits mid-run must not end in a summary that reads like success (CI once saw a run
+    that acknowledged 319 readings and stored none, with exit code 0)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL")}
+    run = subprocess.Popen(
+        [sys.executable, "-m", "pulsestack_cli", "run", "local", "--workdir", str(workdir), "--devices", "4",
+         "--rate", "4", "--duration", "60", "--udp-port", "0", "--http-port", "0", "--api-port", "0"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        # The env file is written once every service answered ready: the fleet is about to start.
+        while not (workdir / "env").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        pids = service_pids(workdir, "processors")
+        assert pids, "the processor never started"
+        time.sleep(3)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        out, _ = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 1, out
+    assert re.search(r"^pulsestack: raw-processor exited with code -9 during the run: see .*raw-processor\.log$",
+                     out, re.MULTILINE), out

@@ -149,7 +149,16 @@ class LocalStack:
         self.http_port = http_port or free_port()
         self.api_port = api_port or free_port()
         fixed = {"ingest-http": self.http_port, "api": self.api_port}
-        self.ops_ports = {name: fixed.get(name) or free_port() for name in STACK_SERVICES}
+        taken = {self.udp_port, self.http_port, self.api_port}
+        self.ops_ports = {}
+        for name in STACK_SERVICES:
+            port = fixed.get(name)
+            while port is None or (name not in fixed and port in taken):
+                # Two picks of free_port can return the same free port; the second service would then fail
+                # to bind while the first answered its readiness probe.
+                port = free_port()
+            taken.add(port)
+            self.ops_ports[name] = port
         self.service_env = {
             "NATS_URL": self.nats_url,
             "PULSESTACK_DEVICE_MASTER_KEY_FILE": str(self.master_key_file),
@@ -194,6 +203,11 @@ class LocalStack:
             service.start()
         for service in self.services.values():
             service.wait_ready(timeout)
+
+    def exited(self) -> dict[str, int]:
+        """The services that stopped by themselves, with their exit codes."""
+        return {name: code for name, s in self.services.items()
+                if s.process is not None and (code := s.process.poll()) is not None}
 
     def metrics_urls(self) -> dict[str, str]:
         return {name: s.url("/metrics") for name, s in self.services.items()}

@@ -80,7 +80,7 @@ def wipe(workdir: Path) -> None:
 async def _settle(stack: LocalStack, until: asyncio.Event | None = None) -> None:
     """Waits until the stages have processed what the bus holds (or `until` is set)."""
     said = 0.0
-    while (left := await stack.backlog()) and not (until and until.is_set()):
+    while (left := await stack.backlog()) and not (until and until.is_set()) and not stack.exited():
         if time.monotonic() - said > 5:
             print(f"the stages are processing what is left on the bus (backlog {left:,}) ...", flush=True)
             said = time.monotonic()
@@ -115,6 +115,8 @@ async def _drive(stack: LocalStack, args: argparse.Namespace) -> int:
         while not fleet.done():
             show(summary.take(simulation.caught_up))
             await asyncio.wait({fleet}, timeout=2.0)
+            if stack.exited():
+                stop.set()  # a fleet sending into a broken stack only piles up what it cannot store
         report = fleet.result()
         try:
             async with asyncio.timeout(30):
@@ -124,6 +126,11 @@ async def _drive(stack: LocalStack, args: argparse.Namespace) -> int:
         show(summary.take(simulation.caught_up))
     for line in report.lines():
         print(line)
+    if exited := stack.exited():
+        for name, code in exited.items():
+            print(f"pulsestack: {name} exited with code {code} during the run: see "
+                  f"{stack.services[name].log_path}", flush=True)
+        return 1
     return 0
 
 
