@@ -21,4 +21,7 @@ def test_every_stage_starts_in_one_process_with_one_ops_port_given(stack: LocalS
         one.wait_ready(60, more_ports=(ops + 1, http))
     finally:
         code = one.stop()
-    assert code == 0, (tmp_path / "all.log").read_text()[-2000:]
+    log = (tmp_path / "all.log").read_text()
+    assert code == 0, log[-2000:]
+    # It says what it does not host: alerting's sweeps, outbox and webhooks, and the API, run apart.
+    assert '"not_hosted":["alerting","api"]' in log, log[-2000:]

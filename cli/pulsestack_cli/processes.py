@@ -1,4 +1,4 @@
-"""The four services as separate processes, with the same entry points the containers use."""
+"""The services as separate processes, with the same entry points the containers use."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ SERVICES = {
     "raw-processor": ["-m", "processors"],
     "alerting": ["-m", "alerting"],
     "api": ["-m", "api"],
-    "all": ["-m", "pulsestack_cli", "run", "all"],  # the ingesters and the processor in one process
+    "all": ["-m", "pulsestack_cli", "run", "all"],  # the ingesters and the processor in one process (not alerting, api)
 }
 # What `pulsestack run local` (and the tests' stack) starts: each service apart, not the one-process form.
 STACK_SERVICES = tuple(name for name in SERVICES if name != "all")

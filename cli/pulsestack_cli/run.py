@@ -19,7 +19,7 @@ import asyncpg
 import uvloop
 
 from pulsestack.keys import load_master_key
-from pulsestack.logs import configure
+from pulsestack.logs import configure, get_logger
 from pulsestack_cli.local import LocalStack
 from pulsestack_cli.summary import Figures, Summary
 from simulator.resume import resume_fleet
@@ -146,6 +146,10 @@ def _live_view() -> Iterator[Callable[[Figures], None]]:
         yield lambda figures: live.update(figures.view(), refresh=True)
 
 
+# What `run all` leaves to separate processes: said at its start, so nobody takes it for the whole stack.
+NOT_IN_ALL = ("alerting", "api")
+
+
 def _run_all() -> int:
     """Every stage in one process: the services are plain async functions sharing one stop event."""
     from ingest_http.app import serve as serve_http
@@ -163,6 +167,9 @@ def _run_all() -> int:
     if processor.ops_port == configs[0].ops_port:
         processor = dataclasses.replace(processor, ops_port=processor.ops_port + 1)
     configure("all", configs[0].common.log_level)
+    get_logger("pulsestack.all").info(
+        "one process hosts ingest-udp, ingest-http and the processor", not_hosted=list(NOT_IN_ALL),
+        why="silent-meter sweeps, the alert outbox, webhooks and the read API run as their own services")
 
     async def everything() -> None:
         stop = stop_on_signals()
