@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from api.config import ApiConfig
 from api.handlers import ReadApi, error
@@ -16,11 +16,10 @@ from pulsestack.store.db import create_pool
 from pulsestack.tokens import Tokens
 
 log = get_logger(__name__)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC = frozenset({"/openapi.json", "/v1/openapi.json", "/docs", "/healthz", "/readyz", "/metrics"})
 
 
-def token_required(tokens: Tokens) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def token_required(tokens: Tokens) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in PUBLIC and not tokens.valid(request.headers.get("Authorization")):
