@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from pathlib import Path
 
 from pulsestack.logs import get_logger
+from pulsestack.service import sleep_or_stop
 
 log = get_logger(__name__)
 
@@ -33,6 +35,11 @@ class Tokens:
         self._tokens = tuple(line.encode() for line in lines) + self._inline
         self._mtime = mtime
         log.info("tokens loaded", tokens=self._name, count=len(self._tokens))
+
+    async def keep_reloading(self, stop: asyncio.Event, every: float = 5.0) -> None:
+        """Re-reads the file every `every` seconds until `stop` is set: a rotated token is live within that."""
+        while not await sleep_or_stop(stop, every):
+            self.reload()
 
     def valid(self, header: str | None) -> bool:
         if not header or not header.startswith("Bearer "):

@@ -48,11 +48,7 @@ async def serve(config: ApiConfig, stop: asyncio.Event) -> None:
     ops.add_routes(app, ready)
     runner = await serve_app(app, "api", config.host, config.port, config.http)
     log.info("api started", port=config.port)
-    while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), 5.0)
-        except TimeoutError:
-            tokens.reload()
+    await tokens.keep_reloading(stop)
     await runner.cleanup()
     await export_pool.close()
     await pool.close()
