@@ -37,7 +37,7 @@ import nats
 import yaml
 from nats.aio.client import Client as NATS
 
-from pulsestack.bus.streams import RAW, RAW_CONSUMER, RAW_REPLAY
+from pulsestack.bus.streams import RAW, RAW_REPLAY, drained
 from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET
 from simulator.fleet import fleet_ids
@@ -271,11 +271,6 @@ async def db(role: str, password_secret: str) -> asyncpg.Connection:
                                  database="pulsestack", timeout=10)
 
 
-async def drained(nc: NATS) -> bool:
-    info = await nc.jetstream().consumer_info(RAW, RAW_CONSUMER)
-    return not (info.num_pending or info.num_ack_pending)
-
-
 async def eventually(check: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
     deadline = time.monotonic() + within
     while True:
@@ -407,7 +402,7 @@ async def under_traffic(window: int, fault: Callable[[], Awaitable[None]] | None
     elapsed = time.monotonic() - started
     nc = await admin_nats()
     try:
-        await eventually(lambda: drained(nc), 180, f"{name}: backlog drained")
+        await eventually(lambda: drained(nc.jetstream()), 180, f"{name}: backlog drained")
     finally:
         await nc.close()
     conn = await db("pulsestack_reader", "postgres_reader_password")
