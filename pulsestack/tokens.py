@@ -26,12 +26,12 @@ class Tokens:
             return
         try:
             mtime = self._path.stat().st_mtime
-        except OSError as exc:
+            if mtime == self._mtime:
+                return
+            lines = self._path.read_text().split()
+        except OSError as exc:  # replaced or removed meanwhile: the tokens loaded last stay valid
             log.error("tokens file unreadable", tokens=self._name, path=str(self._path), error=exc.strerror)
             return
-        if mtime == self._mtime:
-            return
-        lines = self._path.read_text().split()
         self._tokens = tuple(line.encode() for line in lines) + self._inline
         self._mtime = mtime
         log.info("tokens loaded", tokens=self._name, count=len(self._tokens))
