@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -369,7 +369,7 @@ def save(figures: Figures) -> None:
 
 async def under_traffic(window: int, fault: Callable[[], Awaitable[None]] | None = None,
                         seconds: float = 25.0, udp_host: str | None = None,
-                        follow: Callable[[Simulation], Awaitable[None]] | None = None) -> Figures:
+                        follow: Callable[[Simulation], Coroutine[Any, Any, None]] | None = None) -> Figures:
     """Drives window's fleet for `seconds` (or, with a fault, until 4 s after the fault is over), then checks
     that every reading acknowledged to a device is stored exactly once. Devices send to `udp_host` (default:
     the node of the first ingest-udp task) and to the node running ingest-http; `follow`, running beside the
