@@ -40,7 +40,7 @@ bench: $(BIN)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
-	$(BIN)/mypy pulsestack
+	$(BIN)/mypy
 
 check: lint test
 

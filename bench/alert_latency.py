@@ -23,6 +23,7 @@ from pathlib import Path
 import asyncpg
 import nats
 import orjson
+from nats.aio.msg import Msg
 
 from bench.measurement import publish
 from pulsestack import keys
@@ -54,7 +55,7 @@ async def main(devices: int, rate: float) -> list[str]:
         await asyncio.to_thread(stack.start_services)
         events: dict[str, float] = {}
 
-        async def on_event(msg: nats.aio.msg.Msg) -> None:
+        async def on_event(msg: Msg) -> None:
             body = orjson.loads(msg.data)
             if body["event"] == "opened":
                 events.setdefault(body["device"], time.time())

@@ -9,7 +9,7 @@ from typing import Any
 
 import psutil
 
-from pulsestack_cli.summary import Samples, scrape, total
+from pulsestack_cli.summary import Samples, quantile, scrape, total
 
 E2E = "pulsestack_end_to_end_seconds"
 
@@ -79,26 +79,6 @@ def histogram(
 
 def delta_histogram(before: dict[float, float], after: dict[float, float]) -> dict[float, float]:
     return {le: after[le] - before.get(le, 0.0) for le in after}
-
-
-def quantile(q: float, buckets: dict[float, float]) -> float | None:
-    """Like Prometheus's histogram_quantile: linear interpolation inside the bucket holding the rank."""
-    bounds = sorted(buckets)
-    if not bounds:
-        return None
-    count = buckets[bounds[-1]]
-    if count <= 0:
-        return None
-    rank = q * count
-    lower, below = 0.0, 0.0
-    for le in bounds:
-        c = buckets[le]
-        if c >= rank:
-            if le == float("inf"):
-                return lower  # beyond the last finite bucket: its bound is all we know
-            return lower + (le - lower) * ((rank - below) / (c - below) if c > below else 0.0)
-        lower, below = le, c
-    return lower
 
 
 # ------------------------------------------------------------------------------------------- processes

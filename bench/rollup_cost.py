@@ -24,8 +24,9 @@ from bench.measurement import publish
 from pulsestack.store import pulses
 from pulsestack.store.db import prepare
 from pulsestack.store.migrate import migrate
-from pulsestack.store.rollups import Deltas
-from pulsestack.wire.reading import PulseItem, Reading
+from pulsestack.store.pulses import PulseItem
+from pulsestack.store.rollups import DayTotal, Deltas
+from pulsestack.wire.reading import Reading
 from pulsestack_cli.localstack import Postgres
 
 
@@ -53,10 +54,11 @@ async def main(devices: int, count: int, size: int) -> list[str]:
         start -= start % 3600
         with_rollups = batches(1_000_000, devices, count, size, start)
         without = batches(2_000_000, devices, count, size, start)
-        kept, skipped = [], []
+        kept: list[float] = []
+        skipped: list[float] = []
         real_apply = Deltas.apply
 
-        async def nothing(self: Deltas, conn: asyncpg.Connection) -> list[object]:
+        async def nothing(self: Deltas, conn: asyncpg.Connection) -> list[DayTotal]:
             return []
 
         for a, b in zip(with_rollups, without, strict=True):

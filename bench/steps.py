@@ -16,7 +16,8 @@ from nats.aio.client import Client as NATS
 
 from bench import monitor
 from bench.monitor import ProcessGroups, Tracker, cpu_delta
-from pulsestack.bus.streams import RAW, RAW_CONSUMER
+from pulsestack.bus.streams import raw_backlog
+from pulsestack_cli.summary import quantile
 from simulator.batch import ReadingBatch
 from simulator.generators import GeneratorJob, GeneratorOutcome, Generators
 from simulator.loadgen import Spec
@@ -132,8 +133,7 @@ class StepRunner:
     async def _pending(self) -> float:
         if self.nc is None:
             return 0.0
-        info = await self.nc.jetstream().consumer_info(RAW, RAW_CONSUMER)
-        return float((info.num_pending or 0) + (info.num_ack_pending or 0))
+        return float(await raw_backlog(self.nc.jetstream()))
 
     async def run(
         self, result: StepResult, jobs: list[GeneratorJob], *, peer: Any = None, during: Any = None,
@@ -319,12 +319,12 @@ class StepRunner:
             h0 = monitor.histogram(before, monitor.E2E)
             h1 = monitor.histogram(after, monitor.E2E)
             delta = monitor.delta_histogram(h0, h1)
-            r.latency = {f"p{int(q * 100)}": monitor.quantile(q, delta) for q in QUANTILES}
+            r.latency = {f"p{int(q * 100)}": quantile(q, delta) for q in QUANTILES}
             for protocol in ("nbiot", "sigfox"):
                 dp = monitor.delta_histogram(monitor.histogram(before, monitor.E2E, protocol),
                                              monitor.histogram(after, monitor.E2E, protocol))
                 if dp and max(dp.values()) > 0:
-                    r.latency_by_protocol[protocol] = {f"p{int(q * 100)}": monitor.quantile(q, dp) for q in QUANTILES}
+                    r.latency_by_protocol[protocol] = {f"p{int(q * 100)}": quantile(q, dp) for q in QUANTILES}
         # Backlog: the mean of the samples around the middle and the end of the window.
         if samples:
             half = [s[3] for s in samples if s[0] >= r.window * 0.4 and s[0] <= r.window * 0.6] or [samples[0][3]]

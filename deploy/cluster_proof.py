@@ -40,6 +40,9 @@ from typing import Any
 
 import yaml
 
+from simulator.fleet import fleet_ids
+from simulator.run import Simulation
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import swarm_proof as proof
 import terraform_offline
@@ -75,7 +78,8 @@ say = proof.say
 
 
 def inventory() -> dict[str, Any]:
-    return yaml.safe_load(INVENTORY.read_text())
+    hosts: dict[str, Any] = yaml.safe_load(INVENTORY.read_text())
+    return hosts
 
 
 def hosts(group: str) -> dict[str, dict[str, Any]]:
@@ -472,7 +476,7 @@ async def table_counts() -> dict[str, int]:
 
 async def lose_a_fleet() -> int:
     """What a restore is for: an operator's mistake deletes one window's readings."""
-    nbiot, sigfox = proof.fleet_ids(proof.DEVICES, 0.5, proof.first_id(0))
+    nbiot, sigfox = fleet_ids(proof.DEVICES, 0.5, proof.first_id(0))
     conn = await proof.db("postgres", "postgres_password")
     try:
         async with conn.transaction():
@@ -514,7 +518,7 @@ def cmd_backup_restore() -> None:
 # ----------------------------------------------------------------------------------------- migration
 
 
-async def follow_ingest(simulation: proof.Simulation) -> None:
+async def follow_ingest(simulation: Simulation) -> None:
     """What DNS round robin and the load balancer do for devices while nodes come and go: send to a node
     whose ingester runs."""
     while True:

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ import nats
 import yaml
 from nats.aio.client import Client as NATS
 
-from pulsestack.bus.streams import RAW, RAW_CONSUMER, RAW_REPLAY
+from pulsestack.bus.streams import RAW, RAW_REPLAY, drained
 from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET
 from simulator.fleet import fleet_ids
@@ -271,11 +271,6 @@ async def db(role: str, password_secret: str) -> asyncpg.Connection:
                                  database="pulsestack", timeout=10)
 
 
-async def drained(nc: NATS) -> bool:
-    info = await nc.jetstream().consumer_info(RAW, RAW_CONSUMER)
-    return not (info.num_pending or info.num_ack_pending)
-
-
 async def eventually(check: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
     deadline = time.monotonic() + within
     while True:
@@ -374,7 +369,7 @@ def save(figures: Figures) -> None:
 
 async def under_traffic(window: int, fault: Callable[[], Awaitable[None]] | None = None,
                         seconds: float = 25.0, udp_host: str | None = None,
-                        follow: Callable[[Simulation], Awaitable[None]] | None = None) -> Figures:
+                        follow: Callable[[Simulation], Coroutine[Any, Any, None]] | None = None) -> Figures:
     """Drives window's fleet for `seconds` (or, with a fault, until 4 s after the fault is over), then checks
     that every reading acknowledged to a device is stored exactly once. Devices send to `udp_host` (default:
     the node of the first ingest-udp task) and to the node running ingest-http; `follow`, running beside the
@@ -407,7 +402,7 @@ async def under_traffic(window: int, fault: Callable[[], Awaitable[None]] | None
     elapsed = time.monotonic() - started
     nc = await admin_nats()
     try:
-        await eventually(lambda: drained(nc), 180, f"{name}: backlog drained")
+        await eventually(lambda: drained(nc.jetstream()), 180, f"{name}: backlog drained")
     finally:
         await nc.close()
     conn = await db("pulsestack_reader", "postgres_reader_password")

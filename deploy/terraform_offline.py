@@ -68,7 +68,9 @@ def block(text: str, start: int) -> str:
     raise ValueError("unbalanced block")
 
 
-def console(workdir: Path, expression: str, variables: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def console(
+    workdir: Path, expression: str, variables: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     terraform = terraform_binary()
     if terraform is None:
         raise FileNotFoundError("terraform is not installed (see .ci/tools-cluster.sh)")

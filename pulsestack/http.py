@@ -20,10 +20,11 @@ import logging
 import resource
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Middleware
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from pulsestack import metrics
@@ -184,7 +185,7 @@ class GuardedSite(web.BaseSite):
         )
 
 
-def _middleware(connections: _Connections) -> Any:
+def _middleware(connections: _Connections) -> Middleware:
     @web.middleware
     async def guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
         connection = connections.by_transport.get(request.transport) if request.transport else None

@@ -25,6 +25,16 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
+async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
+    """Waits `seconds`, less when `stop` is set meanwhile, so a service's periodic loop ends at once on a
+    stop; True when the service is stopping."""
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
+    return stop.is_set()
+
+
 def inbox_prefix(user: str | None) -> str:
     """Where a service's replies and deliveries come: `_INBOX_<user>`, the only inboxes its NATS user may
     subscribe to (deploy/nats/nats-server.conf), so no service reads another's."""

@@ -13,7 +13,7 @@ import asyncpg
 import nats
 
 from pulsestack import keys
-from pulsestack.bus.streams import RAW, RAW_CONSUMER
+from pulsestack.bus.streams import drained
 from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET
 from pulsestack.wire import nbiot
@@ -42,17 +42,11 @@ async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 20.0, i
         await asyncio.sleep(interval)
 
 
-async def drained(nc: nats.NATS) -> bool:
-    """The processor has processed everything RAW holds."""
-    info = await nc.jetstream().consumer_info(RAW, RAW_CONSUMER)
-    return not (info.num_pending or info.num_ack_pending)
-
-
 async def delivery_once_drained(stack: LocalStack, nc: nats.NATS, acked: list[SentReading],
                                 check_totals: bool = True) -> Delivery:
     """What became of the readings the devices were told are stored, once the stages processed everything;
     `check_totals` compares each device's stored total with its index (not after retention dropped some)."""
-    await eventually(lambda: drained(nc), timeout=120, interval=0.5)
+    await eventually(lambda: drained(nc.jetstream()), timeout=120, interval=0.5)
     conn = await asyncpg.connect(stack.database_url)
     try:
         return await verify(conn, acked, check_totals)

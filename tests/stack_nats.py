@@ -24,6 +24,7 @@ from typing import Any
 
 import nats
 import yaml
+from nats.aio.client import Client as NATS
 
 from pulsestack_cli.localstack import free_port, wait_for_port
 
@@ -58,7 +59,7 @@ class StackNats:
     def password(self, user: str) -> str:
         return (self.secrets / f"nats_{user.replace('-', '_')}_password").read_text().strip()
 
-    async def connect(self, user: str, **options: Any) -> nats.NATS:
+    async def connect(self, user: str, **options: Any) -> NATS:
         """`user` with its password, over TLS trusting the stack's CA; `options` go to nats.connect."""
         secure = {"tls": trusting(self.secrets / "ca_cert"), "tls_hostname": TLS_HOSTNAME} if self.tls else {}
         return await nats.connect(self.url, **{"user": user, "password": self.password(user), **secure, **options})

@@ -19,6 +19,7 @@ from nats.aio.client import Client as NATS
 
 from bench.monitor import ProcessGroups
 from bench.steps import Display, StepResult, StepRunner
+from pulsestack.bus.streams import drained
 from pulsestack_cli.local import LocalStack
 from simulator.batch import ReadingBatch
 from simulator.fleet import SentReading
@@ -27,7 +28,7 @@ from simulator.loadgen import Spec
 from simulator.plans import HourlyFleet, RampPool
 from simulator.profiles import HOUSEHOLD, LEAK, SILENT, WRAP, Profiles
 from simulator.verify import verify, verify_batch
-from tests.helpers import drained, eventually
+from tests.helpers import eventually
 
 # Many leaking, silent and wrapping meters, so a small fleet has all of them.
 PROFILES = Profiles(leak_share=0.2, silent_share=0.1, wrap_share=0.2)
@@ -100,7 +101,7 @@ async def test_fast_generator_and_verification_agree_exactly(stack: LocalStack, 
     assert all(len(b) > 20 for b in batches)
 
     outcomes = await run_generators(jobs(stack, batches), tmp_path / "gen")
-    await eventually(lambda: drained(nc), timeout=60, interval=0.3)
+    await eventually(lambda: drained(nc.jetstream()), timeout=60, interval=0.3)
     conn = await asyncpg.connect(stack.database_url)
     try:
         for outcome in outcomes:

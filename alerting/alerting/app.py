@@ -15,7 +15,7 @@ from pulsestack.bus.consumer import BatchConsumer, ConsumerSettings
 from pulsestack.bus.publisher import Publisher
 from pulsestack.bus.streams import ALERTS, NOTIFIER_CONSUMER, NOTIFIER_MAX_DELIVER
 from pulsestack.logs import get_logger
-from pulsestack.service import close_nats, connect_nats
+from pulsestack.service import close_nats, connect_nats, sleep_or_stop
 from pulsestack.store.db import create_pool
 from pulsestack.store.maintenance import maintain
 
@@ -37,10 +37,7 @@ async def _sweep_loop(pool: asyncpg.Pool, publisher: Publisher, config: Alerting
             # Anything else too (asyncpg's InterfaceError on a connection that died with the server, a
             # bug): a sweep loop that ended would stop every silent-meter alert until a restart.
             log.exception("sweep failed unexpectedly; next one retries")
-        try:
-            await asyncio.wait_for(stop.wait(), config.sweep_every)
-        except TimeoutError:
-            pass
+        await sleep_or_stop(stop, config.sweep_every)
 
 
 async def _maintenance_loop(pool: asyncpg.Pool, config: AlertingConfig, stop: asyncio.Event) -> None:
@@ -61,10 +58,7 @@ async def _maintenance_loop(pool: asyncpg.Pool, config: AlertingConfig, stop: as
         except Exception as exc:
             # The next run retries; MaintenanceNotRunning fires if none succeeds for a day.
             log.warning("maintenance failed; the next run retries", error=f"{type(exc).__name__}: {exc}")
-        try:
-            await asyncio.wait_for(stop.wait(), config.maintenance_every)
-        except TimeoutError:
-            pass
+        await sleep_or_stop(stop, config.maintenance_every)
 
 
 async def serve(config: AlertingConfig, stop: asyncio.Event) -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from api.config import ApiConfig
 from api.handlers import ReadApi, error
@@ -16,11 +16,10 @@ from pulsestack.store.db import create_pool
 from pulsestack.tokens import Tokens
 
 log = get_logger(__name__)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC = frozenset({"/openapi.json", "/v1/openapi.json", "/docs", "/healthz", "/readyz", "/metrics"})
 
 
-def token_required(tokens: Tokens) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def token_required(tokens: Tokens) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in PUBLIC and not tokens.valid(request.headers.get("Authorization")):
@@ -49,11 +48,7 @@ async def serve(config: ApiConfig, stop: asyncio.Event) -> None:
     ops.add_routes(app, ready)
     runner = await serve_app(app, "api", config.host, config.port, config.http)
     log.info("api started", port=config.port)
-    while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), 5.0)
-        except TimeoutError:
-            tokens.reload()
+    await tokens.keep_reloading(stop)
     await runner.cleanup()
     await export_pool.close()
     await pool.close()

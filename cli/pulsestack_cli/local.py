@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import nats
 
-from pulsestack.bus.streams import RAW, RAW_CONSUMER, BusLimits, setup
+from pulsestack.bus.streams import BusLimits, raw_backlog, setup
 from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET
 from pulsestack.store.migrate import migrate
@@ -138,8 +138,7 @@ class LocalStack:
         """Messages the processor has not processed yet (pending or unacknowledged in RAW)."""
         nc = await nats.connect(self.nats_url)
         try:
-            info = await nc.jetstream().consumer_info(RAW, RAW_CONSUMER)
-            return (info.num_pending or 0) + (info.num_ack_pending or 0)
+            return await raw_backlog(nc.jetstream())
         finally:
             await nc.close()
 

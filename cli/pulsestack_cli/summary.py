@@ -37,22 +37,31 @@ def total(samples: Samples, name: str, **labels: str) -> float:
 
 
 def histogram_quantile(samples: Samples, name: str, q: float) -> float | None:
-    """The q-quantile of a histogram since the service started, by linear interpolation in its buckets."""
+    """The q-quantile of a histogram since the service started."""
     buckets: dict[float, float] = defaultdict(float)
     for labels, value in samples.get(f"{name}_bucket", {}).items():
         le = dict(labels)["le"]
         buckets[float("inf") if le == "+Inf" else float(le)] += value
-    if not buckets or not buckets[float("inf")]:
+    return quantile(q, buckets)
+
+
+def quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """Like Prometheus's histogram_quantile: linear interpolation inside the bucket holding the rank."""
+    bounds = sorted(buckets)
+    if not bounds:
         return None
-    target = q * buckets[float("inf")]
+    count = buckets[bounds[-1]]
+    if count <= 0:
+        return None
+    rank = q * count
     lower, below = 0.0, 0.0
-    for bound in sorted(buckets):
-        if buckets[bound] >= target:
-            if bound == float("inf"):
-                return lower
-            share = (target - below) / (buckets[bound] - below) if buckets[bound] > below else 1.0
-            return lower + (bound - lower) * share
-        lower, below = bound, buckets[bound]
+    for le in bounds:
+        c = buckets[le]
+        if c >= rank:
+            if le == float("inf"):
+                return lower  # beyond the last finite bucket: its bound is all we know
+            return lower + (le - lower) * ((rank - below) / (c - below) if c > below else 0.0)
+        lower, below = le, c
     return lower
 
 

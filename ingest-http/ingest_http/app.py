@@ -30,14 +30,6 @@ async def count_wrong_methods(request: web.Request, handler: Handler) -> web.Str
         return json_response({"error": "method_not_allowed", "detail": "POST expected"}, 405, {"Allow": "POST"})
 
 
-async def _reload_tokens(tokens: Tokens, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), 5.0)
-        except TimeoutError:
-            tokens.reload()
-
-
 async def serve(config: HttpIngestConfig, stop: asyncio.Event) -> None:
     bus = await IngestBus.connect(config.common, [PROTOCOL], config.group_max_readings, config.group_max_delay)
     tokens = Tokens(config.tokens_file, config.tokens_inline)
@@ -53,11 +45,9 @@ async def serve(config: HttpIngestConfig, stop: asyncio.Event) -> None:
     runner = await serve_app(app, "ingest-http", config.host, config.port, config.http,
                              shutdown_timeout=config.answer_within + 1)
     bus.follow_registry(stop)
-    reloading = asyncio.create_task(_reload_tokens(tokens, stop))
     log.info("ingest-http started", port=config.port)
-    await stop.wait()
+    await tokens.keep_reloading(stop)
     # Stop accepting, let in-flight callbacks get their PubAcks and answers, then leave.
     await runner.cleanup()
     await bus.close()
-    reloading.cancel()
     log.info("ingest-http stopped")

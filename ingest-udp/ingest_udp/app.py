@@ -10,6 +10,7 @@ from ingest_udp.protocol import NbiotDatagrams
 from pulsestack import metrics, ops
 from pulsestack.ingest import IngestBus
 from pulsestack.logs import get_logger
+from pulsestack.service import sleep_or_stop
 
 log = get_logger(__name__)
 
@@ -17,10 +18,7 @@ log = get_logger(__name__)
 async def _count_kernel_drops(port: int, stop: asyncio.Event) -> None:
     seen = socket_drops(port)
     while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), 5.0)
-        except TimeoutError:
-            pass
+        await sleep_or_stop(stop, 5.0)
         now = socket_drops(port)
         if now > seen:
             metrics.udp_kernel_drops.inc(now - seen)

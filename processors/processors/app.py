@@ -14,7 +14,7 @@ from pulsestack.bus.publisher import Publisher
 from pulsestack.bus.quarantine import Quarantine
 from pulsestack.bus.streams import RAW, RAW_CONSUMER, RAW_REPLAY
 from pulsestack.logs import get_logger
-from pulsestack.service import close_nats, connect_nats
+from pulsestack.service import close_nats, connect_nats, sleep_or_stop
 from pulsestack.store.db import create_pool
 
 log = get_logger(__name__)
@@ -26,10 +26,7 @@ async def _pool_when_available(config: ProcessorConfig, stop: asyncio.Event) -> 
             return await create_pool(config.database_url, size=config.pool_size)
         except (OSError, asyncpg.PostgresError) as exc:
             log.warning("database unavailable, retrying", error=str(exc))
-            try:
-                await asyncio.wait_for(stop.wait(), 2.0)
-            except TimeoutError:
-                pass
+            await sleep_or_stop(stop, 2.0)
     return None
 
 

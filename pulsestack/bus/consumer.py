@@ -25,6 +25,7 @@ from pulsestack import metrics
 from pulsestack.bus.publisher import Publisher, PublishError
 from pulsestack.bus.streams import DEAD
 from pulsestack.logs import get_logger
+from pulsestack.service import sleep_or_stop
 
 log = get_logger(__name__)
 ProcessBatch = Callable[[list[Msg]], Awaitable[list[str | None]]]
@@ -75,7 +76,7 @@ class BatchConsumer:
                 subs.append(await self._js.pull_subscribe_bind(durable=s.durable, stream=s.stream))
             except Exception as exc:  # the consumer is created by `pulsestack setup`; wait for it
                 log.warning("consumer not available yet", consumer=s.durable, error=str(exc))
-                await _sleep_or_stop(stop, 2.0)
+                await sleep_or_stop(stop, 2.0)
         if stop.is_set():
             return
         self.bound = True
@@ -92,7 +93,7 @@ class BatchConsumer:
                 continue
             except Exception as exc:
                 log.warning("fetch failed", consumer=s.durable, error=str(exc))
-                await _sleep_or_stop(stop, 1.0)
+                await sleep_or_stop(stop, 1.0)
                 continue
             await self._handle(msgs, stop)
 
@@ -132,11 +133,9 @@ class BatchConsumer:
             for msg in msgs:
                 with contextlib.suppress(Exception):  # the bus may be the thing that is down
                     await msg.in_progress()
-            try:
-                await asyncio.wait_for(stop.wait(), delay)
+            if await sleep_or_stop(stop, delay):
                 return None
-            except TimeoutError:
-                delay = min(delay * 2, 8.0)
+            delay = min(delay * 2, 8.0)
 
     async def _process_isolating(self, msgs: list[Msg]) -> list[str | None]:
         """A batch that raises is retried message by message, so one poison message fails alone."""
@@ -194,7 +193,7 @@ async def report_backlog(
                 metrics.stream_max_bytes.labels(name).set(state.config.max_bytes or 0)
         except Exception as exc:
             log.debug("stream or consumer info unavailable", error=str(exc))
-        await _sleep_or_stop(stop, 5.0)
+        await sleep_or_stop(stop, 5.0)
 
 
 async def _oldest_unprocessed_age(js: JetStreamContext, info: ConsumerInfo) -> float:
@@ -211,9 +210,3 @@ async def _oldest_unprocessed_age(js: JetStreamContext, info: ConsumerInfo) -> f
         return 0.0
     return max(0.0, time.time() - msg.time.timestamp())
 
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass

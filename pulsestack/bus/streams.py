@@ -188,6 +188,17 @@ async def setup(js: JetStreamContext, limits: BusLimits) -> None:
         await js.create_key_value(bucket=REGISTRY_BUCKET, history=1, replicas=limits.replicas)
 
 
+async def raw_backlog(js: JetStreamContext) -> int:
+    """Messages in RAW the raw stage has not processed yet: waiting, or delivered and not acknowledged."""
+    info = await js.consumer_info(RAW, RAW_CONSUMER)
+    return (info.num_pending or 0) + (info.num_ack_pending or 0)
+
+
+async def drained(js: JetStreamContext) -> bool:
+    """The raw stage has processed everything RAW holds."""
+    return await raw_backlog(js) == 0
+
+
 async def retire_pulses(js: JetStreamContext) -> None:
     """Removes the retired stream once it is empty (a work queue holds only what is not processed yet)."""
     try:

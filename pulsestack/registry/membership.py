@@ -24,6 +24,7 @@ from nats.js.kv import KeyValue
 
 from pulsestack import metrics
 from pulsestack.logs import get_logger
+from pulsestack.service import sleep_or_stop
 
 SHARDS = 1024
 BUCKET = "registry"
@@ -124,7 +125,4 @@ async def keep_following(js: JetStreamContext, membership: Membership, stop: asy
             raise
         except Exception as exc:
             log.warning("registry watch interrupted, retrying", error=str(exc))
-        try:
-            await asyncio.wait_for(stop.wait(), 2.0)
-        except TimeoutError:
-            pass
+        await sleep_or_stop(stop, 2.0)

@@ -385,7 +385,7 @@ async def write_pulses(conn: asyncpg.Connection, items: list[PulseItem], replay:
     alerts = AlertChanges()
     outcome.gaps, outcome.resets = await _update_history(conn, fresh, deltas, alerts, replay)
     for total in await deltas.apply(conn):
-        alerts.day_total(total.protocol, total.device, total.day, total.pulses)  # type: ignore[arg-type]
+        alerts.day_total(total.protocol, total.device, total.day, total.pulses)
     outcome.alerts = await alerts.apply(conn)
     return outcome
 

@@ -10,6 +10,7 @@ order, duplication or lateness of readings — which is what `reprocess` checks.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -66,7 +67,7 @@ def spread(start: int, end: int, volume: int) -> list[tuple[int, int]]:
 class DayTotal:
     protocol: str
     device: str
-    day: object  # datetime.date
+    day: dt.date
     pulses: int
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+from collections.abc import Sequence
 
 import msgspec
 
@@ -111,7 +112,7 @@ def encode(
     seq: int,
     period_end: int,
     bucket_seconds: int,
-    counts: list[int] | tuple[int, ...],
+    counts: Sequence[int],
     index: int,
     battery_mv: int,
     flags: int = 0,

@@ -138,7 +138,7 @@ class NbiotSender:
             seq = batch.seq[i]
             self.frames[i] = nbiot.encode(
                 key, device=number, seq=seq, period_end=batch.period_end[i], bucket_seconds=900,
-                counts=counts[4 * i:4 * i + 4], index=batch.index[i], battery_mv=3600,  # type: ignore[arg-type]
+                counts=counts[4 * i:4 * i + 4], index=batch.index[i], battery_mv=3600,
             )
             if self.ack:
                 self.expected[nbiot.encode_ack(key, seq, nbiot.ACK_STORED)] = i
@@ -264,7 +264,7 @@ class NbiotSender:
         key = self.keys[b.number[i]]
         frame = nbiot.encode(
             key, device=b.number[i], seq=b.seq[i], period_end=b.period_end[i], bucket_seconds=900,
-            counts=b.counts[4 * i:4 * i + 4], index=b.index[i], battery_mv=3600, flags=flags,  # type: ignore[arg-type]
+            counts=b.counts[4 * i:4 * i + 4], index=b.index[i], battery_mv=3600, flags=flags,
         )
         for status in (nbiot.ACK_STORED, nbiot.ACK_DUPLICATE):
             self.expected[nbiot.encode_ack(key, b.seq[i], status)] = i

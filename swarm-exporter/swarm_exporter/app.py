@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector
 from pulsestack import ops
 from pulsestack.config import database_url
 from pulsestack.logs import get_logger
+from pulsestack.service import sleep_or_stop
 from swarm_exporter.config import SwarmExporterConfig
 from swarm_exporter.docker_api import DockerApi, NodeState, ServiceReplicas
 
@@ -105,13 +106,7 @@ async def serve(config: SwarmExporterConfig, stop: asyncio.Event) -> None:
     runner = await ops.serve(config.ops_host, config.ops_port, ready)
     log.info("swarm-exporter started", ops_port=config.ops_port, docker=config.docker_host,
              stack=config.stack or "*", postgres=config.probe_postgres)
-    while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), config.interval)
-        except TimeoutError:
-            pass
-        if stop.is_set():
-            break
+    while not await sleep_or_stop(stop, config.interval):
         if await poll_once(api, collector, config, url):
             last_ok = time.monotonic()
     await api.close()
