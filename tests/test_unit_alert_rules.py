@@ -18,10 +18,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from alerting.sweep import SILENCE_FACTOR, Sweeper
+from processors.raw_stage import RawStage
 from pulsestack.store.alerts import AlertChanges
 from pulsestack.store.pulses import FINEST_FOR_LEAK, FLAG_ALERTS, LEAK_WINDOW, Point, PulseItem, _DeviceState, _judge
 from pulsestack.wire.reading import Flags, Reading
-from tests.helpers import unique_number
+from tests.helpers import now_aligned, unique_number
 
 DEVICE = ("nbiot", "1")
 PERIOD_END = 1_800_000_000  # the reading's period end: the rules' only clock
@@ -195,17 +196,36 @@ async def test_a_day_over_its_limit_opens_one_threshold_alert(tx: asyncpg.Connec
         await example.rollback()
 
 
-@pytest.mark.xfail(strict=True, raises=asyncpg.UniqueViolationError, reason=(
-    "bug: alerts_one_open_per_kind allows one open threshold alert per device, not one per day; _THRESHOLD's "
-    "ON CONFLICT names only the per-day index, so the next day's insert fails while the last day's is open "
-    "(until the sweep ends it), and the raw stage quarantines the reading as rejected by the database"))
-async def test_the_next_days_threshold_alert_opens_while_the_last_ones_is_still_open(
+async def test_the_next_days_total_over_the_limit_is_stored_while_the_last_days_alert_is_open(
     tx: asyncpg.Connection
 ) -> None:
-    d = await device(tx, {"daily_limit": 100})
-    day = dt.date(2026, 3, 1)
-    assert len(await threshold(tx, d, day, 100)) == 1
-    assert len(await threshold(tx, d, day + dt.timedelta(days=1), 100)) == 1
+    # One open alert per device and kind: the next day's threshold alert waits for the sweep to end the last
+    # day's, and opens with that day's next reading. Before, its INSERT failed on the unique index, which
+    # failed the reading's write (SQLSTATE 23505, taken for bad data: the reading was quarantined).
+    d = await device(tx, {"daily_limit": 10})
+    midnight = now_aligned(step=86_400, back=5 * 86_400)
+    stage = RawStage(None, None, None)  # type: ignore[arg-type]
+
+    async def store(seq: int, period_end: int, index: int) -> list[int]:
+        # A bucket without flow in each: no leak, whatever the hours between them.
+        r = Reading("nbiot", d, seq, period_end, period_end, 900, [0, 20], index, 3600, 0, period_end, "t", b"")
+        async with tx.transaction():
+            return (await stage.write(tx, [r])).outcome.alerts
+
+    assert len(await store(1, midnight + 3600, 20)) == 1
+    assert await store(2, midnight + 86_400 + 3600, 40) == []
+    day = dt.datetime.fromtimestamp(midnight, dt.UTC).date()
+
+    async def open_thresholds() -> list[dt.date]:
+        return [r["day"] for r in await tx.fetch(
+            "SELECT day FROM alerts WHERE device_id = $1 AND kind = 'threshold' AND resolved_at IS NULL", d)]
+
+    assert await open_thresholds() == [day]
+    assert await tx.fetchval("SELECT count(*) FROM raw_messages WHERE device_id = $1", d) == 2
+    await Sweeper(OneConnection(tx), 600).sweep()  # type: ignore[arg-type]
+    assert await open_thresholds() == []
+    await store(3, midnight + 86_400 + 4500, 60)
+    assert await open_thresholds() == [day + dt.timedelta(days=1)]
 
 
 async def test_without_a_limit_no_total_opens_a_threshold_alert(tx: asyncpg.Connection) -> None:
