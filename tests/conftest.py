@@ -83,20 +83,6 @@ def api_fleet(stack: LocalStack) -> Fleet:
 
 
 @pytest.fixture
-async def db(stack: LocalStack) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(stack.database_url)
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture
-async def nc(stack: LocalStack) -> AsyncIterator[NATS]:
-    client = await nats.connect(stack.nats_url)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
 async def servers_db(servers: LocalStack) -> AsyncIterator[asyncpg.Connection]:
     """One connection to the database, no service running."""
     conn = await asyncpg.connect(servers.database_url)
@@ -110,6 +96,27 @@ async def servers_nc(servers: LocalStack) -> AsyncIterator[NATS]:
     client = await nats.connect(servers.nats_url)
     yield client
     await client.close()
+
+
+@pytest.fixture
+async def servers_tx(servers_db: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
+    """servers_db in a transaction rolled back after the test: what a unit test writes stays its own."""
+    transaction = servers_db.transaction()
+    await transaction.start()
+    yield servers_db
+    await transaction.rollback()
+
+
+@pytest.fixture
+def db(stack: LocalStack, servers_db: asyncpg.Connection) -> asyncpg.Connection:
+    """A connection to the database, with the services running."""
+    return servers_db
+
+
+@pytest.fixture
+def nc(stack: LocalStack, servers_nc: NATS) -> NATS:
+    """A client of the bus, with the services running."""
+    return servers_nc
 
 
 @pytest.fixture(autouse=True)

@@ -123,14 +123,6 @@ def test_opening_then_resolving_in_one_transaction_leaves_only_the_last_word() -
 # ------------------------------------------------------------------ the SQL, on one connection
 
 
-@pytest.fixture
-async def tx(servers_db: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
-    transaction = servers_db.transaction()
-    await transaction.start()
-    yield servers_db
-    await transaction.rollback()
-
-
 async def device(conn: asyncpg.Connection, settings: dict[str, Any] | None = None, registered_ago: float = 0.0,
                  disabled: bool = False) -> str:
     """A registered NB-IoT device, registered `registered_ago` seconds before the transaction's now()."""
@@ -152,20 +144,20 @@ async def apply(conn: asyncpg.Connection, changes: AlertChanges) -> list[int]:
         return await changes.apply(conn)
 
 
-async def test_an_alert_opens_once_and_resolves_once(tx: asyncpg.Connection) -> None:
-    d = await device(tx)
+async def test_an_alert_opens_once_and_resolves_once(servers_tx: asyncpg.Connection) -> None:
+    d = await device(servers_tx)
     first = AlertChanges()
     first.open("nbiot", d, "tamper", seq=1)
-    opened = await apply(tx, first)
+    opened = await apply(servers_tx, first)
     again = AlertChanges()
     again.open("nbiot", d, "tamper", seq=2)
-    assert len(opened) == 1 and await apply(tx, again) == []  # one open alert per device and kind
+    assert len(opened) == 1 and await apply(servers_tx, again) == []  # one open alert per device and kind
     resolve = AlertChanges()
     resolve.resolve("nbiot", d, "tamper")
-    assert await apply(tx, resolve) == opened and await open_kinds(tx, d) == []
+    assert await apply(servers_tx, resolve) == opened and await open_kinds(servers_tx, d) == []
     resolve_again = AlertChanges()
     resolve_again.resolve("nbiot", d, "tamper")
-    assert await apply(tx, resolve_again) == []
+    assert await apply(servers_tx, resolve_again) == []
 
 
 async def threshold(conn: asyncpg.Connection, d: str, day: dt.date, pulses: int) -> list[int]:
@@ -177,60 +169,60 @@ async def threshold(conn: asyncpg.Connection, d: str, day: dt.date, pulses: int)
 @settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(pulses=st.integers(0, 200))
 @pytest.mark.parametrize("weight", [None, 2, 0.5])
-async def test_a_day_over_its_limit_opens_one_threshold_alert(tx: asyncpg.Connection, weight: float | None,
+async def test_a_day_over_its_limit_opens_one_threshold_alert(servers_tx: asyncpg.Connection, weight: float | None,
                                                               pulses: int) -> None:
     settings: dict[str, Any] = {"daily_limit": 100} | ({"pulse_weight": weight} if weight is not None else {})
-    example = tx.transaction()  # each example's rows are its own
+    example = servers_tx.transaction()  # each example's rows are its own
     await example.start()
     try:
-        d = await device(tx, settings)
+        d = await device(servers_tx, settings)
         day = dt.date(2026, 3, 1)
         over = pulses * (weight or 1) >= 100
-        opened = await threshold(tx, d, day, pulses)
+        opened = await threshold(servers_tx, d, day, pulses)
         assert len(opened) == int(over)
         if over:
-            assert await threshold(tx, d, day, pulses + 50) == []  # once per day
-            detail = orjson.loads(await tx.fetchval("SELECT detail FROM alerts WHERE id = $1", opened[0]))
+            assert await threshold(servers_tx, d, day, pulses + 50) == []  # once per day
+            detail = orjson.loads(await servers_tx.fetchval("SELECT detail FROM alerts WHERE id = $1", opened[0]))
             assert detail["pulses"] == pulses and float(detail["limit"]) == 100
     finally:
         await example.rollback()
 
 
 async def test_the_next_days_total_over_the_limit_is_stored_while_the_last_days_alert_is_open(
-    tx: asyncpg.Connection
+    servers_tx: asyncpg.Connection
 ) -> None:
     # One open alert per device and kind: the next day's threshold alert waits for the sweep to end the last
     # day's, and opens with that day's next reading. Before, its INSERT failed on the unique index, which
     # failed the reading's write (SQLSTATE 23505, taken for bad data: the reading was quarantined).
-    d = await device(tx, {"daily_limit": 10})
+    d = await device(servers_tx, {"daily_limit": 10})
     midnight = now_aligned(step=86_400, back=5 * 86_400)
     stage = RawStage(None, None, None)  # type: ignore[arg-type]
 
     async def store(seq: int, period_end: int, index: int) -> list[int]:
         # A bucket without flow in each: no leak, whatever the hours between them.
         r = Reading("nbiot", d, seq, period_end, period_end, 900, [0, 20], index, 3600, 0, period_end, "t", b"")
-        async with tx.transaction():
-            return (await stage.write(tx, [r])).outcome.alerts
+        async with servers_tx.transaction():
+            return (await stage.write(servers_tx, [r])).outcome.alerts
 
     assert len(await store(1, midnight + 3600, 20)) == 1
     assert await store(2, midnight + 86_400 + 3600, 40) == []
     day = dt.datetime.fromtimestamp(midnight, dt.UTC).date()
 
     async def open_thresholds() -> list[dt.date]:
-        return [r["day"] for r in await tx.fetch(
+        return [r["day"] for r in await servers_tx.fetch(
             "SELECT day FROM alerts WHERE device_id = $1 AND kind = 'threshold' AND resolved_at IS NULL", d)]
 
     assert await open_thresholds() == [day]
-    assert await tx.fetchval("SELECT count(*) FROM raw_messages WHERE device_id = $1", d) == 2
-    await Sweeper(OneConnection(tx), 600).sweep()  # type: ignore[arg-type]
+    assert await servers_tx.fetchval("SELECT count(*) FROM raw_messages WHERE device_id = $1", d) == 2
+    await Sweeper(OneConnection(servers_tx), 600).sweep()  # type: ignore[arg-type]
     assert await open_thresholds() == []
     await store(3, midnight + 86_400 + 4500, 60)
     assert await open_thresholds() == [day + dt.timedelta(days=1)]
 
 
-async def test_without_a_limit_no_total_opens_a_threshold_alert(tx: asyncpg.Connection) -> None:
-    d = await device(tx)
-    assert await threshold(tx, d, dt.date(2026, 3, 1), 10**9) == []
+async def test_without_a_limit_no_total_opens_a_threshold_alert(servers_tx: asyncpg.Connection) -> None:
+    d = await device(servers_tx)
+    assert await threshold(servers_tx, d, dt.date(2026, 3, 1), 10**9) == []
 
 
 class OneConnection:
@@ -252,7 +244,7 @@ async def last_seen(conn: asyncpg.Connection, d: str, ago: float, interval: int 
         d, ago, interval)
 
 
-async def test_a_device_silent_for_three_of_its_intervals_gets_a_silent_alert(tx: asyncpg.Connection) -> None:
+async def test_a_device_silent_for_three_of_its_intervals_gets_a_silent_alert(servers_tx: asyncpg.Connection) -> None:
     default = 600
     silent = SILENCE_FACTOR * 300
     cases = {  # (seconds since last heard, its learnt interval): silent?
@@ -261,38 +253,38 @@ async def test_a_device_silent_for_three_of_its_intervals_gets_a_silent_alert(tx
     }
     devices = {}
     for (ago, interval), _ in cases.items():
-        d = await device(tx, registered_ago=10 * default)
-        await last_seen(tx, d, ago, interval)
+        d = await device(servers_tx, registered_ago=10 * default)
+        await last_seen(servers_tx, d, ago, interval)
         devices[(ago, interval)] = d
-    disabled = await device(tx, registered_ago=10 * default, disabled=True)
-    await last_seen(tx, disabled, 10 * default, 300)
-    await Sweeper(OneConnection(tx), default).sweep()  # type: ignore[arg-type]
-    assert {key: await open_kinds(tx, d) == ["silent"] for key, d in devices.items()} == cases
-    assert await open_kinds(tx, disabled) == []
+    disabled = await device(servers_tx, registered_ago=10 * default, disabled=True)
+    await last_seen(servers_tx, disabled, 10 * default, 300)
+    await Sweeper(OneConnection(servers_tx), default).sweep()  # type: ignore[arg-type]
+    assert {key: await open_kinds(servers_tx, d) == ["silent"] for key, d in devices.items()} == cases
+    assert await open_kinds(servers_tx, disabled) == []
 
 
 async def test_a_device_never_heard_from_is_silent_three_default_intervals_after_registering(
-    tx: asyncpg.Connection
+    servers_tx: asyncpg.Connection
 ) -> None:
     default = 600
-    late = await device(tx, registered_ago=SILENCE_FACTOR * default + 1)
-    early = await device(tx, registered_ago=SILENCE_FACTOR * default - 1)
-    off = await device(tx, registered_ago=10 * default, disabled=True)
-    sweeper = Sweeper(OneConnection(tx), default)  # type: ignore[arg-type]
+    late = await device(servers_tx, registered_ago=SILENCE_FACTOR * default + 1)
+    early = await device(servers_tx, registered_ago=SILENCE_FACTOR * default - 1)
+    off = await device(servers_tx, registered_ago=10 * default, disabled=True)
+    sweeper = Sweeper(OneConnection(servers_tx), default)  # type: ignore[arg-type]
     await sweeper.sweep()
-    assert [await open_kinds(tx, d) for d in (late, early, off)] == [["silent"], [], []]
-    detail = orjson.loads(await tx.fetchval("SELECT detail FROM alerts WHERE device_id = $1", late))
+    assert [await open_kinds(servers_tx, d) for d in (late, early, off)] == [["silent"], [], []]
+    detail = orjson.loads(await servers_tx.fetchval("SELECT detail FROM alerts WHERE device_id = $1", late))
     assert detail["last_seen"] is None and detail["registered"]
 
 
-async def test_a_threshold_alert_ends_with_its_device_local_day(tx: asyncpg.Connection) -> None:
+async def test_a_threshold_alert_ends_with_its_device_local_day(servers_tx: asyncpg.Connection) -> None:
     # Devices whose local date, at the transaction's now(), is known: UTC, and zones half a day either side.
     ended = {}
     for zone in ("UTC", "Pacific/Kiritimati", "Pacific/Pago_Pago"):
-        today = await tx.fetchval("SELECT (now() AT TIME ZONE $1)::date", zone)
+        today = await servers_tx.fetchval("SELECT (now() AT TIME ZONE $1)::date", zone)
         for day in (today, today - dt.timedelta(days=1)):
-            d = await device(tx, {"daily_limit": 1, "timezone": zone})
-            assert len(await threshold(tx, d, day, 5)) == 1
+            d = await device(servers_tx, {"daily_limit": 1, "timezone": zone})
+            assert len(await threshold(servers_tx, d, day, 5)) == 1
             ended[d] = day < today
-    await Sweeper(OneConnection(tx), 600).sweep()  # type: ignore[arg-type]
-    assert {d: await open_kinds(tx, d) == [] for d in ended} == ended
+    await Sweeper(OneConnection(servers_tx), 600).sweep()  # type: ignore[arg-type]
+    assert {d: await open_kinds(servers_tx, d) == [] for d in ended} == ended

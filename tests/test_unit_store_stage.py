@@ -6,11 +6,9 @@ connection, no service: each test runs in a transaction that is rolled back, eac
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,14 +27,6 @@ STAGE = RawStage(None, None, None)  # type: ignore[arg-type]
 def reading(device: str, seq: int, period_end: int, counts: list[int], index: int, flags: int = 0) -> Reading:
     return Reading("nbiot", device, seq, period_end, period_end, WIDTH, counts, index % WRAP, 3600, flags,
                    float(period_end + 5), f"unit-{device}-{seq}", b"")
-
-
-@pytest.fixture
-async def tx(servers_db: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
-    transaction = servers_db.transaction()
-    await transaction.start()
-    yield servers_db
-    await transaction.rollback()
 
 
 async def write(conn: asyncpg.Connection, readings: list[Reading]) -> Stored:
@@ -72,29 +62,31 @@ def new_device() -> str:
     return str(unique_number(356_938_800_000_000))
 
 
-async def test_a_repeated_reading_is_stored_once_and_derives_nothing_again(tx: asyncpg.Connection) -> None:
+async def test_a_repeated_reading_is_stored_once_and_derives_nothing_again(servers_tx: asyncpg.Connection) -> None:
     device = new_device()
     a = reading(device, 1, now_aligned(), [1, 2, 3, 4], 1000)
-    first = await write(tx, [a, a])
+    first = await write(servers_tx, [a, a])
     assert [row.inserted for row in first.rows] == [True, False]
     assert first.rows[0].raw_id == first.rows[1].raw_id and first.outcome.stored == [a]
-    once = await derived(tx, device)
+    once = await derived(servers_tx, device)
     assert once["raw"] == 1 and [b[1] for b in once["buckets"]] == [1, 2, 3, 4] and once["state"][0][3] == 1
-    again = await write(tx, [a])  # a redelivery
+    again = await write(servers_tx, [a])  # a redelivery
     assert [row.inserted for row in again.rows] == [False] and again.rows[0].raw_id == first.rows[0].raw_id
     assert again.outcome.stored == [] and again.outcome.alerts == []
-    assert await derived(tx, device) == once
+    assert await derived(servers_tx, device) == once
 
 
-async def test_in_order_readings_derive_buckets_the_gap_between_them_and_the_state(tx: asyncpg.Connection) -> None:
+async def test_in_order_readings_derive_buckets_the_gap_between_them_and_the_state(
+    servers_tx: asyncpg.Connection
+) -> None:
     device = new_device()
     t = now_aligned(step=3600)
     a = reading(device, 1, t, [1, 2, 3, 4], 1000)
     # B's buckets cover [t + 1 h, t + 2 h); its index says 10 more pulses flowed, in the hour nobody covered.
     b = reading(device, 2, t + 2 * 3600, [1, 1, 1, 1], 1000 + 10 + 4)
-    outcome = (await write(tx, [a, b])).outcome
+    outcome = (await write(servers_tx, [a, b])).outcome
     assert outcome.stored == [a, b] and outcome.gaps == 1 and outcome.resets == 0
-    got = await derived(tx, device)
+    got = await derived(servers_tx, device)
     assert [g[5:] for g in got["gaps"]] == [(10, "gap")]
     assert got["gaps"][0][3].timestamp() == t and got["gaps"][0][4].timestamp() == t + 3600
     assert got["state"][0][1:4] == (2, 1014, 2)
@@ -102,27 +94,28 @@ async def test_in_order_readings_derive_buckets_the_gap_between_them_and_the_sta
     assert sum(pulses for _, pulses in got["hourly"]) == 10 + 10 + 4
 
 
-async def test_an_index_that_goes_back_is_a_reset_not_volume(tx: asyncpg.Connection) -> None:
+async def test_an_index_that_goes_back_is_a_reset_not_volume(servers_tx: asyncpg.Connection) -> None:
     device = new_device()
     t = now_aligned()
-    outcome = (await write(tx, [reading(device, 1, t, [5], 900_000), reading(device, 2, t + WIDTH, [3], 3)])).outcome
+    before, after = reading(device, 1, t, [5], 900_000), reading(device, 2, t + WIDTH, [3], 3)
+    outcome = (await write(servers_tx, [before, after])).outcome
     assert outcome.resets == 1
-    got = await derived(tx, device)
+    got = await derived(servers_tx, device)
     assert [r[1:] for r in got["resets"]] == [(2, 900_000, 3)] and got["gaps"] == []
 
 
-async def test_a_late_reading_splits_the_gap_and_leaves_the_last_reading(tx: asyncpg.Connection) -> None:
+async def test_a_late_reading_splits_the_gap_and_leaves_the_last_reading(servers_tx: asyncpg.Connection) -> None:
     device = new_device()
     t = now_aligned(step=3600)
     a = reading(device, 1, t, [1], 100)
     b = reading(device, 2, t + 2 * WIDTH, [2], 100 + 5 + 2)  # 5 pulses in the slot before it
     c = reading(device, 3, t + 4 * WIDTH, [3], 107 + 7 + 3)  # 7 in the slot before it
-    await write(tx, [a])
-    await write(tx, [c])
-    assert [g[5] for g in (await derived(tx, device))["gaps"]] == [5 + 2 + 7]  # a to c, b's volume included
-    late = await write(tx, [b])
+    await write(servers_tx, [a])
+    await write(servers_tx, [c])
+    assert [g[5] for g in (await derived(servers_tx, device))["gaps"]] == [5 + 2 + 7]  # a to c, b's volume included
+    late = await write(servers_tx, [b])
     assert late.outcome.stored == [b]
-    got = await derived(tx, device)
+    got = await derived(servers_tx, device)
     assert [(g[1], g[2], g[5]) for g in got["gaps"]] == [(1, 2, 5), (2, 3, 7)]
     assert got["state"][0][1:4] == (3, 117, 3)  # c is still the last; b was counted
 
@@ -144,7 +137,7 @@ def histories(draw: st.DrawFn) -> list[tuple[int, list[int], int]]:
                                                                   HealthCheck.too_slow])
 @given(history=histories(), seed=st.randoms(use_true_random=False))
 async def test_arrival_order_batching_and_repeats_do_not_change_what_is_derived(
-    tx: asyncpg.Connection, history: list[tuple[int, list[int], int]], seed: random.Random
+    servers_tx: asyncpg.Connection, history: list[tuple[int, list[int], int]], seed: random.Random
 ) -> None:
     device = new_device()
     base = now_aligned(step=86_400, back=3 * 86_400)
@@ -160,11 +153,11 @@ async def test_arrival_order_batching_and_repeats_do_not_change_what_is_derived(
 
     answers = []
     for batched in ([readings], batches):  # in order and at once, then as they arrived
-        savepoint = tx.transaction()
+        savepoint = servers_tx.transaction()
         await savepoint.start()
         for batch in batched:
-            await write(tx, batch)
-        answers.append(await derived(tx, device))
+            await write(servers_tx, batch)
+        answers.append(await derived(servers_tx, device))
         await savepoint.rollback()
     assert answers[1] == answers[0]
     assert answers[0]["raw"] == len(readings) and answers[0]["state"][0][3] == len(readings)
