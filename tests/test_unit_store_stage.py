@@ -1,20 +1,29 @@
 """The raw stage's store decisions alone (processors/processors/raw_stage.py over pulsestack/store/): what is a
 duplicate, what a reading derives (buckets, gaps, resets, device state, hourly totals), what a late reading
 changes; and that the outcome does not depend on arrival order, batching or repeats. One PostgreSQL
-connection, no service: each test runs in a transaction that is rolled back, each example in a savepoint."""
+connection, no service: each test runs in a transaction that is rolled back, each example in a savepoint.
+Then the stage's batch decisions (`process`): what is quarantined, stored, or must come back, with a pool of
+one connection and a quarantine subject of the test's own."""
 
 from __future__ import annotations
 
 import random
+import uuid
 from typing import Any
 
 import asyncpg
+import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from processors.raw_stage import RawStage, Stored
 from processors.writes import write_isolating
-from pulsestack.wire.reading import Reading
+from pulsestack.bus.publisher import Publisher
+from pulsestack.bus.quarantine import Quarantine, QuarantineRecord, decode_record
+from pulsestack.bus.streams import QUARANTINE
+from pulsestack.wire.reading import Reading, encode_raw
 from pulsestack_cli.local import LocalStack
 from tests.helpers import now_aligned, unique_number
 
@@ -177,3 +186,46 @@ async def test_a_reading_the_database_rejects_fails_alone(servers: LocalStack) -
         await pool.close()
     assert [items for items, _ in written] == [[good]] and stored == 1
     assert [(r, error.split(":")[0]) for r, error in rejected] == [(bad, "NumericValueOutOfRangeError")]
+
+
+def as_message(nc: NATS, data: bytes) -> Msg:
+    return Msg(_client=nc, subject="raw.unit", data=data)
+
+
+async def test_what_cannot_be_stored_is_quarantined_and_the_rest_of_the_batch_is_stored(
+    servers: LocalStack, servers_nc: NATS
+) -> None:
+    device = new_device()
+    t = now_aligned()
+    good, other = reading(device, 1, t, [1], 10), reading(device, 3, t + WIDTH, [1], 11)
+    misaligned = msgspec.structs.replace(reading(device, 2, t, [1], 10), bucket_seconds=7)
+    publisher = Publisher(servers_nc)
+    await publisher.start()
+    pool = await asyncpg.create_pool(servers.database_url, min_size=1, max_size=1)
+    stage = RawStage(pool, publisher, Quarantine(publisher))
+    stage.name = f"unit-{uuid.uuid4().hex[:10]}"  # its quarantine records are this test's alone
+    try:
+        errors = await stage.process([as_message(servers_nc, b"\x93not an envelope"),
+                                      as_message(servers_nc, encode_raw([good, misaligned])),
+                                      as_message(servers_nc, encode_raw([other]))])
+        assert errors == [None, None, None]  # each answered: stored or kept in quarantine
+        stored = await pool.fetch("SELECT seq FROM raw_messages WHERE device_id = $1 ORDER BY seq", device)
+        assert [r["seq"] for r in stored] == [1, 3]
+        records = await quarantined(servers_nc, stage.name)
+        assert [(q.reason, q.reading) for q in records] == [("envelope", None), ("invariant", misaligned)]
+        assert records[0].payload == b"\x93not an envelope" and records[1].detail == "bucket_seconds 7"
+        # A quarantine that takes nothing (its rate limit): the message must come back, not be acknowledged.
+        refusing = RawStage(pool, publisher, Quarantine(publisher, per_source_rate=0.0, burst=0.0))
+        assert await refusing.process([as_message(servers_nc, encode_raw([misaligned]))]) == [
+            "invalid reading not quarantined: bucket_seconds 7"]
+    finally:
+        await publisher.stop()
+        await pool.close()
+
+
+async def quarantined(nc: NATS, stage: str) -> list[QuarantineRecord]:
+    sub = await nc.jetstream().pull_subscribe(f"quarantine.{stage}", stream=QUARANTINE)
+    try:
+        return [decode_record(m.data) for m in await sub.fetch(10, timeout=1)]
+    finally:
+        await sub.unsubscribe()
