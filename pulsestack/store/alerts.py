@@ -26,6 +26,9 @@ FROM unnest($1::text[], $2::text[], $3::text[]) AS r(p, d, k)
 WHERE a.protocol = r.p AND a.device_id = r.d AND a.kind = r.k AND a.resolved_at IS NULL
 RETURNING a.id
 """
+# Either index may hold the row back: this day's alert exists, or the last day's is still open (one open alert
+# per device and kind) until the sweep ends it; then this day's opens with its next reading. Naming only the
+# per-day index made the second case fail the reading's transaction.
 _THRESHOLD = """
 INSERT INTO alerts (protocol, device_id, kind, day, detail)
 SELECT t.p, t.d, 'threshold', t.day,
@@ -38,7 +41,7 @@ FROM (
     CROSS JOIN LATERAL (SELECT settings FROM devices dv WHERE dv.protocol = u.p AND dv.device_id = u.d) dv
 ) t
 WHERE t.lim IS NOT NULL AND t.pulses * t.weight >= t.lim
-ON CONFLICT (protocol, device_id, day) WHERE kind = 'threshold' DO NOTHING
+ON CONFLICT DO NOTHING
 RETURNING id
 """
 

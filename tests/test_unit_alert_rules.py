@@ -1,0 +1,290 @@
+"""Where alerts open and close, alone: the rules a device's state implies (`_judge` in pulsestack/store/pulses.py,
+pure: its clock is the readings' own period ends), the SQL that opens, resolves and judges daily totals
+(pulsestack/store/alerts.py) and the alerting sweep's silence and day end (alerting/alerting/sweep.py), each
+on one PostgreSQL connection in a transaction that is rolled back: its `now()` stands still for the test, a
+fake clock the rows are placed against. No service runs."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from alerting.sweep import SILENCE_FACTOR, Sweeper
+from processors.raw_stage import RawStage
+from pulsestack.store.alerts import AlertChanges
+from pulsestack.store.pulses import FINEST_FOR_LEAK, FLAG_ALERTS, LEAK_WINDOW, Point, PulseItem, _DeviceState, _judge
+from pulsestack.wire.reading import Flags, Reading
+from tests.helpers import now_aligned, unique_number
+
+DEVICE = ("nbiot", "1")
+PERIOD_END = 1_800_000_000  # the reading's period end: the rules' only clock
+OPENABLE = ("silent", "leak", *(kind for kind, _ in FLAG_ALERTS))
+
+
+def state(*, open_alerts: frozenset[str] = frozenset(), flags: int | None = 0, finest: int | None = 900,
+          flowing: int | None = 0) -> _DeviceState:
+    """A device whose last reading ends at PERIOD_END with `flags` (None: only late readings arrived), and whose
+    meter has shown flow, without an hour of none, for `flowing` seconds before it (None: never read)."""
+    last = None
+    if flags is not None:
+        r = Reading(*DEVICE, 7, PERIOD_END, PERIOD_END, 900, [1], 10, 3600, flags, PERIOD_END, "t", b"")
+        last = PulseItem(42, r)
+    point = None if flowing is None else Point(PERIOD_END, PERIOD_END, 7, 10, 900, (1,))
+    since = None if flowing is None else PERIOD_END - flowing
+    return _DeviceState(point, 1, finest=finest, last_zero_flow=since, open_alerts=open_alerts, last=last)
+
+
+def judged(s: _DeviceState, replay: bool = False) -> tuple[set[str], set[str]]:
+    """(kinds opened, kinds resolved)."""
+    changes = AlertChanges()
+    _judge(*DEVICE, s, changes, replay)
+    return {k[2] for k in changes.to_open}, {k[2] for k in changes.to_resolve}
+
+
+open_sets = st.frozensets(st.sampled_from(OPENABLE))
+flag_values = st.integers(0, 15) | st.none()
+
+
+@given(open_alerts=open_sets, flags=flag_values, finest=st.sampled_from([None, 60, 900, 3600, 7200]),
+       flowing=st.integers(0, 3 * LEAK_WINDOW) | st.none(), replay=st.booleans())
+def test_only_changes_are_asked_for(open_alerts: frozenset[str], flags: int | None, finest: int | None,
+                                    flowing: int | None, replay: bool) -> None:
+    opened, resolved = judged(state(open_alerts=open_alerts, flags=flags, finest=finest, flowing=flowing), replay)
+    assert not opened & open_alerts and resolved <= open_alerts
+
+
+@given(open_alerts=open_sets, flags=flag_values)
+def test_a_flag_alert_is_open_exactly_while_the_last_reading_carries_its_flag(
+    open_alerts: frozenset[str], flags: int | None
+) -> None:
+    opened, resolved = judged(state(open_alerts=open_alerts, flags=flags))
+    after = (open_alerts | opened) - resolved
+    for kind, flag in FLAG_ALERTS:
+        if flags is None:  # only late readings: the last reading, and what it says, did not change
+            assert (kind in after) == (kind in open_alerts)
+        else:
+            assert (kind in after) == bool(flags & flag), kind
+
+
+def test_a_flag_alert_carries_the_reading_that_raised_it() -> None:
+    changes = AlertChanges()
+    _judge(*DEVICE, state(flags=Flags.TAMPER), changes, False)
+    assert changes.to_open == {(*DEVICE, "tamper"): {"seq": 7, "raw_id": 42}}
+
+
+@given(replay=st.booleans(), flags=flag_values)
+def test_a_reading_ends_a_silence_unless_it_is_replayed(replay: bool, flags: int | None) -> None:
+    _, resolved = judged(state(open_alerts=frozenset({"silent"}), flags=flags), replay)
+    assert ("silent" in resolved) == (not replay)
+
+
+@given(flowing=st.integers(0, 3 * LEAK_WINDOW), was_open=st.booleans(),
+       finest=st.sampled_from([60, 300, 900, 1800, 3600]))
+@example(flowing=LEAK_WINDOW, was_open=False, finest=FINEST_FOR_LEAK)
+@example(flowing=LEAK_WINDOW - 1, was_open=True, finest=FINEST_FOR_LEAK)
+def test_a_leak_is_open_exactly_while_flow_has_lasted_a_day(flowing: int, was_open: bool, finest: int) -> None:
+    opened, resolved = judged(state(open_alerts=frozenset({"leak"} if was_open else ()), finest=finest,
+                                    flowing=flowing))
+    assert (("leak" in opened) or (was_open and "leak" not in resolved)) == (flowing >= LEAK_WINDOW)
+
+
+def test_the_day_a_leak_starts_is_exact_to_the_second() -> None:
+    assert "leak" not in judged(state(flowing=LEAK_WINDOW - 1))[0]
+    changes = AlertChanges()
+    _judge(*DEVICE, state(flowing=LEAK_WINDOW), changes, False)
+    since = dt.datetime.fromtimestamp(PERIOD_END - LEAK_WINDOW, dt.UTC).isoformat()
+    assert changes.to_open == {(*DEVICE, "leak"): {"flowing_since": since, "hours": 24}}
+
+
+@given(flowing=st.integers(0, 3 * LEAK_WINDOW), was_open=st.booleans())
+def test_buckets_wider_than_an_hour_never_judge_a_leak(flowing: int, was_open: bool) -> None:
+    s = state(open_alerts=frozenset({"leak"} if was_open else ()), finest=FINEST_FOR_LEAK * 2, flowing=flowing)
+    opened, resolved = judged(s)
+    assert "leak" not in opened | resolved
+
+
+def test_opening_then_resolving_in_one_transaction_leaves_only_the_last_word() -> None:
+    changes = AlertChanges()
+    changes.open(*DEVICE, "leak")
+    changes.resolve(*DEVICE, "leak")
+    assert not changes.to_open and changes.to_resolve == {(*DEVICE, "leak")}
+    changes.open(*DEVICE, "leak", hours=25)
+    assert changes.to_open == {(*DEVICE, "leak"): {"hours": 25}} and not changes.to_resolve
+
+
+# ------------------------------------------------------------------ the SQL, on one connection
+
+
+async def device(conn: asyncpg.Connection, settings: dict[str, Any] | None = None, registered_ago: float = 0.0,
+                 disabled: bool = False) -> str:
+    """A registered NB-IoT device, registered `registered_ago` seconds before the transaction's now()."""
+    number = unique_number(356_938_900_000_000)
+    await conn.execute(
+        "INSERT INTO devices (protocol, device_id, shard, settings, disabled, created_at)"
+        " VALUES ('nbiot', $1, $2, $3::jsonb, $4, now() - make_interval(secs => $5))",
+        str(number), number % 1024, orjson.dumps(settings or {}).decode(), disabled, registered_ago)
+    return str(number)
+
+
+async def open_kinds(conn: asyncpg.Connection, device_id: str) -> list[str]:
+    return [r["kind"] for r in await conn.fetch(
+        "SELECT kind FROM alerts WHERE device_id = $1 AND resolved_at IS NULL ORDER BY kind", device_id)]
+
+
+async def apply(conn: asyncpg.Connection, changes: AlertChanges) -> list[int]:
+    async with conn.transaction():
+        return await changes.apply(conn)
+
+
+async def test_an_alert_opens_once_and_resolves_once(servers_tx: asyncpg.Connection) -> None:
+    d = await device(servers_tx)
+    first = AlertChanges()
+    first.open("nbiot", d, "tamper", seq=1)
+    opened = await apply(servers_tx, first)
+    again = AlertChanges()
+    again.open("nbiot", d, "tamper", seq=2)
+    assert len(opened) == 1 and await apply(servers_tx, again) == []  # one open alert per device and kind
+    resolve = AlertChanges()
+    resolve.resolve("nbiot", d, "tamper")
+    assert await apply(servers_tx, resolve) == opened and await open_kinds(servers_tx, d) == []
+    resolve_again = AlertChanges()
+    resolve_again.resolve("nbiot", d, "tamper")
+    assert await apply(servers_tx, resolve_again) == []
+
+
+async def threshold(conn: asyncpg.Connection, d: str, day: dt.date, pulses: int) -> list[int]:
+    changes = AlertChanges()
+    changes.day_total("nbiot", d, day, pulses)
+    return await apply(conn, changes)
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pulses=st.integers(0, 200))
+@pytest.mark.parametrize("weight", [None, 2, 0.5])
+async def test_a_day_over_its_limit_opens_one_threshold_alert(servers_tx: asyncpg.Connection, weight: float | None,
+                                                              pulses: int) -> None:
+    settings: dict[str, Any] = {"daily_limit": 100} | ({"pulse_weight": weight} if weight is not None else {})
+    example = servers_tx.transaction()  # each example's rows are its own
+    await example.start()
+    try:
+        d = await device(servers_tx, settings)
+        day = dt.date(2026, 3, 1)
+        over = pulses * (weight or 1) >= 100
+        opened = await threshold(servers_tx, d, day, pulses)
+        assert len(opened) == int(over)
+        if over:
+            assert await threshold(servers_tx, d, day, pulses + 50) == []  # once per day
+            detail = orjson.loads(await servers_tx.fetchval("SELECT detail FROM alerts WHERE id = $1", opened[0]))
+            assert detail["pulses"] == pulses and float(detail["limit"]) == 100
+    finally:
+        await example.rollback()
+
+
+async def test_the_next_days_total_over_the_limit_is_stored_while_the_last_days_alert_is_open(
+    servers_tx: asyncpg.Connection
+) -> None:
+    # One open alert per device and kind: the next day's threshold alert waits for the sweep to end the last
+    # day's, and opens with that day's next reading. Before, its INSERT failed on the unique index, which
+    # failed the reading's write (SQLSTATE 23505, taken for bad data: the reading was quarantined).
+    d = await device(servers_tx, {"daily_limit": 10})
+    midnight = now_aligned(step=86_400, back=5 * 86_400)
+    stage = RawStage(None, None, None)  # type: ignore[arg-type]
+
+    async def store(seq: int, period_end: int, index: int) -> list[int]:
+        # A bucket without flow in each: no leak, whatever the hours between them.
+        r = Reading("nbiot", d, seq, period_end, period_end, 900, [0, 20], index, 3600, 0, period_end, "t", b"")
+        async with servers_tx.transaction():
+            return (await stage.write(servers_tx, [r])).outcome.alerts
+
+    assert len(await store(1, midnight + 3600, 20)) == 1
+    assert await store(2, midnight + 86_400 + 3600, 40) == []
+    day = dt.datetime.fromtimestamp(midnight, dt.UTC).date()
+
+    async def open_thresholds() -> list[dt.date]:
+        return [r["day"] for r in await servers_tx.fetch(
+            "SELECT day FROM alerts WHERE device_id = $1 AND kind = 'threshold' AND resolved_at IS NULL", d)]
+
+    assert await open_thresholds() == [day]
+    assert await servers_tx.fetchval("SELECT count(*) FROM raw_messages WHERE device_id = $1", d) == 2
+    await Sweeper(OneConnection(servers_tx), 600).sweep()  # type: ignore[arg-type]
+    assert await open_thresholds() == []
+    await store(3, midnight + 86_400 + 4500, 60)
+    assert await open_thresholds() == [day + dt.timedelta(days=1)]
+
+
+async def test_without_a_limit_no_total_opens_a_threshold_alert(servers_tx: asyncpg.Connection) -> None:
+    d = await device(servers_tx)
+    assert await threshold(servers_tx, d, dt.date(2026, 3, 1), 10**9) == []
+
+
+class OneConnection:
+    """The pool a Sweeper asks for, lending it the test's connection (its transaction is the test's)."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        yield self._conn
+
+
+async def last_seen(conn: asyncpg.Connection, d: str, ago: float, interval: int | None) -> None:
+    await conn.execute(
+        "INSERT INTO device_state (protocol, device_id, last_period_end, last_device_time, last_seq, last_index,"
+        " last_raw_id, last_battery_mv, last_flags, last_seen, interval_seconds)"
+        " VALUES ('nbiot', $1, now(), now(), 1, 0, 0, 3600, 0, now() - make_interval(secs => $2), $3)",
+        d, ago, interval)
+
+
+async def test_a_device_silent_for_three_of_its_intervals_gets_a_silent_alert(servers_tx: asyncpg.Connection) -> None:
+    default = 600
+    silent = SILENCE_FACTOR * 300
+    cases = {  # (seconds since last heard, its learnt interval): silent?
+        (silent + 1, 300): True, (silent - 1, 300): False,
+        (SILENCE_FACTOR * default + 1, None): True, (SILENCE_FACTOR * default - 1, None): False,
+    }
+    devices = {}
+    for (ago, interval), _ in cases.items():
+        d = await device(servers_tx, registered_ago=10 * default)
+        await last_seen(servers_tx, d, ago, interval)
+        devices[(ago, interval)] = d
+    disabled = await device(servers_tx, registered_ago=10 * default, disabled=True)
+    await last_seen(servers_tx, disabled, 10 * default, 300)
+    await Sweeper(OneConnection(servers_tx), default).sweep()  # type: ignore[arg-type]
+    assert {key: await open_kinds(servers_tx, d) == ["silent"] for key, d in devices.items()} == cases
+    assert await open_kinds(servers_tx, disabled) == []
+
+
+async def test_a_device_never_heard_from_is_silent_three_default_intervals_after_registering(
+    servers_tx: asyncpg.Connection
+) -> None:
+    default = 600
+    late = await device(servers_tx, registered_ago=SILENCE_FACTOR * default + 1)
+    early = await device(servers_tx, registered_ago=SILENCE_FACTOR * default - 1)
+    off = await device(servers_tx, registered_ago=10 * default, disabled=True)
+    sweeper = Sweeper(OneConnection(servers_tx), default)  # type: ignore[arg-type]
+    await sweeper.sweep()
+    assert [await open_kinds(servers_tx, d) for d in (late, early, off)] == [["silent"], [], []]
+    detail = orjson.loads(await servers_tx.fetchval("SELECT detail FROM alerts WHERE device_id = $1", late))
+    assert detail["last_seen"] is None and detail["registered"]
+
+
+async def test_a_threshold_alert_ends_with_its_device_local_day(servers_tx: asyncpg.Connection) -> None:
+    # Devices whose local date, at the transaction's now(), is known: UTC, and zones half a day either side.
+    ended = {}
+    for zone in ("UTC", "Pacific/Kiritimati", "Pacific/Pago_Pago"):
+        today = await servers_tx.fetchval("SELECT (now() AT TIME ZONE $1)::date", zone)
+        for day in (today, today - dt.timedelta(days=1)):
+            d = await device(servers_tx, {"daily_limit": 1, "timezone": zone})
+            assert len(await threshold(servers_tx, d, day, 5)) == 1
+            ended[d] = day < today
+    await Sweeper(OneConnection(servers_tx), 600).sweep()  # type: ignore[arg-type]
+    assert {d: await open_kinds(servers_tx, d) == [] for d in ended} == ended

@@ -1,0 +1,115 @@
+"""`Membership` alone (pulsestack/registry/membership.py): which device numbers are members after any shard
+values and updates, how shards are packed, key versions; and following a real KV bucket of its own (no
+service)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from hypothesis import given
+from hypothesis import strategies as st
+from nats.aio.client import Client as NATS
+
+from pulsestack.registry.membership import (
+    SHARDS,
+    Membership,
+    device_number,
+    keyver_key,
+    members_key,
+    pack,
+    shard_of,
+    unpack,
+)
+from tests.helpers import eventually
+
+numbers = st.integers(0, 2**64 - 1)
+# Numbers that share a few shards, so shards hold several members and neighbours that are not.
+crowded = st.builds(lambda shard, k: shard + k * SHARDS, st.sampled_from([0, 1, 1023]), st.integers(0, 2**53))
+
+
+@given(st.lists(numbers | crowded))
+def test_a_packed_shard_is_its_sorted_distinct_numbers_big_endian(values: list[int]) -> None:
+    packed = pack(values)
+    assert list(unpack(packed)) == sorted(set(values))
+    assert [int.from_bytes(packed[i:i + 8], "big") for i in range(0, len(packed), 8)] == sorted(set(values))
+
+
+def load(membership: Membership, protocol: str, values: set[int]) -> None:
+    """Shard values as the registry writes them."""
+    for shard in {shard_of(n) for n in values}:
+        membership.apply(members_key(protocol, shard), pack(n for n in values if shard_of(n) == shard))
+
+
+@given(members=st.sets(numbers | crowded, max_size=60), others=st.sets(numbers | crowded, max_size=60))
+def test_exactly_the_packed_numbers_are_members(members: set[int], others: set[int]) -> None:
+    membership = Membership(["nbiot", "sigfox"])
+    load(membership, "nbiot", members)
+    assert all(membership.contains("nbiot", n) for n in members)
+    assert not any(membership.contains("nbiot", n) for n in others - members)
+    assert not any(membership.contains("sigfox", n) for n in members)
+    assert membership.count("nbiot") == len(members) and membership.count("sigfox") == 0
+
+
+@given(before=st.sets(crowded, max_size=40), after=st.sets(crowded, max_size=40))
+def test_a_shard_update_replaces_the_shard_and_a_delete_empties_it(before: set[int], after: set[int]) -> None:
+    membership = Membership(["nbiot"])
+    load(membership, "nbiot", before)
+    for shard in {shard_of(n) for n in before | after}:
+        value = pack(n for n in after if shard_of(n) == shard)
+        membership.apply(members_key("nbiot", shard), value or None)  # an emptied shard's key is deleted
+    assert {n for n in before | after if membership.contains("nbiot", n)} == after
+    assert membership.count("nbiot") == len(after)
+
+
+def test_key_versions_default_to_zero_and_follow_updates_and_deletes() -> None:
+    membership = Membership(["sigfox"])
+    assert membership.key_version("sigfox", "1A2B") == 0
+    membership.apply(keyver_key("sigfox", "1A2B"), b"3")
+    assert membership.key_version("sigfox", "1A2B") == 3 and membership.key_version("sigfox", "1A2C") == 0
+    membership.apply(keyver_key("sigfox", "1A2B"), None)
+    assert membership.key_version("sigfox", "1A2B") == 0
+
+
+def test_entries_of_a_protocol_not_followed_are_ignored() -> None:
+    membership = Membership(["nbiot"])
+    membership.apply(members_key("sigfox", 5), pack([5]))
+    membership.apply(keyver_key("sigfox", "5"), b"1")
+    assert membership.count("nbiot") == 0
+
+
+@given(st.integers(0, 2**64 - 1))
+def test_device_ids_are_decimal_for_nbiot_and_hex_for_sigfox(number: int) -> None:
+    assert device_number("nbiot", str(number)) == number
+    assert device_number("sigfox", f"{number:X}") == number
+
+
+async def test_following_a_bucket_loads_it_then_applies_changes(servers_nc: NATS) -> None:
+    js = servers_nc.jetstream()
+    bucket = f"unit_registry_{uuid.uuid4().hex[:10]}"
+    kv = await js.create_key_value(bucket=bucket, history=1)
+    await kv.put(members_key("nbiot", 7), pack([7, 7 + SHARDS]))
+    await kv.put(keyver_key("nbiot", "7"), b"2")
+    membership = Membership(["nbiot"])
+    following = asyncio.create_task(membership.follow(kv))
+    try:
+        await asyncio.wait_for(membership.ready.wait(), 10)
+        assert membership.contains("nbiot", 7 + SHARDS) and membership.key_version("nbiot", "7") == 2
+        await kv.put(members_key("nbiot", 7), pack([7]))
+        await kv.delete(keyver_key("nbiot", "7"))
+
+        async def changed() -> bool:
+            return not membership.contains("nbiot", 7 + SHARDS) and membership.key_version("nbiot", "7") == 0
+
+        await eventually(changed, timeout=10)
+        assert membership.contains("nbiot", 7)
+        await kv.delete(members_key("nbiot", 7))
+
+        async def emptied() -> bool:
+            return membership.count("nbiot") == 0
+
+        await eventually(emptied, timeout=10)
+    finally:
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+        await js.delete_key_value(bucket)
