@@ -16,7 +16,9 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import asyncpg
 import msgspec
+from nats.aio.msg import Msg
 from nats.errors import TimeoutError as FetchTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -117,7 +119,7 @@ def _uncovered(report: Report, since: dt.datetime, reach: dt.datetime) -> str | 
             "lacks cannot be replayed and are lost")
 
 
-async def _store(pool: Any, msgs: list[Any], report: Report) -> None:
+async def _store(pool: asyncpg.Pool, msgs: list[Msg], report: Report) -> None:
     readings: list[Reading] = []
     for msg in msgs:
         try:
@@ -147,7 +149,7 @@ def _count(stored: Stored, report: Report) -> None:
     report.duplicates += len(stored.rows) - inserted
 
 
-async def replay(js: JetStreamContext, pool: Any, since: dt.datetime) -> Report:
+async def replay(js: JetStreamContext, pool: asyncpg.Pool, since: dt.datetime) -> Report:
     """Stores every reading of RAW_REPLAY from `since` up to its last message when the replay began."""
     report = Report(_iso(since))
     reach, last_seq = await _reach(js)
