@@ -6,7 +6,8 @@ import asyncio
 import itertools
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import TypeVar
 
 import asyncpg
@@ -40,6 +41,19 @@ async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 20.0, i
             assert result, f"condition still false after {timeout} s: {result!r}"
             return result
         await asyncio.sleep(interval)
+
+
+@asynccontextmanager
+async def own_database(stack: LocalStack, name: str) -> AsyncIterator[str]:
+    """The URL of an empty database of a test's own, on the stack's server (its roles with it); dropped after."""
+    admin = await asyncpg.connect(stack.database_url)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.execute(f"CREATE DATABASE {name}")
+        yield stack.database_url.rsplit("/", 1)[0] + "/" + name
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await admin.close()
 
 
 async def delivery_once_drained(stack: LocalStack, nc: nats.NATS, acked: list[SentReading],

@@ -23,31 +23,22 @@ from pulsestack.store.pulses import PulseItem, write_pulses
 from pulsestack.store.raw import insert_readings
 from pulsestack.wire.reading import Reading
 from pulsestack_cli.local import LocalStack, with_user
+from tests.helpers import own_database as own_database_of
 
 MONTHS = 4
 KEEP = 1  # months of retention, every table: the first two simulated months must go
 DEVICES = 20
 
 
-def in_database(url: str, name: str) -> str:
-    return url.rsplit("/", 1)[0] + "/" + name
-
-
 @pytest.fixture
 async def own_database(stack: LocalStack) -> AsyncIterator[str]:
-    name = f"maintenance_{os.getpid()}"
-    admin = await asyncpg.connect(stack.database_url)
-    await admin.execute(f"DROP DATABASE IF EXISTS {name}")
-    await admin.execute(f"CREATE DATABASE {name}")
-    url = in_database(stack.database_url, name)
-    conn = await asyncpg.connect(url)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    yield url
-    await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    await admin.close()
+    async with own_database_of(stack, f"maintenance_{os.getpid()}") as url:
+        conn = await asyncpg.connect(url)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        yield url
 
 
 def readings_of(month: dt.date, seqs: itertools.count[int]) -> list[Reading]:

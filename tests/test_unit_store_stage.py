@@ -19,10 +19,10 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from processors.raw_stage import RawStage, Stored
-from processors.writes import write_isolating
 from pulsestack.bus.publisher import Publisher
 from pulsestack.bus.quarantine import Quarantine, QuarantineRecord, decode_record
 from pulsestack.bus.streams import QUARANTINE
+from pulsestack.store.writes import write_isolating
 from pulsestack.wire.reading import Reading, encode_raw
 from pulsestack_cli.local import LocalStack
 from tests.helpers import now_aligned, unique_number

@@ -17,6 +17,7 @@ import nats
 from nats.aio.client import Client as NATS
 
 from pulsestack.config import CommonConfig, database_url, secret
+from pulsestack.store.db import create_pool
 
 LOCAL_ENV = Path("var/local/env")
 
@@ -84,10 +85,26 @@ async def connect(*, system: bool = False) -> NATS:
     return nc
 
 
+_DB_UNREACHABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InvalidAuthorizationSpecificationError)
+
+
+def _db_unreachable(url: str, exc: Exception) -> Unreachable:
+    return Unreachable(f"cannot reach PostgreSQL at {_where(url)} ({exc}): start the stack (make run) or set "
+                       "DATABASE_URL")
+
+
 async def connect_db() -> asyncpg.Connection:
     url = database_url()
     try:
         return await asyncpg.connect(url)
-    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
-        raise Unreachable(f"cannot reach PostgreSQL at {_where(url)} ({exc}): start the stack (make run) or set "
-                          "DATABASE_URL") from exc
+    except _DB_UNREACHABLE as exc:
+        raise _db_unreachable(url, exc) from exc
+
+
+async def connect_pool() -> asyncpg.Pool:
+    """One connection set up as the stages' (`create_pool`), for code that writes through their write path."""
+    url = database_url()
+    try:
+        return await create_pool(url, size=1)
+    except _DB_UNREACHABLE as exc:
+        raise _db_unreachable(url, exc) from exc

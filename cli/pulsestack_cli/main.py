@@ -21,6 +21,7 @@ from pulsestack.store.migrate import migrate, set_role_passwords
 from pulsestack_cli import devices as devices_cmd
 from pulsestack_cli import jetstream as jetstream_cmd
 from pulsestack_cli import quarantine as quarantine_cmd
+from pulsestack_cli import replay as replay_cmd
 from pulsestack_cli.connections import LOCAL_ENV, Unreachable, connect, connect_db, local_settings, use_local_stack
 from pulsestack_cli.output import add_json_flag, emit
 
@@ -154,6 +155,7 @@ def _build_parser() -> argparse.ArgumentParser:
     devices_cmd.add_parser(sub)
     quarantine_cmd.add_parser(sub)
     jetstream_cmd.add_parser(sub)
+    replay_cmd.add_parser(sub)
 
     again = sub.add_parser("reprocess", help="re-derive pulses, gaps, state and rollups from raw_messages")
     again.add_argument("--protocol", choices=["nbiot", "sigfox"], help="only this protocol's devices")
@@ -191,6 +193,7 @@ def _build_parser() -> argparse.ArgumentParser:
 COMMANDS = {
     "migrate": cmd_migrate, "setup": cmd_setup, "maintain": cmd_maintain, "devices": devices_cmd.run,
     "quarantine": quarantine_cmd.run, "jetstream": jetstream_cmd.run, "reprocess": cmd_reprocess,
+    "replay": replay_cmd.run,
 }
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 
 import asyncpg
 from nats.aio.msg import Msg
@@ -23,17 +22,10 @@ from pulsestack.bus.alerts import publish_pending
 from pulsestack.bus.publisher import Publisher
 from pulsestack.bus.quarantine import Quarantine
 from pulsestack.logs import get_logger
-from pulsestack.store.pulses import PulseItem, PulseOutcome, write_pulses
-from pulsestack.store.raw import RawRow, insert_readings
+from pulsestack.store.readings import Stored, store_readings
 from pulsestack.wire.reading import Reading, decode_raw
 
 log = get_logger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Stored:
-    rows: list[RawRow]
-    outcome: PulseOutcome
 
 
 class RawStage(Stage[Reading, Stored]):
@@ -51,11 +43,7 @@ class RawStage(Stage[Reading, Stored]):
         return item
 
     async def write(self, conn: asyncpg.Connection, items: list[Reading]) -> Stored:
-        rows = await insert_readings(conn, items)
-        # Only what this transaction inserted: a reading found already stored was derived from in the
-        # transaction that stored it (an upgrade drains the earlier two-stage pipeline first; see setup).
-        fresh = [PulseItem(row.raw_id, r) for row, r in zip(rows, items, strict=True) if row.inserted]
-        return Stored(rows, await write_pulses(conn, fresh) if fresh else PulseOutcome())
+        return await store_readings(conn, items)
 
     async def after_commit(
         self, msgs: list[Msg], written: list[tuple[list[Entry[Reading]], Stored]], errors: list[str | None]

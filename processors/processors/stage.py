@@ -13,10 +13,10 @@ import asyncpg
 import msgspec
 from nats.aio.msg import Msg
 
-from processors.writes import write_isolating
 from pulsestack import faults, metrics
 from pulsestack.bus.quarantine import Quarantine
 from pulsestack.logs import get_logger
+from pulsestack.store.writes import write_isolating
 from pulsestack.wire.reading import Reading, invariant_problem
 
 log = get_logger(__name__)
