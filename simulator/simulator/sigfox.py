@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import Counter
 
 import aiohttp
@@ -12,9 +13,12 @@ from simulator.fleet import Meter, SentReading
 
 
 class SigfoxClient:
-    def __init__(self, url: str, token: str, *, concurrency: int = 64, retry_delays: tuple[float, ...] = (1, 2, 4)):
+    def __init__(self, url: str, token: str, *, concurrency: int = 64, retry_delays: tuple[float, ...] = (1, 2, 4),
+                 host: str | None = None, ca_file: str | None = None):
         self.url = url
         self.token = token
+        self.host = host  # Host header and TLS server name when `url` names an address, not the host
+        self._tls: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
         self.retry_delays = retry_delays  # the backend's 1, 2 and 4 minutes, compressed
         self._limit = asyncio.Semaphore(concurrency)
         self._session: aiohttp.ClientSession | None = None
@@ -51,13 +55,14 @@ class SigfoxClient:
             "rssi": -112.0,
             "snr": 12.5,
         }
-        headers = {"Authorization": f"Bearer {self.token}"}
+        headers = {"Authorization": f"Bearer {self.token}", **({"Host": self.host} if self.host else {})}
         for delay in (0.0, *self.retry_delays):
             if delay:
                 await asyncio.sleep(delay)
             assert self._session is not None
             try:
-                async with self._limit, self._session.post(self.url, json=body, headers=headers) as response:
+                async with self._limit, self._session.post(
+                        self.url, json=body, headers=headers, ssl=self._tls, server_hostname=self.host) as response:
                     self.requests += 1
                     self.statuses[response.status] += 1
                     if 200 <= response.status < 300:

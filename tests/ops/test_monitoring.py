@@ -520,7 +520,7 @@ def test_prometheus_scrapes_swarm_tasks_by_label_convention() -> None:
     config = load_yaml(PROM_DIR / "prometheus.yml")
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "swarm-tasks"]
     (sd,) = job["dockerswarm_sd_configs"]
-    assert sd["role"] == "tasks" and sd["host"] == "unix:///var/run/docker.sock"
+    assert sd["role"] == "tasks" and sd["host"] == "tcp://socket-proxy:2375"  # no socket in Prometheus
     relabel = job["relabel_configs"]
 
     target = _relabel({**_task(), "__metrics_path__": "/metrics"}, relabel)
