@@ -17,12 +17,13 @@ import bcrypt
 import pytest
 import yaml
 
+from pulsestack.services import SERVICES
 from tests.stack_nats import mount, write_secrets
 
 REPO = Path(__file__).resolve().parents[2]
 STACK = REPO / "stack.yml"
 OVERRIDE = REPO / "tests" / "swarm" / "stack.override.yml"
-PULSESTACK = {"ingest-udp", "ingest-http", "raw-processor", "alerting", "api", "swarm-exporter"}
+PULSESTACK = {s.name for s in SERVICES}
 # Images without a shell or HTTP client to probe themselves with (comment in stack.yml).
 NO_HEALTHCHECK = {"setup", "nats-exporter", "portainer", "portainer-agent"}
 MANAGER_ONLY = {"prometheus", "alertmanager", "grafana", "nats-exporter", "traefik", "portainer", "swarm-exporter"}
