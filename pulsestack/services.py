@@ -12,7 +12,7 @@ from pulsestack.config import env_int
 
 @dataclass(frozen=True, slots=True)
 class Port:
-    env: str  # the variable that moves it (stack.yml sets it to the default, the Dockerfile's HEALTHCHECK reads it)
+    env: str  # the variable that moves it (stack.yml sets it, to the default)
     default: int
     protocol: str = "tcp"
 
@@ -41,25 +41,28 @@ OPS_PORT = "PULSESTACK_OPS_PORT"
 NBIOT_UDP = Port("PULSESTACK_UDP_PORT", 2204, "udp")
 
 INGEST_UDP = Service(
-    "ingest-udp", "ingest_udp", Port(OPS_PORT, 9101), "connected to NATS", nats_user="ingest-udp",
-    traffic=NBIOT_UDP, in_all=True,
+    "ingest-udp", "ingest_udp", Port(OPS_PORT, 9101), readiness="connected to NATS, the registry loaded",
+    nats_user="ingest-udp", traffic=NBIOT_UDP, in_all=True,
 )
 INGEST_HTTP = Service(
-    "ingest-http", "ingest_http", Port("PULSESTACK_HTTP_PORT", 7070), "connected to NATS", nats_user="ingest-http",
-    in_all=True,
+    "ingest-http", "ingest_http", Port("PULSESTACK_HTTP_PORT", 7070),
+    readiness="connected to NATS, the registry loaded", nats_user="ingest-http", in_all=True,
 )
 RAW_PROCESSOR = Service(
-    "raw-processor", "processors", Port(OPS_PORT, 9102), "connected to NATS, its consumer bound, the database up",
+    "raw-processor", "processors", Port(OPS_PORT, 9102),
+    readiness="connected to NATS, its consumer bound, the database up",
     database_role="pulsestack_raw", nats_user="raw-processor", in_all=True,
 )
 ALERTING = Service(
-    "alerting", "alerting", Port(OPS_PORT, 9105), "connected to NATS, the notifier's consumer bound",
+    "alerting", "alerting", Port(OPS_PORT, 9105), readiness="connected to NATS, the notifier's consumer bound",
     database_role="pulsestack_alerting", nats_user="alerting",
 )
-API = Service("api", "api", Port("PULSESTACK_API_PORT", 8080), "the database up", database_role="pulsestack_reader")
+API = Service(
+    "api", "api", Port("PULSESTACK_API_PORT", 8080), readiness="the database up", database_role="pulsestack_reader",
+)
 # Reads the Docker API of a swarm manager: not part of the local stack.
 SWARM_EXPORTER = Service(
-    "swarm-exporter", "swarm_exporter", Port(OPS_PORT, 9104), "the Docker API answering",
+    "swarm-exporter", "swarm_exporter", Port(OPS_PORT, 9104), readiness="the Docker API answering",
     database_role="pulsestack_reader", local=False,
 )
 

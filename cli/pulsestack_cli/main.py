@@ -165,7 +165,7 @@ def _build_parser() -> argparse.ArgumentParser:
     again.add_argument("--until", help="period end before (ISO date or time, UTC)")
     add_json_flag(again)
 
-    run = sub.add_parser("run", help="run the stack locally, or every stage in one process")
+    run = sub.add_parser("run", help="run the stack locally, or the ingesters and the processor in one process")
     run.add_argument("mode", choices=["local", "all"])
     run.add_argument("--devices", type=int, default=1000, help="simulated meters (default 1000)")
     run.add_argument("--rate", type=float, default=50.0, help="readings per second offered by the fleet")

@@ -154,7 +154,8 @@ NOT_IN_ALL = tuple(s.name for s in LOCAL if not s.in_all)
 
 
 def _run_all() -> int:
-    """Every stage in one process: the services are plain async functions sharing one stop event."""
+    """The services the catalogue marks `in_all` (the ingesters and the processor) in one process: plain async
+    functions sharing one stop event."""
     from ingest_http.app import serve as serve_http
     from ingest_http.config import HttpIngestConfig
     from ingest_udp.app import serve as serve_udp
