@@ -176,8 +176,8 @@ def test_scrape_labels_follow_the_monitoring_convention(resolved: dict[str, Any]
             jobs[labels["prometheus.job"]] = (name, int(labels["prometheus.port"]))
             assert "monitoring" in service["networks"], f"{name} is scraped but not on the monitoring network"
     expected = {
-        "ingest-udp": 9101, "ingest-http": 7070, "raw-processor": 9102,
-        "swarm-exporter": 9104, "nats-exporter": 7777, "cadvisor": 8080, "node-exporter": 9100, "traefik": 8082,
+        **{s.name: s.ops.default for s in SERVICES},
+        "nats-exporter": 7777, "cadvisor": 8080, "node-exporter": 9100, "traefik": 8082,
         "prometheus": 9090, "alertmanager": 9093, "grafana": 3000,
     }
     for job, port in expected.items():
