@@ -45,6 +45,7 @@ from bench.report import ONE_PROCESS, Cluster, Report, write
 from bench.steps import Display, StepResult, StepRunner, job, nbiot_spec, sigfox_spec
 from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET, SHARDS, shard_of
+from pulsestack.services import SERVICES
 from pulsestack.store.maintenance import Retention
 from pulsestack_cli.local import LocalStack
 from pulsestack_cli.localstack import free_port, free_ports
@@ -55,7 +56,7 @@ from simulator.plans import HourlyFleet, RampPool, device_number
 from simulator.profiles import Profiles
 
 ROOT = Path(__file__).resolve().parent.parent
-PIPELINE_SERVICES = ("ingest-udp", "ingest-http", "raw-processor")  # what `run all` runs
+PIPELINE_SERVICES = tuple(s.name for s in SERVICES if s.in_all)  # what `run all` runs
 REF_FIRST = 0  # the reference fleets (nested: the 180 k fleet is the start of the 3.6 M one)
 POOL_FIRST = 10_000_000  # the ramp's meters
 FOOTPRINT_FIRST = 20_000_000  # the footprint step's meters

@@ -45,12 +45,13 @@ from nats.aio.client import Client as NATS
 from pulsestack.bus.streams import RAW, RAW_REPLAY, drained
 from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET
+from pulsestack.services import SERVICES
 from simulator.fleet import fleet_ids
 from simulator.run import Simulation, SimulationConfig, SimulationReport
 from simulator.verify import verify
 
 STACK = "pulsestack"
-PULSESTACK_JOBS = ("ingest-udp", "ingest-http", "raw-processor", "alerting", "api", "swarm-exporter")
+PULSESTACK_JOBS = tuple(s.name for s in SERVICES)
 # Stand-ins run these too; their targets must be up as well.
 SCRAPED_JOBS = (*PULSESTACK_JOBS, "prometheus", "alertmanager", "node-exporter")
 REPO = Path(__file__).resolve().parent.parent

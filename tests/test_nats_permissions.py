@@ -14,10 +14,12 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
+from pulsestack import services
 from pulsestack.service import inbox_prefix
 from tests.stack_nats import StackNats, stack_nats
 
-SERVICES = ("ingest-udp", "ingest-http", "raw-processor", "alerting")
+# The services that use the bus, each as the NATS user of its name.
+SERVICES = tuple(s.nats_user for s in services.SERVICES if s.nats_user)
 
 
 @pytest.fixture(scope="module")

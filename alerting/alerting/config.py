@@ -4,6 +4,7 @@ import os
 from dataclasses import dataclass
 
 from pulsestack.config import CommonConfig, database_url, env_float, env_int, env_str, secret
+from pulsestack.services import ALERTING
 from pulsestack.store.maintenance import MONTHS_AHEAD, Retention
 
 
@@ -27,10 +28,10 @@ class AlertingConfig:
         url = secret("PULSESTACK_WEBHOOK_URL", "") or None
         has_secret = "PULSESTACK_WEBHOOK_SECRET" in os.environ or "PULSESTACK_WEBHOOK_SECRET_FILE" in os.environ
         return cls(
-            common=CommonConfig.from_env("alerting"),
+            common=CommonConfig.from_env(ALERTING.name),
             database_url=database_url(),
             ops_host=env_str("PULSESTACK_OPS_HOST", "0.0.0.0"),
-            ops_port=env_int("PULSESTACK_OPS_PORT", 9105),
+            ops_port=ALERTING.ops.from_env(),
             sweep_every=env_float("PULSESTACK_SWEEP_INTERVAL", 30.0),
             # Reporting interval assumed for a device with a single reading so far.
             default_interval=env_int("PULSESTACK_DEFAULT_INTERVAL", 3600),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pulsestack.config import CommonConfig, ConfigError, database_url, env_int, env_str
 from pulsestack.http import HttpLimits
+from pulsestack.services import API
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,10 +27,10 @@ class ApiConfig:
         if not tokens_file and not inline:
             raise ConfigError("PULSESTACK_API_TOKENS_FILE (one token per line) is required")
         return cls(
-            common=CommonConfig.from_env("api"),
+            common=CommonConfig.from_env(API.name),
             database_url=database_url(),
             host=env_str("PULSESTACK_API_HOST", "0.0.0.0"),
-            port=env_int("PULSESTACK_API_PORT", 8080),
+            port=API.ops.from_env(),
             http=HttpLimits.from_env(),
             tokens_file=Path(tokens_file) if tokens_file else None,
             tokens_inline=inline,

@@ -17,14 +17,11 @@ import nats
 from pulsestack.bus.streams import BusLimits, raw_backlog, setup
 from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET
+from pulsestack.services import API, BY_NAME, INGEST_HTTP
 from pulsestack.store.migrate import migrate
 from pulsestack_cli.localstack import NatsServer, Postgres, free_port
 from pulsestack_cli.processes import STACK_SERVICES, ServiceProcess
 from simulator.fleet import fleet_ids, simulated
-
-ROLE_OF = {
-    "raw-processor": "pulsestack_raw", "alerting": "pulsestack_alerting", "api": "pulsestack_reader",
-}
 
 
 def with_user(url: str, user: str) -> str:
@@ -147,7 +144,8 @@ class LocalStack:
         self.udp_port = udp_port or free_port()
         self.http_port = http_port or free_port()
         self.api_port = api_port or free_port()
-        fixed = {"ingest-http": self.http_port, "api": self.api_port}
+        # The services whose ops endpoints share the port their clients use.
+        fixed = {INGEST_HTTP.name: self.http_port, API.name: self.api_port}
         taken = {self.udp_port, self.http_port, self.api_port}
         self.ops_ports = {}
         for name in STACK_SERVICES:
@@ -174,11 +172,11 @@ class LocalStack:
         }
         for name, port in self.ops_ports.items():
             env = {**self.service_env, "PULSESTACK_OPS_PORT": str(port)}
-            if name in ROLE_OF:
+            if role := BY_NAME[name].database_role:
                 # Embedded PostgreSQL trusts loopback, so each service can use its own least-privilege
                 # role; an external DATABASE_URL is used as given.
                 url = self.database_url
-                env["DATABASE_URL"] = with_user(url, ROLE_OF[name]) if self.postgres else url
+                env["DATABASE_URL"] = with_user(url, role) if self.postgres else url
             self.services[name] = ServiceProcess(name, env, port, self.workdir / "logs" / f"{name}.log")
 
     @property

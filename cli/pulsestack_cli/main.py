@@ -16,6 +16,7 @@ from pulsestack.bus.streams import BusLimits, retire_pulses, setup, stream_confi
 from pulsestack.config import ConfigError
 from pulsestack.logs import configure
 from pulsestack.registry.membership import BUCKET
+from pulsestack.services import API, INGEST_HTTP, NBIOT_UDP
 from pulsestack.store.maintenance import MONTHS_AHEAD, Retention, maintain
 from pulsestack.store.migrate import migrate, set_role_passwords
 from pulsestack_cli import devices as devices_cmd
@@ -164,7 +165,7 @@ def _build_parser() -> argparse.ArgumentParser:
     again.add_argument("--until", help="period end before (ISO date or time, UTC)")
     add_json_flag(again)
 
-    run = sub.add_parser("run", help="run the stack locally, or every stage in one process")
+    run = sub.add_parser("run", help="run the stack locally, or the ingesters and the processor in one process")
     run.add_argument("mode", choices=["local", "all"])
     run.add_argument("--devices", type=int, default=1000, help="simulated meters (default 1000)")
     run.add_argument("--rate", type=float, default=50.0, help="readings per second offered by the fleet")
@@ -174,17 +175,21 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     run.add_argument("--fresh", action="store_true",
                      help="remove the workdir's earlier data, secrets and logs first (default: continue from them)")
-    run.add_argument("--udp-port", type=int, default=2204, help="NB-IoT ingester's port (default 2204; 0: any free)")
-    run.add_argument("--http-port", type=int, default=7070, help="Sigfox ingester's port (default 7070; 0: any free)")
-    run.add_argument("--api-port", type=int, default=8080, help="read API's port (default 8080; 0: any free)")
+    run.add_argument("--udp-port", type=int, default=NBIOT_UDP.default,
+                     help="NB-IoT ingester's port (default %(default)s; 0: any free)")
+    run.add_argument("--http-port", type=int, default=INGEST_HTTP.ops.default,
+                     help="Sigfox ingester's port (default %(default)s; 0: any free)")
+    run.add_argument("--api-port", type=int, default=API.ops.default,
+                     help="read API's port (default %(default)s; 0: any free)")
 
     simulate = sub.add_parser("simulate", help="drive a simulated fleet against running ingesters")
     simulate.add_argument("--devices", type=int, default=1000, help="simulated meters (default 1000)")
     simulate.add_argument("--rate", type=float, default=100.0, help="readings per second (default 100)")
     simulate.add_argument("--duration", type=float, default=30.0, help="seconds (default 30)")
     simulate.add_argument("--nbiot-share", type=float, default=0.5, help="share of NB-IoT meters (default 0.5)")
-    simulate.add_argument("--udp", default="127.0.0.1:2204", help="NB-IoT ingester, HOST:PORT")
-    simulate.add_argument("--http", default="http://127.0.0.1:7070/v1/sigfox", help="Sigfox callback URL")
+    simulate.add_argument("--udp", default=f"127.0.0.1:{NBIOT_UDP.default}", help="NB-IoT ingester, HOST:PORT")
+    simulate.add_argument("--http", default=f"http://127.0.0.1:{INGEST_HTTP.ops.default}/v1/sigfox",
+                          help="Sigfox callback URL")
     simulate.add_argument("--sigfox-token-file", type=Path, required=True,
                           help="file whose first line is a Sigfox callback token")
     return parser

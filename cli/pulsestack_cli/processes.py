@@ -11,16 +11,17 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SERVICES = {
-    "ingest-udp": ["-m", "ingest_udp"],
-    "ingest-http": ["-m", "ingest_http"],
-    "raw-processor": ["-m", "processors"],
-    "alerting": ["-m", "alerting"],
-    "api": ["-m", "api"],
-    "all": ["-m", "pulsestack_cli", "run", "all"],  # the ingesters and the processor in one process (not alerting, api)
-}
+from pulsestack.services import BY_NAME, LOCAL
+
+# `pulsestack run all`: the services of the catalogue marked `in_all`, in one process.
+ALL = "all"
 # What `pulsestack run local` (and the tests' stack) starts: each service apart, not the one-process form.
-STACK_SERVICES = tuple(name for name in SERVICES if name != "all")
+STACK_SERVICES = tuple(s.name for s in LOCAL)
+
+
+def command(name: str) -> list[str]:
+    """The interpreter's arguments that start the service `name` (or `all`), as its container does."""
+    return ["-m", "pulsestack_cli", "run", ALL] if name == ALL else ["-m", BY_NAME[name].module]
 
 
 @dataclass
@@ -36,7 +37,7 @@ class ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         env = {**os.environ, **self.env, **self.extra_env, **extra_env}
-        self.process = subprocess.Popen([sys.executable, *SERVICES[self.name]], env=env, stdout=log, stderr=log)
+        self.process = subprocess.Popen([sys.executable, *command(self.name)], env=env, stdout=log, stderr=log)
 
     @property
     def running(self) -> bool:
@@ -62,7 +63,8 @@ class ServiceProcess:
             except OSError:
                 pass
             time.sleep(0.1)
-        raise TimeoutError(f"{self.name} not ready after {timeout} s: see {self.log_path}")
+        waits_for = f" (it waits for: {BY_NAME[self.name].readiness})" if self.name in BY_NAME else ""
+        raise TimeoutError(f"{self.name} not ready after {timeout} s{waits_for}: see {self.log_path}")
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM, as Docker does, then SIGKILL after `timeout` (the stop grace period)."""

@@ -20,6 +20,7 @@ import uvloop
 
 from pulsestack.keys import load_master_key
 from pulsestack.logs import configure, get_logger
+from pulsestack.services import LOCAL
 from pulsestack_cli.local import LocalStack
 from pulsestack_cli.summary import Figures, Summary
 from simulator.resume import resume_fleet
@@ -146,12 +147,15 @@ def _live_view() -> Iterator[Callable[[Figures], None]]:
         yield lambda figures: live.update(figures.view(), refresh=True)
 
 
-# What `run all` leaves to separate processes: said at its start, so nobody takes it for the whole stack.
-NOT_IN_ALL = ("alerting", "api")
+# What `run all` hosts, and what it leaves to separate processes: said at its start, so nobody takes it for
+# the whole stack.
+IN_ALL = tuple(s.name for s in LOCAL if s.in_all)
+NOT_IN_ALL = tuple(s.name for s in LOCAL if not s.in_all)
 
 
 def _run_all() -> int:
-    """Every stage in one process: the services are plain async functions sharing one stop event."""
+    """The services the catalogue marks `in_all` (the ingesters and the processor) in one process: plain async
+    functions sharing one stop event."""
     from ingest_http.app import serve as serve_http
     from ingest_http.config import HttpIngestConfig
     from ingest_udp.app import serve as serve_udp
@@ -168,7 +172,7 @@ def _run_all() -> int:
         processor = dataclasses.replace(processor, ops_port=processor.ops_port + 1)
     configure("all", configs[0].common.log_level)
     get_logger("pulsestack.all").info(
-        "one process hosts ingest-udp, ingest-http and the processor", not_hosted=list(NOT_IN_ALL),
+        "one process hosts the ingesters and the processor", hosted=list(IN_ALL), not_hosted=list(NOT_IN_ALL),
         why="silent-meter sweeps, the alert outbox, webhooks and the read API run as their own services")
 
     async def everything() -> None:

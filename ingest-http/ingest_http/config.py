@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pulsestack.config import CommonConfig, ConfigError, env_float, env_int, env_str
 from pulsestack.http import HttpLimits
+from pulsestack.services import INGEST_HTTP
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,9 +29,9 @@ class HttpIngestConfig:
         if not tokens_file and not inline:
             raise ConfigError("PULSESTACK_SIGFOX_TOKENS_FILE (one token per line) is required")
         return cls(
-            common=CommonConfig.from_env("ingest-http"),
+            common=CommonConfig.from_env(INGEST_HTTP.name),
             host=env_str("PULSESTACK_HTTP_HOST", "0.0.0.0"),
-            port=env_int("PULSESTACK_HTTP_PORT", 7070),
+            port=INGEST_HTTP.ops.from_env(),
             http=HttpLimits.from_env(),
             tokens_file=Path(tokens_file) if tokens_file else None,
             tokens_inline=inline,

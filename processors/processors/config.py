@@ -4,8 +4,7 @@ from dataclasses import dataclass
 
 from pulsestack.bus.streams import BusLimits
 from pulsestack.config import CommonConfig, database_url, env_float, env_int, env_str
-
-DEFAULT_OPS_PORT = 9102
+from pulsestack.services import RAW_PROCESSOR
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,10 +22,10 @@ class ProcessorConfig:
     @classmethod
     def from_env(cls) -> ProcessorConfig:
         return cls(
-            common=CommonConfig.from_env("raw-processor"),
+            common=CommonConfig.from_env(RAW_PROCESSOR.name),
             database_url=database_url(),
             ops_host=env_str("PULSESTACK_OPS_HOST", "0.0.0.0"),
-            ops_port=env_int("PULSESTACK_OPS_PORT", DEFAULT_OPS_PORT),
+            ops_port=RAW_PROCESSOR.ops.from_env(),
             # Messages per fetch; each carries up to 64 readings, so a batch stays a few thousand readings.
             batch=env_int("PULSESTACK_BATCH", 100),
             # Once a quiet stream wakes up, a fetch waits this long for its batch to fill: it bounds the

@@ -3,7 +3,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from pulsestack.config import ConfigError, env_float, env_int, env_str
+from pulsestack.config import ConfigError, env_float, env_str
+from pulsestack.services import SWARM_EXPORTER
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +26,7 @@ class SwarmExporterConfig:
         return cls(
             docker_host=docker_host,
             ops_host=env_str("PULSESTACK_OPS_HOST", "0.0.0.0"),
-            ops_port=env_int("PULSESTACK_OPS_PORT", 9104),
+            ops_port=SWARM_EXPORTER.ops.from_env(),
             interval=env_float("PULSESTACK_SWARM_INTERVAL", 15.0),
             stack=env_str("PULSESTACK_SWARM_STACK", ""),
             # DATABASE_URL (+ PULSESTACK_DB_PASSWORD_FILE) names what is probed; off without it.

@@ -17,12 +17,13 @@ import bcrypt
 import pytest
 import yaml
 
+from pulsestack.services import SERVICES
 from tests.stack_nats import mount, write_secrets
 
 REPO = Path(__file__).resolve().parents[2]
 STACK = REPO / "stack.yml"
 OVERRIDE = REPO / "tests" / "swarm" / "stack.override.yml"
-PULSESTACK = {"ingest-udp", "ingest-http", "raw-processor", "alerting", "api", "swarm-exporter"}
+PULSESTACK = {s.name for s in SERVICES}
 # Images without a shell or HTTP client to probe themselves with (comment in stack.yml).
 NO_HEALTHCHECK = {"setup", "nats-exporter", "portainer", "portainer-agent"}
 MANAGER_ONLY = {"prometheus", "alertmanager", "grafana", "nats-exporter", "traefik", "portainer", "swarm-exporter"}
@@ -176,8 +177,8 @@ def test_scrape_labels_follow_the_monitoring_convention(resolved: dict[str, Any]
             jobs[labels["prometheus.job"]] = (name, int(labels["prometheus.port"]))
             assert "monitoring" in service["networks"], f"{name} is scraped but not on the monitoring network"
     expected = {
-        "ingest-udp": 9101, "ingest-http": 7070, "raw-processor": 9102,
-        "swarm-exporter": 9104, "nats-exporter": 7777, "cadvisor": 8080, "node-exporter": 9100, "traefik": 8082,
+        **{s.name: s.ops.default for s in SERVICES},
+        "nats-exporter": 7777, "cadvisor": 8080, "node-exporter": 9100, "traefik": 8082,
         "prometheus": 9090, "alertmanager": 9093, "grafana": 3000,
     }
     for job, port in expected.items():
