@@ -116,8 +116,8 @@ def redecode(stored: StoredRaw) -> Reading:
 
 
 CODEC = Codec(
-    name=PROTOCOL, title="NB-IoT", id_form="decimal ids (IMEI)", keyed=True, canonical=canonical_id, number=int,
-    text=str, redecode=redecode, flag_bits=FLAG_BITS,
+    name=PROTOCOL, title="NB-IoT", id_form="decimal ids (IMEI)", keyed=True, seq_modulus=2**32, canonical=canonical_id,
+    number=int, text=str, redecode=redecode, flag_bits=FLAG_BITS,
 )
 
 

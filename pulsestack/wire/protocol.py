@@ -26,6 +26,7 @@ class Codec:
     title: str  # for people
     id_form: str  # what a device id looks like, for people
     keyed: bool  # devices sign their uplinks with a key derived from the master secret
+    seq_modulus: int  # a device's sequence number counts up to this and wraps to 0
     canonical: Callable[[str], str]  # an id as given -> its canonical text; ValueError if the protocol cannot carry it
     number: Callable[[str], int]  # canonical id -> the uint64 the registry shards and stores
     text: Callable[[int], str]  # that number -> the canonical id

@@ -13,6 +13,7 @@ PROTOCOL = "sigfox"
 PAYLOAD_SIZE = 12
 BUCKET_SECONDS = 900
 BUCKETS = 4
+SEQ_MODULUS = 4096
 _DEVICE_RE = re.compile(r"[0-9A-Fa-f]{1,8}")
 _HEX_RE = re.compile(r"(?:[0-9A-Fa-f]{2})*")
 FLAG_BITS = ((0x1, Flags.BATTERY_LOW), (0x2, Flags.TAMPER), (0x4, Flags.REVERSE_FLOW))
@@ -30,6 +31,10 @@ def canonical_id(device: str) -> str:
     if not _DEVICE_RE.fullmatch(device):
         raise ValueError(f"{device!r} is not a Sigfox device id: 1 to 8 hex digits")
     return canonical_device(device)
+
+
+def device_number(device: str) -> int:
+    return int(device, 16)
 
 
 def device_text(number: int) -> str:
@@ -83,8 +88,8 @@ def decode_callback(body: Any, received_at: float, trace_id: str) -> Reading:
     if not 0 <= time < 2**32:
         raise CodecError("bad_field", "Unix seconds expected", field="time")
     seq = _field(body, "seqNumber", int)
-    if not 0 <= seq <= 4095:
-        raise CodecError("bad_field", "0..4095 expected", field="seqNumber")
+    if not 0 <= seq < SEQ_MODULUS:
+        raise CodecError("bad_field", f"0..{SEQ_MODULUS - 1} expected", field="seqNumber")
     data = _field(body, "data", str)
     if not _HEX_RE.fullmatch(data):
         raise CodecError("bad_field", "hex string expected", field="data")
@@ -135,6 +140,6 @@ def redecode(stored: StoredRaw) -> Reading:
 
 
 CODEC = Codec(
-    name=PROTOCOL, title="Sigfox", id_form="1 to 8 hex digits", keyed=False, canonical=canonical_id,
-    number=lambda device: int(device, 16), text=device_text, redecode=redecode, flag_bits=FLAG_BITS,
+    name=PROTOCOL, title="Sigfox", id_form="1 to 8 hex digits", keyed=False, seq_modulus=SEQ_MODULUS,
+    canonical=canonical_id, number=device_number, text=device_text, redecode=redecode, flag_bits=FLAG_BITS,
 )
