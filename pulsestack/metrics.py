@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from pulsestack.wire.codecs import PROTOCOLS
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
@@ -108,9 +110,9 @@ def prime_stage(stage: str) -> None:
     dead_letters.labels(stage)
 
 
-def prime(protocols: tuple[str, ...] = ("nbiot", "sigfox")) -> None:
+def prime() -> None:
     """Create every label combination so dashboards and alerts see zeros, not absent series."""
-    for protocol in protocols:
+    for protocol in PROTOCOLS:
         ingest_received.labels(protocol)
         ingest_accepted.labels(protocol)
         ingest_duplicates.labels(protocol)

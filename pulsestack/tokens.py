@@ -13,7 +13,7 @@ log = get_logger(__name__)
 
 
 class Tokens:
-    def __init__(self, path: Path | None, inline: tuple[str, ...] = (), name: str = "sigfox") -> None:
+    def __init__(self, path: Path | None, inline: tuple[str, ...], name: str) -> None:
         self._name = name
         self._path = path
         self._inline = tuple(t.encode() for t in inline)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import string
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pulsestack.wire import nbiot, sigfox
+from pulsestack.wire.codecs import CODECS, codec_of
 from pulsestack.wire.errors import CodecError
-from pulsestack.wire.reading import Flags, decode_raw, encode_raw
+from pulsestack.wire.protocol import StoredRaw
+from pulsestack.wire.reading import Flags, Reading, decode_raw, encode_raw
 
 KEY = bytes(range(32))
 VECTOR = bytes.fromhex(
@@ -147,3 +151,65 @@ def test_sigfox_fuzz_only_codec_errors(body: object) -> None:
         return
     assert reading.device == reading.device.upper()
     assert len(reading.counts) == 4
+
+
+def _stored(reading: Reading) -> StoredRaw:
+    """What raw_messages keeps of a reading."""
+    return StoredRaw(reading.device, reading.seq, reading.device_time, reading.received_at, reading.trace_id,
+                     reading.payload)
+
+
+@given(callback_st)
+def test_sigfox_redecode_reads_what_the_callback_gave(body: dict[str, object]) -> None:
+    try:
+        reading = sigfox.decode_callback(body, 1.5, "t")
+    except CodecError:
+        return
+    assert CODECS["sigfox"].redecode(_stored(reading)) == msgspec.structs.replace(reading, meta=None)
+
+
+def test_nbiot_redecode_reads_the_datagram() -> None:
+    reading = nbiot.to_reading(nbiot.parse(VECTOR), 1.5, "t", VECTOR)
+    assert CODECS["nbiot"].redecode(_stored(reading)) == reading
+
+
+@pytest.mark.parametrize("protocol", sorted(CODECS))
+def test_redecode_refuses_a_bad_payload(protocol: str) -> None:
+    with pytest.raises(CodecError):
+        CODECS[protocol].redecode(StoredRaw("1", 1, 1763856000, 0.0, "t", b"\x10"))
+
+
+@pytest.mark.parametrize(("protocol", "given", "canonical", "number"), [
+    ("nbiot", "0356938035643809", "356938035643809", 356938035643809),
+    ("nbiot", str(2**64 - 1), str(2**64 - 1), 2**64 - 1),
+    ("sigfox", "001a2b", "1A2B", 0x1A2B),
+    ("sigfox", "0", "0", 0),
+    ("sigfox", "FFFFFFFF", "FFFFFFFF", 2**32 - 1),
+])
+def test_id_forms(protocol: str, given: str, canonical: str, number: int) -> None:
+    codec = codec_of(protocol)
+    assert codec.canonical(given) == canonical
+    assert codec.number(canonical) == number and codec.text(number) == canonical
+
+
+@pytest.mark.parametrize(("protocol", "given"), [
+    ("nbiot", "1A"), ("nbiot", str(2**64)), ("nbiot", "-1"), ("nbiot", "\u0661"), ("nbiot", ""),
+    ("sigfox", "123456789"), ("sigfox", "12G"), ("sigfox", ""), ("sigfox", "+1"), ("lorawan", "1"),
+])
+def test_ids_a_protocol_cannot_carry(protocol: str, given: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(repr(given)) if protocol in CODECS else "unknown protocol"):
+        codec_of(protocol).canonical(given)
+
+
+@pytest.mark.parametrize("protocol", sorted(CODECS))
+def test_flag_bits_are_what_decoding_maps(protocol: str) -> None:
+    codec = CODECS[protocol]
+    for bit, flag in codec.flag_bits:
+        if protocol == "nbiot":
+            frame = nbiot.encode(KEY, device=1, seq=1, period_end=1763856000, bucket_seconds=900, counts=[1],
+                                 index=1, battery_mv=3600, flags=bit)
+            flags = nbiot.to_reading(nbiot.parse(frame), 0.0, "t", frame).flags
+        else:
+            flags = sigfox.decode_payload(sigfox.encode_payload(index=1, counts=[1] * 4, battery_mv=3600,
+                                                                flags=bit))[0]
+        assert flags == flag

@@ -18,10 +18,10 @@ from api.openapi import SPEC
 from pulsestack.logs import get_logger
 from pulsestack.registry.devices import canonical
 from pulsestack.store.alerts import KINDS
+from pulsestack.wire.codecs import PROTOCOLS
 
 log = get_logger(__name__)
 
-PROTOCOLS = ("nbiot", "sigfox")
 DOCS = page(SPEC)
 MAX_PAGE = 1000
 # Rows per fetch from the export's server-side cursor, and per HTTP chunk: memory stays at one batch.

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from pulsestack.wire.codecs import CODECS, PROTOCOLS
+
 _ERROR = {
     "type": "object",
     "required": ["error", "detail"],
     "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
 }
 _PROTOCOL = {
-    "name": "protocol", "in": "path", "required": True, "schema": {"type": "string", "enum": ["nbiot", "sigfox"]},
+    "name": "protocol", "in": "path", "required": True, "schema": {"type": "string", "enum": list(PROTOCOLS)},
 }
 _DEVICE = {
     "name": "device", "in": "path", "required": True,
     "schema": {"type": "string", "pattern": "^[0-9A-Fa-f]{1,20}$"},
-    "description": "Canonical id: decimal for NB-IoT, hex for Sigfox.",
+    "description": "Canonical id: " + "; ".join(f"{c.title}: {c.id_form}" for c in CODECS.values()) + ".",
 }
 _TS = {"type": "string", "format": "date-time"}
 _NULLABLE_TS = {"type": "string", "format": "date-time", "nullable": True}
@@ -35,7 +37,7 @@ _RANGE = [
      "schema": {"type": "string", "enum": ["hour", "day"], "default": "hour"}},
 ]
 _PROTOCOL_FILTER = {
-    "name": "protocol", "in": "query", "required": False, "schema": {"type": "string", "enum": ["nbiot", "sigfox"]},
+    "name": "protocol", "in": "query", "required": False, "schema": {"type": "string", "enum": list(PROTOCOLS)},
 }
 _SILENT = (
     "A device is silent while it has an open `silent` alert: the alerting service opens one when a device has"
@@ -135,8 +137,9 @@ SPEC: dict[str, Any] = {
                     *_RANGE,
                     {"name": "device", "in": "query", "required": False, "style": "form", "explode": True,
                      "schema": {"type": "array", "items": {
-                         "type": "string", "pattern": "^(nbiot|sigfox):[0-9A-Fa-f]{1,20}$"}},
-                     "description": "protocol:id, repeatable (device=nbiot:1&device=sigfox:1A2B)."},
+                         "type": "string", "pattern": f"^({'|'.join(PROTOCOLS)}):[0-9A-Fa-f]{{1,20}}$"}},
+                     "description": "protocol:id, repeatable (device="
+                                    + "&device=".join(f"{c.name}:{c.text(0x1A2B)}" for c in CODECS.values()) + ")."},
                     {**_PROTOCOL_FILTER, "description": "Every device of this protocol (not with `device`)."},
                 ],
                 "responses": {

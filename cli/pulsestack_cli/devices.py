@@ -16,10 +16,10 @@ import asyncpg
 from pulsestack import keys
 from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET
+from pulsestack.wire.codecs import CODECS, PROTOCOLS
 from pulsestack_cli.connections import connect, connect_db
 from pulsestack_cli.output import add_json_flag, emit, notice
 
-PROTOCOLS = ["nbiot", "sigfox"]
 COLUMNS = ["protocol", "device_id", "label", *registry.SETTINGS]
 BATCH = 10_000
 
@@ -41,7 +41,7 @@ def add_parser(sub: Any) -> None:
     dsub = devices.add_subparsers(dest="action", required=True)
     add = dsub.add_parser("add", help="register devices; prints each NB-IoT device's key once")
     add.add_argument("protocol", choices=PROTOCOLS)
-    add.add_argument("ids", nargs="+", help="NB-IoT: decimal ids (IMEI); Sigfox: 1 to 8 hex digits")
+    add.add_argument("ids", nargs="+", help="; ".join(f"{c.title}: {c.id_form}" for c in CODECS.values()))
     add.add_argument("--label", help="free text kept with each device (an address, a meter number)")
     add_json_flag(add)
     lst = dsub.add_parser("list", help="registered devices, enabled or not")
@@ -83,9 +83,9 @@ async def run(args: argparse.Namespace) -> int:
             added = await registry.add(conn, kv, keys.load_master_key(), args.protocol, args.ids, args.label)
             for device, key in added.items():
                 # Printed once: the key is derived, never stored, and shown only to whoever provisions.
-                nbiot = args.protocol == "nbiot"
-                emit(args, {"protocol": args.protocol, "device_id": device, "key": key.hex() if nbiot else None},
-                     f"{args.protocol} {device} key {key.hex()}" if nbiot else f"{args.protocol} {device} registered")
+                keyed = CODECS[args.protocol].keyed
+                emit(args, {"protocol": args.protocol, "device_id": device, "key": key.hex() if keyed else None},
+                     f"{args.protocol} {device} key {key.hex()}" if keyed else f"{args.protocol} {device} registered")
         elif args.action == "list":
             await _list(conn, args)
         elif args.action == "disable":
@@ -187,7 +187,7 @@ class KeyFile:
 
     def keep(self, created: list[tuple[str, str, int]]) -> None:
         for protocol, device, version in created:
-            if protocol == "nbiot":
+            if CODECS[protocol].keyed:
                 self.writer.writerow([protocol, device, version, keys.derive(self.master, protocol, device,
                                                                              version).hex()])
                 self.written += 1

@@ -19,6 +19,7 @@ from pulsestack.registry.membership import BUCKET
 from pulsestack.services import API, INGEST_HTTP, NBIOT_UDP
 from pulsestack.store.maintenance import MONTHS_AHEAD, Retention, maintain
 from pulsestack.store.migrate import migrate, set_role_passwords
+from pulsestack.wire.codecs import PROTOCOLS
 from pulsestack_cli import devices as devices_cmd
 from pulsestack_cli import jetstream as jetstream_cmd
 from pulsestack_cli import quarantine as quarantine_cmd
@@ -159,7 +160,7 @@ def _build_parser() -> argparse.ArgumentParser:
     replay_cmd.add_parser(sub)
 
     again = sub.add_parser("reprocess", help="re-derive pulses, gaps, state and rollups from raw_messages")
-    again.add_argument("--protocol", choices=["nbiot", "sigfox"], help="only this protocol's devices")
+    again.add_argument("--protocol", choices=PROTOCOLS, help="only this protocol's devices")
     again.add_argument("--device", action="append", help="repeatable; default: every device in the range")
     again.add_argument("--since", help="period end from (ISO date or time, UTC)")
     again.add_argument("--until", help="period end before (ISO date or time, UTC)")

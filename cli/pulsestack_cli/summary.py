@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from pulsestack.wire.codecs import PROTOCOLS
+
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
 Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
-PROTOCOLS = ("nbiot", "sigfox")
 
 
 def scrape(url: str) -> Samples:
@@ -83,9 +84,7 @@ class Figures:
     def line(self) -> str:
         why = f" | stored unchanged: {self.still}" if self.still else ""
         return (
-            f"{self.elapsed:6.0f} s | received nbiot {self.received['nbiot']:>9,.0f}"
-            f" sigfox {self.received['sigfox']:>9,.0f} | stored nbiot {self.stored['nbiot']:>9,.0f}"
-            f" sigfox {self.stored['sigfox']:>9,.0f}"
+            f"{self.elapsed:6.0f} s | received {_by_protocol(self.received)} | stored {_by_protocol(self.stored)}"
             f" | {self.rate:7,.0f} readings/s | duplicates {self.duplicates:,.0f} | quarantined {self.quarantined:,.0f}"
             f" | rejected {self.rejected:,.0f} | backlog {self.backlog:,.0f} | end-to-end p50/p99 {self.latency}{why}"
         )
@@ -98,18 +97,22 @@ class Figures:
 
         minutes, seconds = divmod(int(self.elapsed), 60)
         table = Table()
-        for column in ("", "nbiot", "sigfox", "all"):
+        for column in ("", *PROTOCOLS, "all"):
             table.add_column(column, justify="right")
         for name, counts in (("received", self.received), ("stored", self.stored)):
             table.add_row(name, *(f"{counts[p]:,.0f}" for p in PROTOCOLS), f"{sum(counts.values()):,.0f}")
         for name, value in (("duplicates", self.duplicates), ("quarantined", self.quarantined),
                             ("rejected", self.rejected), ("backlog", self.backlog)):
-            table.add_row(name, "", "", f"{value:,.0f}")
+            table.add_row(name, *[""] * len(PROTOCOLS), f"{value:,.0f}")
         return Group(
             Text(f"{minutes}:{seconds:02d} elapsed (Ctrl-C stops)", style="bold"), table,
             Text(f"{self.rate:,.0f} readings/s stored, end-to-end p50/p99 {self.latency}"),
             Text(f"stored unchanged: {self.still}" if self.still else "", style="yellow"),
         )
+
+
+def _by_protocol(counts: dict[str, float]) -> str:
+    return " ".join(f"{p} {counts[p]:>9,.0f}" for p in PROTOCOLS)
 
 
 class Summary:
@@ -129,8 +132,8 @@ class Summary:
         now = time.monotonic()
         figures = Figures(
             elapsed=now - self.started,
-            received={"nbiot": total(udp, "pulsestack_ingest_received_total"),
-                      "sigfox": total(http, "pulsestack_ingest_received_total")},
+            received={p: sum(total(samples, "pulsestack_ingest_received_total", protocol=p) for samples in s.values())
+                      for p in PROTOCOLS},
             stored=stored,
             duplicates=total(raw, "pulsestack_processor_messages_total", stage="raw", outcome="duplicate"),
             quarantined=sum(total(samples, "pulsestack_quarantined_total") for samples in s.values()),

@@ -32,7 +32,7 @@ async def count_wrong_methods(request: web.Request, handler: Handler) -> web.Str
 
 async def serve(config: HttpIngestConfig, stop: asyncio.Event) -> None:
     bus = await IngestBus.connect(config.common, [PROTOCOL], config.group_max_readings, config.group_max_delay)
-    tokens = Tokens(config.tokens_file, config.tokens_inline)
+    tokens = Tokens(config.tokens_file, config.tokens_inline, name=PROTOCOL)
     callbacks = SigfoxCallbacks(
         tokens=tokens, membership=bus.membership, grouper=bus.grouper, quarantine=bus.quarantine,
         max_age_seconds=config.max_age_seconds, clock=config.common.clock,

@@ -102,7 +102,7 @@ class SigfoxCallbacks:
         if not self._membership.ready.is_set():
             self._reject(request, "overloaded", "registry not loaded yet", **fields)
             return json_response({"error": "overloaded"}, 503, {"Retry-After": RETRY_AFTER})
-        if not self._membership.contains(PROTOCOL, int(reading.device, 16)):
+        if not self._membership.contains(PROTOCOL, sigfox.CODEC.number(reading.device)):
             return await self._quarantined(request, "unknown_device", "device not registered or disabled", reading)
         problem = clock_problem(reading.device_time, self._clock.at(received_at), self._max_age)
         if problem:

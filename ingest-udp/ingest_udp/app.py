@@ -6,7 +6,7 @@ import asyncio
 
 from ingest_udp.config import UdpIngestConfig
 from ingest_udp.kernel import open_socket, socket_drops
-from ingest_udp.protocol import NbiotDatagrams
+from ingest_udp.protocol import PROTOCOL, NbiotDatagrams
 from pulsestack import metrics, ops
 from pulsestack.ingest import IngestBus
 from pulsestack.logs import get_logger
@@ -26,7 +26,7 @@ async def _count_kernel_drops(port: int, stop: asyncio.Event) -> None:
 
 
 async def serve(config: UdpIngestConfig, stop: asyncio.Event) -> None:
-    bus = await IngestBus.connect(config.common, ["nbiot"], config.group_max_readings, config.group_max_delay)
+    bus = await IngestBus.connect(config.common, [PROTOCOL], config.group_max_readings, config.group_max_delay)
     datagrams = NbiotDatagrams(
         membership=bus.membership, grouper=bus.grouper, quarantine=bus.quarantine,
         master_key=config.master_key, max_age_seconds=config.max_age_seconds,

@@ -13,20 +13,12 @@ from nats.js.kv import KeyValue
 
 from pulsestack import keys
 from pulsestack.registry.membership import SHARDS, device_number, keyver_key, members_key, pack, shard_of
-from pulsestack.wire import sigfox
+from pulsestack.wire.codecs import codec_of
 
 
 def canonical(protocol: str, device: str) -> str:
     """The canonical text form; raises ValueError for an id the protocol cannot carry."""
-    if protocol == "nbiot":
-        if not (device.isascii() and device.isdigit()) or not 0 <= int(device) < 2**64:
-            raise ValueError(f"{device!r} is not an NB-IoT device id: a decimal number below 2^64 (an IMEI)")
-        return str(int(device))
-    if protocol == "sigfox":
-        if not 1 <= len(device) <= 8 or any(c not in "0123456789abcdefABCDEF" for c in device):
-            raise ValueError(f"{device!r} is not a Sigfox device id: 1 to 8 hex digits")
-        return sigfox.canonical_device(device)
-    raise ValueError(f"unknown protocol {protocol!r}")
+    return codec_of(protocol).canonical(device)
 
 
 SHARDS_PER_QUERY = 64

@@ -25,6 +25,7 @@ from nats.js.kv import KeyValue
 from pulsestack import metrics
 from pulsestack.logs import get_logger
 from pulsestack.service import sleep_or_stop
+from pulsestack.wire.codecs import codec_of
 
 SHARDS = 1024
 BUCKET = "registry"
@@ -32,8 +33,8 @@ log = get_logger(__name__)
 
 
 def device_number(protocol: str, device: str) -> int:
-    """NB-IoT ids are decimal, Sigfox ids hex; both fit in 64 bits."""
-    return int(device, 16) if protocol == "sigfox" else int(device)
+    """The uint64 a canonical id stands for, as its protocol's codec reads it."""
+    return codec_of(protocol).number(device)
 
 
 def shard_of(number: int) -> int:

@@ -20,8 +20,9 @@ import asyncpg
 from pulsestack.store.pulses import PulseItem, lock_key, write_pulses
 from pulsestack.store.rollups import Deltas
 from pulsestack.store.timeconv import epoch
-from pulsestack.wire import nbiot, sigfox
+from pulsestack.wire.codecs import CODECS
 from pulsestack.wire.errors import CodecError
+from pulsestack.wire.protocol import StoredRaw
 from pulsestack.wire.reading import Reading
 
 _READINGS = """
@@ -65,16 +66,11 @@ class ReprocessReport:
 
 def redecode(row: asyncpg.Record) -> Reading:
     """The reading as today's codec reads the stored payload (raises CodecError)."""
-    received = row["received_at"].timestamp()
-    if row["protocol"] == nbiot.PROTOCOL:
-        return nbiot.to_reading(nbiot.parse(row["payload"]), received, row["trace_id"], row["payload"])
-    if row["protocol"] == sigfox.PROTOCOL:
-        flags, index, counts, battery = sigfox.decode_payload(row["payload"])
-        time = epoch(row["device_time"])
-        return Reading(row["protocol"], row["device_id"], row["seq"], time, time - time % sigfox.BUCKET_SECONDS,
-                       sigfox.BUCKET_SECONDS, counts, index, battery, flags, received, row["trace_id"],
-                       row["payload"])
-    raise CodecError("payload", f"no codec for protocol {row['protocol']}")
+    codec = CODECS.get(row["protocol"])
+    if codec is None:
+        raise CodecError("payload", f"no codec for protocol {row['protocol']}")
+    return codec.redecode(StoredRaw(row["device_id"], row["seq"], epoch(row["device_time"]),
+                                    row["received_at"].timestamp(), row["trace_id"], row["payload"]))
 
 
 async def reprocess_device(

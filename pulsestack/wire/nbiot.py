@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import msgspec
 
 from pulsestack.wire.errors import CodecError
+from pulsestack.wire.protocol import Codec, StoredRaw
 from pulsestack.wire.reading import ALLOWED_BUCKET_SECONDS, MAX_BUCKETS, Flags, Reading, flag_table
 
 PROTOCOL = "nbiot"
@@ -26,10 +27,8 @@ ACK_STORED = 0
 ACK_DUPLICATE = 1
 
 # Frame bit -> protocol-neutral flag, for every value of the frame's flags byte.
-_FLAGS = flag_table(
-    ((0x01, Flags.RETRANSMISSION), (0x02, Flags.BATTERY_LOW), (0x04, Flags.TAMPER), (0x08, Flags.REVERSE_FLOW)),
-    256,
-)
+FLAG_BITS = ((0x01, Flags.RETRANSMISSION), (0x02, Flags.BATTERY_LOW), (0x04, Flags.TAMPER), (0x08, Flags.REVERSE_FLOW))
+_FLAGS = flag_table(FLAG_BITS, 256)
 
 
 # The counts of a frame with n buckets, by n: building the format per datagram cost more than unpacking.
@@ -103,6 +102,23 @@ def to_reading(frame: Frame, received_at: float, trace_id: str, payload: bytes) 
         trace_id=trace_id,
         payload=payload,
     )
+
+
+def canonical_id(device: str) -> str:
+    if not (device.isascii() and device.isdigit()) or not 0 <= int(device) < 2**64:
+        raise ValueError(f"{device!r} is not an NB-IoT device id: a decimal number below 2^64 (an IMEI)")
+    return str(int(device))
+
+
+def redecode(stored: StoredRaw) -> Reading:
+    """The datagram carries everything but the reception; its tag was checked when it arrived."""
+    return to_reading(parse(stored.payload), stored.received_at, stored.trace_id, stored.payload)
+
+
+CODEC = Codec(
+    name=PROTOCOL, title="NB-IoT", id_form="decimal ids (IMEI)", keyed=True, seq_modulus=2**32, canonical=canonical_id,
+    number=int, text=str, redecode=redecode, flag_bits=FLAG_BITS,
+)
 
 
 def encode(

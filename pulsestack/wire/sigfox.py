@@ -6,15 +6,18 @@ import re
 from typing import Any
 
 from pulsestack.wire.errors import CodecError
+from pulsestack.wire.protocol import Codec, StoredRaw
 from pulsestack.wire.reading import Flags, MetaValue, Reading, flag_table, value_problem
 
 PROTOCOL = "sigfox"
 PAYLOAD_SIZE = 12
 BUCKET_SECONDS = 900
 BUCKETS = 4
+SEQ_MODULUS = 4096
 _DEVICE_RE = re.compile(r"[0-9A-Fa-f]{1,8}")
 _HEX_RE = re.compile(r"(?:[0-9A-Fa-f]{2})*")
-_FLAGS = flag_table(((0x1, Flags.BATTERY_LOW), (0x2, Flags.TAMPER), (0x4, Flags.REVERSE_FLOW)), 16)
+FLAG_BITS = ((0x1, Flags.BATTERY_LOW), (0x2, Flags.TAMPER), (0x4, Flags.REVERSE_FLOW))
+_FLAGS = flag_table(FLAG_BITS, 16)
 _OPTIONAL_META: dict[str, type | tuple[type, ...]] = {
     "deviceTypeId": str, "station": str, "rssi": (int, float), "snr": (int, float), "lqi": str,
 }
@@ -22,6 +25,20 @@ _OPTIONAL_META: dict[str, type | tuple[type, ...]] = {
 
 def canonical_device(raw: str) -> str:
     return raw.upper().lstrip("0") or "0"
+
+
+def canonical_id(device: str) -> str:
+    if not _DEVICE_RE.fullmatch(device):
+        raise ValueError(f"{device!r} is not a Sigfox device id: 1 to 8 hex digits")
+    return canonical_device(device)
+
+
+def device_number(device: str) -> int:
+    return int(device, 16)
+
+
+def device_text(number: int) -> str:
+    return f"{number:X}"
 
 
 def decode_payload(payload: bytes) -> tuple[int, int, list[int], int]:
@@ -71,8 +88,8 @@ def decode_callback(body: Any, received_at: float, trace_id: str) -> Reading:
     if not 0 <= time < 2**32:
         raise CodecError("bad_field", "Unix seconds expected", field="time")
     seq = _field(body, "seqNumber", int)
-    if not 0 <= seq <= 4095:
-        raise CodecError("bad_field", "0..4095 expected", field="seqNumber")
+    if not 0 <= seq < SEQ_MODULUS:
+        raise CodecError("bad_field", f"0..{SEQ_MODULUS - 1} expected", field="seqNumber")
     data = _field(body, "data", str)
     if not _HEX_RE.fullmatch(data):
         raise CodecError("bad_field", "hex string expected", field="data")
@@ -89,15 +106,20 @@ def decode_callback(body: Any, received_at: float, trace_id: str) -> Reading:
         if not isinstance(body["duplicate"], bool):
             raise CodecError("bad_field", "expected bool", field="duplicate")
         meta["duplicate"] = body["duplicate"]
-    payload = bytes.fromhex(data)
+    return _reading(canonical_device(device), seq, time, received_at, trace_id, bytes.fromhex(data), meta or None)
+
+
+def _reading(
+    device: str, seq: int, time: int, received_at: float, trace_id: str, payload: bytes,
+    meta: dict[str, MetaValue] | None,
+) -> Reading:
     flags, index, counts, battery = decode_payload(payload)
-    period_end = time - time % BUCKET_SECONDS
     return Reading(
         protocol=PROTOCOL,
-        device=canonical_device(device),
+        device=device,
         seq=seq,
         device_time=time,
-        period_end=period_end,
+        period_end=time - time % BUCKET_SECONDS,
         bucket_seconds=BUCKET_SECONDS,
         counts=counts,
         index=index,
@@ -106,5 +128,18 @@ def decode_callback(body: Any, received_at: float, trace_id: str) -> Reading:
         received_at=received_at,
         trace_id=trace_id,
         payload=payload,
-        meta=meta or None,
+        meta=meta,
     )
+
+
+def redecode(stored: StoredRaw) -> Reading:
+    """The payload holds the counts; the callback's fields (device, seq, time) were stored beside it. The
+    callback's metadata is kept in raw_messages.meta, not carried again."""
+    return _reading(stored.device, stored.seq, stored.device_time, stored.received_at, stored.trace_id,
+                    stored.payload, None)
+
+
+CODEC = Codec(
+    name=PROTOCOL, title="Sigfox", id_form="1 to 8 hex digits", keyed=False, seq_modulus=SEQ_MODULUS,
+    canonical=canonical_id, number=device_number, text=device_text, redecode=redecode, flag_bits=FLAG_BITS,
+)

@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pulsestack.wire.codecs import CODECS
 from simulator.fleet import BUCKETS, SentReading
 
 
 def device_text(protocol: str, number: int) -> str:
-    return f"{number:X}" if protocol == "sigfox" else str(number)
+    return CODECS[protocol].text(number)
 
 
 @dataclass
@@ -77,7 +78,7 @@ class ReadingBatch:
     @classmethod
     def from_readings(cls, protocol: str, readings: list[SentReading], rate: float) -> ReadingBatch:
         out = cls(protocol)
-        number = (lambda d: int(d, 16)) if protocol == "sigfox" else int
+        number = CODECS[protocol].number
         for i, r in enumerate(readings):
             out.append(number(r.device), r.seq, r.device_time, r.period_end, r.index, r.counts, i / rate)
         return out

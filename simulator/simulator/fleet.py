@@ -6,10 +6,13 @@ import random
 from dataclasses import dataclass, field
 
 from pulsestack import keys
+from pulsestack.wire import nbiot, sigfox
+from pulsestack.wire.codecs import CODECS
 from simulator.profiles import SILENT, Profiles
 
 NBIOT_BASE = 356_938_035_600_000  # IMEI-like decimal ids
 SIGFOX_BASE = 0x1A0000
+BASES = {nbiot.PROTOCOL: NBIOT_BASE, sigfox.PROTOCOL: SIGFOX_BASE}  # each protocol's simulated ids start here
 BUCKET_SECONDS = 900
 BUCKETS = 4
 READING_SECONDS = BUCKET_SECONDS * BUCKETS
@@ -59,15 +62,18 @@ class Meter:
             counts = self.profiles.counts(self.number, self.next_period_end, BUCKETS, BUCKET_SECONDS)
         else:
             counts = tuple(self.rng.choice((0, 0, 1, 2, 3, 5, 8, 13)) for _ in range(BUCKETS))
-        self.seq += 1
-        if self.protocol == "sigfox":
-            self.seq %= 4096
+        self.seq = (self.seq + 1) % CODECS[self.protocol].seq_modulus
         self.index = (self.index + sum(counts)) % 2**32
         period_end = self.next_period_end
         self.next_period_end += READING_SECONDS
-        # A Sigfox message's time falls inside the quarter-hour after its last bucket.
-        device_time = period_end + (self.number % 600) if self.protocol == "sigfox" else period_end
+        device_time = sent_time(self.protocol, self.number, period_end)
         return SentReading(self.protocol, self.device, self.seq, device_time, period_end, self.index, counts)
+
+
+def sent_time(protocol: str, number: int, period_end: int) -> int:
+    """The device time a meter's reading carries: a Sigfox message's falls inside the quarter-hour after its
+    last bucket (spread over the meters), an NB-IoT frame's is its period end."""
+    return period_end + (number % 600) if protocol == sigfox.PROTOCOL else period_end
 
 
 def nbiot_id(i: int) -> str:
@@ -80,8 +86,8 @@ def sigfox_id(i: int) -> str:
 
 def simulated(protocol: str, device: str) -> bool:
     """Whether an id is one a simulated fleet uses (offsets below 2^24 from its protocol's base)."""
-    number, base = (int(device), NBIOT_BASE) if protocol == "nbiot" else (int(device, 16), SIGFOX_BASE)
-    return base <= number < base + 2**24
+    base = BASES[protocol]
+    return base <= CODECS[protocol].number(device) < base + 2**24
 
 
 def fleet_ids(devices: int, nbiot_share: float, first_id: int = 0) -> tuple[list[str], list[str]]:
@@ -106,12 +112,12 @@ def build_fleet(
     meters = []
     for i in range(devices):
         if i < n_nbiot:
-            protocol, device, number = "nbiot", nbiot_id(first_id + i), NBIOT_BASE + first_id + i
+            protocol, device, number = nbiot.PROTOCOL, nbiot_id(first_id + i), NBIOT_BASE + first_id + i
         else:
             j = first_id + i - n_nbiot
-            protocol, device, number = "sigfox", sigfox_id(j), SIGFOX_BASE + j
+            protocol, device, number = sigfox.PROTOCOL, sigfox_id(j), SIGFOX_BASE + j
         rng = random.Random(seed * 1_000_003 + i)
-        key = keys.derive(master_key, "nbiot", device) if protocol == "nbiot" else b""
+        key = keys.derive(master_key, protocol, device) if CODECS[protocol].keyed else b""
         index = profiles.initial_index(number) if profiles else rng.randrange(2**20)
         meter = Meter(protocol, device, number, key, start, index=index, rng=rng, profiles=profiles)
         if not meter.silent:

@@ -133,7 +133,7 @@ class NbiotSender:
             number = batch.number[i]
             key = self.keys.get(number)
             if key is None:
-                key = keys.derive(master, "nbiot", str(number)) if master else bytes(32)
+                key = keys.derive(master, nbiot.PROTOCOL, str(number)) if master else bytes(32)
                 self.keys[number] = key
             seq = batch.seq[i]
             self.frames[i] = nbiot.encode(
@@ -154,7 +154,7 @@ class NbiotSender:
                 except OSError:
                     pass
             self.socks.append(s)
-        self.result = Result(protocol="nbiot", mode=spec.mode, readings=n)
+        self.result = Result(protocol=nbiot.PROTOCOL, mode=spec.mode, readings=n)
         self.outstanding = 0  # sent, neither acked nor given up
 
     def run(self, t0: float) -> None:
@@ -339,7 +339,7 @@ class SigfoxSender:
             self.requests[i] = head + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
         self.status = bytearray(n)
         self.statuses: Counter[int] = Counter()
-        self.result = Result(protocol="sigfox", mode="ack", readings=n)
+        self.result = Result(protocol=sigfox.PROTOCOL, mode="ack", readings=n)
         self._cursor = 0
         self._retry: deque[tuple[int, int]] = deque()  # (i, attempt) ready to go again
         self._wake: asyncio.Event | None = None
@@ -441,7 +441,7 @@ def main(argv: list[str]) -> int:
     started, cpu0 = time.monotonic(), _cpu()
     batch = ReadingBatch.load(Path(spec.batch))
     sender: NbiotSender | SigfoxSender
-    sender = NbiotSender(spec, batch) if batch.protocol == "nbiot" else SigfoxSender(spec, batch)
+    sender = NbiotSender(spec, batch) if batch.protocol == nbiot.PROTOCOL else SigfoxSender(spec, batch)
     result = sender.result
     result.prepare_seconds = time.monotonic() - started
     result.cpu_prepare = _cpu() - cpu0

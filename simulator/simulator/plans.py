@@ -20,8 +20,10 @@ import time
 from array import array
 from dataclasses import dataclass, field
 
+from pulsestack.wire import sigfox
+from pulsestack.wire.codecs import CODECS
 from simulator.batch import ReadingBatch
-from simulator.fleet import BUCKET_SECONDS, BUCKETS, NBIOT_BASE, SIGFOX_BASE
+from simulator.fleet import BASES, BUCKET_SECONDS, BUCKETS, sent_time
 from simulator.profiles import SILENT, Profiles, _mix, _unit
 
 HOUR = 3600
@@ -32,16 +34,7 @@ MAX_AGE = 30 * 86_400
 
 def device_number(protocol: str, i: int, first_id: int = 0) -> int:
     """Same numbering as simulator.fleet (nbiot_id / sigfox_id)."""
-    return (NBIOT_BASE if protocol == "nbiot" else SIGFOX_BASE) + first_id + i
-
-
-def seq_wrap(protocol: str) -> int:
-    return 4096 if protocol == "sigfox" else 2**32
-
-
-def _device_time(protocol: str, number: int, period_end: int) -> int:
-    # A Sigfox message's time falls inside the quarter-hour after its last bucket (as in simulator.fleet).
-    return period_end + (number % 600) if protocol == "sigfox" else period_end
+    return BASES[protocol] + first_id + i
 
 
 @dataclass(frozen=True)
@@ -76,7 +69,7 @@ class HourlyFleet:
             raise ValueError("the window must lie inside one device-time hour")
         batch = ReadingBatch(self.protocol)
         hour_number = hour_start // HOUR
-        wrap = seq_wrap(self.protocol)
+        wrap = CODECS[self.protocol].seq_modulus
         for second in range(window_start, window_start + seconds):
             due = []
             i = (second * _PHASE_INVERSE) % HOUR
@@ -93,7 +86,8 @@ class HourlyFleet:
                 index = (self.profiles.initial_index(number) + sum(counts)) % 2**32
                 # seq advances once an hour, so two hours of the same meter never share one.
                 seq = (hour_number + _mix(number, 11)) % wrap
-                device_time = t if self.protocol == "sigfox" else period_end
+                # A Sigfox message carries the second it was sent; an NB-IoT frame its period end.
+                device_time = t if self.protocol == sigfox.PROTOCOL else period_end
                 batch.append(number, seq, device_time, period_end, index, counts, at - window_start)
         return batch
 
@@ -112,7 +106,7 @@ class RampPool:
         self.active = array("Q")  # pool positions of the meters that report (not silent)
         self.index = array("Q")
         self.seq = array("Q")
-        wrap = seq_wrap(protocol)
+        wrap = CODECS[protocol].seq_modulus
         for i in range(size):
             number = device_number(protocol, i, first_id)
             if self.profiles.kind(number) == SILENT:
@@ -143,7 +137,7 @@ class RampPool:
                 " before device clocks reach now; use a larger pool"
             )
         devices = math.ceil(total / per_device)
-        wrap = seq_wrap(self.protocol)
+        wrap = CODECS[self.protocol].seq_modulus
         sent = 0
         for k in range(per_device):
             period_end = self.next_hour + (k + 1) * HOUR
@@ -155,7 +149,7 @@ class RampPool:
                 index = (self.index[d] + sum(counts)) % 2**32
                 seq = (self.seq[d] + 1) % wrap
                 self.index[d], self.seq[d] = index, seq
-                batch.append(number, seq, _device_time(self.protocol, number, period_end), period_end, index,
+                batch.append(number, seq, sent_time(self.protocol, number, period_end), period_end, index,
                              counts, sent / rate)
                 sent += 1
         self.next_hour += per_device * HOUR

@@ -8,6 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from pulsestack.clock import WALL, Clock
+from pulsestack.wire import nbiot
 from simulator.fleet import Meter, SentReading, build_fleet
 from simulator.nbiot import NbiotClient
 from simulator.profiles import Profiles
@@ -128,7 +129,7 @@ class Simulation:
                 continue
             checked = 0
             reading = meter.next_reading()
-            (self.nbiot if meter.protocol == "nbiot" else self.sigfox).send(meter, reading)
+            (self.nbiot if meter.protocol == nbiot.PROTOCOL else self.sigfox).send(meter, reading)
             count -= 1
         return count <= 0
 
