@@ -476,13 +476,13 @@ async def table_counts() -> dict[str, int]:
 
 async def lose_a_fleet() -> int:
     """What a restore is for: an operator's mistake deletes one window's readings."""
-    nbiot, sigfox = fleet_ids(proof.DEVICES, 0.5, proof.first_id(0))
+    ids = [i for fleet in fleet_ids(proof.DEVICES, 0.5, proof.first_id(0)).values() for i in fleet]
     conn = await proof.db("postgres", "postgres_password")
     try:
         async with conn.transaction():
             deleted = 0
             for table in ("pulses", "raw_messages"):
-                status = await conn.execute(f"DELETE FROM {table} WHERE device_id = ANY($1::text[])", nbiot + sigfox)
+                status = await conn.execute(f"DELETE FROM {table} WHERE device_id = ANY($1::text[])", ids)
                 deleted += int(status.split()[-1])
         return deleted
     finally:

@@ -45,7 +45,8 @@ from nats.aio.client import Client as NATS
 from pulsestack.bus.streams import RAW, RAW_REPLAY, drained
 from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET
-from pulsestack.services import SERVICES
+from pulsestack.services import INGEST_HTTP, INGEST_UDP, SERVICES
+from pulsestack.wire import nbiot, sigfox
 from simulator.fleet import fleet_ids
 from simulator.run import Simulation, SimulationConfig, SimulationReport
 from simulator.verify import verify
@@ -307,9 +308,8 @@ async def provision_all() -> None:
     try:
         kv = await nc.jetstream().key_value(BUCKET)
         for window in range(len(WINDOWS)):
-            nbiot, sigfox = fleet_ids(DEVICES, 0.5, first_id(window))
-            await registry.add_bulk(conn, kv, "nbiot", nbiot)
-            await registry.add_bulk(conn, kv, "sigfox", sigfox)
+            for protocol, ids in fleet_ids(DEVICES, 0.5, first_id(window)).items():
+                await registry.add_bulk(conn, kv, protocol, ids)
     finally:
         await nc.close()
         await conn.close()
@@ -331,14 +331,15 @@ def metric_value(text: str, name: str, **labels: str) -> float:
 def ingester_devices() -> dict[str, float]:
     """Devices each ingester knows (pulsestack_registry_devices), read inside their tasks."""
     out = {}
-    for service, protocol, port in (("ingest-udp", "nbiot", 9101), ("ingest-http", "sigfox", 7070)):
+    for service, protocol in ((INGEST_UDP, nbiot.PROTOCOL), (INGEST_HTTP, sigfox.PROTOCOL)):
+        port = service.ops.default
         values = []
-        for task in running(service):
+        for task in running(service.name):
             text = in_task(task, "python", "-c",
                            f"import urllib.request as u; print(u.urlopen('http://127.0.0.1:{port}/metrics').read()"
                            ".decode())", check=False)
             values.append(metric_value(text, "pulsestack_registry_devices", protocol=protocol))
-        out[service] = min(values) if values else 0.0
+        out[service.name] = min(values) if values else 0.0
     return out
 
 

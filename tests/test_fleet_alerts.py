@@ -31,7 +31,7 @@ async def test_leaking_and_silent_meters_raise_and_resolve(stack: LocalStack, db
     # fleet can lack one (a CI run drew 40 meters without a wrapping one).
     for block in range(os.getpid() % 1000, os.getpid() % 1000 + 1000):
         first_id = 700_000 + block * 100
-        ids, _ = fleet_ids(DEVICES, 1.0, first_id)
+        ids = fleet_ids(DEVICES, 1.0, first_id)["nbiot"]
         kinds = {d: PROFILES.kind(int(d)) for d in ids}
         by_kind = {k: sorted(d for d, kind in kinds.items() if kind == k) for k in (HOUSEHOLD, LEAK, SILENT, WRAP)}
         if all(by_kind.values()):

@@ -98,15 +98,13 @@ class LocalStack:
 
     async def provision(self, devices: int, nbiot_share: float, first_id: int = 0) -> None:
         """Registers the simulator's fleet (same ids as simulator.fleet)."""
-        nbiot_ids, sigfox_ids = fleet_ids(devices, nbiot_share, first_id)
         conn = await asyncpg.connect(self.database_url)
         nc = await nats.connect(self.nats_url)
         try:
             kv = await nc.jetstream().key_value(BUCKET)
-            if nbiot_ids:
-                await registry.add_bulk(conn, kv, "nbiot", nbiot_ids)
-            if sigfox_ids:
-                await registry.add_bulk(conn, kv, "sigfox", sigfox_ids)
+            for protocol, ids in fleet_ids(devices, nbiot_share, first_id).items():
+                if ids:
+                    await registry.add_bulk(conn, kv, protocol, ids)
         finally:
             await nc.close()
             await conn.close()
@@ -114,8 +112,7 @@ class LocalStack:
     async def retire_others(self, devices: int, nbiot_share: float) -> int:
         """Disables the simulated devices an earlier, larger run registered that this fleet leaves out: they
         would go silent and each open an alert. A later, larger run enables them again (`provision`)."""
-        nbiot_ids, sigfox_ids = fleet_ids(devices, nbiot_share)
-        wanted = {"nbiot": set(nbiot_ids), "sigfox": set(sigfox_ids)}
+        wanted = {protocol: set(ids) for protocol, ids in fleet_ids(devices, nbiot_share).items()}
         conn = await asyncpg.connect(self.database_url)
         nc = await nats.connect(self.nats_url)
         try:

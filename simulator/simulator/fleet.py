@@ -90,13 +90,14 @@ def simulated(protocol: str, device: str) -> bool:
     return base <= CODECS[protocol].number(device) < base + 2**24
 
 
-def fleet_ids(devices: int, nbiot_share: float, first_id: int = 0) -> tuple[list[str], list[str]]:
-    """The NB-IoT and Sigfox ids of a fleet; `first_id` keeps fleets of different runs apart."""
+def fleet_ids(devices: int, nbiot_share: float, first_id: int = 0) -> dict[str, list[str]]:
+    """The ids of a fleet per protocol (NB-IoT's share, Sigfox the rest); `first_id` keeps fleets of
+    different runs apart."""
     n_nbiot = round(devices * nbiot_share)
-    return (
-        [nbiot_id(first_id + i) for i in range(n_nbiot)],
-        [sigfox_id(first_id + j) for j in range(devices - n_nbiot)],
-    )
+    return {
+        nbiot.PROTOCOL: [nbiot_id(first_id + i) for i in range(n_nbiot)],
+        sigfox.PROTOCOL: [sigfox_id(first_id + j) for j in range(devices - n_nbiot)],
+    }
 
 
 def build_fleet(
