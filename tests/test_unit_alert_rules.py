@@ -2,7 +2,8 @@
 pure: its clock is the readings' own period ends), the SQL that opens, resolves and judges daily totals
 (pulsestack/store/alerts.py) and the alerting sweep's silence and day end (alerting/alerting/sweep.py), each
 on one PostgreSQL connection in a transaction that is rolled back: its `now()` stands still for the test, a
-fake clock the rows are placed against. No service runs."""
+fake clock the rows are placed against. And readings stored through the store stage's write in one batch, in
+random batches or one by one leave the same alerts. No service runs."""
 
 from __future__ import annotations
 
