@@ -12,7 +12,7 @@ readings equal the index difference.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import asyncpg
 
@@ -250,6 +250,14 @@ class _DeviceState:
         self.point = Point.of(r)
         self.last = item
 
+    def take(self, item: PulseItem) -> bool:
+        """Observes a new reading, and follows it when it comes in order (returned)."""
+        self.observe(item.reading)
+        if self.point is not None and Point.of(item.reading).key <= self.point.key:
+            return False
+        self.follow(item)
+        return True
+
 
 def lock_key(protocol: str, device: str) -> int:
     """The advisory lock every writer of a device's derived data holds."""
@@ -417,18 +425,25 @@ async def _update_history(
     states: dict[tuple[str, str], _DeviceState] = {k: _DeviceState(None, 0) for k in keys}
     for row in await conn.fetch(_STATE, [k[0] for k in keys], [k[1] for k in keys]):
         states[(row["protocol"], row["device_id"])] = _state_from_row(row)
+    # The alert rules see the readings one at a time, in the order they came: what each would have found
+    # stored alone, so the alerts table does not depend on how readings were batched. What a reading moves
+    # in the state (latest reading, first bucket, finest width, last zero-flow end) does not depend on the
+    # order within a batch, so the walk below, in period order, ends where this one does.
+    judging = {k: replace(s) for k, s in states.items()}
+    for item in fresh:
+        state = judging[(item.reading.protocol, item.reading.device)]
+        state.take(item)
+        _judge(state, item, alerts, replay)
     gaps = _GapWriter()
     late: list[Reading] = []
     for item in sorted(fresh, key=lambda i: (i.reading.protocol, i.reading.device, Point.of(i.reading).key)):
         r = item.reading
         state = states[(r.protocol, r.device)]
-        point = Point.of(r)
-        state.observe(r)
-        if state.point is None or point.key > state.point.key:
+        before = state.point
+        if state.take(item):
             # The usual case, in order: the previous reading is the device's last.
-            if state.point is not None:
-                gaps.put(r.protocol, r.device, state.point, point)
-            state.follow(item)
+            if before is not None:
+                gaps.put(r.protocol, r.device, before, Point.of(r))
         else:
             late.append(r)
     if late:
@@ -446,8 +461,6 @@ async def _update_history(
             if after is not None:
                 gaps.put(r.protocol, r.device, point, after, b_stored_before=True)
     written, resets = await gaps.flush(conn, deltas)
-    for (protocol, device), state in states.items():
-        _judge(protocol, device, state, alerts, replay)
     changed = [(k, s) for k, s in states.items() if s.last is not None]
     unchanged = [(k, s) for k, s in states.items() if s.last is None]
     if unchanged:
@@ -483,25 +496,30 @@ def _ts_or_none(seconds: int | None) -> object:
     return None if seconds is None else ts(seconds)
 
 
-def _judge(protocol: str, device: str, state: _DeviceState, alerts: AlertChanges, replay: bool) -> None:
-    """Opens or resolves the alerts a device's state implies; only changes reach the database."""
-    is_open = state.open_alerts.__contains__
-    if is_open("silent") and not replay:
-        alerts.resolve(protocol, device, "silent")  # it spoke again
-    if state.last is not None:
-        flags = state.last.reading.flags
+def _judge(state: _DeviceState, item: PulseItem, alerts: AlertChanges, replay: bool) -> None:
+    """Opens or resolves the alerts a device's state implies once `item` is stored (`state.last` is `item` when
+    it came in order). Only changes reach the database, each naming the reading that made it; the state's
+    open alerts follow them, for the next reading."""
+    r = item.reading
+    by = {"seq": r.seq, "raw_id": item.raw_id}
+    is_open = set(state.open_alerts)
+
+    def settle(kind: str, holds: bool, **detail: object) -> None:
+        if holds and kind not in is_open:
+            alerts.open(r.protocol, r.device, kind, **detail, **by)
+            is_open.add(kind)
+        elif not holds and kind in is_open:
+            alerts.resolve(r.protocol, r.device, kind, resolved_by=by)
+            is_open.discard(kind)
+
+    if not replay:
+        settle("silent", False)  # it spoke again
+    if state.last is item:  # a late reading does not say what the device's flags are now
         for kind, flag in FLAG_ALERTS:
-            if flags & flag and not is_open(kind):
-                alerts.open(protocol, device, kind, seq=state.last.reading.seq, raw_id=state.last.raw_id)
-            elif not flags & flag and is_open(kind):
-                alerts.resolve(protocol, device, kind)
-    if state.point is None or state.finest is None or state.finest > FINEST_FOR_LEAK:
-        return
-    since = state.last_zero_flow if state.last_zero_flow is not None else state.first_bucket
-    if since is None:
-        return
-    flowing = state.point.period_end - since
-    if flowing >= LEAK_WINDOW and not is_open("leak"):
-        alerts.open(protocol, device, "leak", flowing_since=ts(since).isoformat(), hours=flowing // 3600)
-    elif flowing < LEAK_WINDOW and is_open("leak"):
-        alerts.resolve(protocol, device, "leak")
+            settle(kind, bool(r.flags & flag))
+    if state.point is not None and state.finest is not None and state.finest <= FINEST_FOR_LEAK:
+        since = state.last_zero_flow if state.last_zero_flow is not None else state.first_bucket
+        if since is not None:
+            flowing = state.point.period_end - since
+            settle("leak", flowing >= LEAK_WINDOW, flowing_since=ts(since).isoformat(), hours=flowing // 3600)
+    state.open_alerts = frozenset(is_open)
