@@ -168,6 +168,17 @@ def test_networks(resolved: dict[str, Any]) -> None:
     assert "nats" in services["nats-1"]["networks"]["bus"]["aliases"]
 
 
+def test_admin_uis_are_apart_from_the_internet_facing_services(resolved: dict[str, Any]) -> None:
+    """Only Traefik and the admin UIs share `admin`; the ingest route and the API share `edge` with Traefik
+    only, so a compromised ingester cannot reach an admin UI around Traefik's authentication."""
+    services = resolved["services"]
+    on = {net: {name for name, s in services.items() if net in s.get("networks", {})} for net in ("edge", "admin")}
+    assert on["admin"] == {"traefik", "prometheus", "alertmanager", "grafana", "portainer"}, on["admin"]
+    assert on["edge"] == {"traefik", "ingest-http", "api"}, on["edge"]
+    for name in on["admin"] - {"traefik"}:
+        assert services[name]["deploy"]["labels"]["traefik.swarm.network"] == "pulsestack_admin", name
+
+
 def test_scrape_labels_follow_the_monitoring_convention(resolved: dict[str, Any]) -> None:
     jobs = {}
     for name, service in resolved["services"].items():
