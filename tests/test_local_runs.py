@@ -204,7 +204,9 @@ def test_a_service_that_dies_during_the_run_fails_it_by_name(workdir: Path) -> N
             os.kill(pid, signal.SIGKILL)
         out, _ = run.communicate(timeout=60)
     finally:
-        run.kill()
+        if run.poll() is None:  # SIGTERM: the run stops its servers and services (SIGKILL would orphan them)
+            run.terminate()
+            run.wait(60)
     assert run.returncode == 1, out
     assert re.search(r"^pulsestack: raw-processor exited with code -9 during the run: see .*raw-processor\.log$",
                      out, re.MULTILINE), out
