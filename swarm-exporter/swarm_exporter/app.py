@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import asyncpg
 from prometheus_client import REGISTRY
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from pulsestack import ops
@@ -17,6 +17,7 @@ from pulsestack.logs import get_logger
 from pulsestack.service import sleep_or_stop
 from swarm_exporter.config import SwarmExporterConfig
 from swarm_exporter.docker_api import DockerApi, NodeState, ServiceReplicas
+from swarm_exporter.wal import WalStatus, wal_status
 
 log = get_logger(__name__)
 
@@ -29,8 +30,9 @@ class SwarmCollector(Collector):
         self.services: list[ServiceReplicas] = []
         self.nodes: list[NodeState] = []
         self.postgres_up: float | None = None
+        self.wal: WalStatus | None = None
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         desired = GaugeMetricFamily(
             "pulsestack_swarm_service_desired_replicas",
             "Tasks swarm wants for a service (replicas, or eligible nodes of a global service)",
@@ -56,19 +58,51 @@ class SwarmCollector(Collector):
                 "pulsestack_postgres_up", "1 when PostgreSQL answered a trivial query at the last probe, else 0",
                 value=self.postgres_up,
             )
+        if self.wal is not None:
+            yield from wal_families(self.wal)
 
 
-async def probe_postgres(url: str, seconds: float) -> bool:
+def wal_families(wal: WalStatus) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    yield GaugeMetricFamily("pulsestack_postgres_wal_archiving_enabled",
+                            "1 when PostgreSQL's archive_mode is on, else 0", value=1.0 if wal.archiving else 0.0)
+    yield CounterMetricFamily("pulsestack_postgres_wal_archived", "WAL segments archived (pg_stat_archiver)",
+                              value=wal.archived)
+    yield CounterMetricFamily("pulsestack_postgres_wal_archive_failures",
+                              "Failed attempts to archive a WAL segment (pg_stat_archiver)", value=wal.failed)
+    # Absent until the first success or failure: an age since "never" has no value that alerts could compare.
+    if wal.since_archived is not None:
+        yield GaugeMetricFamily("pulsestack_postgres_wal_last_archived_age_seconds",
+                                "Seconds since the last WAL segment was archived", value=wal.since_archived)
+    if wal.since_failed is not None:
+        yield GaugeMetricFamily("pulsestack_postgres_wal_last_archive_failure_age_seconds",
+                                "Seconds since the last failed attempt to archive a WAL segment",
+                                value=wal.since_failed)
+    yield GaugeMetricFamily("pulsestack_postgres_wal_archive_ready_files",
+                            "Completed WAL segments waiting for the archiver", value=wal.ready)
+    yield GaugeMetricFamily("pulsestack_postgres_wal_bytes", "Size of pg_wal", value=wal.bytes)
+    yield GaugeMetricFamily("pulsestack_postgres_wal_files", "Files in pg_wal", value=wal.files)
+    yield GaugeMetricFamily("pulsestack_postgres_wal_max_bytes", "PostgreSQL's max_wal_size", value=wal.max_bytes)
+
+
+async def probe_postgres(url: str, seconds: float) -> tuple[bool, WalStatus | None]:
+    """Whether PostgreSQL answers, and its WAL's status: None when that query failed, which drops only its
+    series (a role without the grants of migration 007 must not turn pulsestack_postgres_up to 0)."""
     try:
         conn = await asyncpg.connect(url, timeout=seconds)
     except Exception as exc:
         log.warning("postgres probe failed", error=str(exc) or type(exc).__name__)
-        return False
+        return False, None
     try:
-        return bool(await asyncio.wait_for(conn.fetchval("SELECT 1"), seconds) == 1)
+        if await asyncio.wait_for(conn.fetchval("SELECT 1"), seconds) != 1:
+            return False, None
+        try:
+            return True, await asyncio.wait_for(wal_status(conn), seconds)
+        except Exception as exc:
+            log.warning("postgres wal probe failed", error=str(exc) or type(exc).__name__)
+            return True, None
     except Exception as exc:
         log.warning("postgres probe failed", error=str(exc) or type(exc).__name__)
-        return False
+        return False, None
     finally:
         await conn.close(timeout=seconds)
 
@@ -85,7 +119,8 @@ async def poll_once(api: DockerApi, collector: SwarmCollector, config: SwarmExpo
         swarm_ok = False
         log.warning("docker api unavailable", error=str(exc) or type(exc).__name__)
     if config.probe_postgres:
-        collector.postgres_up = 1.0 if await probe_postgres(url, config.probe_timeout) else 0.0
+        up, collector.wal = await probe_postgres(url, config.probe_timeout)
+        collector.postgres_up = 1.0 if up else 0.0
     return swarm_ok
 
 
