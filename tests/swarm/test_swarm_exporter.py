@@ -26,6 +26,7 @@ except ImportError:
 from swarm_exporter.app import SwarmCollector, serve  # noqa: E402
 from swarm_exporter.config import SwarmExporterConfig  # noqa: E402
 from swarm_exporter.docker_api import nodes_of, replicas_of  # noqa: E402
+from swarm_exporter.wal import WalStatus  # noqa: E402
 
 SERVICES: list[dict[str, Any]] = [
     {  # replicated, one task missing
@@ -79,12 +80,18 @@ def test_collector_exposes_only_documented_names() -> None:
     collector = SwarmCollector()
     collector.services = replicas_of(SERVICES)
     collector.nodes = nodes_of(NODES)
-    collector.postgres_up = 0.0
+    collector.postgres_up = 1.0
+    collector.wal = WalStatus(archiving=True, archived=3, failed=1, since_archived=5.0, since_failed=60.0,
+                              bytes=3 * 2**24, files=3, ready=0, max_bytes=2**30)
     names = {sample.name for family in collector.collect() for sample in family.samples}
     documented = yaml.safe_load((REPO / "monitoring" / "pulsestack-metrics.yml").read_text())["metrics"]
     assert names == {
         "pulsestack_swarm_service_desired_replicas", "pulsestack_swarm_service_running_replicas",
         "pulsestack_swarm_node_ready", "pulsestack_postgres_up",
+        "pulsestack_postgres_wal_archiving_enabled", "pulsestack_postgres_wal_archived_total",
+        "pulsestack_postgres_wal_archive_failures_total", "pulsestack_postgres_wal_last_archived_age_seconds",
+        "pulsestack_postgres_wal_last_archive_failure_age_seconds", "pulsestack_postgres_wal_archive_ready_files",
+        "pulsestack_postgres_wal_bytes", "pulsestack_postgres_wal_files", "pulsestack_postgres_wal_max_bytes",
     }
     assert names <= set(documented)
     for name in names:
