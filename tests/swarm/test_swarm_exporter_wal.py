@@ -48,7 +48,8 @@ async def server(workdir: Path) -> AsyncIterator[Postgres]:
             await conn.close()
         yield postgres
     finally:
-        await asyncio.to_thread(postgres.stop)
+        # A throwaway server: no shutdown checkpoint, and no last round of a failing archive command's retries.
+        await asyncio.to_thread(postgres.stop, "immediate")
 
 
 async def archive_with(postgres: Postgres, command: str) -> None:
