@@ -259,3 +259,26 @@ async def test_streams_healthy_forgets_a_replaced_server_and_waits_for_its_succe
     finally:
         for server in servers:
             server.stop()
+
+
+@on_server
+async def test_streams_healthy_waits_for_servers_that_are_still_starting(tmp_path: Path) -> None:
+    """A runbook's `--within` covers servers that do not answer yet (rescheduled on a new node), not only
+    streams catching up; without it, the first refused connection ends the wait."""
+    from pulsestack_cli.localstack import NatsServer
+
+    server = NatsServer(tmp_path / "late")
+    env = {**os.environ, "NATS_URL": server.url}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pulsestack_cli", "jetstream", "streams-healthy", "--replicas", "1",
+        "--within", "12", "NO_SUCH_STREAM", env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    await asyncio.sleep(4)
+    server.start()
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        server.stop()
+    # It reached the server and asked: the stream does not exist (1), not "cannot reach NATS" (3).
+    assert proc.returncode == 1, err.decode()
+    assert json.loads(out)["streams"][0]["error"]["code"] == 404

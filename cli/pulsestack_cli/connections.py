@@ -7,8 +7,10 @@ as it is. A server that cannot be reached is an `Unreachable` error, which the C
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shlex
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -58,25 +60,33 @@ def _where(url: str) -> str:
     return f"{parts.hostname}:{parts.port}" if parts.hostname else url
 
 
-async def connect(*, system: bool = False) -> NATS:
+async def connect(*, system: bool = False, patience: float = 0.0) -> NATS:
     """The account user's connection, or with `system` the system account user's (server-wide requests).
 
     The system user is PULSESTACK_NATS_SYSTEM_USER with PULSESTACK_NATS_SYSTEM_PASSWORD (or its _FILE); without
-    it, the account user is tried, and the server's "no answer" tells what is missing.
+    it, the account user is tried, and the server's "no answer" tells what is missing. With `patience`
+    (seconds), servers that do not answer yet are tried again until then: a runbook's wait starts while
+    servers rescheduled on new nodes may still be starting (a cluster proof's migration failed on that).
     """
     config = CommonConfig.from_env("cli")
     user, password = config.nats_user, config.nats_password
     if system and (system_user := os.environ.get("PULSESTACK_NATS_SYSTEM_USER")):
         user, password = system_user, secret("PULSESTACK_NATS_SYSTEM_PASSWORD", "")
-    try:
-        # A few quick attempts: an operator waits seconds for an answer, not the client's default 2 minutes.
-        nc = await nats.connect(config.nats_servers, user=user, password=password, tls=config.nats_tls,
-                                tls_hostname=config.nats_tls_hostname, max_reconnect_attempts=4,
-                                reconnect_time_wait=0.5, error_cb=_quiet)
-    except (nats.errors.NoServersError, OSError) as exc:
-        servers = ", ".join(_where(url) for url in config.nats_servers)
-        raise Unreachable(f"cannot reach NATS at {servers} ({exc}): start the stack (make run) or set NATS_URL")\
-            from exc
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            # A few quick attempts: an operator waits seconds for an answer, not the client's default 2 minutes.
+            nc = await nats.connect(config.nats_servers, user=user, password=password, tls=config.nats_tls,
+                                    tls_hostname=config.nats_tls_hostname, max_reconnect_attempts=4,
+                                    reconnect_time_wait=0.5, error_cb=_quiet)
+            break
+        except (nats.errors.NoServersError, OSError) as exc:
+            if time.monotonic() < deadline:
+                await asyncio.sleep(2.0)
+                continue
+            servers = ", ".join(_where(url) for url in config.nats_servers)
+            raise Unreachable(
+                f"cannot reach NATS at {servers} ({exc}): start the stack (make run) or set NATS_URL") from exc
     # Once connected, the client's usual patience (60 attempts, 2 s apart): the runbooks' waits
     # (`jetstream streams-healthy --within`) outlast servers restarting under them. nats-py reads these
     # options at each reconnection.

@@ -173,7 +173,7 @@ async def _streams_healthy(nc: NATS, streams: list[str], replicas: int, within: 
 
 
 async def run(args: argparse.Namespace) -> int:
-    nc = await connect(system=args.action == "peer-remove")
+    nc = await connect(system=args.action == "peer-remove", patience=args.within)
     try:
         if args.action == "streams-healthy":
             return await _streams_healthy(nc, args.streams, args.replicas, args.within, args.running)
