@@ -162,9 +162,11 @@ resource "scaleway_ipam_ip" "node" {
 ################################################################################
 # Security groups (they filter the public interface)
 #
-# From the internet: 80/443 TCP on the managers (the edge, behind the load
-# balancer), the UDP ingest port on the ingest nodes, SSH from the admin
-# networks only. Everything else inbound is dropped. Swarm ports are listed
+# From the internet: the UDP ingest port on the ingest nodes and SSH from the
+# admin networks only. HTTP(S) reaches the managers through the load balancer
+# over the private network, never on their public IPs: a request that skipped
+# the balancer would also skip the client address it passes (PROXY protocol)
+# and with it Traefik's admin allow-list. Everything else inbound is dropped. Swarm ports are listed
 # for the private subnet only; the host firewall (Ansible role "common")
 # enforces the same rules on every interface.
 ################################################################################
@@ -189,16 +191,6 @@ resource "scaleway_instance_security_group" "node" {
       protocol = "TCP"
       port     = 22
       ip_range = inbound_rule.value
-    }
-  }
-
-  dynamic "inbound_rule" {
-    for_each = each.value.role == "manager" ? [80, 443] : []
-    content {
-      action   = "accept"
-      protocol = "TCP"
-      port     = inbound_rule.value
-      ip_range = "0.0.0.0/0"
     }
   }
 

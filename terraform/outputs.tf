@@ -40,6 +40,7 @@ output "ansible_inventory" {
     private_network_cidr = var.private_network_cidr
     admin_cidrs          = var.admin_cidrs
     udp_ingest_port      = var.udp_ingest_port
+    lb_proxy_protocol    = var.lb_proxy_protocol
   })
 }
 

@@ -364,9 +364,9 @@ variable "lb_type" {
 }
 
 variable "lb_proxy_protocol" {
-  description = "PROXY protocol the load balancer speaks to Traefik: none, or v2 so Traefik sees client addresses (then Traefik's entrypoints must trust it from the private network)."
+  description = "PROXY protocol the load balancer speaks to Traefik: v2 (default) so Traefik sees client addresses, which its admin allow-list and rate limits need; Traefik trusts it from the private network only (the inventory passes both to the stack). none: every request seems to come from the load balancer."
   type        = string
-  default     = "none"
+  default     = "v2"
 
   validation {
     condition     = contains(["none", "v1", "v2"], var.lb_proxy_protocol)

@@ -9,7 +9,12 @@ here; the routers are those stack.yml's deploy labels define, converted to the f
 - Traefik refuses a misspelt static key, and skips a dynamic file of the wrong shape (the check has teeth);
 - /api/rawdata, read through the dashboard's own router, lists every middleware and router, none in error;
 - a Sigfox callback through Traefik reaches the real ingest-http and is stored; a body over 4 KiB is 413;
-  admin routes without credentials are 401; plain HTTP redirects to HTTPS; security headers are set.
+  admin routes without credentials are 401; plain HTTP redirects to HTTPS; security headers are set;
+- behind the load balancer (PROXY protocol v2): a client outside the admin allow-list gets 403, one inside
+  reaches the login, and a PROXY header from an address that is not trusted is not believed.
+
+The static file is a swarm config template (stack.yml: template_driver golang); `render` fills in its `env`
+calls as the swarm does from the Traefik service's environment.
 
 On top, the conventions other parts of pulsestack rely on (entrypoints, resolver name, network, middleware
 names) are pinned statically.
@@ -26,6 +31,7 @@ import re
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -54,11 +60,33 @@ ADMIN = ("operator", "a test passphrase")
 ADMIN_AUTH = {"Authorization": "Basic " + base64.b64encode(":".join(ADMIN).encode()).decode()}
 ROUTER_RULE = r"traefik\.http\.routers\.([^.]+)\.rule"
 SERVICE_PORT = r"traefik\.http\.services\.([^.]+)\.loadbalancer\.server\.port"
+ALLOW_LIST = r"traefik\.http\.middlewares\.([^.]+)\.ipallowlist\.sourcerange"
+SWARM_ENV = r"""\{\{\s*env\s+"([A-Z0-9_]+)"\s*\}\}"""
+SUBSTITUTION = r"\$\{([A-Z0-9_]+):-([^}]*)\}"
 
 
 def load(path: Path) -> Any:
     with path.open() as f:
         return yaml.safe_load(f)
+
+
+def stack_defaults(text: str) -> str:
+    """`${NAME:-default}` as `docker stack deploy` substitutes it with nothing set."""
+    return re.sub(SUBSTITUTION, lambda m: m.group(2), text)
+
+
+def traefik_environment() -> dict[str, str]:
+    service = (load(STACK) or {})["services"]["traefik"]
+    return {k: stack_defaults(str(v)) for k, v in (service.get("environment") or {}).items()}
+
+
+def render(path: Path, environment: dict[str, str] | None = None) -> Any:
+    """A swarm config template as the swarm mounts it: its `env` calls read the service's environment
+    (stack.yml's defaults unless `environment` says otherwise). Nothing else of Go templates is used."""
+    env = {**traefik_environment(), **(environment or {})}
+    text = re.sub(SWARM_ENV, lambda m: env[m.group(1)], path.read_text())
+    assert "{{" not in text, f"{path.name}: template syntax the swarm would read and this test does not"
+    return yaml.safe_load(text)
 
 
 def dynamic_middlewares() -> dict[str, Any]:
@@ -100,7 +128,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def routers_from_labels(backends: dict[str, str]) -> dict[str, Any]:
+def label_middlewares(allowed: str | None = None) -> dict[str, Any]:
+    """The middlewares stack.yml's labels define (the admin allow-list), for the file provider; `allowed`
+    replaces the networks of the stack's default."""
+    return {m.group(1): {"ipAllowList": {"sourceRange": (allowed or stack_defaults(value)).split(",")}}
+            for labels in routed_services().values() for key, value in labels.items()
+            if (m := re.fullmatch(ALLOW_LIST, key))}
+
+
+def routers_from_labels(backends: dict[str, str], allowed: str | None = None) -> dict[str, Any]:
     """The dynamic configuration the swarm provider would build from stack.yml's labels, for the file
     provider: `backends` maps a stack service to the URL that stands in for its tasks."""
     routers: dict[str, Any] = {}
@@ -124,7 +160,7 @@ def routers_from_labels(backends: dict[str, str]) -> dict[str, Any]:
             if prefix + "middlewares" in labels:
                 router["middlewares"] = [m.strip() for m in labels[prefix + "middlewares"].split(",")]
             routers[name] = router
-    return {"http": {"routers": routers, "services": services}}
+    return {"http": {"routers": routers, "services": services, "middlewares": label_middlewares(allowed)}}
 
 
 def self_signed(folder: Path) -> tuple[Path, Path]:
@@ -172,7 +208,9 @@ def start_traefik(folder: Path, static: dict[str, Any], extra_dynamic: dict[str,
     users.write_text(f"{ADMIN[0]}:{{SHA}}{digest}\n")
     for path in DYNAMIC_FILES:
         text = yaml.safe_dump(replace[path.name]) if replace and path.name in replace else path.read_text()
-        (dynamic / path.name).write_text(text.replace("/run/secrets/admin_users", str(users)))
+        # The file provider stands in for the swarm provider, so what the labels define is @file here.
+        text = text.replace("@swarm", "@file").replace("/run/secrets/admin_users", str(users))
+        (dynamic / path.name).write_text(text)
     (dynamic / "test-routes.yml").write_text(yaml.safe_dump(extra_dynamic))
     static = copy.deepcopy(static)
     ports = {name: free_port() for name in static["entryPoints"]}
@@ -250,7 +288,7 @@ async def traefik(tmp_path: Path, stack: Any, backend_port: int) -> AsyncIterato
     cert, key = self_signed(tmp_path)
     extra = routers_from_labels(backends)
     extra["tls"] = {"certificates": [{"certFile": str(cert), "keyFile": str(key)}]}
-    running = start_traefik(tmp_path, load(STATIC), extra)
+    running = start_traefik(tmp_path, render(STATIC), extra)
     await loaded(running.url("websecure", f"traefik.{DOMAIN}") + "/api/rawdata", ADMIN_AUTH)
     yield running
     running.process.kill()
@@ -283,7 +321,7 @@ async def rawdata(traefik: RunningTraefik) -> dict[str, Any]:
 
 
 def test_traefik_refuses_a_misspelt_static_key(tmp_path: Path) -> None:
-    typo = copy.deepcopy(load(STATIC))
+    typo = render(STATIC)
     typo["entryPoints"]["websecure"]["adress"] = ":443"
     config = tmp_path / "traefik.yml"
     config.write_text(yaml.safe_dump(typo))
@@ -295,7 +333,7 @@ def test_traefik_refuses_a_misspelt_static_key(tmp_path: Path) -> None:
 async def test_traefik_loads_every_middleware_and_every_stack_router(traefik: RunningTraefik) -> None:
     data = await rawdata(traefik)
     loaded = {name for name in data.get("middlewares", {}) if name.endswith("@file")}
-    assert loaded == {f"{name}@file" for name in dynamic_middlewares()}
+    assert loaded == {f"{name}@file" for name in [*dynamic_middlewares(), *label_middlewares()]}
     for name, spec in data["middlewares"].items():
         assert "error" not in spec and spec.get("status") == "enabled", (name, spec)
     routers = data.get("routers", {})
@@ -309,7 +347,7 @@ async def test_traefik_loads_every_middleware_and_every_stack_router(traefik: Ru
 async def test_a_dynamic_file_of_the_wrong_shape_is_not_loaded(tmp_path: Path) -> None:
     wrong = copy.deepcopy(load(DYNAMIC_FILES[0]))
     wrong["http"]["middlewares"]["sigfox-body-limit"]["buffering"]["maxRequestBodyBytes"] = "4 KiB"
-    static = copy.deepcopy(load(STATIC))
+    static = render(STATIC)
     static["api"]["insecure"] = True  # this Traefik has no router to its API but the insecure one
     static["entryPoints"]["traefik"] = {"address": ":8080"}
     running = start_traefik(tmp_path, static, {}, replace={DYNAMIC_FILES[0].name: wrong})
@@ -343,6 +381,53 @@ async def test_admin_routes_answer_a_flood_with_429_before_checking_credentials(
         await asyncio.gather(*(one() for _ in range(300)))
     # A burst of 100 and 20 a second pass (to the credentials check); a flood of 300 is mostly refused.
     assert statuses[401] >= 100 and statuses[429] >= 100 and sum(statuses.values()) == 300, statuses
+
+
+def proxied_status(port: int, host: str, source: str) -> int | None:
+    """The status of a GET / to `host` on a TLS entrypoint, sent behind a PROXY protocol v2 header that
+    says the client is `source` (as the load balancer does); None when Traefik drops the connection."""
+    header = b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack(
+        "!H4s4sHH", 12, socket.inet_aton(source), socket.inet_aton("127.0.0.1"), 40_000, port)
+    tls = ssl.create_default_context()
+    tls.check_hostname = False
+    tls.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            raw.sendall(header)
+            with tls.wrap_socket(raw, server_hostname=host) as conn:
+                conn.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+                status_line = conn.recv(64).split(b"\r\n")[0]
+    except (OSError, ssl.SSLError):
+        return None
+    return int(status_line.split()[1]) if status_line.startswith(b"HTTP/") else None
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["from-the-balancer", "from-elsewhere"])
+async def test_admin_routes_answer_only_the_allow_list_behind_the_balancer(
+    tmp_path: Path, backend_port: int, trusted: bool
+) -> None:
+    backends = {name: f"http://127.0.0.1:{backend_port}" for name in routed_services()}
+    cert, key = self_signed(tmp_path)
+    # The operators' network is 198.51.100.0/24; the test connects from 127.0.0.1, the balancer's place.
+    extra = routers_from_labels(backends, allowed="198.51.100.0/24")
+    extra["tls"] = {"certificates": [{"certFile": str(cert), "keyFile": str(key)}]}
+    proxy = "127.0.0.1/32" if trusted else "10.99.0.0/16"
+    running = start_traefik(tmp_path, render(STATIC, {"PULSESTACK_EDGE_PROXY_CIDR": proxy}), extra)
+    try:
+        port, host = running.ports["websecure"], f"grafana.{DOMAIN}"
+        deadline = time.monotonic() + 20
+        while proxied_status(port, host, "198.51.100.7") in (None, 404) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)  # until the file provider's routers and certificate are in
+        inside, outside = proxied_status(port, host, "198.51.100.7"), proxied_status(port, host, "203.0.113.9")
+    finally:
+        running.process.kill()
+        running.process.wait()
+    if trusted:
+        # The balancer's word decides: the operator reaches the login, anyone else is refused before it.
+        assert (inside, outside) == (401, 403), (inside, outside, running.log.read_text()[-2000:])
+    else:
+        # Nobody here may speak for another address: claiming the operators' network gets nothing.
+        assert inside not in (200, 401) and outside not in (200, 401), (inside, outside)
 
 
 async def test_routes_answer_through_traefik(traefik: RunningTraefik, stack: Any) -> None:
@@ -436,7 +521,20 @@ def test_middlewares_named_in_the_stack_conventions() -> None:
     assert mw["secure-headers"]["headers"]["stsSeconds"] > 0
     for name, spec in mw.items():
         for ref in spec.get("chain", {}).get("middlewares", []):
-            assert ref in mw, f"chain {name} refers to unknown middleware {ref}"
+            own, _, provider = ref.partition("@")
+            known = label_middlewares() if provider == "swarm" else mw
+            assert own in known, f"chain {name} refers to unknown middleware {ref}"
+    assert mw["admin-chain"]["chain"]["middlewares"][0] == "admin-allowlist@swarm", "the allow-list answers first"
+
+
+def test_the_static_file_is_a_template_the_swarm_fills_from_traefiks_environment() -> None:
+    config = load(STACK)["configs"]["traefik_yml"]
+    assert config["template_driver"] == "golang"
+    used = set(re.findall(SWARM_ENV, STATIC.read_text()))
+    assert used and used <= set(traefik_environment()), used
+    for name in ("web", "websecure"):
+        assert render(STATIC)["entryPoints"][name]["proxyProtocol"]["trustedIPs"] == ["127.0.0.1/32"], \
+            "with nothing set, no address is trusted to speak for another"
 
 
 def test_stack_routers_use_defined_middlewares_and_name_their_port() -> None:
