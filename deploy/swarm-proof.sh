@@ -18,9 +18,10 @@
 #   6 prometheus  every pulsestack task up == 1 through swarm service discovery
 #                 (through the socket proxy), pipeline recording rules return data
 #   6b edge       the real Traefik: routes from its swarm provider (through the
-#                 socket proxy), TLS, admin routes 401 without credentials, HTTP
-#                 redirected; the socket proxy refuses writes; (step 5's Sigfox
-#                 traffic already went through Traefik)
+#                 socket proxy), TLS, admin routes 401 without credentials, 403
+#                 outside the allow-list behind a PROXY v2 header, 429 to a
+#                 flood, HTTP redirected; the socket proxy refuses writes;
+#                 (step 5's Sigfox traffic already went through Traefik)
 #   7 faults      under traffic: rolling update of each processor, a NATS server
 #                 killed, processors scaled 1 -> 3 -> 1; nothing lost or duplicated
 #   8 clean       stack, secrets, volumes, swarm, registry, daemon.json and a
@@ -53,6 +54,11 @@ export PULSESTACK_DOMAIN="${PULSESTACK_DOMAIN:-pulsestack.test}"
 export PULSESTACK_INGEST_HTTP_REPLICAS=1         # its test port is published in host mode: one per node
 export PULSESTACK_RAW_PROCESSOR_REPLICAS=1       # scaled 1 -> 3 -> 1 in step 7
 export PULSESTACK_PROOF_HTTP_PORT="${PULSESTACK_PROOF_HTTP_PORT:-17070}"
+# The proof plays Scaleway's load balancer from this machine, whose connections reach Traefik's host-mode ports
+# from the engine's bridges (docker-proxy): Traefik believes PROXY protocol headers from there, and admin routes
+# answer only the bridges and a documentation network (step 6b checks 403 for a client outside it).
+export PULSESTACK_EDGE_PROXY_CIDR="${PULSESTACK_EDGE_PROXY_CIDR:-172.16.0.0/12}"
+export PULSESTACK_ADMIN_CIDRS="${PULSESTACK_ADMIN_CIDRS:-172.16.0.0/12,198.51.100.0/24}"
 export PULSESTACK_PROOF_PG_PORT="${PULSESTACK_PROOF_PG_PORT:-15432}"
 export PULSESTACK_PROOF_NATS_1_PORT="${PULSESTACK_PROOF_NATS_1_PORT:-14222}"
 export PULSESTACK_PROOF_NATS_2_PORT="${PULSESTACK_PROOF_NATS_2_PORT:-14223}"

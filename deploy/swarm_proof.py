@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET
 from pulsestack.services import INGEST_HTTP, INGEST_UDP, SERVICES
 from pulsestack.wire import nbiot, sigfox
+from simulator.balancer import status_behind_balancer
 from simulator.fleet import fleet_ids
 from simulator.run import Simulation, SimulationConfig, SimulationReport
 from simulator.verify import verify
@@ -680,6 +682,22 @@ def proxy_answer(method: str, path: str) -> int:
     return statuses[-1]
 
 
+async def behind_the_balancer() -> None:
+    """As Scaleway's load balancer forwards them (a PROXY v2 header naming the client; swarm-proof.sh sets what
+    Traefik trusts and allows): the deployed allow-list refuses a client outside it before the login, lets one
+    inside reach it, and a flood from inside gets 429."""
+    host, ca = f"prometheus.{DOMAIN}", str(SECRETS / "ca_cert")
+    for client, expected in (("203.0.113.9", 403), ("198.51.100.7", 401)):
+        status = await asyncio.to_thread(status_behind_balancer, address_of("traefik"), 443, host, client, ca)
+        if status != expected:
+            raise SystemExit(f"through Traefik behind the balancer, client {client}: {status}, expected {expected}")
+        say(f"  admin route behind the balancer, client {client}: {status}")
+    statuses = Counter(s for s, _ in await asyncio.gather(*(edge_request(host, "/-/healthy") for _ in range(300))))
+    if statuses[429] == 0:
+        raise SystemExit(f"through Traefik, a flood of 300 admin requests was never limited: {dict(statuses)}")
+    say(f"  admin route, a flood of 300 requests: {dict(sorted(statuses.items()))}")
+
+
 async def cmd_edge() -> None:
     admin = ("admin", secret("admin_password"))
     # Routes come from the swarm provider, which reads the engine through the socket proxy; it polls every 15 s.
@@ -714,6 +732,7 @@ async def cmd_edge() -> None:
     _, headers = await edge_request(f"api.{DOMAIN}", "/v1/alerts")
     if "max-age=31536000" not in headers.get("Strict-Transport-Security", ""):
         raise SystemExit(f"through Traefik, security headers missing: {headers}")
+    await behind_the_balancer()
     for method, path, expected in [
         ("GET", "/v1.41/services", 200), ("GET", "/v1.41/tasks", 200), ("GET", "/v1.41/nodes", 200),
         ("POST", "/v1.41/services/create", 403), ("DELETE", f"/v1.41/services/{STACK}_api", 403),

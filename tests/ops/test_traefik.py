@@ -31,7 +31,6 @@ import re
 import shutil
 import socket
 import ssl
-import struct
 import subprocess
 import sys
 import threading
@@ -48,6 +47,7 @@ import yaml
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from simulator.balancer import status_behind_balancer
 from tests.unavailable import unavailable
 
 REPO = Path(__file__).resolve().parents[2]
@@ -383,25 +383,6 @@ async def test_admin_routes_answer_a_flood_with_429_before_checking_credentials(
     assert statuses[401] >= 100 and statuses[429] >= 100 and sum(statuses.values()) == 300, statuses
 
 
-def proxied_status(port: int, host: str, source: str) -> int | None:
-    """The status of a GET / to `host` on a TLS entrypoint, sent behind a PROXY protocol v2 header that
-    says the client is `source` (as the load balancer does); None when Traefik drops the connection."""
-    header = b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack(
-        "!H4s4sHH", 12, socket.inet_aton(source), socket.inet_aton("127.0.0.1"), 40_000, port)
-    tls = ssl.create_default_context()
-    tls.check_hostname = False
-    tls.verify_mode = ssl.CERT_NONE
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-            raw.sendall(header)
-            with tls.wrap_socket(raw, server_hostname=host) as conn:
-                conn.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-                status_line = conn.recv(64).split(b"\r\n")[0]
-    except (OSError, ssl.SSLError):
-        return None
-    return int(status_line.split()[1]) if status_line.startswith(b"HTTP/") else None
-
-
 @pytest.mark.parametrize("trusted", [True, False], ids=["from-the-balancer", "from-elsewhere"])
 async def test_admin_routes_answer_only_the_allow_list_behind_the_balancer(
     tmp_path: Path, backend_port: int, trusted: bool
@@ -414,11 +395,13 @@ async def test_admin_routes_answer_only_the_allow_list_behind_the_balancer(
     proxy = "127.0.0.1/32" if trusted else "10.99.0.0/16"
     running = start_traefik(tmp_path, render(STATIC, {"PULSESTACK_EDGE_PROXY_CIDR": proxy}), extra)
     try:
-        port, host = running.ports["websecure"], f"grafana.{DOMAIN}"
+        def status(client: str) -> int | None:
+            return status_behind_balancer("127.0.0.1", running.ports["websecure"], f"grafana.{DOMAIN}", client)
+
         deadline = time.monotonic() + 20
-        while proxied_status(port, host, "198.51.100.7") in (None, 404) and time.monotonic() < deadline:
+        while status("198.51.100.7") in (None, 404) and time.monotonic() < deadline:
             await asyncio.sleep(0.2)  # until the file provider's routers and certificate are in
-        inside, outside = proxied_status(port, host, "198.51.100.7"), proxied_status(port, host, "203.0.113.9")
+        inside, outside = status("198.51.100.7"), status("203.0.113.9")
     finally:
         running.process.kill()
         running.process.wait()
