@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import soak
+
 MIB = 1024 * 1024
 ONE_PROCESS = "pulsestack-all"  # the process group of `pulsestack run all` (every stage in one process)
 PYTHON_SERVICES = ("ingest-udp", "ingest-http", "raw-processor")
@@ -56,6 +58,7 @@ class Report:
     cluster: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     postgres_settings: list[tuple[str, str, str]] = field(default_factory=list)  # name, value, source
+    soak: dict[str, Any] = field(default_factory=dict)  # bench.soak.SoakSampler.to_json
 
     def save_json(self, path: Path) -> None:
         path.write_text(json.dumps(self.__dict__, indent=1, default=str))
@@ -235,6 +238,8 @@ def markdown(report: Report) -> str:
                     w("\nby module: " + ", ".join(f"{m} {v:.0%}" for m, v in prof["modules"]))
                 w("")
 
+    soak_steps = [step for step in report.steps if step["kind"] == "soak"]
+    out.extend(soak.markdown(report.soak, soak_steps[-1] if soak_steps else None))
     w("## Method\n")
     for note in report.notes:
         w(f"- {note}")
@@ -506,9 +511,9 @@ def plot(report: Report, path: Path) -> None:
     lat_ax.set_ylabel("p99 ingest → committed (ms)")
     lat_ax.set_xlabel("offered readings/s")
     ax.set_title(f"{report.title}\nstored rate and p99 latency against offered rate", fontsize=10)
-    ax.legend(loc="upper left", fontsize=8)
-    if lat_ax.get_legend_handles_labels()[0]:
-        lat_ax.legend(loc="upper left", fontsize=8)
+    for axis in (ax, lat_ax):
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -522,6 +527,10 @@ def write(report: Report, base: Path) -> tuple[Path, Path, Path]:
     text = markdown(report)
     figure = f"![stored rate and p99 latency against offered rate]({png.name})"
     text = text.replace("## Summary\n", f"## Summary\n\n{figure}\n", 1)
+    if report.soak:
+        soak_png = base.with_name(base.name + "-soak.png")
+        soak.plot(report.soak, soak_png, report.title)
+        text = text.replace("## Soak\n", f"## Soak\n\n![the soak over time]({soak_png.name})\n", 1)
     md.write_text(text)
     return md, png, js
 

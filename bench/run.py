@@ -42,6 +42,7 @@ from bench import peer as peer_mod
 from bench import profiling
 from bench.monitor import ProcessGroups, pg_settings, scrape_all
 from bench.report import ONE_PROCESS, Cluster, Report, write
+from bench.soak import SoakSampler, slopes
 from bench.steps import Display, StepResult, StepRunner, job, nbiot_spec, sigfox_spec
 from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET, SHARDS, shard_of
@@ -63,6 +64,7 @@ FOOTPRINT_FIRST = 20_000_000  # the footprint step's meters
 RAMPS = {"nbiot": "NB-IoT only", "mix": "50/50 mix", "nbiot-one": "NB-IoT only, one process"}
 PEER_FIRST = 30_000_000  # the peer's meters (not registered: rsyslog checks nothing)
 REGISTRY_FIRST = 100_000_000  # the 10 M registry measurement
+SOAK_SHARE = 0.7  # of the ramp's ceiling: the soak's rate
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -100,6 +102,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--registry-10m", action="store_true", help="also register 10 M NB-IoT devices and report"
                    " the services' RSS (takes several minutes)")
     p.add_argument("--registry-devices", type=int, default=10_000_000)
+    p.add_argument("--soak", type=float, default=0.0, help="minutes of one steady load sampled over time (bench/"
+                   "soak.py); at least 45 for the committed soak report (default 0: none)")
+    p.add_argument("--soak-rate", type=float, default=0.0, help="readings/s of the soak (default: 70 %% of this"
+                   " run's ceiling of --soak-mix)")
+    p.add_argument("--soak-mix", default="nbiot", choices=("nbiot", "mix"))
+    p.add_argument("--soak-sample", type=float, default=30.0, help="seconds between the soak's samples")
     p.add_argument("--profile", action="store_true", help="py-spy profiles of the services at --profile-rate")
     p.add_argument("--profile-rate", type=float, default=5000.0)
     p.add_argument("--nodes", type=int, default=6, help="cluster shape for the cost section: nodes")
@@ -125,6 +133,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     unknown = {m for m in args.ramps.split(",") if m} - set(RAMPS)
     if unknown:
         p.error(f"unknown ramp {', '.join(sorted(unknown))}: choose from {', '.join(RAMPS)}")
+    if args.soak and not args.soak_rate and args.soak_mix not in args.ramps.split(","):
+        p.error(f"--soak needs --soak-rate, or the {args.soak_mix} ramp in --ramps to take 70 % of its ceiling")
     if args.footprint_devices and args.footprint_readings < 24:
         p.error("--footprint-readings must be at least 24 (a day of hourly readings per meter)")
     return args
@@ -273,6 +283,8 @@ class Bench:
                         await self._ramp(mix)
                 else:
                     await self._ramp(mix)
+            if a.soak:
+                await self._soak()
             if not a.no_peer:
                 await self._peer()
             if a.profile:
@@ -490,6 +502,26 @@ class Bench:
         ceiling = await self._search(mix, a.ramp_start, one)
         self.report.ceilings[mix] = ceiling
         self.say(f"== {title}: highest rate sustained {ceiling or 0:,.0f} readings/s")
+
+    async def _soak(self) -> None:
+        a = self.args
+        rate = a.soak_rate or SOAK_SHARE * (self.report.ceilings.get(a.soak_mix) or 0.0)
+        if rate <= 0:
+            self.say(f"soak skipped: the {a.soak_mix} ramp sustained no step to take {SOAK_SHARE:.0%} of")
+            self.report.notes.append(f"The soak did not run: the {a.soak_mix} ramp sustained no step.")
+            return
+        rate = _round_rate(rate)
+        seconds = a.soak * 60
+        sampler = SoakSampler(self.runner.urls, self.groups, self.stack.database_url, self.nc, a.soak_sample)
+        result = StepResult(name=f"soak {RAMPS[a.soak_mix]} {rate:,.0f}/s", kind="soak", mix=a.soak_mix,
+                            target_rate=rate, window=seconds)
+        self.say(f"== soak, {RAMPS[a.soak_mix]}: {rate:,.0f} readings/s for {a.soak:g} min,"
+                 f" sampled every {a.soak_sample:g} s")
+        await self._step(result, self._ramp_batches(a.soak_mix, rate, seconds), during=sampler.run)
+        self.report.soak = sampler.to_json(seconds)
+        for name, slope in slopes(sampler.samples, seconds).items():
+            if not slope.flat:
+                self.say(f"   not flat: {name} {slope.per_hour:+,.3f} per hour ({slope.relative:+.1%} of its mean)")
 
     async def _peer(self) -> None:
         a = self.args

@@ -18,6 +18,8 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from bench.monitor import ProcessGroups
+from bench.report import Report, write
+from bench.soak import SoakSampler, fit, slopes
 from bench.steps import Display, StepResult, StepRunner
 from pulsestack.bus.streams import drained
 from pulsestack_cli.local import LocalStack
@@ -174,3 +176,43 @@ async def test_a_step_measures_what_a_reading_costs(stack: LocalStack, nc: NATS,
     assert per["rows"] >= 1 and per["rows by table"]["raw_messages"] > 0.5, per
     assert per["cpu us"]["raw-processor"] > 0, per
     assert result.retransmitted >= 0 and result.http_retries == 0
+
+
+async def test_a_soak_samples_every_curve_over_its_window(stack: LocalStack, nc: NATS, tmp_path: Path) -> None:
+    """The soak's sampler as `python -m bench --soak` runs it, at smoke size: a sample per interval with the
+    stored rate, p99, every process's memory, the streams' bytes, the database's growth and WAL; slopes fitted;
+    the report's section and plot written from its JSON."""
+    first_id = _first_id(5)
+    await stack.provision(60, 1.0, first_id)
+    pool = RampPool("nbiot", 60, first_id, PROFILES)
+    groups = ProcessGroups()
+    for name, service in stack.services.items():
+        assert service.process is not None
+        groups.add(name, service.process.pid)
+    runner = StepRunner(urls=stack.metrics_urls(), groups=groups, database_url=stack.database_url, nc=nc,
+                        workdir=tmp_path, display=Display(), drain_timeout=60, max_p99=30.0)
+    sampler = SoakSampler(stack.metrics_urls(), groups, stack.database_url, nc, every=2.0)
+    step = StepResult(name="soak", kind="soak", mix="nbiot", target_rate=100, window=12)
+    result, _ = await runner.run(step, jobs(stack, [pool.step(rate=100, seconds=12)]), during=sampler.run)
+
+    assert result.complete, result.delivery_line
+    samples = sampler.samples
+    assert len(samples) == 6 and [s.at for s in samples] == sorted(s.at for s in samples), samples
+    assert samples[-1].stored > 0 and all(s.stored_rate >= 0 for s in samples)
+    assert all(samples[-1].rss.get(name, 0) > 0 for name in stack.services), samples[-1].rss
+    assert "RAW" in samples[-1].stream_bytes and samples[-1].wal_bytes > 0 and samples[-1].database_bytes > 0
+    fitted = slopes(samples, result.window)
+    assert "stored readings/s" in fitted and any(name.startswith("RSS ") for name in fitted), fitted
+    report = Report(title="soak smoke", started="now", steps=[result.to_json()],
+                    soak=sampler.to_json(result.window))
+    md, _, _ = write(report, tmp_path / "soak")
+    text = md.read_text()
+    assert "## Soak" in text and "| stored readings/s |" in text and (tmp_path / "soak-soak.png").stat().st_size
+
+
+def test_a_slope_is_fitted_per_hour_and_judged_against_its_mean() -> None:
+    steady = fit([(t, 100.0 + (1 if t % 2 else -1)) for t in range(0, 3600, 60)])
+    growing = fit([(t, 100.0 + t / 36) for t in range(0, 3600, 60)])  # +100 an hour
+    assert steady is not None and steady.flat and abs(steady.per_hour) < 1
+    assert growing is not None and not growing.flat and growing.per_hour == pytest.approx(100.0)
+    assert fit([(0, 1.0), (1, 2.0)]) is None  # too few points to say
