@@ -148,6 +148,16 @@ async def test_fire_and_forget_sends_everything_once(tmp_path: Path, mode: str) 
     assert outcomes[0].result["retransmitted"] == 0
 
 
+def step_runner(stack: LocalStack, nc: NATS, workdir: Path) -> StepRunner:
+    """A step runner as the benchmark's, following the stack's services."""
+    groups = ProcessGroups()
+    for name, service in stack.services.items():
+        assert service.process is not None
+        groups.add(name, service.process.pid)
+    return StepRunner(urls=stack.metrics_urls(), groups=groups, database_url=stack.database_url, nc=nc,
+                      workdir=workdir, display=Display(), drain_timeout=60, max_p99=30.0)
+
+
 async def test_a_step_measures_what_a_reading_costs(stack: LocalStack, nc: NATS, tmp_path: Path) -> None:
     """A footprint step as the benchmark runs it (24 hourly readings per meter): bytes on disk after VACUUM
     ANALYZE, WAL between two positions, rows from the table statistics, CPU per process, each per reading."""
@@ -156,12 +166,7 @@ async def test_a_step_measures_what_a_reading_costs(stack: LocalStack, nc: NATS,
     pool = RampPool("nbiot", 40, first_id, PROFILES)
     readings = 24 * len(pool.active)
     batch = pool.step(rate=300, seconds=readings / 300, min_per_device=24)
-    groups = ProcessGroups()
-    for name, service in stack.services.items():
-        assert service.process is not None
-        groups.add(name, service.process.pid)
-    runner = StepRunner(urls=stack.metrics_urls(), groups=groups, database_url=stack.database_url, nc=nc,
-                        workdir=tmp_path, display=Display(), drain_timeout=60, max_p99=30.0)
+    runner = step_runner(stack, nc, tmp_path)
     step = StepResult(name="footprint", kind="footprint", mix="nbiot", target_rate=300, window=readings / 300,
                       registered=len(pool.active))
     result, _ = await runner.run(step, jobs(stack, [batch]))
@@ -185,13 +190,8 @@ async def test_a_soak_samples_every_curve_over_its_window(stack: LocalStack, nc:
     first_id = _first_id(5)
     await stack.provision(60, 1.0, first_id)
     pool = RampPool("nbiot", 60, first_id, PROFILES)
-    groups = ProcessGroups()
-    for name, service in stack.services.items():
-        assert service.process is not None
-        groups.add(name, service.process.pid)
-    runner = StepRunner(urls=stack.metrics_urls(), groups=groups, database_url=stack.database_url, nc=nc,
-                        workdir=tmp_path, display=Display(), drain_timeout=60, max_p99=30.0)
-    sampler = SoakSampler(stack.metrics_urls(), groups, stack.database_url, nc, every=2.0)
+    runner = step_runner(stack, nc, tmp_path)
+    sampler = SoakSampler(stack.metrics_urls(), runner.groups, stack.database_url, nc, every=2.0)
     step = StepResult(name="soak", kind="soak", mix="nbiot", target_rate=100, window=12)
     result, _ = await runner.run(step, jobs(stack, [pool.step(rate=100, seconds=12)]), during=sampler.run)
 
