@@ -95,9 +95,10 @@ async def register(stack: LocalStack, protocol: str, devices: list[str]) -> None
         await conn.close()
 
 
-# How many readings a device has stored: readings know their device by its registry row's integer id.
-READINGS_OF = ("SELECT count(*) FROM readings r JOIN devices d ON d.id = r.device"
-               " WHERE d.protocol = $1 AND d.device_id = $2")
+# A device's stored readings, and how many: readings know their device by its registry row's integer id.
+READING_ROWS = ("SELECT r.* FROM readings r JOIN devices d ON d.id = r.device"
+                " WHERE d.protocol = $1 AND d.device_id = $2 ORDER BY r.device_time, r.seq")
+READINGS_OF = f"SELECT count(*) FROM ({READING_ROWS}) r"
 
 
 async def device_rows(conn: asyncpg.Connection | asyncpg.Pool, readings: list[Reading]) -> None:
@@ -106,6 +107,15 @@ async def device_rows(conn: asyncpg.Connection | asyncpg.Pool, readings: list[Re
     await conn.execute(
         "INSERT INTO devices (protocol, device_id, shard) SELECT p, d, 0 FROM unnest($1::text[], $2::text[]) AS u(p, d)"
         " ON CONFLICT DO NOTHING", [r.protocol for r in readings], [r.device for r in readings],
+    )
+
+
+async def forget_devices(conn: asyncpg.Connection | asyncpg.Pool, readings: list[Reading]) -> None:
+    """Removes what `device_rows` committed: `register` waits for the ingesters to know every device row."""
+    await conn.execute(
+        "DELETE FROM devices d USING unnest($1::text[], $2::text[]) AS u(p, i)"
+        " WHERE (d.protocol, d.device_id) = (u.p, u.i)",
+        [r.protocol for r in readings], [r.device for r in readings],
     )
 
 

@@ -25,7 +25,7 @@ from pulsestack.bus.streams import QUARANTINE
 from pulsestack.store.writes import write_isolating
 from pulsestack.wire.reading import Reading, encode_raw
 from pulsestack_cli.local import LocalStack
-from tests.helpers import READINGS_OF, device_rows, now_aligned, unique_number
+from tests.helpers import READINGS_OF, device_rows, forget_devices, now_aligned, unique_number
 
 WIDTH = 900
 WRAP = 2**32
@@ -184,6 +184,7 @@ async def test_a_reading_the_database_rejects_fails_alone(servers: LocalStack) -
         async with pool.acquire() as conn:
             stored = await conn.fetchval(READINGS_OF, "nbiot", device)
     finally:
+        await forget_devices(pool, [good])
         await pool.close()
     assert [items for items, _ in written] == [[good]] and stored == 1
     assert [(r, error.split(":")[0]) for r, error in rejected] == [(bad, "NumericValueOutOfRangeError")]
@@ -212,6 +213,7 @@ async def test_a_reading_of_a_device_without_a_registry_row_is_quarantined_not_l
         assert records[0].detail == (f"UnknownDevice: no registered device nbiot:{deleted}"
                                      " (removed after ingest accepted the reading?)")
     finally:
+        await forget_devices(pool, [good])
         await publisher.stop()
         await pool.close()
 
@@ -265,6 +267,7 @@ async def test_what_cannot_be_stored_is_quarantined_and_the_rest_of_the_batch_is
         assert await refusing.process([as_message(servers_nc, encode_raw([misaligned]))]) == [
             "invalid reading not quarantined: bucket_seconds 7"]
     finally:
+        await forget_devices(pool, [good])
         await publisher.stop()
         await pool.close()
 
