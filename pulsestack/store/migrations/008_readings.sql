@@ -16,13 +16,13 @@ CREATE TABLE readings (
     PRIMARY KEY (device, device_time, seq)
 ) PARTITION BY RANGE (device_time);
 CREATE TABLE readings_default PARTITION OF readings DEFAULT;
--- Least privilege as raw_messages had it: the raw stage stores readings (and reads them for a late reading's
+-- Least privilege as the v1 raw table had it: the raw stage stores readings (and reads them for a late reading's
 -- neighbours), the dashboards' role reads them, the alerting service counts what its default partition caught;
 -- every one of these roles already reads devices, where a reading's device id maps to its canonical id.
 GRANT SELECT, INSERT ON readings TO pulsestack_raw;
 GRANT SELECT ON readings TO pulsestack_reader;
 GRANT SELECT ON readings_default TO pulsestack_alerting;
 
--- A reading's identity is (device, device_time, seq): what pointed at a raw_messages row id goes.
+-- A reading's identity is (device, device_time, seq): what pointed at a v1 raw row id goes.
 ALTER TABLE pulses DROP COLUMN raw_id;
 ALTER TABLE device_state DROP COLUMN last_raw_id;
