@@ -24,21 +24,20 @@ from bench.measurement import publish
 from pulsestack.store import pulses
 from pulsestack.store.db import prepare
 from pulsestack.store.migrate import migrate
-from pulsestack.store.pulses import PulseItem
 from pulsestack.store.rollups import DayTotal, Deltas
 from pulsestack.wire.reading import Reading
 from pulsestack_cli.localstack import Postgres
 
 
-def batches(first: int, devices: int, count: int, size: int, start: int) -> list[list[PulseItem]]:
+def batches(first: int, devices: int, count: int, size: int, start: int) -> list[list[Reading]]:
     """`count` batches of `size` readings: device after device, each device's readings an hour apart."""
     readings = []
     for n in range(count * size):
         device, hour = n % devices, n // devices
         end = start + (hour + 1) * 3600
-        readings.append(PulseItem(first * 10**7 + n, Reading(
+        readings.append(Reading(
             "nbiot", str(first + device), hour + 1, end, end, 900, [1, 2, 3, 4], 10 * (hour + 1), 3600, 0,
-            time.time(), "t")))
+            time.time(), "t"))
     return [readings[i : i + size] for i in range(0, len(readings), size)]
 
 

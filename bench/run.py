@@ -624,7 +624,7 @@ class Bench:
             f" {a.http_connections} keep-alive HTTP/1.1 connections, retried after 1, 2, 4 s on 5xx.",
             "Delivery: after each step the generators settle (acks, retransmissions, retries), the pipeline"
             " drains (both consumers at 0 pending), then every reading sent is checked in PostgreSQL"
-            " (simulator.verify: raw row exactly once, each bucket's count, per meter pulses + gaps = index"
+            " (simulator.verify: reading row exactly once, each bucket's count, per meter pulses + gaps = index"
             " difference). *lost* = acknowledged to the device and not stored.",
             f"Sustained also requires p99 ingest → committed ≤ {a.max_p99:g} s and a stored rate during the"
             " window of at least 98 % of the offered rate: a backlog can hide in the devices' retransmissions"

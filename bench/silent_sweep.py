@@ -34,8 +34,8 @@ FROM generate_series(1, $1) AS i
 """
 FILL = """
 INSERT INTO device_state (protocol, device_id, last_period_end, last_device_time, last_seq, last_index,
-                          last_raw_id, last_battery_mv, last_flags, last_seen, readings, interval_seconds)
-SELECT 'nbiot', (356938000000000 + i)::text, now(), now(), 1, 0, i, 3600, 0,
+                          last_battery_mv, last_flags, last_seen, readings, interval_seconds)
+SELECT 'nbiot', (356938000000000 + i)::text, now(), now(), 1, 0, 3600, 0,
        CASE WHEN i % $2 = 0 THEN now() - interval '5 hours' ELSE now() - interval '10 minutes' END, 1, 3600
 FROM generate_series(1, $1) AS i
 """

@@ -463,7 +463,7 @@ def start_s3() -> subprocess.Popen[bytes]:
     return server
 
 
-COUNTED = ("devices", "raw_messages", "pulses", "gaps", "device_state")
+COUNTED = ("devices", "readings", "pulses", "gaps", "device_state")
 
 
 async def table_counts() -> dict[str, int]:
@@ -481,8 +481,10 @@ async def lose_a_fleet() -> int:
     try:
         async with conn.transaction():
             deleted = 0
-            for table in ("pulses", "raw_messages"):
-                status = await conn.execute(f"DELETE FROM {table} WHERE device_id = ANY($1::text[])", ids)
+            for sql in ("DELETE FROM pulses WHERE device_id = ANY($1::text[])",
+                        "DELETE FROM readings WHERE device IN"
+                        " (SELECT id FROM devices WHERE device_id = ANY($1::text[]))"):
+                status = await conn.execute(sql, ids)
                 deleted += int(status.split()[-1])
         return deleted
     finally:

@@ -18,6 +18,7 @@ from pulsestack.bus.streams import drained
 from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET
 from pulsestack.wire import nbiot
+from pulsestack.wire.reading import Reading
 from pulsestack_cli.local import LocalStack
 from pulsestack_cli.summary import scrape, total
 from simulator.fleet import SentReading
@@ -92,6 +93,30 @@ async def register(stack: LocalStack, protocol: str, devices: list[str]) -> None
     finally:
         await nc.close()
         await conn.close()
+
+
+# A device's stored readings, and how many: readings know their device by its registry row's integer id.
+READING_ROWS = ("SELECT r.* FROM readings r JOIN devices d ON d.id = r.device"
+                " WHERE d.protocol = $1 AND d.device_id = $2 ORDER BY r.device_time, r.seq")
+READINGS_OF = f"SELECT count(*) FROM ({READING_ROWS}) r"
+
+
+async def device_rows(conn: asyncpg.Connection | asyncpg.Pool, readings: list[Reading]) -> None:
+    """The registry rows of the readings' devices, for tests that store readings without ingesting them (the
+    store refuses a reading whose device has none); no KV entries, since nothing here ingests."""
+    await conn.execute(
+        "INSERT INTO devices (protocol, device_id, shard) SELECT p, d, 0 FROM unnest($1::text[], $2::text[]) AS u(p, d)"
+        " ON CONFLICT DO NOTHING", [r.protocol for r in readings], [r.device for r in readings],
+    )
+
+
+async def forget_devices(conn: asyncpg.Connection | asyncpg.Pool, readings: list[Reading]) -> None:
+    """Removes what `device_rows` committed: `register` waits for the ingesters to know every device row."""
+    await conn.execute(
+        "DELETE FROM devices d USING unnest($1::text[], $2::text[]) AS u(p, i)"
+        " WHERE (d.protocol, d.device_id) = (u.p, u.i)",
+        [r.protocol for r in readings], [r.device for r in readings],
+    )
 
 
 def device_key(stack: LocalStack, device: int, version: int = 0) -> bytes:

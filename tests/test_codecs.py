@@ -154,7 +154,7 @@ def test_sigfox_fuzz_only_codec_errors(body: object) -> None:
 
 
 def _stored(reading: Reading) -> StoredRaw:
-    """What raw_messages keeps of a reading."""
+    """What the readings table keeps of a reading."""
     return StoredRaw(reading.device, reading.seq, reading.device_time, reading.received_at, reading.trace_id,
                      reading.payload)
 
@@ -166,11 +166,23 @@ def test_sigfox_redecode_reads_what_the_callback_gave(body: dict[str, object]) -
     except CodecError:
         return
     assert CODECS["sigfox"].redecode(_stored(reading)) == msgspec.structs.replace(reading, meta=None)
+    # The readings table does not keep the period end: the codec must give it back from the device time.
+    assert CODECS["sigfox"].period_end(reading.device_time) == reading.period_end
 
 
 def test_nbiot_redecode_reads_the_datagram() -> None:
     reading = nbiot.to_reading(nbiot.parse(VECTOR), 1.5, "t", VECTOR)
     assert CODECS["nbiot"].redecode(_stored(reading)) == reading
+    assert CODECS["nbiot"].period_end(reading.device_time) == reading.period_end
+
+
+@pytest.mark.parametrize("protocol", sorted(CODECS))
+@given(a=st.integers(0, 2**33), b=st.integers(0, 2**33))
+def test_a_codecs_period_end_never_goes_back_as_device_time_goes_on(protocol: str, a: int, b: int) -> None:
+    """What lets a device's history be walked along the readings' primary key, (device_time, seq)."""
+    period_end = CODECS[protocol].period_end
+    earlier, later = sorted((a, b))
+    assert period_end(earlier) <= period_end(later)
 
 
 @pytest.mark.parametrize("protocol", sorted(CODECS))

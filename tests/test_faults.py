@@ -17,7 +17,7 @@ from pulsestack.bus.streams import DEAD
 from pulsestack.wire.reading import Reading, encode_raw
 from pulsestack_cli.local import LocalStack
 from simulator.run import Simulation, SimulationConfig, SimulationReport
-from tests.helpers import delivery_once_drained, eventually, metric
+from tests.helpers import delivery_once_drained, device_rows, eventually, forget_devices, metric
 
 pytestmark = pytest.mark.slow
 RATE = 300.0  # readings/s, both protocols
@@ -113,9 +113,10 @@ async def test_poison_message_reaches_dead_without_holding_up_others(stack: Loca
 
     poison = reading("356938999000001", "poison-trace")
     healthy = [reading(f"35693899900{i:04d}", f"healthy-{i}") for i in range(2, 12)]
+    conn = await asyncpg.connect(stack.database_url)
+    await device_rows(conn, [poison, *healthy])  # published to RAW as an ingester would, so registered
     for i, r in enumerate([poison, *healthy]):
         await js.publish("raw.nbiot", encode_raw([r]), headers={MSG_ID: f"poison-test-{i}-{period_end}"})
-    conn = await asyncpg.connect(stack.database_url)
     try:
         async def healthy_stored() -> bool:
             n = await conn.fetchval(
@@ -132,6 +133,7 @@ async def test_poison_message_reaches_dead_without_holding_up_others(stack: Loca
         assert msg.headers["Pulsestack-Deliveries"] == "5"
         assert metric(stack, "raw-processor", "pulsestack_dead_letters_total", stage="raw") == 1
     finally:
+        await forget_devices(conn, [poison, *healthy])
         await conn.close()
         proc.stop()
         proc.start()

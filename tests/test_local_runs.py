@@ -86,7 +86,7 @@ def stored(workdir: Path) -> Stored:
             state = await conn.fetch(
                 "SELECT protocol, device_id, last_seq, last_device_time, readings, interval_seconds FROM device_state")
             return Stored(
-                raw=await conn.fetchval("SELECT count(*) FROM raw_messages"),
+                raw=await conn.fetchval("SELECT count(*) FROM readings"),
                 last={(r["protocol"], r["device_id"]): (r["last_seq"], r["last_device_time"].timestamp())
                       for r in state},
                 readings={(r["protocol"], r["device_id"]): r["readings"] for r in state},

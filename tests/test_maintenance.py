@@ -1,6 +1,6 @@
 """Maintenance in compressed time: four months of device time in a few seconds, on a database of its own.
 
-Readings are written by the stages' own write path (raw_messages, then pulses, gaps, rollups) while
+Readings are written by the raw stage's own write path (readings, pulses, gaps, rollups) while
 maintenance runs beside them as the alerting service's role, its clock moved a month at a time. After each
 month no row sits in a default partition; at the end the months past retention are gone from every table and
 nothing retention keeps is missing, though partitions were dropped while writers were busy.
@@ -19,10 +19,10 @@ import pytest
 
 from pulsestack.store.maintenance import Retention, maintain, month_start
 from pulsestack.store.migrate import migrate
-from pulsestack.store.pulses import PulseItem, write_pulses
-from pulsestack.store.raw import insert_readings
+from pulsestack.store.readings import store_readings
 from pulsestack.wire.reading import Reading
 from pulsestack_cli.local import LocalStack, with_user
+from tests.helpers import device_rows
 from tests.helpers import own_database as own_database_of
 
 MONTHS = 4
@@ -59,12 +59,10 @@ def readings_of(month: dt.date, seqs: itertools.count[int]) -> list[Reading]:
 
 async def write(conn: asyncpg.Connection, readings: list[Reading]) -> None:
     """What the raw stage writes, in batches of a hundred."""
+    await device_rows(conn, readings)
     for i in range(0, len(readings), 100):
-        batch = readings[i : i + 100]
         async with conn.transaction():
-            rows = await insert_readings(conn, batch)
-        async with conn.transaction():
-            await write_pulses(conn, [PulseItem(row.raw_id, r) for row, r in zip(rows, batch, strict=True)])
+            await store_readings(conn, readings[i : i + 100])
 
 
 async def maintain_until_done(url: str, today: dt.date) -> None:
@@ -78,7 +76,7 @@ async def maintain_until_done(url: str, today: dt.date) -> None:
                 await asyncio.sleep(0.2)
                 continue
             assert report.ran
-            assert report.default_rows == {"raw_messages": 0, "pulses": 0}, report
+            assert report.default_rows == {"readings": 0, "pulses": 0}, report
             assert min(report.months_ahead.values()) == 3
             return
         raise AssertionError("maintenance never got its locks")
@@ -105,10 +103,10 @@ async def test_months_go_by_under_traffic_and_retention_keeps_what_it_should(own
             await asyncio.gather(write(writer, readings), maintain_until_done(own_database, month))
         await maintain_until_done(own_database, month_start(first, MONTHS - 1))
         kept = month_start(first, MONTHS - 1 - KEEP)  # months before this are past retention
-        for table in ("raw_messages", "pulses"):
+        for table in ("readings", "pulses"):
             assert await writer.fetchval(f"SELECT count(*) FROM {table}_default") == 0
-        assert await count(writer, "SELECT count(*) FROM raw_messages WHERE device_time < $1", kept) == 0
-        assert await count(writer, "SELECT count(*) FROM raw_messages WHERE device_time >= $1", kept) == sum(
+        assert await count(writer, "SELECT count(*) FROM readings WHERE device_time < $1", kept) == 0
+        assert await count(writer, "SELECT count(*) FROM readings WHERE device_time >= $1", kept) == sum(
             n for month, n in written.items() if month >= kept)
         for sql in ("SELECT count(*) FROM pulses WHERE bucket_start < $1",
                     "SELECT count(*) FROM consumption_hourly WHERE hour < $1",
@@ -122,8 +120,20 @@ async def test_months_go_by_under_traffic_and_retention_keeps_what_it_should(own
             n for month, n in written.items() if month >= kept)
         partitions = {r["relname"] for r in await writer.fetch(
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-            " WHERE i.inhparent = 'raw_messages'::regclass")}
-        assert f"raw_messages_y{first.year}m{first.month:02d}" not in partitions
-        assert f"raw_messages_y{kept.year}m{kept.month:02d}" in partitions
+            " WHERE i.inhparent = 'readings'::regclass")}
+        assert f"readings_y{first.year}m{first.month:02d}" not in partitions
+        assert f"readings_y{kept.year}m{kept.month:02d}" in partitions
     finally:
         await writer.close()
+
+
+def test_the_v1_name_of_the_readings_retention_still_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deployment that kept raw messages forever (0) must not start dropping readings at the upgrade."""
+    monkeypatch.delenv("PULSESTACK_RETENTION_READINGS_MONTHS", raising=False)
+    monkeypatch.setenv("PULSESTACK_RETENTION_RAW_MESSAGES_MONTHS", "0")
+    assert Retention.from_env().readings == 0
+    monkeypatch.setenv("PULSESTACK_RETENTION_READINGS_MONTHS", "36")
+    assert Retention.from_env().readings == 36
+    monkeypatch.delenv("PULSESTACK_RETENTION_RAW_MESSAGES_MONTHS")
+    monkeypatch.delenv("PULSESTACK_RETENTION_READINGS_MONTHS")
+    assert Retention.from_env().readings == Retention().readings == 24

@@ -94,7 +94,7 @@ async def sample(stack: LocalStack, stop: asyncio.Event, default_rows: list[floa
     """What the maintenance job reports about default partitions, every half second of wall time."""
     while not stop.is_set():
         default_rows.append(sum(metric(stack, "alerting", "pulsestack_default_partition_rows", table=table)
-                                for table in ("raw_messages", "pulses")))
+                                for table in ("readings", "pulses")))
         await asyncio.sleep(0.5)
 
 
@@ -148,10 +148,10 @@ async def test_three_month_boundaries_with_maintenance_under_traffic(
     assert delivery.exact, delivery.line()
     conn = await asyncpg.connect(stack.database_url)
     try:
-        for table in ("raw_messages", "pulses"):
+        for table in ("readings", "pulses"):
             assert await conn.fetchval(f"SELECT count(*) FROM {table}_default") == 0, table
         since = dt.datetime.fromtimestamp(utc(kept), dt.UTC)
-        for sql in ("SELECT count(*) FROM raw_messages WHERE device_time < $1",
+        for sql in ("SELECT count(*) FROM readings WHERE device_time < $1",
                     "SELECT count(*) FROM pulses WHERE bucket_start < $1",
                     "SELECT count(*) FROM consumption_hourly WHERE hour < $1",
                     "SELECT count(*) FROM consumption_daily WHERE day < $1::date",
@@ -165,7 +165,7 @@ async def test_three_month_boundaries_with_maintenance_under_traffic(
             "SELECT sum(pulses) FROM consumption_hourly WHERE hour >= $1", since) == counted
         months = {row["relname"][-7:] for row in await conn.fetch(
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-            " WHERE i.inhparent = 'raw_messages'::regclass AND c.relname ~ '_y[0-9]{4}m[0-9]{2}$'")}
+            " WHERE i.inhparent = 'readings'::regclass AND c.relname ~ '_y[0-9]{4}m[0-9]{2}$'")}
         first = first_month()
         assert f"y{first.year}m{first.month:02d}" not in months, "the first month outlived its retention"
     finally:

@@ -29,22 +29,19 @@ from tests.test_cli_errors import cli, one_line, servers
 
 TAMPER = 0x04  # the NB-IoT frame's tamper bit (pulsestack/wire/nbiot.py)
 # What the store writes, per table, for the given devices; without what differs by nature between two
-# databases (row ids, write times, outbox flags), a reading referred to by its natural key instead of its id.
-_RAW_KEY = "(SELECT row(r.seq, r.device_time) FROM raw_messages r WHERE r.id = {col})"
+# databases (write times, outbox flags), a device referred to by its canonical id instead of its integer one.
 TABLES = {
-    "raw_messages": "SELECT protocol, device_id, seq, device_time, period_end, bucket_seconds, counts, meter_index,"
-                    " battery_mv, flags, received_at, trace_id, payload, meta FROM raw_messages",
-    "pulses": "SELECT protocol, device_id, bucket_start, bucket_seconds, count, device_time, seq, "
-              + _RAW_KEY.format(col="t.raw_id") + "::text AS won_by FROM pulses t",
+    "readings": "SELECT d.protocol, d.device_id, r.seq, r.device_time, r.bucket_seconds, r.counts, r.meter_index,"
+                " r.received_at, r.payload, r.meta FROM readings r JOIN devices d ON d.id = r.device",
+    "pulses": "SELECT protocol, device_id, bucket_start, bucket_seconds, count, device_time, seq FROM pulses",
     "gaps": "SELECT protocol, device_id, from_period_end, from_seq, to_period_end, to_seq, interval_start,"
             " interval_end, volume, kind FROM gaps",
     "meter_events": "SELECT protocol, device_id, at, seq, kind, from_index, to_index FROM meter_events",
-    "device_state": "SELECT (to_jsonb(t) - 'last_raw_id')::text AS state, "
-                    + _RAW_KEY.format(col="t.last_raw_id") + "::text AS last FROM device_state t",
+    "device_state": "SELECT to_jsonb(t)::text AS state FROM device_state t",
     "consumption_hourly": "SELECT * FROM consumption_hourly",
     "consumption_daily": "SELECT * FROM consumption_daily",
     # Silence is the alerting sweep's, which runs against the live database only.
-    "alerts": "SELECT protocol, device_id, kind, resolved_at IS NULL AS open, day, (detail - 'raw_id')::text"
+    "alerts": "SELECT protocol, device_id, kind, resolved_at IS NULL AS open, day, detail::text"
               " AS detail FROM alerts WHERE kind <> 'silent'",
 }
 
@@ -134,11 +131,11 @@ async def test_replay_after_restore_stores_what_the_live_path_stored(
     for meter in meters:
         meter.close()
     live = await contents(stack.database_url, devices)
-    assert len(live["raw_messages"]) == 18 and live["gaps"] and live["meter_events"] and live["alerts"]
+    assert len(live["readings"]) == 18 and live["gaps"] and live["meter_events"] and live["alerts"]
 
     await run(bin_dir / "pg_restore", "-d", scratch_url, str(dump))
     restored = await contents(scratch_url, devices)
-    assert len(restored["raw_messages"]) == 6 and restored != live
+    assert len(restored["readings"]) == 6 and restored != live
 
     first, err = await replay(scratch_url, stack, since)
     assert first["stored"] == 12 and first["not_covered_from"] is None, (first, err)

@@ -20,7 +20,7 @@ from nats.aio.client import Client as NATS
 from pulsestack.bus.streams import ALERTS
 from pulsestack.store.rollups import spread
 from pulsestack_cli.local import LocalStack
-from tests.helpers import UdpDevice, eventually, metric, now_aligned, register, run_cli, unique_number
+from tests.helpers import READING_ROWS, UdpDevice, eventually, metric, now_aligned, register, run_cli, unique_number
 
 HOUR = 3600
 
@@ -115,14 +115,15 @@ async def test_a_decoding_error_is_fixed_by_replaying(stack: LocalStack, db: asy
     await eventually(lambda: processed(db, device, 3))
     good = await rollups(db, name)
     # What a decoder that read every count as 9 would have stored, consistently, rollups included.
-    await db.execute("UPDATE raw_messages SET counts = '{9,9,9,9}' WHERE device_id = $1", name)
+    await db.execute("UPDATE readings SET counts = '{9,9,9,9}'"
+                     " WHERE device = (SELECT id FROM devices WHERE protocol = 'nbiot' AND device_id = $1)", name)
     await db.execute("UPDATE pulses SET count = 9 WHERE device_id = $1", name)
     await db.execute("UPDATE consumption_hourly SET pulses = 36 WHERE device_id = $1", name)
     await db.execute("UPDATE consumption_daily SET pulses = pulses + 3 * 26 WHERE device_id = $1", name)
     code, out = await run_cli(stack, "reprocess", "--protocol", "nbiot", "--device", name)
     assert code == 0 and "3 decoded differently now" in out, out
     assert await db.fetchval("SELECT sum(count) FROM pulses WHERE device_id = $1", name) == 30
-    assert await db.fetchval("SELECT counts FROM raw_messages WHERE device_id = $1 LIMIT 1", name) == [1, 2, 3, 4]
+    assert [r["counts"] for r in await db.fetch(READING_ROWS, "nbiot", name)] == [[1, 2, 3, 4]] * 3
     assert await rollups(db, name) == good
     device.close()
 

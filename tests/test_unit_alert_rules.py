@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from alerting.sweep import SILENCE_FACTOR, Sweeper
 from processors.raw_stage import RawStage
 from pulsestack.store.alerts import AlertChanges
-from pulsestack.store.pulses import FINEST_FOR_LEAK, FLAG_ALERTS, LEAK_WINDOW, Point, PulseItem, _DeviceState, _judge
+from pulsestack.store.pulses import FINEST_FOR_LEAK, FLAG_ALERTS, LEAK_WINDOW, Point, _DeviceState, _judge
 from pulsestack.wire.reading import Flags, Reading
-from tests.helpers import now_aligned, unique_number
+from tests.helpers import READINGS_OF, now_aligned, unique_number
 
 DEVICE = ("nbiot", "1")
 PERIOD_END = 1_800_000_000  # the reading's period end: the rules' only clock
@@ -31,26 +31,25 @@ OPENABLE = ("silent", "leak", *(kind for kind, _ in FLAG_ALERTS))
 
 
 def state(*, open_alerts: frozenset[str] = frozenset(), flags: int | None = 0, finest: int | None = 900,
-          flowing: int | None = 0) -> tuple[_DeviceState, PulseItem]:
+          flowing: int | None = 0) -> tuple[_DeviceState, Reading]:
     """A device whose reading just stored ends at PERIOD_END with `flags` (None: it came late, with every
     flag), and whose meter has shown flow, without an hour of none, for `flowing` seconds before it (None: never
     read)."""
     r = Reading(*DEVICE, 7, PERIOD_END, PERIOD_END, 900, [1], 10, 3600, 15 if flags is None else flags, PERIOD_END,
                 "t", b"")
-    item = PulseItem(42, r)
     point = None if flowing is None else Point(PERIOD_END, PERIOD_END, 7, 10, 900, (1,))
     since = None if flowing is None else PERIOD_END - flowing
     return _DeviceState(point, 1, finest=finest, last_zero_flow=since, open_alerts=open_alerts,
-                        last=None if flags is None else item), item
+                        last=None if flags is None else r), r
 
 
-def judge(s: tuple[_DeviceState, PulseItem], replay: bool = False) -> AlertChanges:
+def judge(s: tuple[_DeviceState, Reading], replay: bool = False) -> AlertChanges:
     changes = AlertChanges()
     _judge(*s, changes, replay)
     return changes
 
 
-def judged(s: tuple[_DeviceState, PulseItem], replay: bool = False) -> tuple[set[str], set[str]]:
+def judged(s: tuple[_DeviceState, Reading], replay: bool = False) -> tuple[set[str], set[str]]:
     """(kinds opened, kinds resolved)."""
     changes = judge(s, replay)
     return {k[2] for k, _, _ in changes.episodes}, {k[2] for k in changes.to_resolve}
@@ -84,9 +83,9 @@ def test_a_flag_alert_is_open_exactly_while_the_last_reading_carries_its_flag(
 
 
 def test_a_flag_alert_carries_the_readings_that_raised_and_cleared_it() -> None:
-    assert judge(state(flags=Flags.TAMPER)).episodes == [((*DEVICE, "tamper"), {"seq": 7, "raw_id": 42}, None)]
-    assert judge(state(open_alerts=frozenset({"tamper"}))).to_resolve == {
-        (*DEVICE, "tamper"): {"resolved_by": {"seq": 7, "raw_id": 42}}}
+    by = {"seq": 7, "device_time": dt.datetime.fromtimestamp(PERIOD_END, dt.UTC).isoformat()}
+    assert judge(state(flags=Flags.TAMPER)).episodes == [((*DEVICE, "tamper"), by, None)]
+    assert judge(state(open_alerts=frozenset({"tamper"}))).to_resolve == {(*DEVICE, "tamper"): {"resolved_by": by}}
 
 
 @given(replay=st.booleans(), flags=flag_values)
@@ -109,7 +108,8 @@ def test_the_day_a_leak_starts_is_exact_to_the_second() -> None:
     assert "leak" not in judged(state(flowing=LEAK_WINDOW - 1))[0]
     since = dt.datetime.fromtimestamp(PERIOD_END - LEAK_WINDOW, dt.UTC).isoformat()
     assert judge(state(flowing=LEAK_WINDOW)).episodes == [
-        ((*DEVICE, "leak"), {"flowing_since": since, "hours": 24, "seq": 7, "raw_id": 42}, None)]
+        ((*DEVICE, "leak"), {"flowing_since": since, "hours": 24, "seq": 7,
+                             "device_time": dt.datetime.fromtimestamp(PERIOD_END, dt.UTC).isoformat()}, None)]
 
 
 @given(flowing=st.integers(0, 3 * LEAK_WINDOW), was_open=st.booleans())
@@ -223,7 +223,7 @@ async def test_the_next_days_total_over_the_limit_is_stored_while_the_last_days_
             "SELECT day FROM alerts WHERE device_id = $1 AND kind = 'threshold' AND resolved_at IS NULL", d)]
 
     assert await open_thresholds() == [day]
-    assert await servers_tx.fetchval("SELECT count(*) FROM raw_messages WHERE device_id = $1", d) == 2
+    assert await servers_tx.fetchval(READINGS_OF, "nbiot", d) == 2
     await Sweeper(OneConnection(servers_tx), 600).sweep()  # type: ignore[arg-type]
     assert await open_thresholds() == []
     await store(3, midnight + 86_400 + 4500, 60)
@@ -249,8 +249,8 @@ class OneConnection:
 async def last_seen(conn: asyncpg.Connection, d: str, ago: float, interval: int | None) -> None:
     await conn.execute(
         "INSERT INTO device_state (protocol, device_id, last_period_end, last_device_time, last_seq, last_index,"
-        " last_raw_id, last_battery_mv, last_flags, last_seen, interval_seconds)"
-        " VALUES ('nbiot', $1, now(), now(), 1, 0, 0, 3600, 0, now() - make_interval(secs => $2), $3)",
+        " last_battery_mv, last_flags, last_seen, interval_seconds)"
+        " VALUES ('nbiot', $1, now(), now(), 1, 0, 3600, 0, now() - make_interval(secs => $2), $3)",
         d, ago, interval)
 
 
@@ -371,8 +371,8 @@ def _split(readings: list[Reading], cuts: list[bool]) -> list[list[Reading]]:
 
 
 async def _alerts_after(conn: asyncpg.Connection, devices: list[str], batches: list[list[Reading]]) -> list[Any]:
-    """The devices' alerts once the batches are stored, each batch in its transaction; then rolled back. Raw
-    ids differ from one storing to the next: each is checked against its reading's seq, then left out."""
+    """The devices' alerts once the batches are stored, each batch in its transaction; then rolled back. The
+    reading an alert names must be one of its device's stored readings."""
     run = conn.transaction()
     await run.start()
     try:
@@ -380,8 +380,9 @@ async def _alerts_after(conn: asyncpg.Connection, devices: list[str], batches: l
         for batch in batches:
             async with conn.transaction():
                 await stage.write(conn, batch)
-        raw = {r["id"]: (r["device_id"], r["seq"]) for r in await conn.fetch(
-            "SELECT id, device_id, seq FROM raw_messages WHERE protocol = 'nbiot' AND device_id = ANY($1)", devices)}
+        stored = {(r["device_id"], r["seq"], r["device_time"].isoformat()) for r in await conn.fetch(
+            "SELECT d.device_id, r.seq, r.device_time FROM readings r JOIN devices d ON d.id = r.device"
+            " WHERE d.protocol = 'nbiot' AND d.device_id = ANY($1)", devices)}
         record = []
         for row in await conn.fetch(
             "SELECT device_id, kind, day, resolved_at IS NOT NULL AS resolved, detail FROM alerts"
@@ -392,8 +393,8 @@ async def _alerts_after(conn: asyncpg.Connection, devices: list[str], batches: l
                 # Its total is the day's when the alert was judged: a batch sees more of the day.
                 detail = {}
             for reading in (detail, detail.get("resolved_by")):
-                if reading and "raw_id" in reading:  # a silent alert opens with none
-                    assert raw[reading.pop("raw_id")] == (row["device_id"], reading["seq"])
+                if reading and "device_time" in reading:  # a silent alert opens with none
+                    assert (row["device_id"], reading["seq"], reading["device_time"]) in stored
             record.append((row["device_id"], row["kind"], row["day"], row["resolved"], detail))
         return record
     finally:

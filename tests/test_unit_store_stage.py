@@ -25,7 +25,7 @@ from pulsestack.bus.streams import QUARANTINE
 from pulsestack.store.writes import write_isolating
 from pulsestack.wire.reading import Reading, encode_raw
 from pulsestack_cli.local import LocalStack
-from tests.helpers import now_aligned, unique_number
+from tests.helpers import READINGS_OF, device_rows, forget_devices, now_aligned, unique_number
 
 WIDTH = 900
 WRAP = 2**32
@@ -40,16 +40,17 @@ def reading(device: str, seq: int, period_end: int, counts: list[int], index: in
 
 async def write(conn: asyncpg.Connection, readings: list[Reading]) -> Stored:
     async with conn.transaction():
+        await device_rows(conn, readings)
         return await STAGE.write(conn, readings)
 
 
 async def derived(conn: asyncpg.Connection, device: str) -> dict[str, Any]:
-    """What queries answer about the device, less what depends on arrival (its receive times, raw ids)."""
+    """What queries answer about the device, less what depends on arrival (its receive times)."""
     def rows(records: list[asyncpg.Record]) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in records]
 
     return {
-        "raw": await conn.fetchval("SELECT count(*) FROM raw_messages WHERE device_id = $1", device),
+        "raw": await conn.fetchval(READINGS_OF, "nbiot", device),
         "buckets": rows(await conn.fetch(
             "SELECT bucket_start, count, seq FROM pulses WHERE device_id = $1 ORDER BY 1", device)),
         "gaps": rows(await conn.fetch(
@@ -75,12 +76,11 @@ async def test_a_repeated_reading_is_stored_once_and_derives_nothing_again(serve
     device = new_device()
     a = reading(device, 1, now_aligned(), [1, 2, 3, 4], 1000)
     first = await write(servers_tx, [a, a])
-    assert [row.inserted for row in first.rows] == [True, False]
-    assert first.rows[0].raw_id == first.rows[1].raw_id and first.outcome.stored == [a]
+    assert first.inserted == [True, False] and first.outcome.stored == [a]
     once = await derived(servers_tx, device)
     assert once["raw"] == 1 and [b[1] for b in once["buckets"]] == [1, 2, 3, 4] and once["state"][0][3] == 1
     again = await write(servers_tx, [a])  # a redelivery
-    assert [row.inserted for row in again.rows] == [False] and again.rows[0].raw_id == first.rows[0].raw_id
+    assert again.inserted == [False]
     assert again.outcome.stored == [] and again.outcome.alerts == []
     assert await derived(servers_tx, device) == once
 
@@ -179,13 +179,59 @@ async def test_a_reading_the_database_rejects_fails_alone(servers: LocalStack) -
     bad = reading(device, 2, t + WIDTH, [2**31], 20)  # not an int4: PostgreSQL refuses the row (SQLSTATE 22003)
     pool = await asyncpg.create_pool(servers.database_url, min_size=1, max_size=1)
     try:
+        await device_rows(pool, [good])
         written, rejected = await write_isolating(pool, [good, bad], STAGE.write)
         async with pool.acquire() as conn:
-            stored = await conn.fetchval("SELECT count(*) FROM raw_messages WHERE device_id = $1", device)
+            stored = await conn.fetchval(READINGS_OF, "nbiot", device)
     finally:
+        await forget_devices(pool, [good])
         await pool.close()
     assert [items for items, _ in written] == [[good]] and stored == 1
     assert [(r, error.split(":")[0]) for r, error in rejected] == [(bad, "NumericValueOutOfRangeError")]
+
+
+async def test_a_reading_of_a_device_without_a_registry_row_is_quarantined_not_lost(
+    servers: LocalStack, servers_nc: NATS
+) -> None:
+    """Ingest accepted it, then the device was deleted before the store stage got to it: no device id to store
+    it under. It goes to quarantine, saying why (register the device again, then replay the quarantine); the
+    rest of its batch is stored."""
+    device, deleted = new_device(), new_device()
+    t = now_aligned()
+    good, orphan = reading(device, 1, t, [1], 10), reading(deleted, 1, t, [1], 10)
+    publisher = Publisher(servers_nc)
+    await publisher.start()
+    pool = await asyncpg.create_pool(servers.database_url, min_size=1, max_size=1)
+    stage = RawStage(pool, publisher, Quarantine(publisher))
+    stage.name = f"unit-{uuid.uuid4().hex[:10]}"
+    try:
+        await device_rows(pool, [good])
+        assert await stage.process([as_message(servers_nc, encode_raw([good, orphan]))]) == [None]
+        assert await pool.fetchval(READINGS_OF, "nbiot", device) == 1
+        records = await quarantined(servers_nc, stage.name)
+        assert [(q.reason, q.reading) for q in records] == [("database", orphan)]
+        assert records[0].detail == (f"UnknownDevice: no registered device nbiot:{deleted}"
+                                     " (removed after ingest accepted the reading?)")
+    finally:
+        await forget_devices(pool, [good])
+        await publisher.stop()
+        await pool.close()
+
+
+async def test_readings_have_one_index_their_primary_key(servers_tx: asyncpg.Connection) -> None:
+    """Every index on the table of readings is written by every reading (docs/storage-model.md): one, the
+    primary key that is both a reading's identity and its device's history order."""
+    indexes = await servers_tx.fetch(
+        "SELECT c.relname AS tbl, i.indexrelid::regclass::text AS index, i.indisprimary FROM pg_index i"
+        " JOIN pg_class c ON c.oid = i.indrelid"
+        " WHERE c.oid = 'readings'::regclass OR c.oid IN (SELECT inhrelid FROM pg_inherits"
+        "                                                 WHERE inhparent = 'readings'::regclass)")
+    by_table: dict[str, list[bool]] = {}
+    for row in indexes:
+        by_table.setdefault(row["tbl"], []).append(row["indisprimary"])
+    assert by_table["readings"] == [True] and all(kinds == [True] for kinds in by_table.values()), indexes
+    key = await servers_tx.fetchval("SELECT pg_get_indexdef('readings_pkey'::regclass)")
+    assert key.endswith("(device, device_time, seq)"), key
 
 
 def as_message(nc: NATS, data: bytes) -> Msg:
@@ -205,11 +251,13 @@ async def test_what_cannot_be_stored_is_quarantined_and_the_rest_of_the_batch_is
     stage = RawStage(pool, publisher, Quarantine(publisher))
     stage.name = f"unit-{uuid.uuid4().hex[:10]}"  # its quarantine records are this test's alone
     try:
+        await device_rows(pool, [good])
         errors = await stage.process([as_message(servers_nc, b"\x93not an envelope"),
                                       as_message(servers_nc, encode_raw([good, misaligned])),
                                       as_message(servers_nc, encode_raw([other]))])
         assert errors == [None, None, None]  # each answered: stored or kept in quarantine
-        stored = await pool.fetch("SELECT seq FROM raw_messages WHERE device_id = $1 ORDER BY seq", device)
+        stored = await pool.fetch("SELECT seq FROM readings WHERE device = (SELECT id FROM devices"
+                                  " WHERE protocol = 'nbiot' AND device_id = $1) ORDER BY seq", device)
         assert [r["seq"] for r in stored] == [1, 3]
         records = await quarantined(servers_nc, stage.name)
         assert [(q.reason, q.reading) for q in records] == [("envelope", None), ("invariant", misaligned)]
@@ -219,6 +267,7 @@ async def test_what_cannot_be_stored_is_quarantined_and_the_rest_of_the_batch_is
         assert await refusing.process([as_message(servers_nc, encode_raw([misaligned]))]) == [
             "invalid reading not quarantined: bucket_seconds 7"]
     finally:
+        await forget_devices(pool, [good])
         await publisher.stop()
         await pool.close()
 

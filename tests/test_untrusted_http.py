@@ -79,8 +79,8 @@ header_values = st.binary(max_size=100).filter(lambda b: b"\r" not in b and b"\n
 
 async def stored_rows(db: asyncpg.Connection, device: str, seq: int, at: int) -> int:
     return int(await db.fetchval(
-        "SELECT count(*) FROM raw_messages WHERE protocol = 'sigfox' AND device_id = $1 AND seq = $2"
-        " AND device_time = to_timestamp($3)", device, seq, at))
+        "SELECT count(*) FROM readings r JOIN devices d ON d.id = r.device WHERE d.protocol = 'sigfox'"
+        " AND d.device_id = $1 AND r.seq = $2 AND r.device_time = to_timestamp($3)", device, seq, at))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,

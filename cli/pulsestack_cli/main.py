@@ -159,11 +159,11 @@ def _build_parser() -> argparse.ArgumentParser:
     jetstream_cmd.add_parser(sub)
     replay_cmd.add_parser(sub)
 
-    again = sub.add_parser("reprocess", help="re-derive pulses, gaps, state and rollups from raw_messages")
+    again = sub.add_parser("reprocess", help="re-derive pulses, gaps, state and rollups from the stored readings")
     again.add_argument("--protocol", choices=PROTOCOLS, help="only this protocol's devices")
     again.add_argument("--device", action="append", help="repeatable; default: every device in the range")
-    again.add_argument("--since", help="period end from (ISO date or time, UTC)")
-    again.add_argument("--until", help="period end before (ISO date or time, UTC)")
+    again.add_argument("--since", help="device time from (ISO date or time, UTC)")
+    again.add_argument("--until", help="device time before (ISO date or time, UTC)")
     add_json_flag(again)
 
     run = sub.add_parser("run", help="run the stack locally, or the ingesters and the processor in one process")

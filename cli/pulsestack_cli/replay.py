@@ -144,9 +144,9 @@ async def _store(pool: asyncpg.Pool, msgs: list[Msg], report: Report) -> None:
 
 
 def _count(stored: Stored, report: Report) -> None:
-    inserted = sum(row.inserted for row in stored.rows)
+    inserted = sum(stored.inserted)
     report.stored += inserted
-    report.duplicates += len(stored.rows) - inserted
+    report.duplicates += len(stored.inserted) - inserted
 
 
 async def replay(js: JetStreamContext, pool: asyncpg.Pool, since: dt.datetime) -> Report:

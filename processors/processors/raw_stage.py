@@ -1,4 +1,4 @@
-"""RAW -> raw_messages, and what each reading derives (buckets, gaps, meter events, device state, rollups,
+"""RAW -> readings, and what each reading derives (buckets, gaps, meter events, device state, rollups,
 alerts), in one transaction.
 
 A RAW message is acknowledged only after that transaction commits. A crash before means redelivery: what
@@ -65,9 +65,9 @@ class RawStage(Stage[Reading, Stored]):
             log.warning("alert events not published now; the sweep will", error=str(task.exception()))
 
     def _count(self, stored: Stored, committed: float) -> None:
-        inserted = sum(row.inserted for row in stored.rows)
+        inserted = sum(stored.inserted)
         metrics.processor_messages.labels(self.name, "stored").inc(inserted)
-        metrics.processor_messages.labels(self.name, "duplicate").inc(len(stored.rows) - inserted)
+        metrics.processor_messages.labels(self.name, "duplicate").inc(len(stored.inserted) - inserted)
         outcome = stored.outcome
         metrics.bucket_conflicts.inc(outcome.conflicts)
         metrics.device_gaps.inc(outcome.gaps)

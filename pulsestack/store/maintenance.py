@@ -20,7 +20,7 @@ from pulsestack.logs import get_logger
 
 log = get_logger(__name__)
 _LOCK = 0x6D61696E74  # "maint": one maintenance run at a time, whichever replica starts it
-PARTITIONED = (("raw_messages", "device_time"), ("pulses", "bucket_start"))
+PARTITIONED = (("readings", "device_time"), ("pulses", "bucket_start"))
 # Tables trimmed row by row, and the time that decides a row's age. An open alert is never old.
 TRIMMED = (("gaps", "from_period_end"), ("meter_events", "at"), ("consumption_hourly", "hour"),
            ("consumption_daily", "day"), ("alerts", "resolved_at"))
@@ -29,11 +29,16 @@ MONTHS_BACK = 2  # readings may be 30 days old: last month's partition must exis
 MONTHS_AHEAD = 3  # an alert fires below 2: a quarter of a year to notice a stopped job
 
 
+# A setting's v1 name still counts when the new one is unset: a deployment that kept readings longer (or
+# forever, 0) must not start dropping them at the upgrade's first maintenance run.
+_FORMERLY = {"readings": "PULSESTACK_RETENTION_RAW_MESSAGES_MONTHS"}
+
+
 @dataclass(frozen=True, slots=True)
 class Retention:
     """Months each table keeps; 0 keeps everything."""
 
-    raw_messages: int = 24
+    readings: int = 24
     pulses: int = 24
     gaps: int = 24
     meter_events: int = 24
@@ -43,8 +48,12 @@ class Retention:
 
     @classmethod
     def from_env(cls) -> Retention:
-        return cls(**{f.name: env_int(f"PULSESTACK_RETENTION_{f.name.upper()}_MONTHS", f.default)  # type: ignore[arg-type]
-                      for f in fields(cls)})
+        def months(table: str, default: int) -> int:
+            if table in _FORMERLY:
+                default = env_int(_FORMERLY[table], default)
+            return env_int(f"PULSESTACK_RETENTION_{table.upper()}_MONTHS", default)
+
+        return cls(**{f.name: months(f.name, f.default) for f in fields(cls)})  # type: ignore[arg-type]
 
     @classmethod
     def every_table(cls, months: int) -> Retention:

@@ -12,6 +12,7 @@ readings equal the index difference.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import asyncpg
@@ -19,6 +20,7 @@ import asyncpg
 from pulsestack.store.alerts import AlertChanges
 from pulsestack.store.rollups import Deltas
 from pulsestack.store.timeconv import epoch, ts, ts_float
+from pulsestack.wire.codecs import codec_of
 from pulsestack.wire.reading import Flags, Reading
 
 WRAP = 2**32
@@ -29,22 +31,24 @@ HALF = 2**31
 # thinks of the batch's size.
 _WRITE_BUCKETS = """
 WITH s AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int[], $5::int[], $6::bigint[],
-                         $7::timestamptz[], $8::bigint[])
-        AS t(protocol, device_id, bucket_start, bucket_seconds, count, raw_id, device_time, seq)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int[], $5::int[], $6::timestamptz[],
+                         $7::bigint[])
+        AS t(protocol, device_id, bucket_start, bucket_seconds, count, device_time, seq)
 ), found AS (
-    SELECT s.protocol, s.device_id, s.bucket_start, s.bucket_seconds, s.raw_id, p.raw_id = s.raw_id AS same,
+    -- Within a device, (device_time, seq) is a reading's identity: the bucket is held by this very reading.
+    SELECT s.protocol, s.device_id, s.bucket_start, s.bucket_seconds, s.device_time, s.seq,
+           (p.device_time, p.seq) = (s.device_time, s.seq) AS same,
            p.count AS old_count, (s.device_time, s.seq) > (p.device_time, p.seq) AS wins
     FROM s CROSS JOIN LATERAL (
-        SELECT raw_id, count, device_time, seq FROM pulses p
+        SELECT count, device_time, seq FROM pulses p
         WHERE p.protocol = s.protocol AND p.device_id = s.device_id AND p.bucket_start = s.bucket_start
           AND p.bucket_seconds = s.bucket_seconds
     ) p
 ), written AS (
-    INSERT INTO pulses (protocol, device_id, bucket_start, bucket_seconds, count, raw_id, device_time, seq)
+    INSERT INTO pulses (protocol, device_id, bucket_start, bucket_seconds, count, device_time, seq)
     SELECT * FROM s
     ON CONFLICT (protocol, device_id, bucket_start, bucket_seconds) DO UPDATE
-    SET count = EXCLUDED.count, raw_id = EXCLUDED.raw_id, device_time = EXCLUDED.device_time,
+    SET count = EXCLUDED.count, device_time = EXCLUDED.device_time,
         seq = EXCLUDED.seq, stored_at = now()
     -- A later device time (then seq) wins a contested bucket, whatever order readings arrive in.
     WHERE (EXCLUDED.device_time, EXCLUDED.seq) > (pulses.device_time, pulses.seq)
@@ -64,14 +68,14 @@ LEFT JOIN LATERAL (
 # Written whole: the device locks make what this transaction read the current state.
 _WRITE_STATE = """
 INSERT INTO device_state AS d (protocol, device_id, last_period_end, last_device_time, last_seq, last_index,
-                               last_raw_id, last_battery_mv, last_flags, last_seen, readings,
+                               last_battery_mv, last_flags, last_seen, readings,
                                interval_seconds, first_bucket, last_zero_flow, finest_bucket)
 SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::bigint[],
-                     $6::bigint[], $7::bigint[], $8::int[], $9::int[], $10::timestamptz[], $11::bigint[],
-                     $12::int[], $13::timestamptz[], $14::timestamptz[], $15::int[])
+                     $6::bigint[], $7::int[], $8::int[], $9::timestamptz[], $10::bigint[],
+                     $11::int[], $12::timestamptz[], $13::timestamptz[], $14::int[])
 ON CONFLICT (protocol, device_id) DO UPDATE
 SET last_period_end = EXCLUDED.last_period_end, last_device_time = EXCLUDED.last_device_time,
-    last_seq = EXCLUDED.last_seq, last_index = EXCLUDED.last_index, last_raw_id = EXCLUDED.last_raw_id,
+    last_seq = EXCLUDED.last_seq, last_index = EXCLUDED.last_index,
     last_battery_mv = EXCLUDED.last_battery_mv, last_flags = EXCLUDED.last_flags,
     last_seen = EXCLUDED.last_seen, readings = EXCLUDED.readings, interval_seconds = EXCLUDED.interval_seconds,
     first_bucket = EXCLUDED.first_bucket, last_zero_flow = EXCLUDED.last_zero_flow,
@@ -85,24 +89,27 @@ CROSS JOIN LATERAL (
     WHERE g.protocol = k.p AND g.device_id = k.d AND g.from_period_end = k.pe AND g.from_seq = k.s
 ) g
 """
-# The stored readings just before and just after each late reading, all late readings at once.
+# The stored readings just before and just after each late reading, all late readings at once. History is in
+# period order, (period_end, device_time, seq); a codec's period end is a non-decreasing function of device time
+# (Codec.period_end), so within a device (device_time, seq) is the same order and the walk is one step along
+# the readings' primary key either way.
 _NEIGHBOURS = """
 SELECT k.i,
-       b.period_end AS b_period_end, b.device_time AS b_device_time, b.seq AS b_seq, b.meter_index AS b_meter_index,
+       b.device_time AS b_device_time, b.seq AS b_seq, b.meter_index AS b_meter_index,
        b.counts AS b_counts, b.bucket_seconds AS b_bucket_seconds,
-       a.period_end AS a_period_end, a.device_time AS a_device_time, a.seq AS a_seq, a.meter_index AS a_meter_index,
+       a.device_time AS a_device_time, a.seq AS a_seq, a.meter_index AS a_meter_index,
        a.counts AS a_counts, a.bucket_seconds AS a_bucket_seconds
-FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::bigint[]) WITH ORDINALITY
-     AS k(p, d, pe, dt, s, i)
+FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[]) WITH ORDINALITY AS k(p, d, dt, s, i)
+JOIN devices dev ON dev.protocol = k.p AND dev.device_id = k.d
 LEFT JOIN LATERAL (
-    SELECT * FROM raw_messages r
-    WHERE r.protocol = k.p AND r.device_id = k.d AND (r.period_end, r.device_time, r.seq) < (k.pe, k.dt, k.s)
-    ORDER BY r.period_end DESC, r.device_time DESC, r.seq DESC LIMIT 1
+    SELECT * FROM readings r
+    WHERE r.device = dev.id AND (r.device_time, r.seq) < (k.dt, k.s)
+    ORDER BY r.device_time DESC, r.seq DESC LIMIT 1
 ) b ON true
 LEFT JOIN LATERAL (
-    SELECT * FROM raw_messages r
-    WHERE r.protocol = k.p AND r.device_id = k.d AND (r.period_end, r.device_time, r.seq) > (k.pe, k.dt, k.s)
-    ORDER BY r.period_end, r.device_time, r.seq LIMIT 1
+    SELECT * FROM readings r
+    WHERE r.device = dev.id AND (r.device_time, r.seq) > (k.dt, k.s)
+    ORDER BY r.device_time, r.seq LIMIT 1
 ) a ON true
 """
 _UPSERT_GAPS = """
@@ -137,14 +144,6 @@ WHERE e.protocol = k.p AND e.device_id = k.d AND e.at = k.at AND e.seq = k.s AND
 
 
 @dataclass(frozen=True, slots=True)
-class PulseItem:
-    """A stored reading and its raw_messages row id: what deriving from it needs."""
-
-    raw_id: int
-    reading: Reading
-
-
-@dataclass(frozen=True, slots=True)
 class Point:
     """A reading's place in its device's history: what gap computation needs."""
 
@@ -164,11 +163,13 @@ class Point:
         return cls(r.period_end, r.device_time, r.seq, r.index, r.bucket_seconds, tuple(r.counts))
 
     @classmethod
-    def from_row(cls, row: asyncpg.Record, prefix: str = "") -> Point | None:
-        if row[prefix + "period_end"] is None:
+    def from_row(cls, row: asyncpg.Record, period_end: Callable[[int], int], prefix: str = "") -> Point | None:
+        """A stored reading's point; `period_end` is its codec's (the readings table does not keep it)."""
+        if row[prefix + "device_time"] is None:
             return None
+        device_time = epoch(row[prefix + "device_time"])
         return cls(
-            epoch(row[prefix + "period_end"]), epoch(row[prefix + "device_time"]), row[prefix + "seq"],
+            period_end(device_time), device_time, row[prefix + "seq"],
             row[prefix + "meter_index"], row[prefix + "bucket_seconds"], tuple(row[prefix + "counts"]),
         )
 
@@ -222,7 +223,7 @@ class _DeviceState:
     last_zero_flow: int | None = None
     finest: int | None = None
     open_alerts: frozenset[str] = frozenset()
-    last: PulseItem | None = None
+    last: Reading | None = None
     added: int = 0
     seen: float = 0.0
 
@@ -239,23 +240,22 @@ class _DeviceState:
         self.readings += 1
         self.seen = max(self.seen, r.received_at)
 
-    def follow(self, item: PulseItem) -> None:
+    def follow(self, r: Reading) -> None:
         """An in-order reading becomes the device's last; receive times teach its reporting interval."""
-        r = item.reading
         if self.last_seen is not None and r.received_at > self.last_seen:
             gap = r.received_at - self.last_seen
             self.interval = round(gap if self.interval is None else 0.7 * self.interval + 0.3 * gap)
             self.interval = max(1, min(self.interval, 30 * 86_400))
         self.last_seen = max(self.last_seen or 0.0, r.received_at)
         self.point = Point.of(r)
-        self.last = item
+        self.last = r
 
-    def take(self, item: PulseItem) -> bool:
+    def take(self, r: Reading) -> bool:
         """Observes a new reading, and follows it when it comes in order (returned)."""
-        self.observe(item.reading)
-        if self.point is not None and Point.of(item.reading).key <= self.point.key:
+        self.observe(r)
+        if self.point is not None and Point.of(r).key <= self.point.key:
             return False
-        self.follow(item)
+        self.follow(r)
         return True
 
 
@@ -333,28 +333,27 @@ class _GapWriter:
         return sum(1 for row in written if row["inserted"])
 
 
-async def write_pulses(conn: asyncpg.Connection, items: list[PulseItem], replay: bool = False) -> PulseOutcome:
-    """Writes a batch in the caller's transaction: buckets, gaps, device state, rollups and alerts.
-    Idempotent: a redelivery changes nothing. `replay` (reprocessing): old readings are not news, so
+async def write_pulses(conn: asyncpg.Connection, readings: list[Reading], replay: bool = False) -> PulseOutcome:
+    """Writes a batch of stored readings in the caller's transaction: buckets, gaps, device state, rollups and
+    alerts. Idempotent: a redelivery changes nothing. `replay` (reprocessing): old readings are not news, so
     they do not end a device's silence."""
     outcome = PulseOutcome()
-    by_raw: dict[int, PulseItem] = {}
-    for item in items:
-        if item.raw_id in by_raw:
+    by_identity: dict[str, Reading] = {}
+    for r in readings:
+        if r.msg_id in by_identity:
             outcome.duplicates += 1
         else:
-            by_raw[item.raw_id] = item
-    unique = list(by_raw.values())
-    devices = sorted({(i.reading.protocol, i.reading.device) for i in unique})
+            by_identity[r.msg_id] = r
+    unique = list(by_identity.values())
+    devices = sorted({(r.protocol, r.device) for r in unique})
     # Serialises replicas that hold readings of the same device, so gap recomputation sees a stable history.
     await conn.execute(
         "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k",
         sorted(lock_key(p, d) for p, d in devices),
     )
 
-    winners: dict[tuple[str, str, int, int], tuple[tuple[int, int], int, int]] = {}
-    for item in unique:
-        r = item.reading
+    winners: dict[tuple[str, str, int, int], tuple[tuple[int, int], int]] = {}
+    for r in unique:
         first = r.first_bucket_start
         for i, count in enumerate(r.counts):
             key = (r.protocol, r.device, first + i * r.bucket_seconds, r.bucket_seconds)
@@ -364,32 +363,31 @@ async def write_pulses(conn: asyncpg.Connection, items: list[PulseItem], replay:
                 outcome.conflicts += 1
                 if held[0] >= rank:
                     continue
-            winners[key] = (rank, item.raw_id, count)
+            winners[key] = (rank, count)
     rows = list(winners.items())
-    already: set[int] = set()
+    already: set[tuple[str, str, int, int]] = set()  # (protocol, device, device_time, seq)
     deltas = Deltas()
     existing: set[tuple[str, str, int, int]] = set()
     for rec in await conn.fetch(
         _WRITE_BUCKETS,
         [k[0] for k, _ in rows], [k[1] for k, _ in rows], [ts(k[2]) for k, _ in rows], [k[3] for k, _ in rows],
-        [v[2] for _, v in rows], [v[1] for _, v in rows], [ts(v[0][0]) for _, v in rows],
-        [v[0][1] for _, v in rows],
+        [v[1] for _, v in rows], [ts(v[0][0]) for _, v in rows], [v[0][1] for _, v in rows],
     ):
         key = (rec["protocol"], rec["device_id"], epoch(rec["bucket_start"]), rec["bucket_seconds"])
         existing.add(key)
         if rec["same"]:
-            already.add(rec["raw_id"])
+            already.add((key[0], key[1], epoch(rec["device_time"]), rec["seq"]))
             continue
         outcome.conflicts += 1
         if rec["wins"]:
-            deltas.add(key[0], key[1], key[2], winners[key][2] - rec["old_count"])
-    for key, (_, _, count) in rows:
+            deltas.add(key[0], key[1], key[2], winners[key][1] - rec["old_count"])
+    for key, (_, count) in rows:
         if key not in existing:
             deltas.add(key[0], key[1], key[2], count)
 
-    fresh = [i for i in unique if i.raw_id not in already]
+    fresh = [r for r in unique if (r.protocol, r.device, r.device_time, r.seq) not in already]
     outcome.duplicates += len(unique) - len(fresh)
-    outcome.stored = [i.reading for i in fresh]
+    outcome.stored = fresh
     alerts = AlertChanges()
     outcome.gaps, outcome.resets = await _update_history(conn, fresh, deltas, alerts, replay)
     for total in await deltas.apply(conn):
@@ -416,12 +414,12 @@ def _state_from_row(row: asyncpg.Record) -> _DeviceState:
 
 
 async def _update_history(
-    conn: asyncpg.Connection, fresh: list[PulseItem], deltas: Deltas, alerts: AlertChanges, replay: bool
+    conn: asyncpg.Connection, fresh: list[Reading], deltas: Deltas, alerts: AlertChanges, replay: bool
 ) -> tuple[int, int]:
     """Gap volumes around each new reading, device state, and the alerts the state implies."""
     if not fresh:
         return 0, 0
-    keys = sorted({(i.reading.protocol, i.reading.device) for i in fresh})
+    keys = sorted({(r.protocol, r.device) for r in fresh})
     states: dict[tuple[str, str], _DeviceState] = {k: _DeviceState(None, 0) for k in keys}
     for row in await conn.fetch(_STATE, [k[0] for k in keys], [k[1] for k in keys]):
         states[(row["protocol"], row["device_id"])] = _state_from_row(row)
@@ -430,32 +428,32 @@ async def _update_history(
     # in the state (latest reading, first bucket, finest width, last zero-flow end) does not depend on the
     # order within a batch, so the walk below, in period order, ends where this one does.
     judging = {k: replace(s) for k, s in states.items()}
-    for item in fresh:
-        state = judging[(item.reading.protocol, item.reading.device)]
-        state.take(item)
-        _judge(state, item, alerts, replay)
+    for r in fresh:
+        state = judging[(r.protocol, r.device)]
+        state.take(r)
+        _judge(state, r, alerts, replay)
     gaps = _GapWriter()
     late: list[Reading] = []
-    for item in sorted(fresh, key=lambda i: (i.reading.protocol, i.reading.device, Point.of(i.reading).key)):
-        r = item.reading
+    for r in sorted(fresh, key=lambda r: (r.protocol, r.device, Point.of(r).key)):
         state = states[(r.protocol, r.device)]
         before = state.point
-        if state.take(item):
+        if state.take(r):
             # The usual case, in order: the previous reading is the device's last.
             if before is not None:
                 gaps.put(r.protocol, r.device, before, Point.of(r))
         else:
             late.append(r)
     if late:
-        # Late readings: the gaps on both sides are recomputed from the stored history (raw_messages holds
+        # Late readings: the gaps on both sides are recomputed from the stored history (readings holds
         # every reading of the batch already). Their keys never meet the in-order ones above.
         for row in await conn.fetch(
-            _NEIGHBOURS, [r.protocol for r in late], [r.device for r in late], [ts(r.period_end) for r in late],
-            [ts(r.device_time) for r in late], [r.seq for r in late],
+            _NEIGHBOURS, [r.protocol for r in late], [r.device for r in late], [ts(r.device_time) for r in late],
+            [r.seq for r in late],
         ):
             r = late[row["i"] - 1]
             point = Point.of(r)
-            before, after = Point.from_row(row, "b_"), Point.from_row(row, "a_")
+            period_end = codec_of(r.protocol).period_end
+            before, after = Point.from_row(row, period_end, "b_"), Point.from_row(row, period_end, "a_")
             if before is not None:
                 gaps.put(r.protocol, r.device, before, point)
             if after is not None:
@@ -477,13 +475,12 @@ async def _update_history(
             [s.finest for _, s in unchanged],
         )
     if changed:
-        lasts = [s.last.reading for _, s in changed if s.last]
+        lasts = [s.last for _, s in changed if s.last]
         await conn.execute(
             _WRITE_STATE,
             [k[0] for k, _ in changed], [k[1] for k, _ in changed],
             [ts(r.period_end) for r in lasts], [ts(r.device_time) for r in lasts],
-            [r.seq for r in lasts], [r.index for r in lasts],
-            [s.last.raw_id for _, s in changed if s.last], [r.battery_mv for r in lasts],
+            [r.seq for r in lasts], [r.index for r in lasts], [r.battery_mv for r in lasts],
             [r.flags for r in lasts], [ts_float(max(s.seen, s.last_seen or 0.0)) for _, s in changed],
             [s.readings for _, s in changed], [s.interval for _, s in changed],
             [_ts_or_none(s.first_bucket) for _, s in changed], [_ts_or_none(s.last_zero_flow) for _, s in changed],
@@ -496,12 +493,11 @@ def _ts_or_none(seconds: int | None) -> object:
     return None if seconds is None else ts(seconds)
 
 
-def _judge(state: _DeviceState, item: PulseItem, alerts: AlertChanges, replay: bool) -> None:
-    """Opens or resolves the alerts a device's state implies once `item` is stored (`state.last` is `item` when
-    it came in order). Only changes reach the database, each naming the reading that made it; the state's
-    open alerts follow them, for the next reading."""
-    r = item.reading
-    by = {"seq": r.seq, "raw_id": item.raw_id}
+def _judge(state: _DeviceState, r: Reading, alerts: AlertChanges, replay: bool) -> None:
+    """Opens or resolves the alerts a device's state implies once `r` is stored (`state.last` is `r` when it
+    came in order). Only changes reach the database, each naming the reading that made it by its identity;
+    the state's open alerts follow them, for the next reading."""
+    by = {"seq": r.seq, "device_time": ts(r.device_time).isoformat()}
     is_open = set(state.open_alerts)
 
     def settle(kind: str, holds: bool, **detail: object) -> None:
@@ -514,7 +510,7 @@ def _judge(state: _DeviceState, item: PulseItem, alerts: AlertChanges, replay: b
 
     if not replay:
         settle("silent", False)  # it spoke again
-    if state.last is item:  # a late reading does not say what the device's flags are now
+    if state.last is r:  # a late reading does not say what the device's flags are now
         for kind, flag in FLAG_ALERTS:
             settle(kind, bool(r.flags & flag))
     if state.point is not None and state.finest is not None and state.finest <= FINEST_FOR_LEAK:

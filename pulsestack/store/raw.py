@@ -1,86 +1,66 @@
-"""The raw stage's write: each reading once in raw_messages, whatever the redeliveries."""
+"""The raw stage's write: each reading once in `readings`, whatever the redeliveries."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import asyncpg
 import orjson
 
 from pulsestack.store.timeconv import ts, ts_float
+from pulsestack.store.writes import Refused
 from pulsestack.wire.reading import Reading
 
-# Arrays in, one statement: no staging table to truncate at every commit. Counts travel as array
-# literals, since a 2-D parameter would not unnest row by row.
+# Arrays in, one statement: no staging table to truncate at every commit. Counts travel as array literals,
+# since a 2-D parameter would not unnest row by row. A reading's device id is looked up by joining devices in
+# the statement: one probe of its primary key per reading, on pages every batch keeps hot, and always
+# current, where a per-process cache would need invalidating when a device is removed and registered again
+# (a new id). A reading is inserted or already stored (a redelivery) unless its device has no row.
 _INSERT = """
-INSERT INTO raw_messages (protocol, device_id, seq, device_time, period_end, bucket_seconds, counts,
-                          meter_index, battery_mv, flags, received_at, trace_id, payload, meta)
-SELECT p, d, s, dt, pe, bs, c::int[], i, b, f, r, t, pl, m
-FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::timestamptz[], $6::int[], $7::text[],
-            $8::bigint[], $9::int[], $10::int[], $11::timestamptz[], $12::text[], $13::bytea[], $14::jsonb[])
-    AS u(p, d, s, dt, pe, bs, c, i, b, f, r, t, pl, m)
-ON CONFLICT (protocol, device_id, seq, device_time) DO NOTHING
-RETURNING id, protocol, device_id, seq, device_time
-"""
-# Only for the readings already stored (duplicates), which are few; a fresh statement also sees a row a
-# concurrent replica committed while our INSERT waited on it.
-_EXISTING = """
-SELECT r.id, r.protocol, r.device_id, r.seq, r.device_time
-FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[]) AS k(p, d, s, t)
-CROSS JOIN LATERAL (
-    SELECT * FROM raw_messages r WHERE r.protocol = k.p AND r.device_id = k.d AND r.seq = k.s AND r.device_time = k.t
-) r
+WITH batch AS (
+    SELECT u.n, dev.id AS device, u.dt, u.s, u.bs, u.c, u.i, u.r, u.pl, u.m
+    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::int[], $6::text[], $7::bigint[],
+                $8::timestamptz[], $9::bytea[], $10::jsonb[]) WITH ORDINALITY AS u(p, d, s, dt, bs, c, i, r, pl, m, n)
+    LEFT JOIN devices dev ON dev.protocol = u.p AND dev.device_id = u.d
+), stored AS (
+    INSERT INTO readings (device, bucket_seconds, device_time, seq, meter_index, received_at, counts, payload, meta)
+    SELECT device, bs, dt, s, i, r, c::int[], pl, m FROM batch WHERE device IS NOT NULL
+    ON CONFLICT (device, device_time, seq) DO NOTHING
+    RETURNING device, device_time, seq
+)
+SELECT b.n, b.device IS NOT NULL AS known, s.device IS NOT NULL AS inserted
+FROM batch b LEFT JOIN stored s ON (s.device, s.device_time, s.seq) = (b.device, b.dt, b.s)
+ORDER BY b.n
 """
 
 
-@dataclass(frozen=True, slots=True)
-class RawRow:
-    raw_id: int
-    inserted: bool  # False: the reading was already stored (a duplicate)
+class UnknownDevice(Refused):
+    """A reading of a device with no registry row: ingest accepted it, then the device was deleted."""
 
 
-async def insert_readings(conn: asyncpg.Connection, readings: list[Reading]) -> list[RawRow]:
-    """Stores readings idempotently, in the caller's transaction; one RawRow per input, in order.
-
-    Repeats within the batch are written once: the first occurrence decides.
-    """
+async def insert_readings(conn: asyncpg.Connection, readings: list[Reading]) -> list[bool]:
+    """Stores readings idempotently, in the caller's transaction; per input, in order, whether this call
+    stored it (False: it was already stored). Repeats within the batch are written once: the first
+    occurrence counts as inserted. Raises UnknownDevice, storing nothing, if a reading's device has no
+    devices row: the caller quarantines that reading rather than drop it."""
     first: dict[str, int] = {}
-    unique: list[Reading] = []
+    u: list[Reading] = []
     for r in readings:
         if r.msg_id not in first:
-            first[r.msg_id] = len(unique)
-            unique.append(r)
-    u = unique
-    inserted = await conn.fetch(
+            first[r.msg_id] = len(u)
+            u.append(r)
+    rows = await conn.fetch(
         _INSERT, [r.protocol for r in u], [r.device for r in u], [r.seq for r in u], [ts(r.device_time) for r in u],
-        [ts(r.period_end) for r in u], [r.bucket_seconds for r in u],
-        ["{" + ",".join(map(str, r.counts)) + "}" for r in u], [r.index for r in u], [r.battery_mv for r in u],
-        [r.flags for r in u], [ts_float(r.received_at) for r in u], [r.trace_id for r in u], [r.payload for r in u],
+        [r.bucket_seconds for r in u], ["{" + ",".join(map(str, r.counts)) + "}" for r in u], [r.index for r in u],
+        [ts_float(r.received_at) for r in u], [r.payload for r in u],
         [orjson.dumps(r.meta).decode() if r.meta else None for r in u],
     )
-    rows: list[RawRow | None] = [None] * len(unique)
-
-    def key(rec: asyncpg.Record) -> str:
-        return f"{rec['protocol']}:{rec['device_id']}:{rec['seq']}:{int(rec['device_time'].timestamp())}"
-
-    for rec in inserted:
-        rows[first[key(rec)]] = RawRow(rec["id"], True)
-    missing = [unique[i] for i, row in enumerate(rows) if row is None]
-    if missing:
-        for rec in await conn.fetch(
-            _EXISTING, [r.protocol for r in missing], [r.device for r in missing], [r.seq for r in missing],
-            [ts(r.device_time) for r in missing],
-        ):
-            rows[first[key(rec)]] = RawRow(rec["id"], False)
-    if any(row is None for row in rows):
-        raise RuntimeError("a reading was neither inserted nor found")  # cannot happen under the unique key
-    result: list[RawRow] = []
+    unknown = sorted({f"{u[row['n'] - 1].protocol}:{u[row['n'] - 1].device}" for row in rows if not row["known"]})
+    if unknown:
+        raise UnknownDevice(f"no registered device {', '.join(unknown)} (removed after ingest accepted the reading?)")
+    inserted = [row["inserted"] for row in rows]
     seen: set[int] = set()
+    result = []
     for r in readings:
         index = first[r.msg_id]
-        row = rows[index]
-        assert row is not None
-        # Only the first occurrence of a repeated reading counts as inserted.
-        result.append(row if index not in seen else RawRow(row.raw_id, False))
+        result.append(inserted[index] and index not in seen)
         seen.add(index)
     return result

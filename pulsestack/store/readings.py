@@ -7,21 +7,21 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from pulsestack.store.pulses import PulseItem, PulseOutcome, write_pulses
-from pulsestack.store.raw import RawRow, insert_readings
+from pulsestack.store.pulses import PulseOutcome, write_pulses
+from pulsestack.store.raw import insert_readings
 from pulsestack.wire.reading import Reading
 
 
 @dataclass(frozen=True, slots=True)
 class Stored:
-    rows: list[RawRow]
+    inserted: list[bool]  # per reading: False for one already stored (a duplicate)
     outcome: PulseOutcome
 
 
 async def store_readings(conn: asyncpg.Connection, items: list[Reading]) -> Stored:
-    """In the caller's transaction; one RawRow per reading, `inserted` False for one already stored."""
-    rows = await insert_readings(conn, items)
+    """In the caller's transaction."""
+    inserted = await insert_readings(conn, items)
     # Only what this transaction inserted: a reading found already stored was derived from in the
     # transaction that stored it (an upgrade drains the earlier two-stage pipeline first; see setup).
-    fresh = [PulseItem(row.raw_id, r) for row, r in zip(rows, items, strict=True) if row.inserted]
-    return Stored(rows, await write_pulses(conn, fresh) if fresh else PulseOutcome())
+    fresh = [r for new, r in zip(inserted, items, strict=True) if new]
+    return Stored(inserted, await write_pulses(conn, fresh) if fresh else PulseOutcome())

@@ -1,6 +1,6 @@
-"""The batch layer: re-derive pulses, gaps, device state and rollups from raw_messages.
+"""The batch layer: re-derive pulses, gaps, device state and rollups from the stored readings.
 
-Raw messages are the immutable record. Reprocessing a device re-decodes each
+The readings' payloads are the immutable record. Reprocessing a device re-decodes each
 stored payload with today's codec (so a decoding bug is fixed by replaying, not
 by patching rows), takes back exactly what those readings derived — the
 buckets they won, the gaps ending at them, their meter events, and those
@@ -17,23 +17,26 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from pulsestack.store.pulses import PulseItem, lock_key, write_pulses
+from pulsestack.store.pulses import lock_key, write_pulses
 from pulsestack.store.rollups import Deltas
-from pulsestack.store.timeconv import epoch
+from pulsestack.store.timeconv import epoch, ts
 from pulsestack.wire.codecs import CODECS
 from pulsestack.wire.errors import CodecError
-from pulsestack.wire.protocol import StoredRaw
-from pulsestack.wire.reading import Reading
+from pulsestack.wire.protocol import Codec, StoredRaw
+from pulsestack.wire.reading import Reading, new_trace_id
 
+# In period order: a codec's period end is non-decreasing in device time (Codec.period_end).
 _READINGS = """
-SELECT id, protocol, device_id, seq, device_time, period_end, bucket_seconds, counts, meter_index, battery_mv,
-       flags, received_at, trace_id, payload, meta
-FROM raw_messages
-WHERE protocol = $1 AND device_id = $2 AND period_end >= $3 AND period_end < $4
-ORDER BY period_end, device_time, seq
+SELECT seq, device_time, bucket_seconds, counts, meter_index, received_at, payload
+FROM readings
+WHERE device = $1 AND device_time >= $2 AND device_time < $3
+ORDER BY device_time, seq
 """
+# Within a device, (device_time, seq) is a reading's identity.
 _TAKE_BACK_PULSES = """
-DELETE FROM pulses WHERE protocol = $1 AND device_id = $2 AND raw_id = ANY($3) RETURNING bucket_start, count
+DELETE FROM pulses p USING unnest($3::timestamptz[], $4::bigint[]) AS r(dt, s)
+WHERE p.protocol = $1 AND p.device_id = $2 AND (p.device_time, p.seq) = (r.dt, r.s)
+RETURNING p.bucket_start, p.count
 """
 _TAKE_BACK_GAPS = """
 DELETE FROM gaps g USING unnest($3::timestamptz[], $4::bigint[]) AS r(pe, s)
@@ -45,12 +48,11 @@ DELETE FROM meter_events e USING unnest($3::timestamptz[], $4::bigint[]) AS r(at
 WHERE e.protocol = $1 AND e.device_id = $2 AND e.at = r.at AND e.seq = r.s
 """
 _REDECODED = """
-UPDATE raw_messages SET counts = $3, meter_index = $4, battery_mv = $5, flags = $6, bucket_seconds = $7,
-                        period_end = $8
-WHERE id = $1 AND device_time = $2
+UPDATE readings SET counts = $4, meter_index = $5, bucket_seconds = $6
+WHERE device = $1 AND device_time = $2 AND seq = $3
 """
 _COUNT = """
-UPDATE device_state SET readings = (SELECT count(*) FROM raw_messages WHERE protocol = $1 AND device_id = $2)
+UPDATE device_state SET readings = (SELECT count(*) FROM readings WHERE device = $3)
 WHERE protocol = $1 AND device_id = $2
 """
 FOREVER = (dt.datetime(1970, 1, 1, tzinfo=dt.UTC), dt.datetime(2200, 1, 1, tzinfo=dt.UTC))
@@ -64,13 +66,10 @@ class ReprocessReport:
     undecodable: int = 0
 
 
-def redecode(row: asyncpg.Record) -> Reading:
+def redecode(codec: Codec, device: str, row: asyncpg.Record, trace_id: str) -> Reading:
     """The reading as today's codec reads the stored payload (raises CodecError)."""
-    codec = CODECS.get(row["protocol"])
-    if codec is None:
-        raise CodecError("payload", f"no codec for protocol {row['protocol']}")
-    return codec.redecode(StoredRaw(row["device_id"], row["seq"], epoch(row["device_time"]),
-                                    row["received_at"].timestamp(), row["trace_id"], row["payload"]))
+    return codec.redecode(StoredRaw(device, row["seq"], epoch(row["device_time"]), row["received_at"].timestamp(),
+                                    trace_id, row["payload"]))
 
 
 async def reprocess_device(
@@ -79,29 +78,35 @@ async def reprocess_device(
 ) -> None:
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(protocol, device))
-        rows = await conn.fetch(_READINGS, protocol, device, since, until)
+        number = await conn.fetchval("SELECT id FROM devices WHERE protocol = $1 AND device_id = $2", protocol, device)
+        rows = await conn.fetch(_READINGS, number, since, until) if number is not None else []
         if not rows:
             return
+        codec = CODECS.get(protocol)
+        if codec is None:  # nothing here can read these payloads, or say where their periods end
+            report.undecodable += len(rows)
+            return
+        trace_id = new_trace_id()  # one trace for the device's replay, in the logs
         items = []
         for row in rows:
             try:
-                reading = redecode(row)
+                reading = redecode(codec, device, row, trace_id)
             except CodecError:
                 report.undecodable += 1
                 continue
-            if (reading.counts, reading.index, reading.period_end) != (
-                row["counts"], row["meter_index"], epoch(row["period_end"])
+            if (reading.counts, reading.index, reading.bucket_seconds) != (
+                row["counts"], row["meter_index"], row["bucket_seconds"]
             ):
                 report.redecoded += 1
-                await conn.execute(
-                    _REDECODED, row["id"], row["device_time"], reading.counts, reading.index, reading.battery_mv,
-                    reading.flags, reading.bucket_seconds, dt.datetime.fromtimestamp(reading.period_end, dt.UTC),
-                )
-            items.append(PulseItem(row["id"], reading))
+                await conn.execute(_REDECODED, number, row["device_time"], row["seq"], reading.counts, reading.index,
+                                   reading.bucket_seconds)
+            items.append(reading)
         deltas = Deltas()
-        for taken in await conn.fetch(_TAKE_BACK_PULSES, protocol, device, [i.raw_id for i in items]):
+        for taken in await conn.fetch(_TAKE_BACK_PULSES, protocol, device, [ts(r.device_time) for r in items],
+                                      [r.seq for r in items]):
             deltas.add(protocol, device, epoch(taken["bucket_start"]), -taken["count"])
-        ends = [row["period_end"] for row in rows]
+        # What ended at each stored reading, undecodable ones included; the codec gives their period ends.
+        ends = [ts(codec.period_end(epoch(row["device_time"]))) for row in rows]
         seqs = [row["seq"] for row in rows]
         for taken in await conn.fetch(_TAKE_BACK_GAPS, protocol, device, ends, seqs):
             deltas.add_spread(protocol, device, epoch(taken["interval_start"]), epoch(taken["interval_end"]),
@@ -110,7 +115,7 @@ async def reprocess_device(
         await deltas.apply(conn)
         for start in range(0, len(items), batch):
             await write_pulses(conn, items[start : start + batch], replay=True)
-        await conn.execute(_COUNT, protocol, device)
+        await conn.execute(_COUNT, protocol, device, number)
         report.devices += 1
         report.readings += len(items)
 
@@ -119,7 +124,7 @@ async def reprocess(
     conn: asyncpg.Connection, *, protocol: str | None = None, devices: list[str] | None = None,
     since: dt.datetime | None = None, until: dt.datetime | None = None,
 ) -> ReprocessReport:
-    """Reprocesses the given devices (default: every device with raw messages in the range)."""
+    """Reprocesses the given devices (default: every device with readings in the range of device time)."""
     since, until = since or FOREVER[0], until or FOREVER[1]
     if devices:
         if protocol is None:
@@ -127,8 +132,9 @@ async def reprocess(
         targets = [(protocol, d) for d in devices]
     else:
         rows = await conn.fetch(
-            "SELECT DISTINCT protocol, device_id FROM raw_messages WHERE period_end >= $1 AND period_end < $2"
-            " AND ($3::text IS NULL OR protocol = $3) ORDER BY 1, 2", since, until, protocol,
+            "SELECT protocol, device_id FROM devices d WHERE ($3::text IS NULL OR protocol = $3) AND EXISTS ("
+            "SELECT FROM readings r WHERE r.device = d.id AND r.device_time >= $1 AND r.device_time < $2)"
+            " ORDER BY 1, 2", since, until, protocol,
         )
         targets = [(r["protocol"], r["device_id"]) for r in rows]
     report = ReprocessReport()

@@ -1,8 +1,8 @@
 """Running a stage's batch write so that one bad reading cannot block the others.
 
 The batch is written in one transaction. If PostgreSQL rejects it for its data
-(SQLSTATE class 22 or 23), each reading is written alone and the ones still
-rejected are returned for quarantine. Any other error (connection lost, server
+(SQLSTATE class 22 or 23), or the write refuses it (Refused), each reading is
+written alone and the ones still rejected are returned for quarantine. Any other error (connection lost, server
 down) is raised: the whole batch is redelivered later, nothing is lost.
 """
 
@@ -17,7 +17,14 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+class Refused(Exception):
+    """What a write refuses for what the item says, like PostgreSQL's data errors: the item is quarantined
+    with this message, not retried."""
+
+
 def is_data_error(exc: BaseException) -> bool:
+    if isinstance(exc, Refused):
+        return True
     sqlstate = getattr(exc, "sqlstate", None) or ""
     return isinstance(exc, asyncpg.PostgresError) and sqlstate[:2] in ("22", "23")
 

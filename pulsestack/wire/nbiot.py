@@ -115,9 +115,14 @@ def redecode(stored: StoredRaw) -> Reading:
     return to_reading(parse(stored.payload), stored.received_at, stored.trace_id, stored.payload)
 
 
+def period_end(device_time: int) -> int:
+    """A datagram's device time is its period end."""
+    return device_time
+
+
 CODEC = Codec(
     name=PROTOCOL, title="NB-IoT", id_form="decimal ids (IMEI)", keyed=True, seq_modulus=2**32, canonical=canonical_id,
-    number=int, text=str, redecode=redecode, flag_bits=FLAG_BITS,
+    number=int, text=str, redecode=redecode, flag_bits=FLAG_BITS, period_end=period_end,
 )
 
 

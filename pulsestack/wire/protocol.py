@@ -10,7 +10,7 @@ from pulsestack.wire.reading import Flags, Reading
 
 @dataclass(frozen=True, slots=True)
 class StoredRaw:
-    """What raw_messages keeps of a reading, the input of a re-decode."""
+    """What the readings table keeps of a reading that a re-decode reads, and the trace it runs under."""
 
     device: str
     seq: int
@@ -31,4 +31,8 @@ class Codec:
     number: Callable[[str], int]  # canonical id -> the uint64 the registry shards and stores
     text: Callable[[int], str]  # that number -> the canonical id
     redecode: Callable[[StoredRaw], Reading]  # a stored payload read again by today's codec (raises CodecError)
+    # Device time -> the end of the reading's last bucket, which the readings table does not store. It must be
+    # non-decreasing: then ordering a device's readings by (device_time, seq), their primary key, orders them
+    # by period too, the order gaps are computed in (docs/storage-model.md).
+    period_end: Callable[[int], int]
     flag_bits: tuple[tuple[int, Flags], ...]  # the device's flag bits -> protocol-neutral flags

@@ -56,7 +56,7 @@ class Reading(msgspec.Struct, array_like=True, frozen=True):
     flags: int  # Flags
     received_at: float  # ingester clock, Unix seconds
     trace_id: str
-    payload: bytes = b""  # the bytes as received, kept in raw_messages
+    payload: bytes = b""  # the bytes as received, kept in the readings table
     meta: dict[str, MetaValue] | None = None
 
     @property

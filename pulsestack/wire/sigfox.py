@@ -97,7 +97,7 @@ def decode_callback(body: Any, received_at: float, trace_id: str) -> Reading:
     for name, kind in _OPTIONAL_META.items():
         if name in body and body[name] is not None:
             value = _field(body, name, kind)
-            # Stored in raw_messages.meta (jsonb) and carried in msgpack: both refuse some values.
+            # Stored in readings.meta (jsonb) and carried in msgpack: both refuse some values.
             problem = value_problem(value)
             if problem:
                 raise CodecError("bad_field", problem, field=name)
@@ -119,7 +119,7 @@ def _reading(
         device=device,
         seq=seq,
         device_time=time,
-        period_end=time - time % BUCKET_SECONDS,
+        period_end=period_end(time),
         bucket_seconds=BUCKET_SECONDS,
         counts=counts,
         index=index,
@@ -132,9 +132,14 @@ def _reading(
     )
 
 
+def period_end(device_time: int) -> int:
+    """The callback's time falls in the quarter hour after the last bucket's end."""
+    return device_time - device_time % BUCKET_SECONDS
+
+
 def redecode(stored: StoredRaw) -> Reading:
     """The payload holds the counts; the callback's fields (device, seq, time) were stored beside it. The
-    callback's metadata is kept in raw_messages.meta, not carried again."""
+    callback's metadata is kept in readings.meta, not carried again."""
     return _reading(stored.device, stored.seq, stored.device_time, stored.received_at, stored.trace_id,
                     stored.payload, None)
 
@@ -142,4 +147,5 @@ def redecode(stored: StoredRaw) -> Reading:
 CODEC = Codec(
     name=PROTOCOL, title="Sigfox", id_form="1 to 8 hex digits", keyed=False, seq_modulus=SEQ_MODULUS,
     canonical=canonical_id, number=device_number, text=device_text, redecode=redecode, flag_bits=FLAG_BITS,
+    period_end=period_end,
 )

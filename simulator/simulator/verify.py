@@ -1,6 +1,6 @@
 """Delivery verification: what devices sent and were told is stored, against what PostgreSQL holds.
 
-Per reading: its `raw_messages` row is there exactly once; per bucket of a stored reading: its `pulses`
+Per reading: its `readings` row is there exactly once; per bucket of a stored reading: its `pulses`
 row holds the count sent; per device with two stored readings or more: the pulses plus the gap volume
 between its first and last stored reading equal the index difference (mod 2^32).
 
@@ -30,8 +30,8 @@ CREATE TEMP TABLE {_TABLE} (
 _COLUMNS = ("ord", "protocol", "device_id", "seq", "device_time", "period_end", "meter_index", "counts", "acked")
 _FOUND = f"""
 CREATE TEMP TABLE pulsestack_verify_found ON COMMIT DROP AS
-SELECT v.*, (SELECT count(*) FROM raw_messages r
-             WHERE r.protocol = v.protocol AND r.device_id = v.device_id AND r.seq = v.seq
+SELECT v.*, (SELECT count(*) FROM readings r JOIN devices d ON d.id = r.device
+             WHERE d.protocol = v.protocol AND d.device_id = v.device_id AND r.seq = v.seq
                AND r.device_time = v.device_time) AS n
 FROM {_TABLE} v
 """
