@@ -169,19 +169,6 @@ def test_the_best_gateway_signal_is_kept() -> None:
     assert (reading.meta["gateways"], reading.meta["rssi"], "snr" in reading.meta) == (4, -80, False)
 
 
-def chirpstack_body(device: int, seq: int, time: int, payload: bytes, port: int = 1) -> dict[str, Any]:
-    """A minimal ChirpStack v4 `up` body as protobuf-JSON writes it: zero values left out."""
-    body: dict[str, Any] = {
-        "deduplicationId": f"{device:016x}-{seq}", "deviceInfo": {"devEui": f"{device:016x}"},
-        "time": datetime.fromtimestamp(time, UTC).isoformat(), "data": base64.b64encode(payload).decode(),
-    }
-    if seq:
-        body["fCnt"] = seq
-    if port:
-        body["fPort"] = port
-    return body
-
-
 payloads = st.builds(
     sigfox.encode_payload, index=st.integers(0, 2**32 - 1), counts=st.lists(st.integers(0, 4095), min_size=4,
                                                                             max_size=4),
@@ -191,7 +178,7 @@ payloads = st.builds(
 
 @given(st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1), st.integers(1, 2**32 - 1), payloads)
 def test_chirpstack_round_trip_and_redecode(device: int, seq: int, time: int, payload: bytes) -> None:
-    reading = lorawan.decode_chirpstack("up", chirpstack_body(device, seq, time, payload), 1.5, "t")
+    reading = lorawan.decode_chirpstack("up", lorawan.chirpstack_uplink(device, seq, time, payload), 1.5, "t")
     assert isinstance(reading, Reading)
     assert (reading.device, reading.seq, reading.device_time) == (f"{device:016X}", seq, time - time % 900)
     assert CODECS["lorawan"].number(reading.device) == device
@@ -201,6 +188,9 @@ def test_chirpstack_round_trip_and_redecode(device: int, seq: int, time: int, pa
     stored = StoredRaw(reading.device, reading.seq, reading.device_time, reading.received_at, reading.trace_id,
                        reading.payload)
     assert CODECS["lorawan"].redecode(stored) == msgspec.structs.replace(reading, meta=None)
+    tts = lorawan.decode_tts(lorawan.tts_uplink(device, seq, time, payload), 1.5, "t")
+    assert isinstance(tts, Reading)
+    assert msgspec.structs.replace(tts, meta=None) == msgspec.structs.replace(reading, meta=None)
 
 
 @given(st.integers(0, 900 * 4), st.sampled_from(["Z", "+00:00"]), st.integers(0, 999_999_999))

@@ -14,7 +14,7 @@ import binascii
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pulsestack.wire import sigfox
@@ -230,6 +230,36 @@ def redecode(stored: StoredRaw) -> Reading:
     metadata in raw_messages.meta."""
     return sigfox.payload_reading(PROTOCOL, stored.device, stored.seq, stored.device_time, stored.received_at,
                                   stored.trace_id, stored.payload, None)
+
+
+def _rfc3339(time: float) -> str:
+    return datetime.fromtimestamp(time, UTC).isoformat()
+
+
+def chirpstack_uplink(device: int, seq: int, time: float, payload: bytes, port: int = PAYLOAD_PORT,
+                      uplink_id: str | None = None) -> dict[str, Any]:
+    """An `up` event as ChirpStack's HTTP integration writes it, zero values left out (simulator and tests)."""
+    body: dict[str, Any] = {
+        "deduplicationId": uplink_id or f"{device:016x}-{seq}-{int(time)}", "time": _rfc3339(time),
+        "deviceInfo": {"devEui": f"{device:016x}"}, "data": base64.b64encode(payload).decode(),
+        "rxInfo": [{"gatewayId": "0016c001f153a14c", "rssi": -100, "snr": 7.5}],
+    }
+    body.update({name: value for name, value in (("fCnt", seq), ("fPort", port)) if value})
+    return body
+
+
+def tts_uplink(device: int, seq: int, time: float, payload: bytes, port: int = PAYLOAD_PORT) -> dict[str, Any]:
+    """An ApplicationUp with an `uplink_message` as The Things Stack's webhooks write it (simulator and tests)."""
+    message: dict[str, Any] = {
+        "frm_payload": base64.b64encode(payload).decode(), "received_at": _rfc3339(time),
+        "rx_metadata": [{"gateway_ids": {"gateway_id": "gtw1"}, "rssi": -100, "snr": 7.5}],
+    }
+    message.update({name: value for name, value in (("f_cnt", seq), ("f_port", port)) if value})
+    return {
+        "end_device_ids": {"device_id": f"meter-{device:x}", "dev_eui": f"{device:016X}"},
+        "correlation_ids": [f"as:up:{device:016X}{seq:08X}"], "received_at": _rfc3339(time),
+        "uplink_message": message,
+    }
 
 
 CODEC = Codec(
