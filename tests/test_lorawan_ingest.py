@@ -4,6 +4,7 @@ events answered and counted, and every bad-input row."""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -14,7 +15,17 @@ from nats.aio.client import Client as NATS
 
 from pulsestack.wire import lorawan, sigfox
 from pulsestack_cli.local import LocalStack
-from tests.helpers import eventually, metric, now_aligned, post_callback, quarantine_records, register, unique_number
+from simulator.run import Simulation, SimulationConfig
+from tests.helpers import (
+    delivery_once_drained,
+    eventually,
+    metric,
+    now_aligned,
+    post_callback,
+    quarantine_records,
+    register,
+    unique_number,
+)
 
 CHIRPSTACK = "/v1/lorawan/chirpstack?event=up"
 TTS = "/v1/lorawan/tts"
@@ -180,6 +191,23 @@ async def test_bad_input_table(stack: LocalStack, nc: NATS, path: str) -> None:
     assert [reason for reason, _ in await _quarantined_bodies(nc, f"lorawan:{unknown:016X}")] == ["unknown_device"]
     status, answer, _ = await post(stack, path, body())
     assert (status, answer) == (200, {"status": "stored"})
+
+
+async def test_a_simulated_fleet_with_a_lorawan_share_is_delivered_exactly(stack: LocalStack, nc: NATS) -> None:
+    """The simulator's LoRaWAN meters (half on ChirpStack, half on The Things Stack) beside the others."""
+    devices, first_id = 60, 90_000_000 + (os.getpid() % 100) * 100_000
+    await stack.provision(devices, 0.3, first_id, lorawan_share=0.4)
+    simulation = Simulation(SimulationConfig(
+        devices=devices, nbiot_share=0.3, lorawan_share=0.4, rate=60, readings=240,
+        udp_target=("127.0.0.1", stack.udp_port), http_url=f"http://127.0.0.1:{stack.http_port}/v1/sigfox",
+        lorawan_url=f"http://127.0.0.1:{stack.http_port}/v1/lorawan", sigfox_token=stack.sigfox_token,
+        lorawan_token=stack.route_token(lorawan.PROTOCOL), master_key=stack.master_key, first_id=first_id,
+    ))
+    report = await simulation.run(settle_timeout=60)
+    assert report.sent[lorawan.PROTOCOL] >= 60 and report.acked == report.sent, report.lines()
+    assert {r.protocol for r in report.acked_readings} == {"nbiot", "sigfox", "lorawan"}
+    delivery = await delivery_once_drained(stack, nc, report.acked_readings)
+    assert delivery.exact and delivery.delivered == len(report.acked_readings), delivery.line()
 
 
 async def _quarantined_bodies(nc: NATS, source: str) -> list[tuple[str, bytes]]:

@@ -107,23 +107,23 @@ class LocalStack:
         finally:
             await nc.close()
 
-    async def provision(self, devices: int, nbiot_share: float, first_id: int = 0) -> None:
+    async def provision(self, devices: int, nbiot_share: float, first_id: int = 0, lorawan_share: float = 0.0) -> None:
         """Registers the simulator's fleet (same ids as simulator.fleet)."""
         conn = await asyncpg.connect(self.database_url)
         nc = await nats.connect(self.nats_url)
         try:
             kv = await nc.jetstream().key_value(BUCKET)
-            for protocol, ids in fleet_ids(devices, nbiot_share, first_id).items():
+            for protocol, ids in fleet_ids(devices, nbiot_share, first_id, lorawan_share).items():
                 if ids:
                     await registry.add_bulk(conn, kv, protocol, ids)
         finally:
             await nc.close()
             await conn.close()
 
-    async def retire_others(self, devices: int, nbiot_share: float) -> int:
+    async def retire_others(self, devices: int, nbiot_share: float, lorawan_share: float = 0.0) -> int:
         """Disables the simulated devices an earlier, larger run registered that this fleet leaves out: they
         would go silent and each open an alert. A later, larger run enables them again (`provision`)."""
-        wanted = {protocol: set(ids) for protocol, ids in fleet_ids(devices, nbiot_share).items()}
+        wanted = {protocol: set(ids) for protocol, ids in fleet_ids(devices, nbiot_share, 0, lorawan_share).items()}
         conn = await asyncpg.connect(self.database_url)
         nc = await nats.connect(self.nats_url)
         try:

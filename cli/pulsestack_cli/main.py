@@ -171,6 +171,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--devices", type=int, default=1000, help="simulated meters (default 1000)")
     run.add_argument("--rate", type=float, default=50.0, help="readings per second offered by the fleet")
     run.add_argument("--nbiot-share", type=float, default=0.5, help="share of NB-IoT meters, 0 to 1 (default 0.5)")
+    run.add_argument("--lorawan-share", type=float, default=0.2,
+                     help="share of LoRaWAN meters, half on ChirpStack, half on The Things Stack (default 0.2); "
+                          "Sigfox the rest")
     run.add_argument("--workdir", type=Path, default=Path("var/local"),
                      help="where the local servers keep data, logs and secrets (default var/local)")
     run.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
