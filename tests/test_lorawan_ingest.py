@@ -24,6 +24,7 @@ from tests.helpers import (
     post_callback,
     quarantine_records,
     register,
+    run_cli,
     unique_number,
 )
 
@@ -97,6 +98,13 @@ async def test_both_servers_uplinks_are_stored_once_with_gaps_late_readings_and_
                           " WHERE protocol = 'lorawan' AND device_id = $1", f"{device:016X}")
     assert [(int(g["interval_start"].timestamp()), int(g["interval_end"].timestamp()), g["volume"], g["kind"])
             for g in gaps] == [(start + 3600 * 5, start + 3600 * 6, 4, "gap")]
+    # `reprocess` reads the stored payloads again with the codec table's LoRaWAN codec and derives the same.
+    code, out = await run_cli(stack, "reprocess", "--protocol", "lorawan", "--device", f"{device:016X}")
+    assert code == 0 and out.startswith(
+        f"reprocessed {len(sends)} reading(s) of 1 device(s); 0 decoded differently now, 0 undecodable"), out
+    assert await pulses_of(db, device) == expected
+    assert len(await db.fetch("SELECT 1 FROM gaps WHERE protocol = 'lorawan' AND device_id = $1",
+                              f"{device:016X}")) == 1
 
 
 async def test_a_later_copy_in_the_same_quarter_hour_is_stored_once(stack: LocalStack, db: asyncpg.Connection) -> None:
