@@ -196,6 +196,12 @@ def _build_parser() -> argparse.ArgumentParser:
                           help="Sigfox callback URL")
     simulate.add_argument("--sigfox-token-file", type=Path, required=True,
                           help="file whose first line is a Sigfox callback token")
+    simulate.add_argument("--lorawan-share", type=float, default=0.0,
+                          help="share of LoRaWAN meters (default 0; Sigfox the rest)")
+    simulate.add_argument("--lorawan", default=f"http://127.0.0.1:{INGEST_HTTP.ops.default}/v1/lorawan",
+                          help="base URL of the LoRaWAN webhooks (+ /chirpstack?event=up, /tts)")
+    simulate.add_argument("--lorawan-token-file", type=Path,
+                          help="file whose first line is a LoRaWAN webhook token (needed with --lorawan-share)")
     return parser
 
 
@@ -229,7 +235,10 @@ def _explain(exc: BaseException) -> tuple[int, str] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "simulate" and args.lorawan_share and args.lorawan_token_file is None:
+        parser.error("--lorawan-share needs --lorawan-token-file")
     if args.command == "run":
         from pulsestack_cli import run as run_cmd
 

@@ -195,9 +195,11 @@ async def simulate(args: argparse.Namespace) -> int:
     configure("simulator", "warning")
     host, port = args.udp.rsplit(":", 1)
     simulation = Simulation(SimulationConfig(
-        devices=args.devices, nbiot_share=args.nbiot_share, rate=args.rate, duration=args.duration,
-        udp_target=(host, int(port)), http_url=args.http,
-        sigfox_token=args.sigfox_token_file.read_text().split()[0], master_key=load_master_key(),
+        devices=args.devices, nbiot_share=args.nbiot_share, lorawan_share=args.lorawan_share, rate=args.rate,
+        duration=args.duration, udp_target=(host, int(port)), http_url=args.http, lorawan_url=args.lorawan,
+        sigfox_token=args.sigfox_token_file.read_text().split()[0],
+        lorawan_token=args.lorawan_token_file.read_text().split()[0] if args.lorawan_token_file else "",
+        master_key=load_master_key(),
     ))
     started = time.monotonic()
     report = await simulation.run()
