@@ -28,7 +28,7 @@ from simulator.loadgen import Spec
 from simulator.plans import HourlyFleet, RampPool
 from simulator.profiles import HOUSEHOLD, LEAK, SILENT, WRAP, Profiles
 from simulator.verify import verify, verify_batch
-from tests.helpers import eventually
+from tests.helpers import eventually, register
 
 # Many leaking, silent and wrapping meters, so a small fleet has all of them.
 PROFILES = Profiles(leak_share=0.2, silent_share=0.1, wrap_share=0.2)
@@ -44,6 +44,9 @@ def jobs(stack: LocalStack, batches: list[ReadingBatch]) -> list[GeneratorJob]:
         if batch.protocol == "nbiot":
             spec = Spec(batch="", out="", mode="ack", port=stack.udp_port, master_key=stack.master_key.hex(),
                         sockets=8, ack_timeout=1.0, settle_timeout=60)
+        elif batch.protocol == "lorawan":
+            spec = Spec(batch="", out="", port=stack.http_port, path="/v1/lorawan", token=stack.route_token("lorawan"),
+                        connections=16, settle_timeout=60)
         else:
             spec = Spec(batch="", out="", port=stack.http_port, token=stack.sigfox_token, connections=16,
                         settle_timeout=60)
@@ -117,6 +120,29 @@ async def test_fast_generator_and_verification_agree_exactly(stack: LocalStack, 
         sent = list(outcomes[0].batch.readings())
         delivery = await verify(conn, [*sent, ghost])
         assert delivery.lost == 1 and delivery.delivered == len(sent) and not delivery.exact
+    finally:
+        await conn.close()
+
+
+async def test_fast_generator_sends_lorawan_webhooks_stored_exactly(
+    stack: LocalStack, nc: NATS, tmp_path: Path,
+) -> None:
+    """A ramp step and an hourly window of LoRaWAN meters, half through each network server's format."""
+    ramp, hourly = RampPool("lorawan", 40, _first_id(3), PROFILES), HourlyFleet("lorawan", 7200, _first_id(4), PROFILES)
+    await register(stack, "lorawan", ramp.ids() + hourly.ids())
+    window = hourly.window(int(time.time()) // 3600 * 3600 - 2 * 3600, 100, 36)
+    window.send_at = array("d", (t / 12 for t in window.send_at))
+    batches = [ramp.step(rate=100, seconds=2), window]
+    assert all(len(b) > 20 for b in batches)
+    outcomes = await run_generators(jobs(stack, batches), tmp_path / "gen")
+    await eventually(lambda: drained(nc.jetstream()), timeout=60, interval=0.3)
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        for outcome in outcomes:
+            assert outcome.acked == len(outcome.batch), outcome.result
+            assert set(outcome.result["statuses"]) == {"200"}, outcome.result
+            delivery = await verify_batch(conn, outcome.batch, outcome.status)
+            assert delivery.complete and delivery.delivered == len(outcome.batch), delivery.line()
     finally:
         await conn.close()
 

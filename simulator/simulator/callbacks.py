@@ -30,12 +30,17 @@ def sigfox_callback(meter: Meter, reading: SentReading) -> tuple[str, dict[str, 
     }
 
 
+def lorawan_request(number: int, seq: int, period_end: int, payload: bytes) -> tuple[str, dict[str, Any]]:
+    """Half the meters are on a ChirpStack network, half on The Things Stack; the uplink is received within
+    the quarter hour after its last bucket."""
+    received = period_end + reception_offset(number)
+    if number % 2:
+        return "/tts", lorawan.tts_uplink(number, seq, received, payload)
+    return "/chirpstack?event=up", lorawan.chirpstack_uplink(number, seq, received, payload)
+
+
 def lorawan_uplink(meter: Meter, reading: SentReading) -> tuple[str, dict[str, Any]]:
-    """Half the meters are on a ChirpStack network, half on The Things Stack."""
-    received = reading.period_end + reception_offset(meter.number)
-    if meter.number % 2:
-        return "/tts", lorawan.tts_uplink(meter.number, reading.seq, received, _payload(reading))
-    return "/chirpstack?event=up", lorawan.chirpstack_uplink(meter.number, reading.seq, received, _payload(reading))
+    return lorawan_request(meter.number, reading.seq, reading.period_end, _payload(reading))
 
 
 class CallbackClient:
