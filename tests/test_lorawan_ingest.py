@@ -16,17 +16,8 @@ from nats.aio.client import Client as NATS
 from pulsestack.wire import lorawan, sigfox
 from pulsestack_cli.local import LocalStack
 from simulator.run import Simulation, SimulationConfig
-from tests.helpers import (
-    delivery_once_drained,
-    eventually,
-    metric,
-    now_aligned,
-    post_callback,
-    quarantine_records,
-    register,
-    run_cli,
-    unique_number,
-)
+from tests import helpers
+from tests.helpers import eventually, metric, now_aligned, post_callback, register, unique_number
 
 CHIRPSTACK = "/v1/lorawan/chirpstack?event=up"
 TTS = "/v1/lorawan/tts"
@@ -99,7 +90,7 @@ async def test_both_servers_uplinks_are_stored_once_with_gaps_late_readings_and_
     assert [(int(g["interval_start"].timestamp()), int(g["interval_end"].timestamp()), g["volume"], g["kind"])
             for g in gaps] == [(start + 3600 * 5, start + 3600 * 6, 4, "gap")]
     # `reprocess` reads the stored payloads again with the codec table's LoRaWAN codec and derives the same.
-    code, out = await run_cli(stack, "reprocess", "--protocol", "lorawan", "--device", f"{device:016X}")
+    code, out = await helpers.run_cli(stack, "reprocess", "--protocol", "lorawan", "--device", f"{device:016X}")
     assert code == 0 and out.startswith(
         f"reprocessed {len(sends)} reading(s) of 1 device(s); 0 decoded differently now, 0 undecodable"), out
     assert await pulses_of(db, device) == expected
@@ -214,14 +205,14 @@ async def test_a_simulated_fleet_with_a_lorawan_share_is_delivered_exactly(stack
     report = await simulation.run(settle_timeout=60)
     assert report.sent[lorawan.PROTOCOL] >= 60 and report.acked == report.sent, report.lines()
     assert {r.protocol for r in report.acked_readings} == {"nbiot", "sigfox", "lorawan"}
-    delivery = await delivery_once_drained(stack, nc, report.acked_readings)
+    delivery = await helpers.delivery_once_drained(stack, nc, report.acked_readings)
     assert delivery.exact and delivery.delivered == len(report.acked_readings), delivery.line()
 
 
 async def _quarantined_bodies(nc: NATS, source: str) -> list[tuple[str, bytes]]:
     """(reason, what was kept: the webhook body, or the reading's payload) of the records from `source`."""
     return [(r.reason, r.payload or (r.reading.payload if r.reading else b""))
-            for r in await quarantine_records(nc) if r.source == source]
+            for r in await helpers.quarantine_records(nc) if r.source == source]
 
 
 async def _equals(coro, expected):  # type: ignore[no-untyped-def]
