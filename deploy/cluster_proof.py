@@ -40,6 +40,7 @@ from typing import Any
 
 import yaml
 
+from pulsestack.wire import lorawan, sigfox
 from simulator.fleet import fleet_ids
 from simulator.run import Simulation
 
@@ -476,7 +477,8 @@ async def table_counts() -> dict[str, int]:
 
 async def lose_a_fleet() -> int:
     """What a restore is for: an operator's mistake deletes one window's readings."""
-    ids = [i for fleet in fleet_ids(proof.DEVICES, 0.5, proof.first_id(0)).values() for i in fleet]
+    fleets = fleet_ids(proof.DEVICES, proof.NBIOT_SHARE, proof.first_id(0), proof.LORAWAN_SHARE)
+    ids = [i for fleet in fleets.values() for i in fleet]
     conn = await proof.db("postgres", "postgres_password")
     try:
         async with conn.transaction():
@@ -534,10 +536,12 @@ async def follow_ingest(simulation: Simulation) -> None:
             if simulation.nbiot.target[0] != current:
                 simulation.nbiot.target = (current, proof.UDP_PORT)
                 say(f"  devices now send to {current} (an ingest node with a running ingest-udp)")
-            url = f"http://{http}:{proof.HTTP_PORT}/v1/sigfox"
-            if simulation.sigfox.url != url:
-                simulation.sigfox.url = url
-                say(f"  the Sigfox backend now calls {url}")
+            base = f"http://{http}:{proof.HTTP_PORT}"
+            for protocol, path in ((sigfox.PROTOCOL, "/v1/sigfox"), (lorawan.PROTOCOL, "/v1/lorawan")):
+                client = simulation.callbacks[protocol]
+                if client.url != base + path:
+                    client.url = base + path
+                    say(f"  the network servers now call {client.url}")
         await asyncio.sleep(2)
 
 

@@ -16,6 +16,8 @@
 #                               htpasswd -nbB admin 'a long passphrase' > DIR/admin_users
 #   sigfox_tokens               one token per line (the Sigfox callback's
 #                               Authorization header value)
+#   lorawan_tokens              the same for the LoRaWAN network servers'
+#                               HTTP integrations (ChirpStack, The Things Stack)
 #   api_tokens                  the read API's bearer tokens, one per line
 #   alerts_webhook_url          where alert events are posted (blank: nowhere);
 #                               alerts_webhook_secret signs them
@@ -43,7 +45,7 @@ SECRETS=(
     nats_raw_processor_password nats_alerting_password
     nats_system_password nats_route_password nats_server_secrets
     ca_cert ca_key nats_server_cert nats_server_key
-    device_master_key sigfox_tokens api_tokens alerts_webhook_url alerts_webhook_secret
+    device_master_key sigfox_tokens lorawan_tokens api_tokens alerts_webhook_url alerts_webhook_secret
     grafana_admin_password admin_users admin_password portainer_admin_password
     alertmanager_webhook_url alertmanager_smtp_password
 )
@@ -101,6 +103,7 @@ write_files() {
     # 32 bytes, 64 hex digits: the device keys' master secret (pulsestack/keys.py).
     write_new "$dir/device_master_key" "$(random_hex 32)"
     write_new "$dir/sigfox_tokens" "$(random_hex 24)"
+    write_new "$dir/lorawan_tokens" "$(random_hex 24)"
     write_new "$dir/api_tokens" "$(random_hex 24)"
     # Blank: no webhook for alert events until the operator sets one (a secret cannot be empty).
     write_new "$dir/alerts_webhook_url" ""

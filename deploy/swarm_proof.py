@@ -68,6 +68,7 @@ NOT_RUNNABLE = {s for s in os.environ.get("PULSESTACK_PROOF_NOT_RUNNABLE", "").s
 DOMAIN = os.environ.get("PULSESTACK_DOMAIN", "pulsestack.test")
 RATE = float(os.environ.get("PULSESTACK_PROOF_RATE", "150"))  # readings/s, both protocols
 DEVICES = int(os.environ.get("PULSESTACK_PROOF_DEVICES", "400"))  # per traffic window
+NBIOT_SHARE, LORAWAN_SHARE = 0.5, 0.2  # of each window's fleet; Sigfox the rest
 FIGURES = Path(os.environ.get("PULSESTACK_PROOF_FIGURES", str(WORK / "figures.json")))
 # Fleets of different runs and windows never share a device (a failed run may leave data behind).
 # deploy/swarm-proof.sh sets it once for all the steps of a run.
@@ -310,7 +311,7 @@ async def provision_all() -> None:
     try:
         kv = await nc.jetstream().key_value(BUCKET)
         for window in range(len(WINDOWS)):
-            for protocol, ids in fleet_ids(DEVICES, 0.5, first_id(window)).items():
+            for protocol, ids in fleet_ids(DEVICES, NBIOT_SHARE, first_id(window), LORAWAN_SHARE).items():
                 await registry.add_bulk(conn, kv, protocol, ids)
     finally:
         await nc.close()
@@ -388,14 +389,15 @@ async def under_traffic(window: int, fault: Callable[[], Awaitable[None]] | None
     running beside the traffic, may move them as DNS and a load balancer would when the ingesters move."""
     name = WINDOWS[window]
     udp_host = udp_host or address_of("ingest-udp")
-    sigfox_url, sigfox_host, ca_file = f"http://{address_of('ingest-http')}:{HTTP_PORT}/v1/sigfox", None, None
+    base, sigfox_host, ca_file = f"http://{address_of('ingest-http')}:{HTTP_PORT}", None, None
     if through_traefik:
-        sigfox_url, sigfox_host = f"https://{address_of('traefik')}/v1/sigfox", DOMAIN
+        base, sigfox_host = f"https://{address_of('traefik')}", DOMAIN
         ca_file = str(SECRETS / "ca_cert")
     simulation = Simulation(SimulationConfig(
-        devices=DEVICES, nbiot_share=0.5, rate=RATE, udp_target=(udp_host, UDP_PORT),
-        http_url=sigfox_url, http_host=sigfox_host, http_ca_file=ca_file,
-        sigfox_token=secret("sigfox_tokens").split()[0],
+        devices=DEVICES, nbiot_share=NBIOT_SHARE, lorawan_share=LORAWAN_SHARE, rate=RATE,
+        udp_target=(udp_host, UDP_PORT), http_url=f"{base}/v1/sigfox", lorawan_url=f"{base}/v1/lorawan",
+        http_host=sigfox_host, http_ca_file=ca_file,
+        sigfox_token=secret("sigfox_tokens").split()[0], lorawan_token=secret("lorawan_tokens").split()[0],
         master_key=bytes.fromhex(secret("device_master_key")), first_id=first_id(window), seed=window + 1,
         ack_timeout=1.0, retransmissions=8, sigfox_retry_delays=(1, 2, 4, 8, 16),
     ))

@@ -28,6 +28,10 @@ ingest_rejected = Counter(
 ingest_duplicates = Counter(
     "pulsestack_ingest_duplicates", "Readings known to be duplicates at ingest", ["protocol"]
 )
+ingest_events = Counter(
+    "pulsestack_ingest_events",
+    "Network-server events answered without a reading (joins, status, acks, ...), by event", ["protocol", "event"],
+)
 udp_kernel_drops = Counter(
     "pulsestack_ingest_udp_kernel_drops", "Datagrams the kernel dropped on the ingest socket (buffer full)"
 )

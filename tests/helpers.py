@@ -8,13 +8,16 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import aiohttp
 import asyncpg
 import nats
+import orjson
 
 from pulsestack import keys
-from pulsestack.bus.streams import drained
+from pulsestack.bus.quarantine import QuarantineRecord, decode_record
+from pulsestack.bus.streams import QUARANTINE, drained
 from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET
 from pulsestack.wire import nbiot
@@ -73,7 +76,7 @@ def metric(stack: LocalStack, service: str, name: str, **labels: str) -> float:
     return total(scrape(stack.services[service].url("/metrics")), name, **labels)
 
 
-INGESTER_OF = {"nbiot": "ingest-udp", "sigfox": "ingest-http"}
+INGESTER_OF = {"nbiot": "ingest-udp", "sigfox": "ingest-http", "lorawan": "ingest-http"}
 
 
 async def register(stack: LocalStack, protocol: str, devices: list[str]) -> None:
@@ -117,6 +120,35 @@ async def forget_devices(conn: asyncpg.Connection | asyncpg.Pool, readings: list
         " WHERE (d.protocol, d.device_id) = (u.p, u.i)",
         [r.protocol for r in readings], [r.device for r in readings],
     )
+
+
+async def post_callback(
+    stack: LocalStack, path: str, token: str, body: object = None, *, raw: bytes | None = None,
+    content_type: str = "application/json", method: str = "POST",
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """A network server's callback to ingest-http: (status, JSON answer, headers). An empty token sends none."""
+    headers = {"Content-Type": content_type}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = raw if raw is not None else orjson.dumps(body)
+    async with aiohttp.ClientSession() as http, http.request(
+        method, f"http://127.0.0.1:{stack.http_port}{path}", data=data, headers=headers
+    ) as response:
+        text = await response.read()
+        return response.status, (orjson.loads(text) if text else {}), dict(response.headers)
+
+
+async def quarantine_records(nc: nats.NATS) -> list[QuarantineRecord]:
+    """Every record the QUARANTINE stream holds, oldest first."""
+    js = nc.jetstream()
+    info = await js.stream_info(QUARANTINE)
+    records = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        try:
+            records.append(decode_record((await js.get_msg(QUARANTINE, seq)).data))
+        except Exception:  # removed meanwhile, or not a record
+            continue
+    return records
 
 
 def device_key(stack: LocalStack, device: int, version: int = 0) -> bytes:

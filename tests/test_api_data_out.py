@@ -164,7 +164,7 @@ async def test_an_export_of_listed_devices_per_day_matches_their_consumption(
     ([("from", "2024-01-01T00:00:00Z"), ("to", "2024-01-02T00:00:00Z"), ("resolution", "daily")], 400,
      "resolution must be hour or day"),
     ([("from", "2024-01-01T00:00:00Z"), ("to", "2024-01-02T00:00:00Z"), ("device", "12345")], 400,
-     "device '12345': protocol:id expected, protocol one of nbiot, sigfox"),
+     "device '12345': protocol:id expected, protocol one of nbiot, sigfox, lorawan"),
     ([("from", "2024-01-01T00:00:00Z"), ("to", "2024-01-02T00:00:00Z"), ("device", "nbiot:12A")], 400,
      "device: '12A' is not an NB-IoT device id: a decimal number below 2^64 (an IMEI)"),
     ([("from", "2024-01-01T00:00:00Z"), ("to", "2024-01-02T00:00:00Z"), ("device", "nbiot:1"),
@@ -197,7 +197,7 @@ async def test_a_bad_export_request_gets_a_specific_answer(
     ("limit=1001", "limit must be between 1 and 1000"),
     ("silent=yes", "silent must be true or false"),
     ("open_alerts=1", "open_alerts must be true or false"),
-    ("protocol=lora", "protocol must be one of nbiot, sigfox"),
+    ("protocol=lora", "protocol must be one of nbiot, sigfox, lorawan"),
     ("limit=5&limit=6", "limit given more than once"),
 ])
 def test_a_bad_device_list_request_gets_a_specific_answer(stack: LocalStack, query: str, detail: str) -> None:

@@ -5,16 +5,26 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from typing import Any
 
-import aiohttp
 import pytest
 from nats.aio.client import Client as NATS
 
-from pulsestack.bus.quarantine import decode_record
-from pulsestack.bus.streams import QUARANTINE, RAW, RAW_CONSUMER
+from pulsestack.bus.streams import RAW, RAW_CONSUMER
 from pulsestack.wire import sigfox
 from pulsestack_cli.local import LocalStack
-from tests.helpers import UdpDevice, device_key, eventually, metric, now_aligned, register, run_cli, unique_number
+from tests.helpers import (
+    UdpDevice,
+    device_key,
+    eventually,
+    metric,
+    now_aligned,
+    post_callback,
+    quarantine_records,
+    register,
+    run_cli,
+    unique_number,
+)
 
 
 def rejected(stack: LocalStack, service: str, reason: str) -> float:
@@ -23,17 +33,7 @@ def rejected(stack: LocalStack, service: str, reason: str) -> float:
 
 async def quarantined_readings(nc: NATS, device: str) -> list[str]:
     """Reasons of the quarantine records about `device`."""
-    js = nc.jetstream()
-    info = await js.stream_info(QUARANTINE)
-    reasons = []
-    for seq in range(info.state.first_seq, info.state.last_seq + 1):
-        try:
-            record = decode_record((await js.get_msg(QUARANTINE, seq)).data)
-        except Exception:
-            continue
-        if record.reading is not None and record.reading.device == device:
-            reasons.append(record.reason)
-    return reasons
+    return [r.reason for r in await quarantine_records(nc) if r.reading is not None and r.reading.device == device]
 
 
 async def registered_device(stack: LocalStack) -> UdpDevice:
@@ -160,20 +160,9 @@ def _callback(device: str, **overrides: object) -> dict[str, object]:
 
 
 async def _post(
-    stack: LocalStack, body: object = None, *, raw: bytes | None = None, token: str | None = None,
-    content_type: str = "application/json", method: str = "POST",
-) -> tuple[int, dict[str, object], dict[str, str]]:
-    import orjson
-
-    headers = {"Content-Type": content_type}
-    if token != "":
-        headers["Authorization"] = f"Bearer {token or stack.sigfox_token}"
-    data = raw if raw is not None else orjson.dumps(body)
-    async with aiohttp.ClientSession() as http, http.request(
-        method, f"http://127.0.0.1:{stack.http_port}/v1/sigfox", data=data, headers=headers
-    ) as response:
-        text = await response.read()
-        return response.status, (orjson.loads(text) if text else {}), dict(response.headers)
+    stack: LocalStack, body: object = None, *, token: str | None = None, **kwargs: Any,
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    return await post_callback(stack, "/v1/sigfox", stack.sigfox_token if token is None else token, body, **kwargs)
 
 
 async def test_http_answers(stack: LocalStack, nc: NATS) -> None:

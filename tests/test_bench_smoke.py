@@ -25,12 +25,12 @@ from pulsestack.bus.streams import drained
 from pulsestack_cli.local import LocalStack
 from simulator.batch import ReadingBatch
 from simulator.fleet import SentReading
-from simulator.generators import GeneratorJob, run_generators
+from simulator.generators import GeneratorJob, GeneratorOutcome, run_generators
 from simulator.loadgen import Spec
 from simulator.plans import HourlyFleet, RampPool
 from simulator.profiles import HOUSEHOLD, LEAK, SILENT, WRAP, Profiles
 from simulator.verify import verify, verify_batch
-from tests.helpers import eventually
+from tests.helpers import eventually, register
 
 # Many leaking, silent and wrapping meters, so a small fleet has all of them.
 PROFILES = Profiles(leak_share=0.2, silent_share=0.1, wrap_share=0.2)
@@ -46,6 +46,9 @@ def jobs(stack: LocalStack, batches: list[ReadingBatch]) -> list[GeneratorJob]:
         if batch.protocol == "nbiot":
             spec = Spec(batch="", out="", mode="ack", port=stack.udp_port, master_key=stack.master_key.hex(),
                         sockets=8, ack_timeout=1.0, settle_timeout=60)
+        elif batch.protocol == "lorawan":
+            spec = Spec(batch="", out="", port=stack.http_port, path="/v1/lorawan", token=stack.route_token("lorawan"),
+                        connections=16, settle_timeout=60)
         else:
             spec = Spec(batch="", out="", port=stack.http_port, token=stack.sigfox_token, connections=16,
                         settle_timeout=60)
@@ -86,6 +89,31 @@ def test_batches_survive_a_round_trip(tmp_path: Path) -> None:
     assert loaded.protocol == "sigfox" and list(loaded.readings()) == list(batch.readings())
 
 
+def compressed_hour(fleet: HourlyFleet, hour: int) -> ReadingBatch:
+    """36 s of the fleet's hour (7,200 meters an hour: about 2 due per second), sent in 3 s."""
+    window = fleet.window(hour, 100, 36)
+    window.send_at = array("d", (t / 12 for t in window.send_at))
+    return window
+
+
+async def generated(stack: LocalStack, nc: NATS, batches: list[ReadingBatch], workdir: Path) -> list[GeneratorOutcome]:
+    """The fast generators' outcomes once the processor has taken everything off the bus."""
+    assert all(len(b) > 20 for b in batches)
+    outcomes = await run_generators(jobs(stack, batches), workdir)
+    await eventually(lambda: drained(nc.jetstream()), timeout=60, interval=0.3)
+    return outcomes
+
+
+async def stored_exactly(conn: asyncpg.Connection, outcomes: list[GeneratorOutcome]) -> None:
+    """Every reading of every generator sent, acknowledged and stored once, buckets and totals as sent."""
+    for outcome in outcomes:
+        assert outcome.result["sent"] == len(outcome.batch)
+        assert outcome.acked == len(outcome.batch), outcome.result
+        delivery = await verify_batch(conn, outcome.batch, outcome.status)
+        assert delivery.complete, (outcome.name, delivery.line(), delivery.total_mismatches[:3])
+        assert delivery.delivered == len(outcome.batch)
+
+
 async def test_fast_generator_and_verification_agree_exactly(stack: LocalStack, nc: NATS, tmp_path: Path) -> None:
     """A ramp step (compressed time, wrapping and leaking meters) and an hourly window, both protocols."""
     first_id = _first_id(1)
@@ -96,22 +124,11 @@ async def test_fast_generator_and_verification_agree_exactly(stack: LocalStack, 
     await stack.provision(2 * 7200, 0.5, hourly_first)
     hour = int(time.time()) // 3600 * 3600 - 2 * 3600
     for protocol in ("nbiot", "sigfox"):
-        # 7,200 meters an hour: about 2 due per second; 36 s of the hour, sent in 3 s.
-        window = HourlyFleet(protocol, 7200, hourly_first, PROFILES).window(hour, 100, 36)
-        window.send_at = array("d", (t / 12 for t in window.send_at))
-        batches.append(window)
-    assert all(len(b) > 20 for b in batches)
-
-    outcomes = await run_generators(jobs(stack, batches), tmp_path / "gen")
-    await eventually(lambda: drained(nc.jetstream()), timeout=60, interval=0.3)
+        batches.append(compressed_hour(HourlyFleet(protocol, 7200, hourly_first, PROFILES), hour))
+    outcomes = await generated(stack, nc, batches, tmp_path / "gen")
     conn = await asyncpg.connect(stack.database_url)
     try:
-        for outcome in outcomes:
-            assert outcome.result["sent"] == len(outcome.batch)
-            assert outcome.acked == len(outcome.batch), outcome.result
-            delivery = await verify_batch(conn, outcome.batch, outcome.status)
-            assert delivery.complete, (outcome.name, delivery.line(), delivery.total_mismatches[:3])
-            assert delivery.delivered == len(outcome.batch)
+        await stored_exactly(conn, outcomes)
         # verify() itself notices a reading that was never sent: one lost.
         ghost = outcomes[0].batch.reading(0)
         ghost = SentReading(ghost.protocol, ghost.device, ghost.seq + 7, ghost.device_time + 86_400 * 3,
@@ -119,6 +136,22 @@ async def test_fast_generator_and_verification_agree_exactly(stack: LocalStack, 
         sent = list(outcomes[0].batch.readings())
         delivery = await verify(conn, [*sent, ghost])
         assert delivery.lost == 1 and delivery.delivered == len(sent) and not delivery.exact
+    finally:
+        await conn.close()
+
+
+async def test_fast_generator_sends_lorawan_webhooks_stored_exactly(
+    stack: LocalStack, nc: NATS, tmp_path: Path,
+) -> None:
+    """A ramp step and an hourly window of LoRaWAN meters, half through each network server's format."""
+    ramp, hourly = RampPool("lorawan", 40, _first_id(3), PROFILES), HourlyFleet("lorawan", 7200, _first_id(4), PROFILES)
+    await register(stack, "lorawan", ramp.ids() + hourly.ids())
+    batches = [ramp.step(rate=100, seconds=2), compressed_hour(hourly, int(time.time()) // 3600 * 3600 - 2 * 3600)]
+    outcomes = await generated(stack, nc, batches, tmp_path / "gen")
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        await stored_exactly(conn, outcomes)
+        assert all(set(outcome.result["statuses"]) == {"200"} for outcome in outcomes), outcomes
     finally:
         await conn.close()
 

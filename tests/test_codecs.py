@@ -197,6 +197,9 @@ def test_redecode_refuses_a_bad_payload(protocol: str) -> None:
     ("sigfox", "001a2b", "1A2B", 0x1A2B),
     ("sigfox", "0", "0", 0),
     ("sigfox", "FFFFFFFF", "FFFFFFFF", 2**32 - 1),
+    ("lorawan", "0004a30b001c0530", "0004A30B001C0530", 0x0004A30B001C0530),
+    ("lorawan", "FFFFFFFFFFFFFFFF", "FFFFFFFFFFFFFFFF", 2**64 - 1),
+    ("lorawan", "0000000000000000", "0000000000000000", 0),
 ])
 def test_id_forms(protocol: str, given: str, canonical: str, number: int) -> None:
     codec = codec_of(protocol)
@@ -207,6 +210,8 @@ def test_id_forms(protocol: str, given: str, canonical: str, number: int) -> Non
 @pytest.mark.parametrize(("protocol", "given"), [
     ("nbiot", "1A"), ("nbiot", str(2**64)), ("nbiot", "-1"), ("nbiot", "\u0661"), ("nbiot", ""),
     ("sigfox", "123456789"), ("sigfox", "12G"), ("sigfox", ""), ("sigfox", "+1"), ("lorawan", "1"),
+    ("lorawan", "0004A30B001C053"), ("lorawan", "0004A30B001C05300"), ("lorawan", "0004A30B001C053G"),
+    ("unknown", "1"),
 ])
 def test_ids_a_protocol_cannot_carry(protocol: str, given: str) -> None:
     with pytest.raises(ValueError, match=re.escape(repr(given)) if protocol in CODECS else "unknown protocol"):

@@ -5,6 +5,7 @@ Each run is a real `pulsestack run local` with its own embedded servers, as an o
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import os
 import re
@@ -21,13 +22,14 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from pulsestack.wire.codecs import PROTOCOLS
 from pulsestack_cli.localstack import Postgres
 from simulator.fleet import READING_SECONDS, Meter
 
 RATE, SECONDS = 40, 8
+_PER_PROTOCOL = "".join(rf" {p} +[\d,]+" for p in PROTOCOLS)
 SUMMARY_LINE = re.compile(
-    r"^ *\d+ s \| received nbiot +[\d,]+ sigfox +[\d,]+ \| stored nbiot +[\d,]+ sigfox +[\d,]+ \|"
-    r" .* \| duplicates \d+ \| quarantined \d+ \|")
+    rf"^ *\d+ s \| received{_PER_PROTOCOL} \| stored{_PER_PROTOCOL} \| .* \| duplicates \d+ \| quarantined \d+ \|")
 
 
 @pytest.fixture
@@ -62,10 +64,11 @@ def summary_lines(out: str) -> list[str]:
 
 
 def acked(out: str) -> int:
-    match = re.search(r"^acked \{'nbiot': (\d+), 'sigfox': (\d+)\} \(as duplicate \{'nbiot': 0, 'sigfox': 0\}\)",
-                      out, re.MULTILINE)
-    assert match, f"no acked line without duplicates in:\n{out}"
-    return int(match[1]) + int(match[2])
+    match = re.search(r"^acked (\{.*?\}) \(as duplicate (\{.*?\})\)", out, re.MULTILINE)
+    assert match, f"no acked line in:\n{out}"
+    per_protocol, duplicates = ast.literal_eval(match[1]), ast.literal_eval(match[2])
+    assert set(per_protocol) == set(PROTOCOLS) and not any(duplicates.values()), match[0]
+    return sum(per_protocol.values())
 
 
 @dataclass

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import nats
 
+from ingest_http.config import token_variable
+from ingest_http.routes import ROUTES, SIGFOX
 from pulsestack.bus.streams import BusLimits, raw_backlog, setup
 from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET
@@ -55,7 +57,12 @@ class LocalStack:
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.master_key_file = _secret_file(self.workdir / "secrets" / "device-master-key", secrets.token_hex(32))
-        self.tokens_file = _secret_file(self.workdir / "secrets" / "sigfox-tokens", secrets.token_urlsafe(24))
+        # One tokens file per ingest-http route realm (network server): secrets/<realm>-tokens.
+        self.route_tokens_files = {
+            realm: _secret_file(self.workdir / "secrets" / f"{realm}-tokens", secrets.token_urlsafe(24))
+            for realm in sorted({route.realm for route in ROUTES})
+        }
+        self.tokens_file = self.route_tokens_files[SIGFOX.realm]
         self.api_tokens_file = _secret_file(self.workdir / "secrets" / "api-tokens", secrets.token_urlsafe(24))
         self.webhook_secret_file = _secret_file(self.workdir / "secrets" / "webhook-secret", secrets.token_hex(32))
 
@@ -66,6 +73,10 @@ class LocalStack:
     @property
     def sigfox_token(self) -> str:
         return self.tokens_file.read_text().split()[0]
+
+    def route_token(self, realm: str) -> str:
+        """A token the ingest-http routes of `realm` accept."""
+        return self.route_tokens_files[realm].read_text().split()[0]
 
     @property
     def api_token(self) -> str:
@@ -96,23 +107,23 @@ class LocalStack:
         finally:
             await nc.close()
 
-    async def provision(self, devices: int, nbiot_share: float, first_id: int = 0) -> None:
+    async def provision(self, devices: int, nbiot_share: float, first_id: int = 0, lorawan_share: float = 0.0) -> None:
         """Registers the simulator's fleet (same ids as simulator.fleet)."""
         conn = await asyncpg.connect(self.database_url)
         nc = await nats.connect(self.nats_url)
         try:
             kv = await nc.jetstream().key_value(BUCKET)
-            for protocol, ids in fleet_ids(devices, nbiot_share, first_id).items():
+            for protocol, ids in fleet_ids(devices, nbiot_share, first_id, lorawan_share).items():
                 if ids:
                     await registry.add_bulk(conn, kv, protocol, ids)
         finally:
             await nc.close()
             await conn.close()
 
-    async def retire_others(self, devices: int, nbiot_share: float) -> int:
+    async def retire_others(self, devices: int, nbiot_share: float, lorawan_share: float = 0.0) -> int:
         """Disables the simulated devices an earlier, larger run registered that this fleet leaves out: they
         would go silent and each open an alert. A later, larger run enables them again (`provision`)."""
-        wanted = {protocol: set(ids) for protocol, ids in fleet_ids(devices, nbiot_share).items()}
+        wanted = {protocol: set(ids) for protocol, ids in fleet_ids(devices, nbiot_share, 0, lorawan_share).items()}
         conn = await asyncpg.connect(self.database_url)
         nc = await nats.connect(self.nats_url)
         try:
@@ -156,7 +167,7 @@ class LocalStack:
         self.service_env = {
             "NATS_URL": self.nats_url,
             "PULSESTACK_DEVICE_MASTER_KEY_FILE": str(self.master_key_file),
-            "PULSESTACK_SIGFOX_TOKENS_FILE": str(self.tokens_file),
+            **{f"{token_variable(realm)}_FILE": str(path) for realm, path in self.route_tokens_files.items()},
             "PULSESTACK_UDP_HOST": "127.0.0.1",
             "PULSESTACK_UDP_PORT": str(self.udp_port),
             "PULSESTACK_HTTP_HOST": "127.0.0.1",

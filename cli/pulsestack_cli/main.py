@@ -171,6 +171,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--devices", type=int, default=1000, help="simulated meters (default 1000)")
     run.add_argument("--rate", type=float, default=50.0, help="readings per second offered by the fleet")
     run.add_argument("--nbiot-share", type=float, default=0.5, help="share of NB-IoT meters, 0 to 1 (default 0.5)")
+    run.add_argument("--lorawan-share", type=float, default=0.2,
+                     help="share of LoRaWAN meters, half on ChirpStack, half on The Things Stack (default 0.2); "
+                          "Sigfox the rest")
     run.add_argument("--workdir", type=Path, default=Path("var/local"),
                      help="where the local servers keep data, logs and secrets (default var/local)")
     run.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
@@ -193,6 +196,12 @@ def _build_parser() -> argparse.ArgumentParser:
                           help="Sigfox callback URL")
     simulate.add_argument("--sigfox-token-file", type=Path, required=True,
                           help="file whose first line is a Sigfox callback token")
+    simulate.add_argument("--lorawan-share", type=float, default=0.0,
+                          help="share of LoRaWAN meters (default 0; Sigfox the rest)")
+    simulate.add_argument("--lorawan", default=f"http://127.0.0.1:{INGEST_HTTP.ops.default}/v1/lorawan",
+                          help="base URL of the LoRaWAN webhooks (+ /chirpstack?event=up, /tts)")
+    simulate.add_argument("--lorawan-token-file", type=Path,
+                          help="file whose first line is a LoRaWAN webhook token (needed with --lorawan-share)")
     return parser
 
 
@@ -226,7 +235,10 @@ def _explain(exc: BaseException) -> tuple[int, str] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "simulate" and args.lorawan_share and args.lorawan_token_file is None:
+        parser.error("--lorawan-share needs --lorawan-token-file")
     if args.command == "run":
         from pulsestack_cli import run as run_cmd
 

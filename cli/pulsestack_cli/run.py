@@ -18,6 +18,7 @@ from pathlib import Path
 import asyncpg
 import uvloop
 
+from ingest_http.routes import TTS
 from pulsestack.keys import load_master_key
 from pulsestack.logs import configure, get_logger
 from pulsestack.services import LOCAL
@@ -42,15 +43,17 @@ def _run_local(args: argparse.Namespace) -> int:
     try:
         stack.start_servers()
         uvloop.run(stack.prepare())
-        uvloop.run(stack.provision(args.devices, args.nbiot_share))
-        retired = uvloop.run(stack.retire_others(args.devices, args.nbiot_share))
+        uvloop.run(stack.provision(args.devices, args.nbiot_share, lorawan_share=args.lorawan_share))
+        retired = uvloop.run(stack.retire_others(args.devices, args.nbiot_share, args.lorawan_share))
         stack.configure_services(udp_port=args.udp_port, http_port=args.http_port, api_port=args.api_port)
         stack.start_services()
         stack.write_env()
         print(f"NATS {stack.nats_url}  PostgreSQL {stack.database_url}")
         print(f"read API http://127.0.0.1:{stack.api_port} (token: first line of {stack.api_tokens_file}); "
               f"the pulsestack CLI finds this stack by {stack.env_file} (`pulsestack env` prints it)")
-        print(f"NB-IoT udp://127.0.0.1:{stack.udp_port}  Sigfox http://127.0.0.1:{stack.http_port}/v1/sigfox")
+        http = f"http://127.0.0.1:{stack.http_port}"
+        print(f"NB-IoT udp://127.0.0.1:{stack.udp_port}  Sigfox {http}/v1/sigfox  "
+              f"LoRaWAN {http}/v1/lorawan/chirpstack, {http}/v1/lorawan/tts")
         print(f"metrics: {', '.join(stack.metrics_urls().values())}   logs: {stack.workdir / 'logs'}")
         if retired:
             print(f"disabled {retired} simulated devices of an earlier, larger run (their data stays; a run with "
@@ -94,9 +97,11 @@ async def _drive(stack: LocalStack, args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     simulation = Simulation(SimulationConfig(
-        devices=args.devices, nbiot_share=args.nbiot_share, rate=args.rate, duration=args.duration,
-        udp_target=("127.0.0.1", stack.udp_port), http_url=f"http://127.0.0.1:{stack.http_port}/v1/sigfox",
-        sigfox_token=stack.sigfox_token, master_key=stack.master_key,
+        devices=args.devices, nbiot_share=args.nbiot_share, lorawan_share=args.lorawan_share, rate=args.rate,
+        duration=args.duration, udp_target=("127.0.0.1", stack.udp_port),
+        http_url=f"http://127.0.0.1:{stack.http_port}/v1/sigfox",
+        lorawan_url=f"http://127.0.0.1:{stack.http_port}/v1/lorawan", sigfox_token=stack.sigfox_token,
+        lorawan_token=stack.route_token(TTS.realm), master_key=stack.master_key,
     ))
     # Readings an earlier run left on the bus reach device_state first, so each device resumes after them.
     await _settle(stack, until=stop)
@@ -190,9 +195,11 @@ async def simulate(args: argparse.Namespace) -> int:
     configure("simulator", "warning")
     host, port = args.udp.rsplit(":", 1)
     simulation = Simulation(SimulationConfig(
-        devices=args.devices, nbiot_share=args.nbiot_share, rate=args.rate, duration=args.duration,
-        udp_target=(host, int(port)), http_url=args.http,
-        sigfox_token=args.sigfox_token_file.read_text().split()[0], master_key=load_master_key(),
+        devices=args.devices, nbiot_share=args.nbiot_share, lorawan_share=args.lorawan_share, rate=args.rate,
+        duration=args.duration, udp_target=(host, int(port)), http_url=args.http, lorawan_url=args.lorawan,
+        sigfox_token=args.sigfox_token_file.read_text().split()[0],
+        lorawan_token=args.lorawan_token_file.read_text().split()[0] if args.lorawan_token_file else "",
+        master_key=load_master_key(),
     ))
     started = time.monotonic()
     report = await simulation.run()

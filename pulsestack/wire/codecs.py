@@ -3,10 +3,10 @@ protocol (the registry's id forms, reprocess, the API, the CLI, metrics, the sim
 
 from __future__ import annotations
 
-from pulsestack.wire import nbiot, sigfox
+from pulsestack.wire import lorawan, nbiot, sigfox
 from pulsestack.wire.protocol import Codec
 
-CODECS: dict[str, Codec] = {codec.name: codec for codec in (nbiot.CODEC, sigfox.CODEC)}
+CODECS: dict[str, Codec] = {codec.name: codec for codec in (nbiot.CODEC, sigfox.CODEC, lorawan.CODEC)}
 PROTOCOLS = tuple(CODECS)
 
 

@@ -106,16 +106,19 @@ def decode_callback(body: Any, received_at: float, trace_id: str) -> Reading:
         if not isinstance(body["duplicate"], bool):
             raise CodecError("bad_field", "expected bool", field="duplicate")
         meta["duplicate"] = body["duplicate"]
-    return _reading(canonical_device(device), seq, time, received_at, trace_id, bytes.fromhex(data), meta or None)
+    return payload_reading(PROTOCOL, canonical_device(device), seq, time, received_at, trace_id,
+                           bytes.fromhex(data), meta or None)
 
 
-def _reading(
-    device: str, seq: int, time: int, received_at: float, trace_id: str, payload: bytes,
+def payload_reading(
+    protocol: str, device: str, seq: int, time: int, received_at: float, trace_id: str, payload: bytes,
     meta: dict[str, MetaValue] | None,
 ) -> Reading:
+    """The reading of a v1 payload received at `time` (Unix seconds): its four counts end in the quarter hour
+    holding `time`. Every radio carrying the v1 payload (Sigfox, LoRaWAN) builds its readings here."""
     flags, index, counts, battery = decode_payload(payload)
     return Reading(
-        protocol=PROTOCOL,
+        protocol=protocol,
         device=device,
         seq=seq,
         device_time=time,
@@ -140,8 +143,8 @@ def period_end(device_time: int) -> int:
 def redecode(stored: StoredRaw) -> Reading:
     """The payload holds the counts; the callback's fields (device, seq, time) were stored beside it. The
     callback's metadata is kept in readings.meta, not carried again."""
-    return _reading(stored.device, stored.seq, stored.device_time, stored.received_at, stored.trace_id,
-                    stored.payload, None)
+    return payload_reading(PROTOCOL, stored.device, stored.seq, stored.device_time, stored.received_at,
+                           stored.trace_id, stored.payload, None)
 
 
 CODEC = Codec(

@@ -6,13 +6,15 @@ import random
 from dataclasses import dataclass, field
 
 from pulsestack import keys
-from pulsestack.wire import nbiot, sigfox
+from pulsestack.wire import lorawan, nbiot, sigfox
 from pulsestack.wire.codecs import CODECS
 from simulator.profiles import SILENT, Profiles
 
 NBIOT_BASE = 356_938_035_600_000  # IMEI-like decimal ids
 SIGFOX_BASE = 0x1A0000
-BASES = {nbiot.PROTOCOL: NBIOT_BASE, sigfox.PROTOCOL: SIGFOX_BASE}  # each protocol's simulated ids start here
+LORAWAN_BASE = 0x70B3D57E00000000  # EUI-64 DevEUIs
+# Each protocol's simulated ids start here.
+BASES = {nbiot.PROTOCOL: NBIOT_BASE, sigfox.PROTOCOL: SIGFOX_BASE, lorawan.PROTOCOL: LORAWAN_BASE}
 BUCKET_SECONDS = 900
 BUCKETS = 4
 READING_SECONDS = BUCKET_SECONDS * BUCKETS
@@ -70,10 +72,16 @@ class Meter:
         return SentReading(self.protocol, self.device, self.seq, device_time, period_end, self.index, counts)
 
 
+def reception_offset(number: int) -> int:
+    """When, after its last bucket, a radio meter's message is received: within the following quarter hour,
+    spread over the meters."""
+    return number % 600
+
+
 def sent_time(protocol: str, number: int, period_end: int) -> int:
-    """The device time a meter's reading carries: a Sigfox message's falls inside the quarter-hour after its
-    last bucket (spread over the meters), an NB-IoT frame's is its period end."""
-    return period_end + (number % 600) if protocol == sigfox.PROTOCOL else period_end
+    """The device time a meter's reading carries: a Sigfox message's is its reception; an NB-IoT frame's is
+    its period end, and so is a LoRaWAN uplink's (its reception rounded down to the quarter hour)."""
+    return period_end + reception_offset(number) if protocol == sigfox.PROTOCOL else period_end
 
 
 def nbiot_id(i: int) -> str:
@@ -84,39 +92,56 @@ def sigfox_id(i: int) -> str:
     return f"{SIGFOX_BASE + i:X}"
 
 
+def lorawan_id(i: int) -> str:
+    return f"{LORAWAN_BASE + i:016X}"
+
+
 def simulated(protocol: str, device: str) -> bool:
     """Whether an id is one a simulated fleet uses (offsets below 2^24 from its protocol's base)."""
     base = BASES[protocol]
     return base <= CODECS[protocol].number(device) < base + 2**24
 
 
-def fleet_ids(devices: int, nbiot_share: float, first_id: int = 0) -> dict[str, list[str]]:
-    """The ids of a fleet per protocol (NB-IoT's share, Sigfox the rest); `first_id` keeps fleets of
-    different runs apart."""
+def _mix(devices: int, nbiot_share: float, lorawan_share: float) -> tuple[int, int]:
+    """How many of a fleet's meters are NB-IoT and LoRaWAN (Sigfox the rest)."""
     n_nbiot = round(devices * nbiot_share)
+    return n_nbiot, min(round(devices * lorawan_share), devices - n_nbiot)
+
+
+def fleet_ids(devices: int, nbiot_share: float, first_id: int = 0, lorawan_share: float = 0.0) -> dict[str, list[str]]:
+    """The ids of a fleet per protocol (NB-IoT's share, LoRaWAN's share, Sigfox the rest); `first_id` keeps
+    fleets of different runs apart."""
+    n_nbiot, n_lorawan = _mix(devices, nbiot_share, lorawan_share)
+    n_sigfox = devices - n_nbiot - n_lorawan
     return {
         nbiot.PROTOCOL: [nbiot_id(first_id + i) for i in range(n_nbiot)],
-        sigfox.PROTOCOL: [sigfox_id(first_id + j) for j in range(devices - n_nbiot)],
+        sigfox.PROTOCOL: [sigfox_id(first_id + j) for j in range(n_sigfox)],
+        lorawan.PROTOCOL: [lorawan_id(first_id + k) for k in range(n_lorawan)],
     }
 
 
 def build_fleet(
     *, devices: int, nbiot_share: float, master_key: bytes, start: int, seed: int = 1, first_id: int = 0,
-    profiles: Profiles | None = None,
+    profiles: Profiles | None = None, lorawan_share: float = 0.0,
 ) -> list[Meter]:
-    """`devices` meters, `nbiot_share` of them NB-IoT; the first reading of each ends at `start`.
+    """`devices` meters, `nbiot_share` of them NB-IoT, `lorawan_share` LoRaWAN, Sigfox the rest; the first
+    reading of each ends at `start`.
 
     With `profiles`, counts follow the meter's kind (household, leak, wrap) and silent meters are left
     out of the list (they are registered by `fleet_ids` but never report)."""
     start -= start % READING_SECONDS
-    n_nbiot = round(devices * nbiot_share)
+    n_nbiot, n_lorawan = _mix(devices, nbiot_share, lorawan_share)
+    n_sigfox = devices - n_nbiot - n_lorawan
     meters = []
     for i in range(devices):
         if i < n_nbiot:
             protocol, device, number = nbiot.PROTOCOL, nbiot_id(first_id + i), NBIOT_BASE + first_id + i
-        else:
+        elif i < n_nbiot + n_sigfox:
             j = first_id + i - n_nbiot
             protocol, device, number = sigfox.PROTOCOL, sigfox_id(j), SIGFOX_BASE + j
+        else:
+            k = first_id + i - n_nbiot - n_sigfox
+            protocol, device, number = lorawan.PROTOCOL, lorawan_id(k), LORAWAN_BASE + k
         rng = random.Random(seed * 1_000_003 + i)
         key = keys.derive(master_key, protocol, device) if CODECS[protocol].keyed else b""
         index = profiles.initial_index(number) if profiles else rng.randrange(2**20)

@@ -6,15 +6,16 @@ SPEC names a saved `ReadingBatch` (one protocol) and how to send it. The process
 
 1. loads the batch and pre-computes everything it will send: NB-IoT datagrams signed with each
    meter's derived key and, in `ack` mode, the exact ack bytes each one should get back (an ack is
-   then matched and authenticated by one dict lookup); Sigfox callbacks as complete HTTP/1.1 requests;
+   then matched and authenticated by one dict lookup); Sigfox callbacks and LoRaWAN webhooks (half as
+   ChirpStack events, half as The Things Stack messages, under the spec's path) as complete HTTP/1.1 requests;
 2. prints `ready N` and waits for a line `go T0` on stdin (T0 on the CLOCK_MONOTONIC shared by all
    processes of the machine, so several generators start together);
 3. sends reading i at T0 + send_at[i] (open loop for NB-IoT: a slow server does not slow the
    sender), printing `progress SENT ACKED` twice a second;
 4. NB-IoT `ack` mode: retransmits (flag bit 0, re-signed) after `ack_timeout` doubling each time, up to
    `retransmissions` times, like a device; `fire` mode sends once and expects nothing (the rsyslog
-   peer). Sigfox: `connections` keep-alive connections, one callback in flight each; a non-2xx answer
-   or a broken connection is retried after each of `retry_delays`, like the Sigfox backend;
+   peer). Callbacks: `connections` keep-alive connections, one callback in flight each; a non-2xx answer
+   or a broken connection is retried after each of `retry_delays`, like the network servers;
 5. writes SPEC.out: a JSON line of counters and its own CPU use, then one status byte per reading
    (0 not acked, 1 acked stored, 2 acked as duplicate) and prints `done`.
 """
@@ -35,9 +36,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from pulsestack import keys
-from pulsestack.wire import nbiot, sigfox
+from pulsestack.wire import lorawan, nbiot, sigfox
 from simulator.batch import ReadingBatch
+from simulator.callbacks import lorawan_request
 
 NOT_ACKED, ACKED, ACKED_DUPLICATE = 0, 1, 2
 GAVE_UP = 3  # internal to the NB-IoT sender; written out as NOT_ACKED
@@ -49,10 +53,10 @@ _GAVE_UP_AS_NOT_ACKED = bytes([0, 1, 2, 0, *range(4, 256)])
 class Spec:
     batch: str
     out: str
-    mode: str = "ack"  # nbiot: ack | fire; sigfox: always answered
+    mode: str = "ack"  # nbiot: ack | fire; callbacks: always answered
     host: str = "127.0.0.1"
     port: int = 2204
-    path: str = "/v1/sigfox"
+    path: str = "/v1/sigfox"  # LoRaWAN: the webhooks' base, /v1/lorawan
     token: str = ""
     master_key: str = ""  # hex
     sockets: int = 64
@@ -271,7 +275,7 @@ class NbiotSender:
         return frame
 
 
-# ---------------------------------------------------------------------------------------------- Sigfox
+# ---------------------------------------------------------------------------------------------- callbacks
 
 class _Connection(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection, one request in flight."""
@@ -318,28 +322,41 @@ class _Connection(asyncio.Protocol):
         return await self.waiter
 
 
-class SigfoxSender:
+def _sigfox_request(b: ReadingBatch, i: int, payload: bytes) -> tuple[str, bytes]:
+    return "", (
+        f'{{"device":"{b.number[i]:X}","time":{b.device_time[i]},"seqNumber":{b.seq[i]},'
+        f'"data":"{payload.hex()}","deviceTypeId":"simulated","station":"0A1B","rssi":-112.0,"snr":12.5}}'
+    ).encode()
+
+
+def _lorawan_request(b: ReadingBatch, i: int, payload: bytes) -> tuple[str, bytes]:
+    path, body = lorawan_request(b.number[i], b.seq[i], b.period_end[i], payload)
+    return path, orjson.dumps(body)
+
+
+# A batch's reading i -> (the path after the spec's, the JSON body); the v1 payload is given.
+_REQUESTS = {sigfox.PROTOCOL: _sigfox_request, lorawan.PROTOCOL: _lorawan_request}
+
+
+class CallbackSender:
     def __init__(self, spec: Spec, batch: ReadingBatch) -> None:
         self.spec = spec
         self.batch = batch
         n = len(batch)
-        head = (
-            f"POST {spec.path} HTTP/1.1\r\nHost: {spec.host}:{spec.port}\r\n"
-            f"Authorization: Bearer {spec.token}\r\nContent-Type: application/json\r\n"
-        ).encode()
+        head = (f"HTTP/1.1\r\nHost: {spec.host}:{spec.port}\r\n"
+                f"Authorization: Bearer {spec.token}\r\nContent-Type: application/json\r\n")
+        request_of = _REQUESTS[batch.protocol]
         self.requests: list[bytes] = [b""] * n
         counts = batch.counts
         for i in range(n):
-            data = sigfox.encode_payload(index=batch.index[i], counts=list(counts[4 * i:4 * i + 4]),
-                                         battery_mv=3600).hex()
-            body = (
-                f'{{"device":"{batch.number[i]:X}","time":{batch.device_time[i]},"seqNumber":{batch.seq[i]},'
-                f'"data":"{data}","deviceTypeId":"simulated","station":"0A1B","rssi":-112.0,"snr":12.5}}'
-            ).encode()
-            self.requests[i] = head + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            payload = sigfox.encode_payload(index=batch.index[i], counts=list(counts[4 * i:4 * i + 4]),
+                                            battery_mv=3600)
+            path, body = request_of(batch, i, payload)
+            self.requests[i] = (f"POST {spec.path}{path} {head}Content-Length: {len(body)}\r\n\r\n".encode()
+                                + body)
         self.status = bytearray(n)
         self.statuses: Counter[int] = Counter()
-        self.result = Result(protocol=sigfox.PROTOCOL, mode="ack", readings=n)
+        self.result = Result(protocol=batch.protocol, mode="ack", readings=n)
         self._cursor = 0
         self._retry: deque[tuple[int, int]] = deque()  # (i, attempt) ready to go again
         self._wake: asyncio.Event | None = None
@@ -440,8 +457,8 @@ def main(argv: list[str]) -> int:
     spec = Spec.load(spec_path)
     started, cpu0 = time.monotonic(), _cpu()
     batch = ReadingBatch.load(Path(spec.batch))
-    sender: NbiotSender | SigfoxSender
-    sender = NbiotSender(spec, batch) if batch.protocol == nbiot.PROTOCOL else SigfoxSender(spec, batch)
+    sender: NbiotSender | CallbackSender
+    sender = NbiotSender(spec, batch) if batch.protocol == nbiot.PROTOCOL else CallbackSender(spec, batch)
     result = sender.result
     result.prepare_seconds = time.monotonic() - started
     result.cpu_prepare = _cpu() - cpu0

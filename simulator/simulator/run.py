@@ -8,11 +8,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from pulsestack.clock import WALL, Clock
-from pulsestack.wire import nbiot
+from pulsestack.wire import lorawan, nbiot, sigfox
+from simulator.callbacks import CallbackClient, lorawan_uplink, sigfox_callback
 from simulator.fleet import Meter, SentReading, build_fleet
 from simulator.nbiot import NbiotClient
 from simulator.profiles import Profiles
-from simulator.sigfox import SigfoxClient
 
 DAY = 86_400
 
@@ -21,7 +21,8 @@ DAY = 86_400
 class SimulationConfig:
     devices: int = 1000
     nbiot_share: float = 0.5
-    rate: float = 100.0  # readings per second, both protocols together
+    lorawan_share: float = 0.0  # Sigfox: the rest
+    rate: float = 100.0  # readings per second, all protocols together
     duration: float | None = None  # seconds; None: until `readings` are sent or stopped
     readings: int | None = None
     udp_target: tuple[str, int] = ("127.0.0.1", 2204)
@@ -31,6 +32,8 @@ class SimulationConfig:
     http_host: str | None = None
     http_ca_file: str | None = None
     sigfox_token: str = ""
+    lorawan_url: str = "http://127.0.0.1:7070/v1/lorawan"  # + /chirpstack?event=up or /tts
+    lorawan_token: str = ""
     master_key: bytes = b""
     # Device clocks start this far back; each reading advances a device by an hour, never past now.
     start_age: float = 20 * DAY
@@ -63,7 +66,7 @@ class SimulationReport:
             f"sent {dict(self.sent)} in {self.elapsed:.1f} s ({rate:.0f} readings/s)",
             f"acked {dict(self.acked)} (as duplicate {dict(self.acked_duplicate)}), gave up {dict(self.gave_up)}",
             f"nbiot datagrams {self.datagrams}, retransmitted {self.retransmitted}",
-            f"sigfox HTTP statuses {dict(sorted(self.http_statuses.items()))}",
+            f"sigfox and lorawan HTTP statuses {dict(sorted(self.http_statuses.items()))}",
         ]
 
 
@@ -73,28 +76,36 @@ class Simulation:
         self.meters: list[Meter] = build_fleet(
             devices=config.devices, nbiot_share=config.nbiot_share, master_key=config.master_key,
             start=int(config.clock.now() - config.start_age), seed=config.seed,
-            first_id=config.first_id, profiles=config.profiles,
+            first_id=config.first_id, profiles=config.profiles, lorawan_share=config.lorawan_share,
         )
         self.nbiot = NbiotClient(
             config.udp_target, sockets=config.sockets, ack_timeout=config.ack_timeout,
             retransmissions=config.retransmissions,
         )
-        self.sigfox = SigfoxClient(
-            config.http_url, config.sigfox_token, concurrency=config.http_concurrency,
-            retry_delays=config.sigfox_retry_delays, host=config.http_host, ca_file=config.http_ca_file,
-        )
+        # The LoRaWAN servers retry like Sigfox's backend (ChirpStack and The Things Stack both back off).
+        self.callbacks = {
+            protocol: CallbackClient(
+                url, token, request, concurrency=config.http_concurrency, retry_delays=config.sigfox_retry_delays,
+                host=config.http_host, ca_file=config.http_ca_file,
+            )
+            for protocol, url, token, request in (
+                (sigfox.PROTOCOL, config.http_url, config.sigfox_token, sigfox_callback),
+                (lorawan.PROTOCOL, config.lorawan_url, config.lorawan_token, lorawan_uplink),
+            )
+        }
+        self.clients: dict[str, NbiotClient | CallbackClient] = {nbiot.PROTOCOL: self.nbiot, **self.callbacks}
         self._cursor = 0
         self.started = 0.0
         self.caught_up = False  # every device has sent its readings up to the clock
 
     @property
     def sent(self) -> int:
-        return self.nbiot.sent + self.sigfox.sent
+        return sum(client.sent for client in self.clients.values())
 
     async def run(self, stop: asyncio.Event | None = None, settle_timeout: float = 60.0) -> SimulationReport:
         c = self.config
-        await self.nbiot.start()
-        await self.sigfox.start()
+        for client in self.clients.values():
+            await client.start()
         self.started = time.monotonic()
         stop = stop or asyncio.Event()
         try:
@@ -111,10 +122,10 @@ class Simulation:
                 if self.caught_up:
                     await asyncio.sleep(0.5)
                 await asyncio.sleep(0.005)
-            await asyncio.gather(self.nbiot.settle(settle_timeout), self.sigfox.settle(settle_timeout))
+            await asyncio.gather(*(client.settle(settle_timeout) for client in self.clients.values()))
         finally:
-            await self.nbiot.close()
-            await self.sigfox.close()
+            for client in self.clients.values():
+                await client.close()
         return self.report()
 
     def _send(self, count: int) -> bool:
@@ -129,18 +140,20 @@ class Simulation:
                 continue
             checked = 0
             reading = meter.next_reading()
-            (self.nbiot if meter.protocol == nbiot.PROTOCOL else self.sigfox).send(meter, reading)
+            self.clients[meter.protocol].send(meter, reading)
             count -= 1
         return count <= 0
 
     def report(self) -> SimulationReport:
         report = SimulationReport(elapsed=time.monotonic() - self.started)
-        report.sent.update(nbiot=self.nbiot.sent, sigfox=self.sigfox.sent)
-        report.acked.update(nbiot=len(self.nbiot.acked), sigfox=len(self.sigfox.acked))
-        report.acked_duplicate.update(nbiot=self.nbiot.acked_duplicate, sigfox=self.sigfox.acked_duplicate)
-        report.gave_up.update(nbiot=len(self.nbiot.gave_up), sigfox=len(self.sigfox.gave_up))
+        for protocol, client in self.clients.items():
+            report.sent[protocol] = client.sent
+            report.acked[protocol] = len(client.acked)
+            report.acked_duplicate[protocol] = client.acked_duplicate
+            report.gave_up[protocol] = len(client.gave_up)
+            report.acked_readings += client.acked
         report.retransmitted = self.nbiot.retransmitted
         report.datagrams = self.nbiot.datagrams
-        report.http_statuses = Counter(self.sigfox.statuses)
-        report.acked_readings = self.nbiot.acked + self.sigfox.acked
+        for client in self.callbacks.values():
+            report.http_statuses.update(client.statuses)
         return report

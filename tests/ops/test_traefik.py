@@ -414,7 +414,7 @@ async def test_admin_routes_answer_only_the_allow_list_behind_the_balancer(
 
 
 async def test_routes_answer_through_traefik(traefik: RunningTraefik, stack: Any) -> None:
-    from pulsestack.wire import sigfox
+    from pulsestack.wire import lorawan, sigfox
     from tests.helpers import now_aligned, register, unique_number
 
     websecure = traefik.url("websecure")
@@ -444,6 +444,19 @@ async def test_routes_answer_through_traefik(traefik: RunningTraefik, stack: Any
         async with http.post(websecure + "/v1/sigfox", json=body,
                              headers={"Authorization": f"Bearer {stack.sigfox_token}"}) as response:
             assert (response.status, await response.json()) == (200, {"status": "stored"})
+        # Both LoRaWAN network servers' webhooks reach it on their paths, under the LoRaWAN route's body limit.
+        eui = unique_number(0x70B3D5_A000000000)
+        await register(stack, lorawan.PROTOCOL, [f"{eui:016X}"])
+        lora = {"Authorization": f"Bearer {stack.route_token(lorawan.PROTOCOL)}"}
+        frame = sigfox.encode_payload(index=9, counts=[1, 2, 3, 3], battery_mv=3300)
+        for path, body in [("/v1/lorawan/chirpstack?event=up", lorawan.chirpstack_uplink(eui, 1, now_aligned() + 7,
+                                                                                           frame)),
+                           ("/v1/lorawan/tts", lorawan.tts_uplink(eui, 2, now_aligned() + 3607, frame))]:
+            async with http.post(websecure + path, json=body, headers=lora) as response:
+                assert (response.status, await response.json()) == (200, {"status": "stored"}), path
+        async with http.post(websecure + "/v1/lorawan/tts", data=b"{" + b" " * 40_000 + b"}",
+                             headers={"Content-Type": "application/json", **lora}) as response:
+            assert response.status == 413
         api = traefik.url("websecure", f"api.{DOMAIN}")
         async with http.get(api + "/v1/alerts?limit=1",
                             headers={"Authorization": f"Bearer {stack.api_token}"}) as response:
@@ -501,6 +514,9 @@ def test_middlewares_named_in_the_stack_conventions() -> None:
     assert "users" not in mw["admin-auth"]["basicAuth"], "users come from the secret file only"
     assert mw["sigfox-body-limit"]["buffering"]["maxRequestBodyBytes"] == 4096
     assert mw["sigfox-ratelimit"]["rateLimit"]["average"] > 0
+    from ingest_http.routes import LORAWAN_MAX_BODY
+
+    assert mw["lorawan-body-limit"]["buffering"]["maxRequestBodyBytes"] == LORAWAN_MAX_BODY
     assert mw["secure-headers"]["headers"]["stsSeconds"] > 0
     for name, spec in mw.items():
         for ref in spec.get("chain", {}).get("middlewares", []):

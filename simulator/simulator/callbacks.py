@@ -1,22 +1,54 @@
-"""The Sigfox side: callbacks as the Sigfox backend sends them, with its bearer token and retries."""
+"""The network servers' side (the Sigfox backend, LoRaWAN servers' HTTP integrations): callbacks with their
+bearer token, retried after a failure as the servers do."""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 
-from pulsestack.wire import sigfox
-from simulator.fleet import Meter, SentReading
+from pulsestack.wire import lorawan, sigfox
+from simulator.fleet import Meter, SentReading, reception_offset
+
+# A meter's reading -> (the URL path after the client's base, the JSON body).
+Request = Callable[[Meter, SentReading], tuple[str, dict[str, Any]]]
 
 
-class SigfoxClient:
-    def __init__(self, url: str, token: str, *, concurrency: int = 64, retry_delays: tuple[float, ...] = (1, 2, 4),
-                 host: str | None = None, ca_file: str | None = None):
+def _payload(reading: SentReading) -> bytes:
+    return sigfox.encode_payload(index=reading.index, counts=list(reading.counts), battery_mv=3600)
+
+
+def sigfox_callback(meter: Meter, reading: SentReading) -> tuple[str, dict[str, Any]]:
+    return "", {
+        "device": meter.device, "time": reading.device_time, "seqNumber": reading.seq,
+        "data": _payload(reading).hex(), "deviceTypeId": "simulated", "station": "0A1B", "rssi": -112.0,
+        "snr": 12.5,
+    }
+
+
+def lorawan_request(number: int, seq: int, period_end: int, payload: bytes) -> tuple[str, dict[str, Any]]:
+    """Half the meters are on a ChirpStack network, half on The Things Stack; the uplink is received within
+    the quarter hour after its last bucket."""
+    received = period_end + reception_offset(number)
+    if number % 2:
+        return "/tts", lorawan.tts_uplink(number, seq, received, payload)
+    return "/chirpstack?event=up", lorawan.chirpstack_uplink(number, seq, received, payload)
+
+
+def lorawan_uplink(meter: Meter, reading: SentReading) -> tuple[str, dict[str, Any]]:
+    return lorawan_request(meter.number, reading.seq, reading.period_end, _payload(reading))
+
+
+class CallbackClient:
+    def __init__(self, url: str, token: str, request: Request, *, concurrency: int = 64,
+                 retry_delays: tuple[float, ...] = (1, 2, 4), host: str | None = None, ca_file: str | None = None):
         self.url = url
         self.token = token
+        self.request = request
         self.host = host  # Host header and TLS server name when `url` names an address, not the host
         self._tls: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
         self.retry_delays = retry_delays  # the backend's 1, 2 and 4 minutes, compressed
@@ -45,24 +77,15 @@ class SigfoxClient:
         task.add_done_callback(self._tasks.discard)
 
     async def _deliver(self, meter: Meter, reading: SentReading) -> None:
-        body = {
-            "device": meter.device,
-            "time": reading.device_time,
-            "seqNumber": reading.seq,
-            "data": sigfox.encode_payload(index=reading.index, counts=list(reading.counts), battery_mv=3600).hex(),
-            "deviceTypeId": "simulated",
-            "station": "0A1B",
-            "rssi": -112.0,
-            "snr": 12.5,
-        }
+        path, body = self.request(meter, reading)
         headers = {"Authorization": f"Bearer {self.token}", **({"Host": self.host} if self.host else {})}
         for delay in (0.0, *self.retry_delays):
             if delay:
                 await asyncio.sleep(delay)
             assert self._session is not None
             try:
-                async with self._limit, self._session.post(
-                        self.url, json=body, headers=headers, ssl=self._tls, server_hostname=self.host) as response:
+                async with self._limit, self._session.post(self.url + path, json=body, headers=headers, ssl=self._tls,
+                                                           server_hostname=self.host) as response:
                     self.requests += 1
                     self.statuses[response.status] += 1
                     if 200 <= response.status < 300:
