@@ -20,7 +20,7 @@ from pulsestack.logs import get_logger
 
 log = get_logger(__name__)
 _LOCK = 0x6D61696E74  # "maint": one maintenance run at a time, whichever replica starts it
-PARTITIONED = (("raw_messages", "device_time"), ("pulses", "bucket_start"))
+PARTITIONED = (("readings", "device_time"), ("pulses", "bucket_start"))
 # Tables trimmed row by row, and the time that decides a row's age. An open alert is never old.
 TRIMMED = (("gaps", "from_period_end"), ("meter_events", "at"), ("consumption_hourly", "hour"),
            ("consumption_daily", "day"), ("alerts", "resolved_at"))
@@ -33,7 +33,7 @@ MONTHS_AHEAD = 3  # an alert fires below 2: a quarter of a year to notice a stop
 class Retention:
     """Months each table keeps; 0 keeps everything."""
 
-    raw_messages: int = 24
+    readings: int = 24
     pulses: int = 24
     gaps: int = 24
     meter_events: int = 24
