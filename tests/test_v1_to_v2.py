@@ -144,7 +144,42 @@ async def test_a_device_missing_from_the_registry_stops_the_move_before_anything
     finally:
         await conn.close()
     code, output = await pulsestack_migrate(v1_database)
-    assert code != 0 and "sigfox:3C000007" in output and "Traceback" not in output, output
+    assert code == 4 and "sigfox:3C000007" in output and "Traceback" not in output, output
+
+
+class RemovingDevice(asyncpg.Connection):  # type: ignore[misc]
+    """Before the move's first batch, another session removes a device (and commits)."""
+
+    removing: tuple[str, str, str] | None = None  # (url, protocol, device)
+
+    async def fetchrow(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        if "WITH batch AS" in query and RemovingDevice.removing:
+            url, protocol, device = RemovingDevice.removing
+            RemovingDevice.removing = None
+            other = await asyncpg.connect(url)
+            try:
+                await other.execute("DELETE FROM devices WHERE protocol = $1 AND device_id = $2", protocol, device)
+            finally:
+                await other.close()
+        return await super().fetchrow(query, *args, **kwargs)
+
+
+async def test_a_device_removed_during_the_move_stops_it_at_that_batch(v1_database: str) -> None:
+    before = await _rows(v1_database, V1_ROWS)
+    RemovingDevice.removing = (v1_database, "sigfox", "3C000027")
+    conn = await asyncpg.connect(v1_database, connection_class=RemovingDevice)
+    os.environ["PULSESTACK_V1_MOVE_BATCH"] = "100"
+    try:
+        with pytest.raises(OrphanReadings, match=r"sigfox:3C000027 \(22 readings\)\. [0-9]+ readings were moved"):
+            await migrate(conn)
+        moved = await conn.fetchval("SELECT count(*) FROM readings")
+        assert 0 < moved and moved + await conn.fetchval("SELECT count(*) FROM raw_messages") == len(before)
+        await conn.execute("INSERT INTO devices (protocol, device_id, shard) VALUES ('sigfox', '3C000027', 39)")
+        await migrate(conn)
+    finally:
+        del os.environ["PULSESTACK_V1_MOVE_BATCH"]
+        await conn.close()
+    assert await _rows(v1_database, V2_ROWS) == before
 
 
 class Killed(Exception):

@@ -65,14 +65,19 @@ _AFTER = "WHERE (protocol, device_id, seq, device_time) > ($2::text, $3::text, $
 class OrphanReadings(LookupError):
     """raw_messages holds readings of devices the registry no longer has (the CLI exits "not found")."""
 
-    def __init__(self, devices: list[tuple[str, str, int]]) -> None:
+    def __init__(self, devices: list[tuple[str, str, int]], moved: int = 0) -> None:
         self.devices = devices
         named = ", ".join(f"{p}:{d} ({n} readings)" for p, d, n in devices[:20])
         more = f" and {len(devices) - 20} more" if len(devices) > 20 else ""
+        done = f"{moved} readings were moved, the others wait" if moved else "Nothing was moved"
         super().__init__(
             f"raw_messages holds readings of {len(devices)} devices that are not registered: {named}{more}. "
-            "Nothing was moved. Register them again (`pulsestack devices add`) to keep their readings, or "
-            "delete their raw_messages rows if they are to go, then migrate again.")
+            f"{done}. Register them again (`pulsestack devices add`) to keep their readings, or delete their "
+            "raw_messages rows if they are to go, then migrate again.")
+
+
+async def _orphans(conn: asyncpg.Connection) -> list[tuple[str, str, int]]:
+    return [(r["protocol"], r["device_id"], r["rows"]) for r in await conn.fetch(_ORPHANS)]
 
 
 @dataclass(slots=True)
@@ -89,13 +94,16 @@ async def _move_partition(conn: asyncpg.Connection, partition: str, batch: int, 
     following = _MOVE.format(partition=f'"{partition}"', after=_AFTER)
     last: tuple[str, str, int, dt.datetime] | None = None
     while True:
-        async with conn.transaction():
-            row = await (conn.fetchrow(first, batch) if last is None else conn.fetchrow(following, batch, *last))
-            if row is None:
-                return
-            if row["keyed"] != row["moved"]:
-                # A device removed since the check: its rows would vanish with this batch, so it rolls back.
-                raise OrphanReadings([(p, d, n) for p, d, n in await conn.fetch(_ORPHANS)])
+        try:
+            async with conn.transaction():
+                row = await (conn.fetchrow(first, batch) if last is None else conn.fetchrow(following, batch, *last))
+                if row is None:
+                    return
+                if row["keyed"] != row["moved"]:
+                    # A device removed since the check: its rows would vanish with this batch, so it rolls back.
+                    raise OrphanReadings([])
+        except OrphanReadings:
+            raise OrphanReadings(await _orphans(conn), report.moved) from None
         last = (row["protocol"], row["device_id"], row["seq"], row["device_time"])
         report.moved += row["moved"]
         report.stored += row["stored"]
@@ -122,9 +130,9 @@ async def move_v1_readings(conn: asyncpg.Connection, batch: int | None = None) -
     if await conn.fetchval("SELECT to_regclass('raw_messages')") is None:
         return None
     batch = batch or env_int("PULSESTACK_V1_MOVE_BATCH", BATCH)
-    orphans = await conn.fetch(_ORPHANS)
+    orphans = await _orphans(conn)
     if orphans:
-        raise OrphanReadings([(r["protocol"], r["device_id"], r["rows"]) for r in orphans])
+        raise OrphanReadings(orphans)
     await conn.execute(f"REVOKE INSERT ON raw_messages, readings FROM {_WRITER}")
     report = MoveReport()
     started = reported = time.monotonic()
