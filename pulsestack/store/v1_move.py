@@ -125,8 +125,9 @@ async def _drop_if_empty(conn: asyncpg.Connection, table: str, then: str = "") -
 
 async def move_v1_readings(conn: asyncpg.Connection, batch: int | None = None) -> MoveReport | None:
     """Moves what raw_messages holds into readings, `batch` rows a transaction, and drops raw_messages; None if
-    there is no raw_messages (a v2 database, or a move that finished). Raises OrphanReadings, having moved
-    nothing, if rows of unregistered devices are among them."""
+    there is no raw_messages (a v2 database, or a move that finished). Raises OrphanReadings if rows of
+    unregistered devices are among them: before moving anything, or at the batch that meets a device removed
+    since (the batches before it stay moved)."""
     if await conn.fetchval("SELECT to_regclass('raw_messages')") is None:
         return None
     batch = batch or env_int("PULSESTACK_V1_MOVE_BATCH", BATCH)
