@@ -147,6 +147,26 @@ async def test_a_device_missing_from_the_registry_stops_the_move_before_anything
     assert code == 4 and "sigfox:3C000007" in output and "Traceback" not in output, output
 
 
+async def test_readings_already_in_the_new_table_are_kept_once(v1_database: str) -> None:
+    """A reading the new raw stage stored from RAW's backlog before its v1 row moved (same device, device time
+    and seq): the move leaves the stored one and drops the v1 copy."""
+    before = await _rows(v1_database, V1_ROWS)
+    await _migrate_dying(v1_database, 1_000, 1, after=False)  # 008 applied, the move killed before its start
+    conn = await asyncpg.connect(v1_database)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM readings") == 0
+        await conn.execute(
+            "INSERT INTO readings (device, bucket_seconds, device_time, seq, meter_index, received_at, counts,"
+            " payload, meta) SELECT d.id, r.bucket_seconds, r.device_time, r.seq, r.meter_index, r.received_at,"
+            " r.counts, r.payload, r.meta FROM raw_messages r JOIN devices d USING (protocol, device_id)"
+            " WHERE r.device_id IN ('861000000000005', '3C000010')")
+        report = await move_v1_readings(conn)
+    finally:
+        await conn.close()
+    assert report is not None and report.moved == len(before) and report.moved - report.stored == 48
+    assert await _rows(v1_database, V2_ROWS) == before
+
+
 class RemovingDevice(asyncpg.Connection):  # type: ignore[misc]
     """Before the move's first batch, another session removes a device (and commits)."""
 
