@@ -177,7 +177,7 @@ variable "readings_per_meter_per_day" {
 }
 
 variable "retention_months" {
-  description = "Months PostgreSQL keeps readings (the stack's PULSESTACK_RETENTION_RAW_MESSAGES_MONTHS and _PULSES_MONTHS)."
+  description = "Months PostgreSQL keeps readings (the stack's PULSESTACK_RETENTION_READINGS_MONTHS and _PULSES_MONTHS)."
   type        = number
   default     = 24
 

@@ -44,8 +44,12 @@ async def serve(config: ProcessorConfig, stop: asyncio.Event) -> None:
     metrics.prime_stage(stage.name)
     settings = ConsumerSettings(
         RAW, RAW_CONSUMER, stage.name, config.batch, config.max_wait, config.limits.max_deliver,
+        # A missing privilege is the database's state, not the message's: the v1 -> v2 move revokes the
+        # stage's INSERT while it runs (pulsestack/store/v1_move.py), and a grant fixed by hand must find the
+        # readings still there, not in DEAD.
         transient=(*TRANSIENT, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                   asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError),
+                   asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
+                   asyncpg.InsufficientPrivilegeError),
         concurrency=config.concurrency,
     )
     consumer = BatchConsumer(js, publisher, settings, stage.process)

@@ -14,6 +14,7 @@ import asyncpg
 
 from pulsestack.logs import get_logger
 from pulsestack.store.maintenance import MONTHS_AHEAD, ensure_partitions
+from pulsestack.store.v1_move import move_v1_readings
 
 log = get_logger(__name__)
 # Any fixed number: every migrating process queues on the same advisory lock.
@@ -30,7 +31,8 @@ def _migrations() -> list[tuple[int, str, str]]:
 
 
 async def migrate(conn: asyncpg.Connection) -> list[str]:
-    """Applies pending migrations in order; returns the names applied."""
+    """Applies pending migrations in order, then moves a v1 database's readings (pulsestack.store.v1_move);
+    returns the names applied."""
     applied: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK)
     try:
@@ -48,6 +50,8 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
             log.info("migration applied", migration=name)
             applied.append(name)
         await ensure_partitions(conn, MONTHS_AHEAD, dt.datetime.now(dt.UTC).date())
+        # After the partitions: the months ahead exist before readings arrive in them.
+        await move_v1_readings(conn)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK)
     return applied
