@@ -467,7 +467,7 @@ COUNTED = ("devices", "raw_messages", "pulses", "gaps", "device_state")
 
 
 async def table_counts() -> dict[str, int]:
-    conn = await proof.db("postgres", "postgres_password")
+    conn = await proof.db("pulsestack_owner", "postgres_owner_password")
     try:
         return {t: int(await conn.fetchval(f"SELECT count(*) FROM {t}")) for t in COUNTED}
     finally:
@@ -477,7 +477,7 @@ async def table_counts() -> dict[str, int]:
 async def lose_a_fleet() -> int:
     """What a restore is for: an operator's mistake deletes one window's readings."""
     ids = [i for fleet in fleet_ids(proof.DEVICES, 0.5, proof.first_id(0)).values() for i in fleet]
-    conn = await proof.db("postgres", "postgres_password")
+    conn = await proof.db("pulsestack_owner", "postgres_owner_password")
     try:
         async with conn.transaction():
             deleted = 0

@@ -187,6 +187,15 @@ def server() -> Iterator[Server]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def test_every_network_login_is_a_pulsestack_role_over_tls_with_scram() -> None:
+    """What the server below cannot show: it has no TLS, so it runs these rules with `host` for `hostssl`."""
+    rules = [line.split() for line in HBA.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert rules[0] == ["local", "all", "postgres", "peer"]
+    for kind, database, user, address, method in rules[1:]:
+        assert (kind, database, address, method) == ("hostssl", "pulsestack", "samenet", "scram-sha-256"), user
+    assert sorted(rule[2] for rule in rules[1:]) == sorted(ROLES)
+
+
 async def test_the_superuser_cannot_log_in_over_tcp(server: Server) -> None:
     for database in ("pulsestack", "postgres"):
         with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError, match=NO_ENTRY):

@@ -294,8 +294,21 @@ def test_setup_job(resolved: dict[str, Any]) -> None:
     assert setup["deploy"]["mode"] == "replicated-job"
     assert setup["environment"]["PULSESTACK_STREAM_REPLICAS"] == "3"
     assert "pulsestack setup" in " ".join(setup["entrypoint"])
-    for role in ("RAW", "REGISTRY", "READER", "ALERTING"):
+    for role in ("RAW", "REGISTRY", "READER", "ALERTING", "OWNER"):
         assert f"PULSESTACK_PULSESTACK_{role}_PASSWORD_FILE" in setup["environment"], role
+
+
+def test_database_clients_verify_postgres_and_never_log_in_as_the_superuser(resolved: dict[str, Any]) -> None:
+    """pulsestack/store/pg_hba.conf accepts TCP logins over TLS only, and never the superuser's."""
+    clients = {name: s for name, s in resolved["services"].items() if "DATABASE_URL" in s.get("environment", {})}
+    assert {"setup", "raw-processor", "pulse-processor", "alerting", "api", "swarm-exporter"} <= set(clients)
+    for name, service in clients.items():
+        url = service["environment"]["DATABASE_URL"]
+        assert not url.startswith("postgresql://postgres@"), name
+        assert "sslmode=verify-full&sslrootcert=/run/secrets/ca_cert" in url, name
+        assert "ca_cert" in [secret["source"] for secret in service["secrets"]], name
+    postgres = resolved["services"]["postgres"]
+    assert "hba_file=/etc/postgresql/pg_hba.conf" in postgres["command"] and "ssl=on" in postgres["command"]
 
 
 def test_pulsestack_services_run_read_only_without_capabilities(resolved: dict[str, Any]) -> None:
