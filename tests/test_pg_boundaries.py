@@ -153,10 +153,13 @@ def production_hba() -> str:
 
 
 async def _bootstrap(postgres: Postgres, passwords: dict[str, str]) -> None:
-    """As the stack's first start does: the superuser makes the owner, the owner migrates and sets the
-    passwords; then the project's rules replace initdb's trust-everything file."""
+    """A database as deployments made it before the owner existed (migrated by the superuser), handed
+    over as deploy/README.md says: the superuser runs owner.sql, the owner migrates and sets the
+    passwords. (The local stack, which every other test starts, takes the first-start path: owner.sql
+    before any migration.) Then the project's rules replace initdb's trust-everything file."""
     superuser = await asyncpg.connect(postgres.url())
     try:
+        await store.migrate(superuser)
         await store.bootstrap_owner(superuser)
         owner = await asyncpg.connect(with_user(postgres.url(), OWNER))
         try:
@@ -194,6 +197,21 @@ def test_every_network_login_is_a_pulsestack_role_over_tls_with_scram() -> None:
     for kind, database, user, address, method in rules[1:]:
         assert (kind, database, address, method) == ("hostssl", "pulsestack", "samenet", "scram-sha-256"), user
     assert sorted(rule[2] for rule in rules[1:]) == sorted(ROLES)
+
+
+async def test_the_owner_owns_all_the_schema_holds(server: Server) -> None:
+    conn = await server.connect(OWNER)
+    try:
+        others = await conn.fetch(
+            "SELECT c.relname AS name, c.relowner::regrole::text AS owner FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND c.relowner <> $1::regrole"
+            " UNION ALL SELECT p.proname, p.proowner::regrole::text FROM pg_proc p"
+            " JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public' AND p.proowner <> $1::regrole",
+            OWNER)
+        assert not others, others
+        assert await conn.fetchval("SELECT count(*) FROM pg_class WHERE relname LIKE 'pulses_y%'") > 0
+    finally:
+        await conn.close()
 
 
 async def test_the_superuser_cannot_log_in_over_tcp(server: Server) -> None:
