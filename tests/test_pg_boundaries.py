@@ -19,17 +19,17 @@ import pytest
 from pulsestack.store import migrate as store
 from pulsestack_cli.local import OWNER, with_user
 from pulsestack_cli.localstack import Postgres
+from pulsestack_cli.main import ROLES
 
 HBA = Path(store.__file__).parent / "pg_hba.conf"
 NO_ENTRY = r"no pg_hba\.conf entry"  # no line matches: refused before any password is asked
-ROLES = ("pulsestack_raw", "pulsestack_pulse", "pulsestack_registry", "pulsestack_reader", "pulsestack_alerting",
-         OWNER)
 
 RAW_ROW = ("INSERT INTO raw_messages (protocol, device_id, seq, device_time, period_end, bucket_seconds, counts,"
            " meter_index, battery_mv, flags, received_at, trace_id, payload)"
            " VALUES ('nbiot', '1', 1, now(), now(), 60, '{1}', 1, 3600, 0, now(), 't', '\\x00')")
 DEVICE_ROW = "INSERT INTO devices (protocol, device_id, shard) VALUES ('nbiot', '1', 1)"
 ALERT_ROW = "INSERT INTO alerts (protocol, device_id, kind) VALUES ('nbiot', '1', 'leak')"
+WAL_LISTING = "SELECT count(*) FROM pg_ls_waldir()"
 NEXT_MONTH = "SELECT pulsestack_ensure_partition('pulses', 'bucket_start', (now() + interval '40 days')::date)"
 # PostgreSQL runs these only outside a transaction: tried on their own (this server is thrown away).
 CREATE_DATABASE = "CREATE DATABASE intruder"
@@ -47,21 +47,11 @@ NO_SERVICE_ROLE: dict[str, bool | str] = {
 
 # role -> statement -> allowed. Allowed statements touch no row they could harm (rolled back anyway).
 EXPECTED: dict[str, dict[str, bool | str]] = {
+    # The raw stage stores a batch's readings and derives from them in one transaction (migration 006).
     "pulsestack_raw": {
         RAW_ROW: True,
         "SELECT count(*) FROM raw_messages": True,
         "UPDATE raw_messages SET flags = 0": False,
-        "DELETE FROM raw_messages": False,
-        "SELECT count(*) FROM devices": False,
-        "SELECT count(*) FROM pulses": False,
-        "DELETE FROM pulses": False,
-        "SELECT count(*) FROM alerts": False,
-        NEXT_MONTH: False,
-        **NO_SERVICE_ROLE,
-    },
-    "pulsestack_pulse": {
-        "SELECT count(*) FROM raw_messages": True,
-        RAW_ROW: False,
         "DELETE FROM raw_messages": False,
         "SELECT count(*) FROM devices": True,
         "UPDATE devices SET disabled = true": False,
@@ -74,6 +64,7 @@ EXPECTED: dict[str, dict[str, bool | str]] = {
         "DELETE FROM consumption_hourly": True,
         "UPDATE consumption_daily SET pulses = 0": True,
         ALERT_ROW: True,
+        WAL_LISTING: False,
         NEXT_MONTH: False,
         **NO_SERVICE_ROLE,
     },
@@ -84,12 +75,14 @@ EXPECTED: dict[str, dict[str, bool | str]] = {
         "SELECT count(*) FROM raw_messages": False,
         "SELECT count(*) FROM device_state": False,
         "SELECT count(*) FROM alerts": False,
+        WAL_LISTING: False,
         **NO_SERVICE_ROLE,
     },
     "pulsestack_reader": {
         **{f"SELECT count(*) FROM {table}": True for table in (
             "devices", "raw_messages", "pulses", "gaps", "meter_events", "device_state", "consumption_hourly",
             "consumption_daily", "alerts")},
+        WAL_LISTING: True,  # the swarm exporter's WAL series (migration 007)
         DEVICE_ROW: False,
         RAW_ROW: False,
         "UPDATE alerts SET published_open = true": False,
@@ -112,6 +105,7 @@ EXPECTED: dict[str, dict[str, bool | str]] = {
         "INSERT INTO gaps SELECT * FROM gaps": False,
         "UPDATE devices SET disabled = true": False,
         "UPDATE device_state SET readings = 0": False,
+        WAL_LISTING: False,
         **NO_SERVICE_ROLE,
         # Granted to alerting alone; refused here only by its own check (no such partition).
         "SELECT pulsestack_drop_partition('pulses', 'pulses_y2000m01')": "raises",
@@ -123,6 +117,7 @@ EXPECTED: dict[str, dict[str, bool | str]] = {
         "ALTER ROLE pulsestack_reader PASSWORD NULL": True,
         "CREATE ROLE pulsestack_later LOGIN": True,
         "SET ROLE pulsestack_raw": False,  # ADMIN on the service roles, never their rights
+        WAL_LISTING: True,  # held with GRANT OPTION, for migration 007 to pass on (owner.sql)
         "CREATE ROLE intruder SUPERUSER": False,
         "ALTER ROLE pulsestack_owner SUPERUSER": False,
         CREATE_DATABASE: False,

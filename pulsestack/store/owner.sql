@@ -21,14 +21,17 @@ BEGIN
     EXECUTE format('ALTER DATABASE %I OWNER TO pulsestack_owner', current_database());
     -- Service roles made by the superuser (the image's roles script, earlier versions): ADMIN only, so the
     -- owner can set their passwords but neither uses their rights nor becomes them.
+    -- (pulsestack_pulse: until migration 006, run as the owner, drops it.)
     FOR r IN SELECT rolname FROM pg_roles WHERE rolname IN
             ('pulsestack_raw', 'pulsestack_pulse', 'pulsestack_registry', 'pulsestack_reader', 'pulsestack_alerting')
     LOOP
         EXECUTE format('GRANT %I TO pulsestack_owner WITH ADMIN TRUE, INHERIT FALSE, SET FALSE', r.rolname);
     END LOOP;
-    -- What earlier migrations created as the superuser. A table's sequences follow it; partitions do not.
+    -- What earlier migrations created as the superuser (tables, partitions, views, whichever migration made
+    -- them). A table's sequences follow it; partitions do not.
     FOR r IN SELECT c.oid::regclass AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relowner <> 'pulsestack_owner'::regrole
+             WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+               AND c.relowner <> 'pulsestack_owner'::regrole
     LOOP
         EXECUTE format('ALTER TABLE %s OWNER TO pulsestack_owner', r.name);
     END LOOP;
@@ -44,3 +47,6 @@ BEGIN
         EXECUTE format('ALTER FUNCTION %s OWNER TO pulsestack_owner', r.name);
     END LOOP;
 END $$;
+-- Migration 007 lets the read-only role list pg_wal and the archiver's status folder: the owner may pass
+-- on EXECUTE on those two server functions (and so runs them itself), nothing more of the superuser's.
+GRANT EXECUTE ON FUNCTION pg_ls_waldir(), pg_ls_archive_statusdir() TO pulsestack_owner WITH GRANT OPTION;

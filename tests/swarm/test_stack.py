@@ -301,10 +301,12 @@ def test_setup_job(resolved: dict[str, Any]) -> None:
 def test_database_clients_verify_postgres_and_never_log_in_as_the_superuser(resolved: dict[str, Any]) -> None:
     """pulsestack/store/pg_hba.conf accepts TCP logins over TLS only, and never the superuser's."""
     clients = {name: s for name, s in resolved["services"].items() if "DATABASE_URL" in s.get("environment", {})}
-    assert {"setup", "raw-processor", "pulse-processor", "alerting", "api", "swarm-exporter"} <= set(clients)
+    roles = {s.name: s.database_role for s in SERVICES if s.database_role} | {"setup": "pulsestack_owner"}
+    assert set(roles) <= set(clients)
     for name, service in clients.items():
         url = service["environment"]["DATABASE_URL"]
         assert not url.startswith("postgresql://postgres@"), name
+        assert name not in roles or url.startswith(f"postgresql://{roles[name]}@postgres:5432/pulsestack?"), name
         assert "sslmode=verify-full&sslrootcert=/run/secrets/ca_cert" in url, name
         assert "ca_cert" in [secret["source"] for secret in service["secrets"]], name
     postgres = resolved["services"]["postgres"]
