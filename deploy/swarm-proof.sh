@@ -23,8 +23,8 @@
 #                 redirected; the socket proxy refuses writes; (step 5's Sigfox
 #                 traffic already went through Traefik)
 #   6c postgres   the services' sessions all over TLS (stack.yml's ssl=on, the
-#                 stand-in being Debian's postgresql-18); a role without TLS
-#                 and the superuser over TCP refused (pulsestack/store/pg_hba.conf)
+#                 stand-in being Debian's postgresql-18); from the db network
+#                 a role without TLS and the superuser refused (pg_hba.conf)
 #   7 faults      under traffic: rolling update of each processor, a NATS server
 #                 killed, processors scaled 1 -> 3 -> 1; nothing lost or duplicated
 #   8 clean       stack, secrets, volumes, swarm, registry, daemon.json and a

@@ -12,7 +12,7 @@
     python deploy/swarm_proof.py summary      the delivery figures of every window
 
 Talks to the stack only as the test override (tests/swarm/stack.override.yml) allows: the host-mode UDP
-port, Traefik's 80 and 443, ingest-http's port, PostgreSQL's and the NATS servers' ports on this machine,
+port, Traefik's 80 and 443, ingest-http's port, the NATS servers' ports and PostgreSQL's relay on this machine,
 and `docker` itself (service state, `docker exec` into the Prometheus task for its HTTP API, which is not
 published, and into Traefik's to ask the socket proxy on the internal docker-api network).
 
@@ -278,8 +278,8 @@ async def admin_nats() -> NATS:
 
 class TLSFor(ssl.SSLContext):
     """Verifies a server's certificate for `name` whatever address is dialled: asyncpg checks the host it
-    connects to, and the proof reaches PostgreSQL by a published port, not by the name `postgres` that the
-    certificate holds (and that the services check, with sslmode=verify-full)."""
+    connects to, and the proof reaches PostgreSQL by a relay's published port, not by the name `postgres` that
+    the certificate holds (and that the services check, with sslmode=verify-full)."""
 
     name: str
 
@@ -296,9 +296,10 @@ def tls_for(name: str) -> TLSFor:
 
 
 async def db(role: str, password_secret: str) -> asyncpg.Connection:
-    # Over TLS only: pulsestack/store/pg_hba.conf has no line for plain TCP.
-    return await asyncpg.connect(host=address_of("postgres"), port=PG_PORT, user=role, password=secret(password_secret),
-                                 database="pulsestack", timeout=10, ssl=tls_for("postgres"))
+    # Through tests/swarm/stack.override.yml's relay on the db network, over TLS (pg_hba.conf wants both).
+    return await asyncpg.connect(host=address_of("postgres-relay"), port=PG_PORT, user=role,
+                                 password=secret(password_secret), database="pulsestack", timeout=10,
+                                 ssl=tls_for("postgres"))
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
@@ -769,8 +770,8 @@ async def cmd_postgres() -> None:
     ]
     for what, role, password, tls in refused:
         try:
-            conn = await asyncpg.connect(host=address_of("postgres"), port=PG_PORT, user=role, database="pulsestack",
-                                         password=secret(password), timeout=10, ssl=tls)
+            conn = await asyncpg.connect(host=address_of("postgres-relay"), port=PG_PORT, user=role,
+                                         database="pulsestack", password=secret(password), timeout=10, ssl=tls)
         except asyncpg.InvalidAuthorizationSpecificationError as exc:
             say(f"  {what}: refused ({exc})")
         else:

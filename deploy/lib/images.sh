@@ -8,6 +8,8 @@ declare -A STANDIN=(
     [nats-1]=nats [nats-2]=nats [nats-3]=nats [postgres]=postgres
     [prometheus]=prometheus [alertmanager]=alertmanager [node-exporter]=node-exporter
     [traefik]=traefik [socket-proxy]=socket-proxy
+    # tests/swarm/stack.override.yml's TCP relay into the db network: HAProxy, as the official image runs it.
+    [postgres-relay]=socket-proxy
 )
 PULSESTACK_BUILT=(ingest-udp ingest-http processors alerting api swarm-exporter)
 

@@ -67,9 +67,12 @@ def test_docker_stack_config_accepts_the_stack_file(resolved: dict[str, Any]) ->
 def test_docker_stack_config_accepts_the_test_override() -> None:
     merged = stack_config(STACK, OVERRIDE)
     published = {name for name, s in merged["services"].items() if s.get("ports")}
-    assert published == {"traefik", "ingest-udp", "ingest-http", "postgres", "nats-1", "nats-2", "nats-3"}
-    # The override adds ports and nothing else.
+    assert published == {"traefik", "ingest-udp", "ingest-http", "postgres-relay", "nats-1", "nats-2", "nats-3"}
+    # The override adds ports and nothing else, but for the relay the proofs reach PostgreSQL through: from the
+    # db network, as its clients do (a published port of the server would bypass pg_hba.conf's samenet).
     override = yaml.safe_load(OVERRIDE.read_text())
+    relay = override["services"].pop("postgres-relay")
+    assert relay["networks"] == ["db"] and all(p["mode"] == "host" for p in relay["ports"])
     for name, service in override["services"].items():
         assert set(service) == {"ports"}, name
         assert all(p["mode"] == "host" for p in service["ports"]), name
