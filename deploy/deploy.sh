@@ -17,7 +17,7 @@ version_of() {  # a short hash of the given files' contents
 }
 
 export PULSESTACK_NATS_CONFIG_VERSION="${PULSESTACK_NATS_CONFIG_VERSION:-$(version_of deploy/nats/nats-server.conf)}"
-export PULSESTACK_POSTGRES_CONFIG_VERSION="${PULSESTACK_POSTGRES_CONFIG_VERSION:-$(version_of deploy/postgres/initdb/10-pulsestack-roles.sh pulsestack/store/postgresql.conf)}"
+export PULSESTACK_POSTGRES_CONFIG_VERSION="${PULSESTACK_POSTGRES_CONFIG_VERSION:-$(version_of deploy/postgres/initdb/10-pulsestack-roles.sh pulsestack/store/postgresql.conf pulsestack/store/pg_hba.conf pulsestack/store/owner.sql)}"
 export PULSESTACK_PROMETHEUS_CONFIG_VERSION="${PULSESTACK_PROMETHEUS_CONFIG_VERSION:-$(version_of monitoring/prometheus/prometheus.yml monitoring/prometheus/rules/*.yml)}"
 export PULSESTACK_ALERTMANAGER_CONFIG_VERSION="${PULSESTACK_ALERTMANAGER_CONFIG_VERSION:-$(version_of monitoring/alertmanager/alertmanager.yml)}"
 export PULSESTACK_GRAFANA_CONFIG_VERSION="${PULSESTACK_GRAFANA_CONFIG_VERSION:-$(version_of monitoring/grafana/provisioning/*/*.yml monitoring/grafana/dashboards/*.json)}"

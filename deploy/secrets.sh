@@ -26,8 +26,10 @@
 #
 # TLS inside the stack: a CA of its own (ca_cert, ca_key; the key never leaves
 # DIR) signs the NATS servers' certificate (nats_server_cert, nats_server_key),
-# valid for the names clients and routes use. Delete the certificate's files to
-# get a new one; ca_key is needed for that (keep DIR, or start a new CA).
+# valid for the names clients and routes use, and PostgreSQL's
+# (postgres_server_cert, postgres_server_key, for the name `postgres`). Delete
+# a certificate's files to get a new one; ca_key is needed for that (keep DIR,
+# or start a new CA).
 # The NATS servers hold bcrypt hashes of the service passwords, never the
 # passwords: the hashing needs the `bcrypt` package, in the repository's
 # .venv (make .venv/bin/.installed) or the python3 of PULSESTACK_PYTHON.
@@ -40,11 +42,11 @@ set -euo pipefail
 
 SECRETS=(
     postgres_password postgres_raw_password
-    postgres_registry_password postgres_reader_password postgres_alerting_password
+    postgres_registry_password postgres_reader_password postgres_alerting_password postgres_owner_password
     nats_admin_password nats_ingest_udp_password nats_ingest_http_password
     nats_raw_processor_password nats_alerting_password
     nats_system_password nats_route_password nats_server_secrets
-    ca_cert ca_key nats_server_cert nats_server_key
+    ca_cert ca_key nats_server_cert nats_server_key postgres_server_cert postgres_server_key
     device_master_key sigfox_tokens lorawan_tokens api_tokens alerts_webhook_url alerts_webhook_secret
     grafana_admin_password admin_users admin_password portainer_admin_password
     alertmanager_webhook_url alertmanager_smtp_password
@@ -94,8 +96,8 @@ write_files() {
     mkdir -p "$dir"
     chmod 700 "$dir"
     for name in postgres_password postgres_raw_password postgres_registry_password \
-        postgres_reader_password postgres_alerting_password nats_admin_password nats_ingest_udp_password \
-        nats_ingest_http_password nats_raw_processor_password nats_alerting_password \
+        postgres_reader_password postgres_alerting_password postgres_owner_password nats_admin_password \
+        nats_ingest_udp_password nats_ingest_http_password nats_raw_processor_password nats_alerting_password \
         nats_system_password nats_route_password grafana_admin_password admin_password portainer_admin_password \
         alertmanager_smtp_password alerts_webhook_secret; do
         write_new "$dir/$name" "$(random_hex 24)"
@@ -121,6 +123,8 @@ write_files() {
     ca "$dir"
     # The names clients (nats, and the servers they learn of) and routes (nats-N) reach the servers by.
     server_cert "$dir" nats_server nats nats-1 nats-2 nats-3
+    # PostgreSQL, as its clients reach it (`postgres` on the db network; they verify the name).
+    server_cert "$dir" postgres_server postgres
     # What the NATS servers read (deploy/nats/nats-server.conf includes it): bcrypt hashes of every
     # user's password, the routes' password (plain too: a server logs in to the others with it), as
     # config variables.
@@ -187,6 +191,6 @@ case "${1:-}" in
     --files) [ -n "${2:-}" ] || { echo "usage: $0 --files DIR" >&2; exit 2; }; write_files "$2" ;;
     --remove) remove_secrets ;;
     --list) for n in "${SECRETS[@]}"; do is_input_only "$n" || echo "$n"; done ;;
-    ""|-h|--help) sed -n '2,36p' "$0"; exit 2 ;;
+    ""|-h|--help) sed -n '2,38p' "$0"; exit 2 ;;
     *) write_files "$1"; create_secrets "$1" ;;
 esac

@@ -7,8 +7,9 @@
 #   1 engine      Debian's docker.io, debootstrap, docker-registry (installed if
 #                 missing); a local registry, used by the engine as its registry
 #                 mirror; dockerd started if none runs
-#   2 base        a Debian bookworm base image made with debootstrap from this
-#                 machine's apt mirror (cached under $PULSESTACK_PROOF_CACHE)
+#   2 base        Debian bookworm and forky (PostgreSQL's stand-in) base images
+#                 made with debootstrap from this machine's apt mirror (cached
+#                 under $PULSESTACK_PROOF_CACHE)
 #   3 images      pulsestack's four images and the stand-ins for third-party
 #                 images (NATS, PostgreSQL, Prometheus, Alertmanager, node
 #                 exporter), tagged with stack.yml's names, pushed to the mirror
@@ -22,6 +23,9 @@
 #                 outside the allow-list behind a PROXY v2 header, 429 to a
 #                 flood, HTTP redirected; the socket proxy refuses writes;
 #                 (step 5's Sigfox traffic already went through Traefik)
+#   6c postgres   the services' sessions all over TLS (stack.yml's ssl=on, the
+#                 stand-in being Debian's postgresql-18); from the db network
+#                 a role without TLS and the superuser refused (pg_hba.conf)
 #   7 faults      under traffic: rolling update of each processor, a NATS server
 #                 killed, processors scaled 1 -> 3 -> 1; nothing lost or duplicated
 #   8 clean       stack, secrets, volumes, swarm, registry, daemon.json and a
@@ -146,7 +150,7 @@ step_clean() {
     fi
     if [ "${PULSESTACK_PROOF_PURGE:-0}" = 1 ] && docker info >/dev/null 2>&1; then
         # Only what the proof built (recorded in step 3), the base image, and dangling build stages.
-        { [ -e "$STATE/built-images" ] && sort -u "$STATE/built-images"; echo "$BASE_IMAGE"; } \
+        { [ -e "$STATE/built-images" ] && sort -u "$STATE/built-images"; echo "$BASE_IMAGE"; echo "$POSTGRES_BASE_IMAGE"; } \
             | xargs -r docker rmi -f >/dev/null 2>&1 || true
         rm -f "$STATE/built-images"
         docker image prune -f >/dev/null
@@ -171,6 +175,7 @@ main() {
     step delivery "$PY" deploy/swarm_proof.py delivery
     step prometheus "$PY" deploy/swarm_proof.py prometheus
     step edge "$PY" deploy/swarm_proof.py edge
+    step postgres "$PY" deploy/swarm_proof.py postgres
     step faults "$PY" deploy/swarm_proof.py faults
     proof_passed
 }

@@ -7,10 +7,12 @@
                                               each under traffic with zero readings lost or duplicated
     python deploy/swarm_proof.py edge         the real Traefik: swarm routes (via socket-proxy), TLS, 401 on admin
                                               routes, HTTP -> HTTPS; socket-proxy refuses writes
+    python deploy/swarm_proof.py postgres     PostgreSQL's boundary: every pulsestack session over TLS, no login
+                                              without TLS or as the superuser over TCP
     python deploy/swarm_proof.py summary      the delivery figures of every window
 
 Talks to the stack only as the test override (tests/swarm/stack.override.yml) allows: the host-mode UDP
-port, Traefik's 80 and 443, ingest-http's port, PostgreSQL's and the NATS servers' ports on this machine,
+port, Traefik's 80 and 443, ingest-http's port, the NATS servers' ports and PostgreSQL's relay on this machine,
 and `docker` itself (service state, `docker exec` into the Prometheus task for its HTTP API, which is not
 published, and into Traefik's to ask the socket proxy on the internal docker-api network).
 
@@ -277,9 +279,30 @@ async def admin_nats() -> NATS:
                               tls=ssl.create_default_context(cafile=str(SECRETS / "ca_cert")), tls_hostname="nats")
 
 
+class TLSFor(ssl.SSLContext):
+    """Verifies a server's certificate for `name` whatever address is dialled: asyncpg checks the host it
+    connects to, and the proof reaches PostgreSQL by a relay's published port, not by the name `postgres` that
+    the certificate holds (and that the services check, with sslmode=verify-full)."""
+
+    name: str
+
+    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
+                 server_hostname: str | bytes | None = None, session: ssl.SSLSession | None = None) -> ssl.SSLObject:
+        return super().wrap_bio(incoming, outgoing, server_side, self.name, session)
+
+
+def tls_for(name: str) -> TLSFor:
+    context = TLSFor(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the name
+    context.load_verify_locations(cafile=str(SECRETS / "ca_cert"))
+    context.name = name
+    return context
+
+
 async def db(role: str, password_secret: str) -> asyncpg.Connection:
-    return await asyncpg.connect(host=address_of("postgres"), port=PG_PORT, user=role, password=secret(password_secret),
-                                 database="pulsestack", timeout=10)
+    # Through tests/swarm/stack.override.yml's relay on the db network, over TLS (pg_hba.conf wants both).
+    return await asyncpg.connect(host=address_of("postgres-relay"), port=PG_PORT, user=role,
+                                 password=secret(password_secret), database="pulsestack", timeout=10,
+                                 ssl=tls_for("postgres"))
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
@@ -749,6 +772,34 @@ async def cmd_edge() -> None:
     say("  socket proxy: GET services, tasks, nodes 200; writes, containers, secrets 403 (the engine untouched)")
 
 
+async def cmd_postgres() -> None:
+    """What pulsestack/store/pg_hba.conf and stack.yml's ssl=on promise, on the running server (Debian's build,
+    with OpenSSL): the services' sessions are all encrypted, and the server refuses the logins it must."""
+    task = running("postgres")[0]
+    sessions = docker("exec", "-u", "postgres", task["Status"]["ContainerStatus"]["ContainerID"], "psql", "-d",
+                      "pulsestack", "-AtF", " ", "-c",
+                      "SELECT a.usename, s.ssl, coalesce(s.version, '-') FROM pg_stat_activity a JOIN pg_stat_ssl s"
+                      " USING (pid) WHERE a.usename LIKE 'pulsestack%' ORDER BY 1", node=node_of(task)).split("\n")
+    rows = [line.split() for line in sessions if line.strip()]
+    if not rows or any(ssl_on != "t" for _, ssl_on, _ in rows):
+        raise SystemExit(f"postgres: a pulsestack session without TLS, or none at all: {rows}")
+    say(f"postgres: {len(rows)} sessions of {', '.join(sorted({user for user, _, _ in rows}))}, all over "
+        f"{', '.join(sorted({version for _, _, version in rows}))}")
+    refused = [
+        ("a role without TLS", "pulsestack_reader", "postgres_reader_password", False),
+        ("the superuser over TLS", "postgres", "postgres_password", tls_for("postgres")),
+    ]
+    for what, role, password, tls in refused:
+        try:
+            conn = await asyncpg.connect(host=address_of("postgres-relay"), port=PG_PORT, user=role,
+                                         database="pulsestack", password=secret(password), timeout=10, ssl=tls)
+        except asyncpg.InvalidAuthorizationSpecificationError as exc:
+            say(f"  {what}: refused ({exc})")
+        else:
+            await conn.close()
+            raise SystemExit(f"postgres: {what} logged in over TCP")
+
+
 def cmd_summary() -> None:
     if not FIGURES.exists():
         print("no delivery figures")
@@ -769,6 +820,8 @@ def main() -> None:
         asyncio.run(cmd_faults())
     elif command == "edge":
         asyncio.run(cmd_edge())
+    elif command == "postgres":
+        asyncio.run(cmd_postgres())
     elif command == "summary":
         cmd_summary()
     elif command == "images":

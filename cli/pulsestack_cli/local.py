@@ -20,10 +20,12 @@ from pulsestack.bus.streams import BusLimits, raw_backlog, setup
 from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET
 from pulsestack.services import API, BY_NAME, INGEST_HTTP
-from pulsestack.store.migrate import migrate
+from pulsestack.store.migrate import bootstrap_owner, migrate
 from pulsestack_cli.localstack import NatsServer, Postgres, free_port
 from pulsestack_cli.processes import STACK_SERVICES, ServiceProcess
 from simulator.fleet import fleet_ids, simulated
+
+OWNER = "pulsestack_owner"  # owns the schema (pulsestack/store/owner.sql)
 
 
 def with_user(url: str, user: str) -> str:
@@ -44,7 +46,7 @@ def _secret_file(path: Path, make: str) -> Path:
 class LocalStack:
     workdir: Path
     nats_url: str = ""
-    database_url: str = ""  # the owner's URL, for migrations and verification
+    database_url: str = ""  # the superuser's URL (embedded server: trusted on loopback), for setup and checks
     udp_port: int = 0
     http_port: int = 0
     api_port: int = 0
@@ -96,7 +98,15 @@ class LocalStack:
             self.database_url = self.postgres.url()
 
     async def prepare(self) -> None:
-        conn = await asyncpg.connect(self.database_url)
+        url = self.database_url
+        if self.postgres:  # as in production: the superuser makes the owner, the owner migrates
+            conn = await asyncpg.connect(url)
+            try:
+                await bootstrap_owner(conn)
+            finally:
+                await conn.close()
+            url = with_user(url, OWNER)
+        conn = await asyncpg.connect(url)
         try:
             await migrate(conn)
         finally:

@@ -27,7 +27,7 @@ from pulsestack_cli import replay as replay_cmd
 from pulsestack_cli.connections import LOCAL_ENV, Unreachable, connect, connect_db, local_settings, use_local_stack
 from pulsestack_cli.output import add_json_flag, emit
 
-ROLES = ("pulsestack_raw", "pulsestack_registry", "pulsestack_reader", "pulsestack_alerting")
+ROLES = ("pulsestack_raw", "pulsestack_registry", "pulsestack_reader", "pulsestack_alerting", "pulsestack_owner")
 
 
 async def _migrate() -> dict[str, Any]:

@@ -11,6 +11,9 @@ REGISTRY_ADDR="${PULSESTACK_PROOF_REGISTRY:-127.0.0.1:5000}"
 # cluster proof's nodes) pull from it too.
 REGISTRY_LISTEN="${PULSESTACK_PROOF_REGISTRY_LISTEN:-$REGISTRY_ADDR}"
 BASE_IMAGE="pulsestack-proof/debian-base:bookworm"
+# The PostgreSQL stand-in's base: Debian's postgresql-18 (built with OpenSSL, so the stand-in speaks TLS as
+# the official image does) is in forky, whose packages need forky's libraries (libc6 2.43), not bookworm's.
+POSTGRES_BASE_IMAGE="pulsestack-proof/debian-base:forky"
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*"; }
 die() { printf '%s: %s\n' "${PROOF_NAME:-proof}" "$*" >&2; exit 1; }
@@ -133,7 +136,8 @@ step_engine() {
     start_dockerd
 }
 
-# The apt mirror this machine is configured with (never written into the repo).
+# The apt mirror this machine is configured with (never written into the repo); it serves every Debian
+# suite, forky included.
 apt_mirror() {
     python3 - <<'EOF'
 import glob, re
@@ -158,33 +162,47 @@ print(uris[0] if uris else "")
 EOF
 }
 
-step_base() {
-    if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
-        log "base image $BASE_IMAGE present"
+# base_image SUITE IMAGE [PACKAGE,...]: IMAGE made by debootstrap (minbase) of SUITE from the machine's apt
+# mirror, with the packages named; its rootfs is cached under $CACHE/base.
+base_image() {
+    local suite="$1" image="$2" include="ca-certificates${3:+,$3}"
+    if docker image inspect "$image" >/dev/null 2>&1; then
+        log "base image $image present"
         return 0
     fi
-    local tarball="$CACHE/base/bookworm-minbase.tar"
+    local tarball="$CACHE/base/$suite-minbase.tar"
     if [ ! -s "$tarball" ]; then
-        local mirror rootfs
+        local mirror rootfs script=()
         mirror="$(apt_mirror)"
         [ -n "$mirror" ] || die "no bookworm apt mirror found in /etc/apt/sources.list*"
+        # A suite newer than this debootstrap (forky on bookworm's) bootstraps as sid, like every testing suite.
+        [ -e "/usr/share/debootstrap/scripts/$suite" ] || script=(/usr/share/debootstrap/scripts/sid)
         rootfs="$(mktemp -d "$CACHE/rootfs.XXXXXX")"
-        log "debootstrap bookworm (minbase + python3) from the machine's apt mirror"
-        debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
-            bookworm "$rootfs" "$mirror" >"$CACHE/debootstrap.log" 2>&1 \
-            || { tail -20 "$CACHE/debootstrap.log" >&2; rm -rf "$rootfs"; die "debootstrap failed"; }
+        log "debootstrap $suite (minbase + $include) from the machine's apt mirror"
+        debootstrap --variant=minbase --include="$include" "$suite" "$rootfs" "$mirror" "${script[@]}" \
+            >"$CACHE/debootstrap-$suite.log" 2>&1 \
+            || { tail -20 "$CACHE/debootstrap-$suite.log" >&2; rm -rf "$rootfs"; die "debootstrap $suite failed"; }
         # Smaller image: no apt lists or caches; apt inside builds fetches its lists again.
         rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/cache/apt/archives/*.deb
+        # The machine's own word on release dates goes with its mirror: a mirror serving a frozen snapshot
+        # has testing's Release files past their Valid-Until, which apt then refuses (stable's have none).
+        local dates="$rootfs/etc/apt/apt.conf.d/99machine-release-dates"
+        apt-config dump | grep -E '^Acquire::Check-(Valid-Until|Date) ' > "$dates" || rm -f "$dates"
         mkdir -p "$CACHE/base"
         tar -C "$rootfs" -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
         rm -rf "$rootfs"
     else
         log "base rootfs from cache $tarball"
     fi
-    echo "$BASE_IMAGE" >> "$STATE/built-images"
+    echo "$image" >> "$STATE/built-images"
     docker import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-        --change 'ENV LANG=C.UTF-8' --change 'CMD ["/bin/bash"]' "$tarball" "$BASE_IMAGE" >/dev/null
-    log "imported $BASE_IMAGE ($(docker image inspect -f '{{.Size}}' "$BASE_IMAGE" | awk '{printf "%d MB", $1/1e6}'))"
+        --change 'ENV LANG=C.UTF-8' --change 'CMD ["/bin/bash"]' "$tarball" "$image" >/dev/null
+    log "imported $image ($(docker image inspect -f '{{.Size}}' "$image" | awk '{printf "%d MB", $1/1e6}'))"
+}
+
+step_base() {
+    base_image bookworm "$BASE_IMAGE" python3,python3-venv
+    base_image forky "$POSTGRES_BASE_IMAGE"
 }
 
 engine_restore() {

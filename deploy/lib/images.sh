@@ -8,6 +8,8 @@ declare -A STANDIN=(
     [nats-1]=nats [nats-2]=nats [nats-3]=nats [postgres]=postgres
     [prometheus]=prometheus [alertmanager]=alertmanager [node-exporter]=node-exporter
     [traefik]=traefik [socket-proxy]=socket-proxy
+    # tests/swarm/stack.override.yml's TCP relay into the db network: HAProxy, as the official image runs it.
+    [postgres-relay]=socket-proxy
 )
 PULSESTACK_BUILT=(ingest-udp ingest-http processors alerting api swarm-exporter)
 
@@ -54,7 +56,8 @@ step_images() {
         elif [ -n "${STANDIN[$service]:-}" ]; then
             local started=$SECONDS
             DOCKER_BUILDKIT=0 docker build -q --force-rm -f deploy/standins/Dockerfile --target "${STANDIN[$service]}" \
-                --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$image" . >/dev/null 2>"$STATE/standin-build.log" \
+                --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg POSTGRES_BASE_IMAGE="$POSTGRES_BASE_IMAGE" \
+                -t "$image" . >/dev/null 2>"$STATE/standin-build.log" \
                 || { cat "$STATE/standin-build.log" >&2; die "stand-in for $image failed to build"; }
             log "stand-in $image (target ${STANDIN[$service]}) built in $((SECONDS - started)) s"
             echo "$image" >> "$STATE/built-images"

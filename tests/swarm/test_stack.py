@@ -67,9 +67,12 @@ def test_docker_stack_config_accepts_the_stack_file(resolved: dict[str, Any]) ->
 def test_docker_stack_config_accepts_the_test_override() -> None:
     merged = stack_config(STACK, OVERRIDE)
     published = {name for name, s in merged["services"].items() if s.get("ports")}
-    assert published == {"traefik", "ingest-udp", "ingest-http", "postgres", "nats-1", "nats-2", "nats-3"}
-    # The override adds ports and nothing else.
+    assert published == {"traefik", "ingest-udp", "ingest-http", "postgres-relay", "nats-1", "nats-2", "nats-3"}
+    # The override adds ports and nothing else, but for the relay the proofs reach PostgreSQL through: from the
+    # db network, as its clients do (a published port of the server would bypass pg_hba.conf's samenet).
     override = yaml.safe_load(OVERRIDE.read_text())
+    relay = override["services"].pop("postgres-relay")
+    assert relay["networks"] == ["db"] and all(p["mode"] == "host" for p in relay["ports"])
     for name, service in override["services"].items():
         assert set(service) == {"ports"}, name
         assert all(p["mode"] == "host" for p in service["ports"]), name
@@ -294,8 +297,23 @@ def test_setup_job(resolved: dict[str, Any]) -> None:
     assert setup["deploy"]["mode"] == "replicated-job"
     assert setup["environment"]["PULSESTACK_STREAM_REPLICAS"] == "3"
     assert "pulsestack setup" in " ".join(setup["entrypoint"])
-    for role in ("RAW", "REGISTRY", "READER", "ALERTING"):
+    for role in ("RAW", "REGISTRY", "READER", "ALERTING", "OWNER"):
         assert f"PULSESTACK_PULSESTACK_{role}_PASSWORD_FILE" in setup["environment"], role
+
+
+def test_database_clients_verify_postgres_and_never_log_in_as_the_superuser(resolved: dict[str, Any]) -> None:
+    """pulsestack/store/pg_hba.conf accepts TCP logins over TLS only, and never the superuser's."""
+    clients = {name: s for name, s in resolved["services"].items() if "DATABASE_URL" in s.get("environment", {})}
+    roles = {s.name: s.database_role for s in SERVICES if s.database_role} | {"setup": "pulsestack_owner"}
+    assert set(roles) <= set(clients)
+    for name, service in clients.items():
+        url = service["environment"]["DATABASE_URL"]
+        assert not url.startswith("postgresql://postgres@"), name
+        assert name not in roles or url.startswith(f"postgresql://{roles[name]}@postgres:5432/pulsestack?"), name
+        assert "sslmode=verify-full&sslrootcert=/run/secrets/ca_cert" in url, name
+        assert "ca_cert" in [secret["source"] for secret in service["secrets"]], name
+    postgres = resolved["services"]["postgres"]
+    assert "hba_file=/etc/postgresql/pg_hba.conf" in postgres["command"] and "ssl=on" in postgres["command"]
 
 
 def test_pulsestack_services_run_read_only_without_capabilities(resolved: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@
 # from the same secrets (a rotated secret takes effect at the next setup run).
 #
 # Passwords come from files named like `pulsestack migrate` expects them:
+#   PULSESTACK_PULSESTACK_OWNER_PASSWORD_FILE     the schema's owner (20-pulsestack-owner.sql, the setup job)
 #   PULSESTACK_PULSESTACK_RAW_PASSWORD_FILE       raw-processor (the processors)
 #   PULSESTACK_PULSESTACK_REGISTRY_PASSWORD_FILE  the operator's device registry commands
 #   PULSESTACK_PULSESTACK_READER_PASSWORD_FILE    Grafana, the read API, the swarm exporter's probe
@@ -15,7 +16,7 @@
 # A role whose variable is unset is left to the migration.
 set -euo pipefail
 
-for role in pulsestack_raw pulsestack_registry pulsestack_reader pulsestack_alerting; do
+for role in pulsestack_owner pulsestack_raw pulsestack_registry pulsestack_reader pulsestack_alerting; do
     var="PULSESTACK_${role^^}_PASSWORD_FILE"
     file="${!var:-}"
     if [ -z "$file" ]; then
