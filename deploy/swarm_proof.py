@@ -49,7 +49,7 @@ from pulsestack.bus.streams import RAW, RAW_REPLAY, drained
 from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET
 from pulsestack.services import INGEST_HTTP, INGEST_UDP, SERVICES
-from pulsestack.wire import nbiot, sigfox
+from pulsestack.wire import lorawan, nbiot, sigfox
 from simulator.balancer import status_behind_balancer
 from simulator.fleet import fleet_ids
 from simulator.run import Simulation, SimulationConfig, SimulationReport
@@ -354,18 +354,22 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     return total
 
 
+# Which ingester serves which protocols' devices: UDP takes NB-IoT, HTTP the network servers' callbacks.
+INGESTED_BY = ((INGEST_UDP, (nbiot.PROTOCOL,)), (INGEST_HTTP, (sigfox.PROTOCOL, lorawan.PROTOCOL)))
+
+
 def ingester_devices() -> dict[str, float]:
-    """Devices each ingester knows (pulsestack_registry_devices), read inside their tasks."""
+    """Devices of each protocol its ingester knows (pulsestack_registry_devices, the least of its tasks), read
+    inside their tasks; keyed `service/protocol`."""
     out = {}
-    for service, protocol in ((INGEST_UDP, nbiot.PROTOCOL), (INGEST_HTTP, sigfox.PROTOCOL)):
+    for service, protocols in INGESTED_BY:
         port = service.ops.default
-        values = []
-        for task in running(service.name):
-            text = in_task(task, "python", "-c",
-                           f"import urllib.request as u; print(u.urlopen('http://127.0.0.1:{port}/metrics').read()"
-                           ".decode())", check=False)
-            values.append(metric_value(text, "pulsestack_registry_devices", protocol=protocol))
-        out[service.name] = min(values) if values else 0.0
+        texts = [in_task(task, "python", "-c",
+                         f"import urllib.request as u; print(u.urlopen('http://127.0.0.1:{port}/metrics').read()"
+                         ".decode())", check=False) for task in running(service.name)]
+        for protocol in protocols:
+            values = [metric_value(text, "pulsestack_registry_devices", protocol=protocol) for text in texts]
+            out[f"{service.name}/{protocol}"] = min(values) if values else 0.0
     return out
 
 
@@ -469,12 +473,15 @@ async def under_traffic(window: int, fault: Callable[[], Awaitable[None]] | None
 
 
 async def wait_ingesters_know(within: float) -> None:
-    """Until every ingester knows the devices of its protocol (half of all registered) from the registry."""
-    half = DEVICES // 2 * len(WINDOWS)
+    """Until every ingester knows every registered device of its protocols from the registry."""
+    registered: Counter[str] = Counter()
+    for window in range(len(WINDOWS)):
+        for protocol, ids in fleet_ids(DEVICES, NBIOT_SHARE, first_id(window), LORAWAN_SHARE).items():
+            registered[protocol] += len(ids)
     deadline = time.monotonic() + within
     while True:
         known = ingester_devices()
-        if all(v >= half for v in known.values()):
+        if all(v >= registered[key.split("/")[1]] for key, v in known.items()):
             break
         if time.monotonic() > deadline:
             raise SystemExit(f"ingesters did not learn the registered devices: {known}")
