@@ -20,7 +20,7 @@ from pulsestack.logs import get_logger
 
 log = get_logger(__name__)
 _LOCK = 0x6D61696E74  # "maint": one maintenance run at a time, whichever replica starts it
-PARTITIONED = (("readings", "device_time"), ("pulses", "bucket_start"))
+PARTITIONED = (("readings", "device_time"),)
 # Tables trimmed row by row, and the time that decides a row's age. An open alert is never old.
 TRIMMED = (("gaps", "from_period_end"), ("meter_events", "at"), ("consumption_hourly", "hour"),
            ("consumption_daily", "day"), ("alerts", "resolved_at"))
@@ -39,7 +39,6 @@ class Retention:
     """Months each table keeps; 0 keeps everything."""
 
     readings: int = 24
-    pulses: int = 24
     gaps: int = 24
     meter_events: int = 24
     consumption_hourly: int = 24

@@ -40,16 +40,6 @@ JOIN LATERAL (
           < k.hi + interval '15 minutes'
 ) r ON true
 """
-# Buckets still kept as rows for the readers: a later device time (then seq) wins a contested bucket, whatever
-# order readings arrive in.
-_WRITE_BUCKETS = """
-INSERT INTO pulses (protocol, device_id, bucket_start, bucket_seconds, count, device_time, seq)
-SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int[], $5::int[], $6::timestamptz[],
-                     $7::bigint[])
-ON CONFLICT (protocol, device_id, bucket_start, bucket_seconds) DO UPDATE
-SET count = EXCLUDED.count, device_time = EXCLUDED.device_time, seq = EXCLUDED.seq, stored_at = now()
-WHERE (EXCLUDED.device_time, EXCLUDED.seq) > (pulses.device_time, pulses.seq)
-"""
 _STATE = """
 SELECT k.p AS protocol, k.d AS device_id, s.last_period_end, s.last_device_time, s.last_seq, s.last_index,
        s.readings, s.last_seen, s.interval_seconds, s.first_bucket, s.last_zero_flow, s.finest_bucket,
@@ -401,7 +391,6 @@ async def write_pulses(
         by_device.setdefault((r.protocol, r.device), []).append(Point.of(r))
     stored = await covering(conn, {k: span_of(points) for k, points in by_device.items()})
     deltas = Deltas()
-    rows: list[tuple[tuple[str, str, int, int], tuple[Rank, int]]] = []
     for (protocol, device), points in by_device.items():
         batch = bucket_winners(points)
         outcome.conflicts += sum(len(p.counts) for p in points) - len(batch)  # contested within the batch
@@ -411,7 +400,6 @@ async def write_pulses(
         skip |= {(t, s) for pr, d, t, s in pending if (pr, d) == (protocol, device)}
         before = bucket_winners(p for p in stored[(protocol, device)] if (p.device_time, p.seq) not in skip)
         for key, (rank, count) in batch.items():
-            rows.append(((protocol, device, *key), (rank, count)))
             held = before.get(key)
             if held is None:
                 deltas.add(protocol, device, key[0], count)
@@ -419,11 +407,6 @@ async def write_pulses(
             outcome.conflicts += 1
             if rank > held[0]:
                 deltas.add(protocol, device, key[0], count - held[1])
-    await conn.execute(
-        _WRITE_BUCKETS,
-        [k[0] for k, _ in rows], [k[1] for k, _ in rows], [ts(k[2]) for k, _ in rows], [k[3] for k, _ in rows],
-        [v[1] for _, v in rows], [ts(v[0][0]) for _, v in rows], [v[0][1] for _, v in rows],
-    )
     outcome.stored = unique
     alerts = AlertChanges()
     outcome.gaps, outcome.resets = await _update_history(conn, unique, deltas, alerts, replay)

@@ -32,11 +32,6 @@ FROM readings
 WHERE device = $1 AND device_time >= $2 AND device_time < $3
 ORDER BY device_time, seq
 """
-# Within a device, (device_time, seq) is a reading's identity.
-_TAKE_BACK_PULSES = """
-DELETE FROM pulses p USING unnest($3::timestamptz[], $4::bigint[]) AS r(dt, s)
-WHERE p.protocol = $1 AND p.device_id = $2 AND (p.device_time, p.seq) = (r.dt, r.s)
-"""
 _TAKE_BACK_GAPS = """
 DELETE FROM gaps g USING unnest($3::timestamptz[], $4::bigint[]) AS r(pe, s)
 WHERE g.protocol = $1 AND g.device_id = $2 AND g.to_period_end = r.pe AND g.to_seq = r.s
@@ -105,8 +100,6 @@ async def reprocess_device(
             report.redecoded += 1
             await conn.execute(_REDECODED, number, ts(reading.device_time), reading.seq, reading.counts,
                                reading.index, reading.bucket_seconds)
-        await conn.execute(_TAKE_BACK_PULSES, protocol, device, [ts(r.device_time) for r in items],
-                           [r.seq for r in items])
         # What ended at each stored reading, undecodable ones included; the codec gives their period ends.
         ends = [ts(codec.period_end(epoch(row["device_time"]))) for row in rows]
         seqs = [row["seq"] for row in rows]
