@@ -108,7 +108,7 @@ async def test_months_go_by_under_traffic_and_retention_keeps_what_it_should(own
         assert await count(writer, "SELECT count(*) FROM readings WHERE device_time >= $1", kept) == sum(
             n for month, n in written.items() if month >= kept)
         for sql in ("SELECT count(*) FROM buckets WHERE device_time < $1",
-                    "SELECT count(*) FROM consumption_hourly WHERE hour < $1",
+                    "SELECT count(*) FROM gap_hourly WHERE hour < $1",
                     "SELECT count(*) FROM consumption_daily WHERE day < $1::timestamptz",
                     "SELECT count(*) FROM gaps WHERE from_period_end < $1"):
             assert await count(writer, sql, kept) == 0, sql

@@ -151,7 +151,7 @@ async def test_three_month_boundaries_with_maintenance_under_traffic(
         since = dt.datetime.fromtimestamp(utc(kept), dt.UTC)
         for sql in ("SELECT count(*) FROM readings WHERE device_time < $1",
                     "SELECT count(*) FROM buckets WHERE device_time < $1",
-                    "SELECT count(*) FROM consumption_hourly WHERE hour < $1",
+                    "SELECT count(*) FROM gap_hourly WHERE hour < $1",
                     "SELECT count(*) FROM consumption_daily WHERE day < $1::date",
                     "SELECT count(*) FROM gaps WHERE from_period_end < $1"):
             assert await conn.fetchval(sql, since) == 0, sql
