@@ -34,7 +34,7 @@ SELECT k.i, r.device_time, r.seq, r.meter_index, r.bucket_seconds, r.counts
 FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[]) WITH ORDINALITY AS k(p, d, lo, hi, i)
 JOIN devices dev ON dev.protocol = k.p AND dev.device_id = k.d
 JOIN LATERAL (
-    SELECT * FROM readings r
+    SELECT r.device_time, r.seq, r.meter_index, r.bucket_seconds, r.counts FROM readings r
     WHERE r.device = dev.id AND r.device_time > k.lo
       AND r.device_time - make_interval(secs => r.bucket_seconds * cardinality(r.counts))
           < k.hi + interval '15 minutes'
