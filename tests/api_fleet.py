@@ -72,7 +72,7 @@ async def _store(url: str, fleet: Fleet) -> None:
         )
         # Every device's hours, some without pulses (the API leaves those out).
         await conn.execute(
-            "INSERT INTO consumption_hourly (protocol, device_id, hour, pulses)"
+            "INSERT INTO gap_hourly (protocol, device_id, hour, pulses)"
             " SELECT p, d, $3::timestamptz + make_interval(hours => h), (h * 7 + length(d)) % 11"
             " FROM unnest($1::text[], $2::text[]) AS u(p, d), generate_series(0, $4 - 1) AS h",
             [d.protocol for d in fleet.large], [d.device for d in fleet.large], START, HOURS,

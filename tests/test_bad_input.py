@@ -240,7 +240,7 @@ async def test_quarantine_replay_after_late_provisioning(stack: LocalStack, nc: 
     conn = await asyncpg.connect(stack.database_url)
     try:
         async def stored() -> int:
-            return int(await conn.fetchval("SELECT count(*) FROM pulses WHERE device_id = $1", str(device.number)))
+            return int(await conn.fetchval("SELECT count(*) FROM buckets WHERE device_id = $1", str(device.number)))
         assert await eventually(stored) == 4
     finally:
         await conn.close()

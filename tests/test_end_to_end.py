@@ -29,7 +29,7 @@ def ts(seconds: int) -> dt.datetime:
 
 async def pulses_of(db: asyncpg.Connection, protocol: str, device: str) -> list[tuple[int, int]]:
     rows = await db.fetch(
-        "SELECT bucket_start, count FROM pulses WHERE protocol = $1 AND device_id = $2 ORDER BY bucket_start",
+        "SELECT bucket_start, count FROM buckets WHERE protocol = $1 AND device_id = $2 ORDER BY bucket_start",
         protocol, device,
     )
     return [(int(r["bucket_start"].timestamp()), r["count"]) for r in rows]
@@ -113,7 +113,7 @@ async def test_retransmission_is_acked_again_and_stored_once(stack: LocalStack, 
 
 
 async def _count(db: asyncpg.Connection, device: UdpDevice) -> int:
-    return int(await db.fetchval("SELECT count(*) FROM pulses WHERE device_id = $1", str(device.number)))
+    return int(await db.fetchval("SELECT count(*) FROM buckets WHERE device_id = $1", str(device.number)))
 
 
 async def test_gap_is_attributed_then_recomputed_when_a_late_reading_lands(
@@ -131,7 +131,7 @@ async def test_gap_is_attributed_then_recomputed_when_a_late_reading_lands(
     recomputed = [(t0, t0 + 3600, 2, "gap"), (t0 + 7200, t0 + 7200, 8, "adjustment")]
     await eventually(lambda: _equals(gaps_of(db, name), recomputed))
     total = await db.fetchval(
-        "SELECT (SELECT sum(count) FROM pulses WHERE device_id = $1 AND bucket_start >= $2)"
+        "SELECT (SELECT sum(count) FROM buckets WHERE device_id = $1 AND bucket_start >= $2)"
         " + (SELECT sum(volume) FROM gaps WHERE device_id = $1)", name, ts(t0),
     )
     assert total == 28  # the index difference between the first and the last reading

@@ -120,7 +120,7 @@ async def test_poison_message_reaches_dead_without_holding_up_others(stack: Loca
     try:
         async def healthy_stored() -> bool:
             n = await conn.fetchval(
-                "SELECT count(*) FROM pulses WHERE device_id = ANY($1)", [r.device for r in healthy]
+                "SELECT count(*) FROM buckets WHERE device_id = ANY($1)", [r.device for r in healthy]
             )
             return n == 4 * len(healthy)
 

@@ -135,7 +135,7 @@ def _epoch(value: dt.datetime) -> int:
 
 async def answers(db: asyncpg.Connection, stack: LocalStack, device: str, since: int, until: int) -> dict[str, Any]:
     buckets = {_epoch(r["bucket_start"]): r["count"] for r in await db.fetch(
-        "SELECT bucket_start, count FROM pulses WHERE protocol = 'nbiot' AND device_id = $1", device)}
+        "SELECT bucket_start, count FROM buckets WHERE protocol = 'nbiot' AND device_id = $1", device)}
     gaps = sorted(
         (_epoch(r["interval_start"]), _epoch(r["interval_end"]), r["volume"], r["kind"]) for r in await db.fetch(
             "SELECT interval_start, interval_end, volume, kind FROM gaps WHERE protocol = 'nbiot' AND device_id = $1",

@@ -40,7 +40,7 @@ async def lorawan_device(stack: LocalStack) -> int:
 
 
 async def pulses_of(db: asyncpg.Connection, device: int) -> list[tuple[int, int]]:
-    rows = await db.fetch("SELECT bucket_start, count FROM pulses WHERE protocol = 'lorawan' AND device_id = $1"
+    rows = await db.fetch("SELECT bucket_start, count FROM buckets WHERE protocol = 'lorawan' AND device_id = $1"
                           " ORDER BY bucket_start", f"{device:016X}")
     return [(int(r["bucket_start"].timestamp()), r["count"]) for r in rows]
 

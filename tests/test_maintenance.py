@@ -1,6 +1,6 @@
 """Maintenance in compressed time: four months of device time in a few seconds, on a database of its own.
 
-Readings are written by the raw stage's own write path (readings, pulses, gaps, rollups) while
+Readings are written by the raw stage's own write path (readings, gaps, rollups) while
 maintenance runs beside them as the alerting service's role, its clock moved a month at a time. After each
 month no row sits in a default partition; at the end the months past retention are gone from every table and
 nothing retention keeps is missing, though partitions were dropped while writers were busy.
@@ -76,7 +76,7 @@ async def maintain_until_done(url: str, today: dt.date) -> None:
                 await asyncio.sleep(0.2)
                 continue
             assert report.ran
-            assert report.default_rows == {"readings": 0, "pulses": 0}, report
+            assert report.default_rows == {"readings": 0}, report
             assert min(report.months_ahead.values()) == 3
             return
         raise AssertionError("maintenance never got its locks")
@@ -103,18 +103,17 @@ async def test_months_go_by_under_traffic_and_retention_keeps_what_it_should(own
             await asyncio.gather(write(writer, readings), maintain_until_done(own_database, month))
         await maintain_until_done(own_database, month_start(first, MONTHS - 1))
         kept = month_start(first, MONTHS - 1 - KEEP)  # months before this are past retention
-        for table in ("readings", "pulses"):
-            assert await writer.fetchval(f"SELECT count(*) FROM {table}_default") == 0
+        assert await writer.fetchval("SELECT count(*) FROM readings_default") == 0
         assert await count(writer, "SELECT count(*) FROM readings WHERE device_time < $1", kept) == 0
         assert await count(writer, "SELECT count(*) FROM readings WHERE device_time >= $1", kept) == sum(
             n for month, n in written.items() if month >= kept)
-        for sql in ("SELECT count(*) FROM pulses WHERE bucket_start < $1",
-                    "SELECT count(*) FROM consumption_hourly WHERE hour < $1",
+        for sql in ("SELECT count(*) FROM buckets WHERE device_time < $1",
+                    "SELECT count(*) FROM gap_hourly WHERE hour < $1",
                     "SELECT count(*) FROM consumption_daily WHERE day < $1::timestamptz",
                     "SELECT count(*) FROM gaps WHERE from_period_end < $1"):
             assert await count(writer, sql, kept) == 0, sql
-        # What retention keeps: every bucket of the kept months, and their hourly totals.
-        assert await count(writer, "SELECT count(*) FROM pulses WHERE bucket_start >= $1", kept) == 4 * sum(
+        # What retention keeps: every bucket of the kept months' readings, and their hourly totals.
+        assert await count(writer, "SELECT count(*) FROM buckets WHERE device_time >= $1", kept) == 4 * sum(
             n for month, n in written.items() if month >= kept)
         assert await count(writer, "SELECT sum(pulses) FROM consumption_hourly WHERE hour >= $1", kept) == 10 * sum(
             n for month, n in written.items() if month >= kept)

@@ -93,8 +93,7 @@ async def months_nc(months_stack: LocalStack) -> AsyncIterator[nats.NATS]:
 async def sample(stack: LocalStack, stop: asyncio.Event, default_rows: list[float]) -> None:
     """What the maintenance job reports about default partitions, every half second of wall time."""
     while not stop.is_set():
-        default_rows.append(sum(metric(stack, "alerting", "pulsestack_default_partition_rows", table=table)
-                                for table in ("readings", "pulses")))
+        default_rows.append(metric(stack, "alerting", "pulsestack_default_partition_rows", table="readings"))
         await asyncio.sleep(0.5)
 
 
@@ -148,19 +147,18 @@ async def test_three_month_boundaries_with_maintenance_under_traffic(
     assert delivery.exact, delivery.line()
     conn = await asyncpg.connect(stack.database_url)
     try:
-        for table in ("readings", "pulses"):
-            assert await conn.fetchval(f"SELECT count(*) FROM {table}_default") == 0, table
+        assert await conn.fetchval("SELECT count(*) FROM readings_default") == 0
         since = dt.datetime.fromtimestamp(utc(kept), dt.UTC)
         for sql in ("SELECT count(*) FROM readings WHERE device_time < $1",
-                    "SELECT count(*) FROM pulses WHERE bucket_start < $1",
-                    "SELECT count(*) FROM consumption_hourly WHERE hour < $1",
+                    "SELECT count(*) FROM buckets WHERE device_time < $1",
+                    "SELECT count(*) FROM gap_hourly WHERE hour < $1",
                     "SELECT count(*) FROM consumption_daily WHERE day < $1::date",
                     "SELECT count(*) FROM gaps WHERE from_period_end < $1"):
             assert await conn.fetchval(sql, since) == 0, sql
         # The kept months' buckets and hourly totals, all of them.
         counted = sum(count for r in report.acked_readings for i, count in enumerate(r.counts)
                       if r.period_end - HOUR + i * BUCKET_SECONDS >= utc(kept))
-        assert await conn.fetchval("SELECT sum(count) FROM pulses WHERE bucket_start >= $1", since) == counted
+        assert await conn.fetchval("SELECT sum(count) FROM buckets WHERE bucket_start >= $1", since) == counted
         assert await conn.fetchval(
             "SELECT sum(pulses) FROM consumption_hourly WHERE hour >= $1", since) == counted
         months = {row["relname"][-7:] for row in await conn.fetch(

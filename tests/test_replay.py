@@ -33,7 +33,7 @@ TAMPER = 0x04  # the NB-IoT frame's tamper bit (pulsestack/wire/nbiot.py)
 TABLES = {
     "readings": "SELECT d.protocol, d.device_id, r.seq, r.device_time, r.bucket_seconds, r.counts, r.meter_index,"
                 " r.received_at, r.payload, r.meta FROM readings r JOIN devices d ON d.id = r.device",
-    "pulses": "SELECT protocol, device_id, bucket_start, bucket_seconds, count, device_time, seq FROM pulses",
+    "pulses": "SELECT protocol, device_id, bucket_start, bucket_seconds, count, device_time, seq FROM buckets",
     "gaps": "SELECT protocol, device_id, from_period_end, from_seq, to_period_end, to_seq, interval_start,"
             " interval_end, volume, kind FROM gaps",
     "meter_events": "SELECT protocol, device_id, at, seq, kind, from_index, to_index FROM meter_events",

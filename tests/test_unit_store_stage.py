@@ -52,7 +52,7 @@ async def derived(conn: asyncpg.Connection, device: str) -> dict[str, Any]:
     return {
         "raw": await conn.fetchval(READINGS_OF, "nbiot", device),
         "buckets": rows(await conn.fetch(
-            "SELECT bucket_start, count, seq FROM pulses WHERE device_id = $1 ORDER BY 1", device)),
+            "SELECT bucket_start, count, seq FROM buckets WHERE device_id = $1 ORDER BY 1", device)),
         "gaps": rows(await conn.fetch(
             "SELECT from_period_end, from_seq, to_seq, interval_start, interval_end, volume, kind FROM gaps"
             " WHERE device_id = $1 ORDER BY 1, 2", device)),

@@ -20,9 +20,9 @@ from pulsestack.logs import get_logger
 
 log = get_logger(__name__)
 _LOCK = 0x6D61696E74  # "maint": one maintenance run at a time, whichever replica starts it
-PARTITIONED = (("readings", "device_time"), ("pulses", "bucket_start"))
+PARTITIONED = (("readings", "device_time"),)
 # Tables trimmed row by row, and the time that decides a row's age. An open alert is never old.
-TRIMMED = (("gaps", "from_period_end"), ("meter_events", "at"), ("consumption_hourly", "hour"),
+TRIMMED = (("gaps", "from_period_end"), ("meter_events", "at"), ("gap_hourly", "hour"),
            ("consumption_daily", "day"), ("alerts", "resolved_at"))
 BATCH = 10_000
 MONTHS_BACK = 2  # readings may be 30 days old: last month's partition must exist
@@ -31,7 +31,8 @@ MONTHS_AHEAD = 3  # an alert fires below 2: a quarter of a year to notice a stop
 
 # A setting's v1 name still counts when the new one is unset: a deployment that kept readings longer (or
 # forever, 0) must not start dropping them at the upgrade's first maintenance run.
-_FORMERLY = {"readings": "PULSESTACK_RETENTION_RAW_MESSAGES_MONTHS"}
+_FORMERLY = {"readings": "PULSESTACK_RETENTION_RAW_MESSAGES_MONTHS",
+             "gap_hourly": "PULSESTACK_RETENTION_CONSUMPTION_HOURLY_MONTHS"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +40,9 @@ class Retention:
     """Months each table keeps; 0 keeps everything."""
 
     readings: int = 24
-    pulses: int = 24
     gaps: int = 24
     meter_events: int = 24
-    consumption_hourly: int = 24
+    gap_hourly: int = 24
     consumption_daily: int = 120
     alerts: int = 24
 

@@ -13,6 +13,7 @@ from importlib import resources
 import asyncpg
 
 from pulsestack.logs import get_logger
+from pulsestack.store.gap_hourly import fill_gap_hourly
 from pulsestack.store.maintenance import MONTHS_AHEAD, ensure_partitions
 from pulsestack.store.v1_move import move_v1_readings
 
@@ -52,6 +53,7 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
         await ensure_partitions(conn, MONTHS_AHEAD, dt.datetime.now(dt.UTC).date())
         # After the partitions: the months ahead exist before readings arrive in them.
         await move_v1_readings(conn)
+        await fill_gap_hourly(conn)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK)
     return applied

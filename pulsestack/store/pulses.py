@@ -12,7 +12,7 @@ readings equal the index difference.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 import asyncpg
@@ -25,35 +25,20 @@ from pulsestack.wire.reading import Flags, Reading
 
 WRAP = 2**32
 HALF = 2**31
-# One round trip: what the batch's buckets find already stored (for conflicts, duplicates and rollup
-# deltas), and the upsert. Both CTEs see the statement's snapshot, taken under the device locks. The
-# LATERAL lookup probes the primary key of the one partition a bucket belongs to, whatever the planner
-# thinks of the batch's size.
-_WRITE_BUCKETS = """
-WITH s AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int[], $5::int[], $6::timestamptz[],
-                         $7::bigint[])
-        AS t(protocol, device_id, bucket_start, bucket_seconds, count, device_time, seq)
-), found AS (
-    -- Within a device, (device_time, seq) is a reading's identity: the bucket is held by this very reading.
-    SELECT s.protocol, s.device_id, s.bucket_start, s.bucket_seconds, s.device_time, s.seq,
-           (p.device_time, p.seq) = (s.device_time, s.seq) AS same,
-           p.count AS old_count, (s.device_time, s.seq) > (p.device_time, p.seq) AS wins
-    FROM s CROSS JOIN LATERAL (
-        SELECT count, device_time, seq FROM pulses p
-        WHERE p.protocol = s.protocol AND p.device_id = s.device_id AND p.bucket_start = s.bucket_start
-          AND p.bucket_seconds = s.bucket_seconds
-    ) p
-), written AS (
-    INSERT INTO pulses (protocol, device_id, bucket_start, bucket_seconds, count, device_time, seq)
-    SELECT * FROM s
-    ON CONFLICT (protocol, device_id, bucket_start, bucket_seconds) DO UPDATE
-    SET count = EXCLUDED.count, device_time = EXCLUDED.device_time,
-        seq = EXCLUDED.seq, stored_at = now()
-    -- A later device time (then seq) wins a contested bucket, whatever order readings arrive in.
-    WHERE (EXCLUDED.device_time, EXCLUDED.seq) > (pulses.device_time, pulses.seq)
-)
-SELECT * FROM found
+# The stored readings of each device that may cover a bucket in [lo, hi): a reading covers
+# [period_end - n * bucket_seconds, period_end), its period end is at most 15 minutes before its device time
+# (Codec.period_end), so this is a superset, walked on the readings' primary key from lo on; the exact cover is
+# decided in Python by the codec's period end.
+_COVERING = """
+SELECT k.i, r.device_time, r.seq, r.meter_index, r.bucket_seconds, r.counts
+FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[]) WITH ORDINALITY AS k(p, d, lo, hi, i)
+JOIN devices dev ON dev.protocol = k.p AND dev.device_id = k.d
+JOIN LATERAL (
+    SELECT r.device_time, r.seq, r.meter_index, r.bucket_seconds, r.counts FROM readings r
+    WHERE r.device = dev.id AND r.device_time > k.lo
+      AND r.device_time - make_interval(secs => r.bucket_seconds * cardinality(r.counts))
+          < k.hi + interval '15 minutes'
+) r ON true
 """
 _STATE = """
 SELECT k.p AS protocol, k.d AS device_id, s.last_period_end, s.last_device_time, s.last_seq, s.last_index,
@@ -172,6 +157,51 @@ class Point:
             period_end(device_time), device_time, row[prefix + "seq"],
             row[prefix + "meter_index"], row[prefix + "bucket_seconds"], tuple(row[prefix + "counts"]),
         )
+
+
+Rank = tuple[int, int]  # (device_time, seq): a reading's identity within its device, and its precedence
+BucketKey = tuple[int, int]  # (bucket_start, bucket_seconds)
+Identity = tuple[str, str, int, int]  # (protocol, device, device_time, seq)
+
+
+def bucket_winners(points: Iterable[Point]) -> dict[BucketKey, tuple[Rank, int]]:
+    """Each bucket's winner among the readings covering it, with its count: the latest (device_time, seq), so
+    the answer does not depend on the order readings arrived in."""
+    won: dict[BucketKey, tuple[Rank, int]] = {}
+    for p in points:
+        first = p.period_end - len(p.counts) * p.bucket_seconds
+        rank = (p.device_time, p.seq)
+        for i, count in enumerate(p.counts):
+            key = (first + i * p.bucket_seconds, p.bucket_seconds)
+            held = won.get(key)
+            if held is None or held[0] < rank:
+                won[key] = (rank, count)
+    return won
+
+
+async def covering(
+    conn: asyncpg.Connection, spans: dict[tuple[str, str], tuple[int, int]]
+) -> dict[tuple[str, str], list[Point]]:
+    """Per device, the stored readings covering some bucket of its span [lo, hi), in one statement."""
+    keys = list(spans)
+    found: dict[tuple[str, str], list[Point]] = {k: [] for k in keys}
+    rows = await conn.fetch(
+        _COVERING, [k[0] for k in keys], [k[1] for k in keys], [ts(spans[k][0]) for k in keys],
+        [ts(spans[k][1]) for k in keys],
+    )
+    for row in rows:
+        key = keys[row["i"] - 1]
+        lo, hi = spans[key]
+        point = Point.from_row(row, codec_of(key[0]).period_end)
+        if point is not None and point.period_end > lo and span_of([point])[0] < hi:
+            found[key].append(point)
+    return found
+
+
+def span_of(points: Iterable[Point]) -> tuple[int, int]:
+    """[first bucket start, last period end) of some readings of one device."""
+    listed = list(points)
+    return (min(p.period_end - len(p.counts) * p.bucket_seconds for p in listed), max(p.period_end for p in listed))
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,9 +363,13 @@ class _GapWriter:
         return sum(1 for row in written if row["inserted"])
 
 
-async def write_pulses(conn: asyncpg.Connection, readings: list[Reading], replay: bool = False) -> PulseOutcome:
-    """Writes a batch of stored readings in the caller's transaction: buckets, gaps, device state, rollups and
-    alerts. Idempotent: a redelivery changes nothing. `replay` (reprocessing): old readings are not news, so
+async def write_pulses(
+    conn: asyncpg.Connection, readings: list[Reading], replay: bool = False, pending: frozenset[Identity] = frozenset()
+) -> PulseOutcome:
+    """Derives from a batch of readings just stored, in the caller's transaction: buckets, gaps, device
+    state, rollups and alerts. Each reading's derived data is applied once: the caller passes only readings
+    this transaction stored (or took back, reprocessing). `pending`: stored readings not applied yet (being
+    reprocessed), which do not hold buckets meanwhile. `replay` (reprocessing): old readings are not news, so
     they do not end a device's silence."""
     outcome = PulseOutcome()
     by_identity: dict[str, Reading] = {}
@@ -352,44 +386,30 @@ async def write_pulses(conn: asyncpg.Connection, readings: list[Reading], replay
         sorted(lock_key(p, d) for p, d in devices),
     )
 
-    winners: dict[tuple[str, str, int, int], tuple[tuple[int, int], int]] = {}
+    by_device: dict[tuple[str, str], list[Point]] = {}
     for r in unique:
-        first = r.first_bucket_start
-        for i, count in enumerate(r.counts):
-            key = (r.protocol, r.device, first + i * r.bucket_seconds, r.bucket_seconds)
-            rank = (r.device_time, r.seq)
-            held = winners.get(key)
-            if held is not None:
-                outcome.conflicts += 1
-                if held[0] >= rank:
-                    continue
-            winners[key] = (rank, count)
-    rows = list(winners.items())
-    already: set[tuple[str, str, int, int]] = set()  # (protocol, device, device_time, seq)
+        by_device.setdefault((r.protocol, r.device), []).append(Point.of(r))
+    stored = await covering(conn, {k: span_of(points) for k, points in by_device.items()})
     deltas = Deltas()
-    existing: set[tuple[str, str, int, int]] = set()
-    for rec in await conn.fetch(
-        _WRITE_BUCKETS,
-        [k[0] for k, _ in rows], [k[1] for k, _ in rows], [ts(k[2]) for k, _ in rows], [k[3] for k, _ in rows],
-        [v[1] for _, v in rows], [ts(v[0][0]) for _, v in rows], [v[0][1] for _, v in rows],
-    ):
-        key = (rec["protocol"], rec["device_id"], epoch(rec["bucket_start"]), rec["bucket_seconds"])
-        existing.add(key)
-        if rec["same"]:
-            already.add((key[0], key[1], epoch(rec["device_time"]), rec["seq"]))
-            continue
-        outcome.conflicts += 1
-        if rec["wins"]:
-            deltas.add(key[0], key[1], key[2], winners[key][1] - rec["old_count"])
-    for key, (_, count) in rows:
-        if key not in existing:
-            deltas.add(key[0], key[1], key[2], count)
-
-    fresh = [r for r in unique if (r.protocol, r.device, r.device_time, r.seq) not in already]
-    outcome.duplicates += len(unique) - len(fresh)
-    outcome.stored = fresh
+    for (protocol, device), points in by_device.items():
+        batch = bucket_winners(points)
+        outcome.conflicts += sum(len(p.counts) for p in points) - len(batch)  # contested within the batch
+        # What the device's buckets held before this batch: the stored readings, less this batch and what
+        # the caller has not applied yet.
+        skip = {(p.device_time, p.seq) for p in points}
+        skip |= {(t, s) for pr, d, t, s in pending if (pr, d) == (protocol, device)}
+        before = bucket_winners(p for p in stored[(protocol, device)] if (p.device_time, p.seq) not in skip)
+        for key, (rank, count) in batch.items():
+            held = before.get(key)
+            if held is None:
+                deltas.add(protocol, device, key[0], count)
+                continue
+            outcome.conflicts += 1
+            if rank > held[0]:
+                deltas.add(protocol, device, key[0], count - held[1])
+    outcome.stored = unique
     alerts = AlertChanges()
-    outcome.gaps, outcome.resets = await _update_history(conn, fresh, deltas, alerts, replay)
+    outcome.gaps, outcome.resets = await _update_history(conn, unique, deltas, alerts, replay)
     for total in await deltas.apply(conn):
         alerts.day_total(total.protocol, total.device, total.day, total.pulses)
     outcome.alerts = await alerts.apply(conn)

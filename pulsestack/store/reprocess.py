@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from pulsestack.store.pulses import lock_key, write_pulses
+from pulsestack.store.pulses import Identity, Point, bucket_winners, covering, lock_key, span_of, write_pulses
 from pulsestack.store.rollups import Deltas
 from pulsestack.store.timeconv import epoch, ts
 from pulsestack.wire.codecs import CODECS
@@ -31,12 +31,6 @@ SELECT seq, device_time, bucket_seconds, counts, meter_index, received_at, paylo
 FROM readings
 WHERE device = $1 AND device_time >= $2 AND device_time < $3
 ORDER BY device_time, seq
-"""
-# Within a device, (device_time, seq) is a reading's identity.
-_TAKE_BACK_PULSES = """
-DELETE FROM pulses p USING unnest($3::timestamptz[], $4::bigint[]) AS r(dt, s)
-WHERE p.protocol = $1 AND p.device_id = $2 AND (p.device_time, p.seq) = (r.dt, r.s)
-RETURNING p.bucket_start, p.count
 """
 _TAKE_BACK_GAPS = """
 DELETE FROM gaps g USING unnest($3::timestamptz[], $4::bigint[]) AS r(pe, s)
@@ -88,6 +82,7 @@ async def reprocess_device(
             return
         trace_id = new_trace_id()  # one trace for the device's replay, in the logs
         items = []
+        redecoded = []
         for row in rows:
             try:
                 reading = redecode(codec, device, row, trace_id)
@@ -97,14 +92,14 @@ async def reprocess_device(
             if (reading.counts, reading.index, reading.bucket_seconds) != (
                 row["counts"], row["meter_index"], row["bucket_seconds"]
             ):
-                report.redecoded += 1
-                await conn.execute(_REDECODED, number, row["device_time"], row["seq"], reading.counts, reading.index,
-                                   reading.bucket_seconds)
+                redecoded.append(reading)
             items.append(reading)
-        deltas = Deltas()
-        for taken in await conn.fetch(_TAKE_BACK_PULSES, protocol, device, [ts(r.device_time) for r in items],
-                                      [r.seq for r in items]):
-            deltas.add(protocol, device, epoch(taken["bucket_start"]), -taken["count"])
+        taking = frozenset((protocol, device, r.device_time, r.seq) for r in items)
+        deltas = await _take_back_buckets(conn, protocol, device, rows, taking, codec)
+        for reading in redecoded:
+            report.redecoded += 1
+            await conn.execute(_REDECODED, number, ts(reading.device_time), reading.seq, reading.counts,
+                               reading.index, reading.bucket_seconds)
         # What ended at each stored reading, undecodable ones included; the codec gives their period ends.
         ends = [ts(codec.period_end(epoch(row["device_time"]))) for row in rows]
         seqs = [row["seq"] for row in rows]
@@ -114,10 +109,28 @@ async def reprocess_device(
         await conn.execute(_TAKE_BACK_EVENTS, protocol, device, ends, seqs)
         await deltas.apply(conn)
         for start in range(0, len(items), batch):
-            await write_pulses(conn, items[start : start + batch], replay=True)
+            later = frozenset((protocol, device, r.device_time, r.seq) for r in items[start + batch :])
+            await write_pulses(conn, items[start : start + batch], replay=True, pending=later)
         await conn.execute(_COUNT, protocol, device, number)
         report.devices += 1
         report.readings += len(items)
+
+
+async def _take_back_buckets(
+    conn: asyncpg.Connection, protocol: str, device: str, rows: list[asyncpg.Record], taking: frozenset[Identity],
+    codec: Codec,
+) -> Deltas:
+    """What the buckets held by the readings `taking` (as stored, before re-decoding) leave to the stored
+    readings beside them."""
+    deltas = Deltas()
+    points = [p for row in rows if (p := Point.from_row(row, codec.period_end)) is not None]
+    stored = (await covering(conn, {(protocol, device): span_of(points)}))[(protocol, device)]
+    before = bucket_winners(stored)
+    after = bucket_winners(p for p in stored if (protocol, device, p.device_time, p.seq) not in taking)
+    for key, (rank, count) in before.items():
+        if (protocol, device, *rank) in taking:
+            deltas.add(protocol, device, key[0], after.get(key, (rank, 0))[1] - count)
+    return deltas
 
 
 async def reprocess(

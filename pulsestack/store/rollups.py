@@ -1,11 +1,14 @@
-"""Consumption rollups (per UTC hour and per device-local day), kept by deltas in the pulse transaction.
+"""Consumption rollups (the gap part per UTC hour, all of it per device-local day), kept by deltas in the
+raw stage's transaction.
 
-Every change to `pulses` or `gaps` becomes a signed delta on the 15-minute slot
-it belongs to; slots then add into hours and into days in the device's time
-zone (every real zone's offset is a multiple of 15 minutes). Because deltas
-are computed against what the transaction found under its device locks, the
-rollups stay equal to a recomputation from pulses and gaps, whatever the
-order, duplication or lateness of readings — which is what `reprocess` checks.
+Every change to a bucket's winner or to `gaps` becomes a signed delta on the
+15-minute slot it belongs to; slots then add into days in the device's time
+zone (every real zone's offset is a multiple of 15 minutes), and the gap
+deltas also into `gap_hourly` (an hour's buckets are summed from readings when
+asked, by the `consumption_hourly` view). Because deltas are computed against
+what the transaction found under its device locks, the rollups stay equal to a
+recomputation from buckets and gaps, whatever the order, duplication or
+lateness of readings — which is what `reprocess` checks.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ from pulsestack.store.timeconv import ts
 SLOT = 900
 _APPLY = """
 WITH delta AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[]) AS t(p, dev, slot, n)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[], $5::bigint[])
+        AS t(p, dev, slot, n, gap)
 ), hourly AS (
-    INSERT INTO consumption_hourly AS c (protocol, device_id, hour, pulses)
-    SELECT p, dev, date_trunc('hour', slot), sum(n) FROM delta GROUP BY 1, 2, 3
+    INSERT INTO gap_hourly AS c (protocol, device_id, hour, pulses)
+    SELECT p, dev, date_trunc('hour', slot, 'UTC'), sum(gap) FROM delta WHERE gap <> 0 GROUP BY 1, 2, 3
     ON CONFLICT (protocol, device_id, hour) DO UPDATE SET pulses = c.pulses + EXCLUDED.pulses
 )
 INSERT INTO consumption_daily AS c (protocol, device_id, day, pulses)
@@ -32,6 +36,7 @@ SELECT delta.p, delta.dev, (delta.slot AT TIME ZONE coalesce(d.settings ->> 'tim
 FROM delta LEFT JOIN LATERAL (
     SELECT settings FROM devices d WHERE d.protocol = delta.p AND d.device_id = delta.dev
 ) d ON true
+WHERE delta.n <> 0
 GROUP BY 1, 2, 3
 ON CONFLICT (protocol, device_id, day) DO UPDATE SET pulses = c.pulses + EXCLUDED.pulses
 RETURNING protocol, device_id, day, pulses
@@ -72,26 +77,31 @@ class DayTotal:
 
 
 class Deltas:
-    """Signed pulse deltas per (protocol, device, slot), collected during one transaction."""
+    """Signed pulse deltas per (protocol, device, slot), collected during one transaction: all of them, and
+    the part that is gap volume."""
 
     def __init__(self) -> None:
         self._by_slot: dict[tuple[str, str, int], int] = defaultdict(int)
+        self._gap_by_slot: dict[tuple[str, str, int], int] = defaultdict(int)
 
     def add(self, protocol: str, device: str, at: int, n: int) -> None:
+        """A bucket's change (its hour is computed from readings: only its day is stored)."""
         if n:
             self._by_slot[(protocol, device, at - at % SLOT)] += n
 
     def add_spread(self, protocol: str, device: str, start: int, end: int, volume: int) -> None:
         for slot, share in spread(start, end, volume):
             self._by_slot[(protocol, device, slot)] += share
+            self._gap_by_slot[(protocol, device, slot)] += share
 
     async def apply(self, conn: asyncpg.Connection) -> list[DayTotal]:
         """Adds the deltas to the rollups; returns the new totals of the days touched."""
-        rows = [(k, n) for k, n in self._by_slot.items() if n]
+        rows = [(k, n, self._gap_by_slot.get(k, 0)) for k, n in self._by_slot.items()]
+        rows = [(k, n, gap) for k, n, gap in rows if n or gap]
         if not rows:
             return []
         records = await conn.fetch(
-            _APPLY, [k[0] for k, _ in rows], [k[1] for k, _ in rows], [ts(k[2]) for k, _ in rows],
-            [n for _, n in rows],
+            _APPLY, [k[0] for k, _, _ in rows], [k[1] for k, _, _ in rows], [ts(k[2]) for k, _, _ in rows],
+            [n for _, n, _ in rows], [gap for _, _, gap in rows],
         )
         return [DayTotal(r["protocol"], r["device_id"], r["day"], r["pulses"]) for r in records]

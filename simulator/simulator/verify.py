@@ -47,7 +47,7 @@ _BUCKETS = f"""
 SELECT count(*) AS mismatches
 FROM pulsestack_verify_found v
 CROSS JOIN LATERAL unnest(v.counts) WITH ORDINALITY AS c(count, k)
-LEFT JOIN pulses p
+LEFT JOIN buckets p
   ON p.protocol = v.protocol AND p.device_id = v.device_id AND p.bucket_seconds = {BUCKET_SECONDS}
  AND p.bucket_start = v.period_end - make_interval(secs => (cardinality(v.counts) - c.k + 1) * {BUCKET_SECONDS})
 WHERE v.n > 0 AND p.count IS DISTINCT FROM c.count
@@ -60,7 +60,7 @@ WITH ends AS (
     FROM pulsestack_verify_found WHERE n > 0 GROUP BY protocol, device_id HAVING count(*) >= 2
 ), totals AS (
     SELECT e.*,
-           (SELECT coalesce(sum(count), 0) FROM pulses p
+           (SELECT coalesce(sum(count), 0) FROM buckets p
              WHERE p.protocol = e.protocol AND p.device_id = e.device_id
                AND p.bucket_start >= e.first_end AND p.bucket_start < e.last_end)
          + (SELECT coalesce(sum(volume), 0) FROM gaps g
