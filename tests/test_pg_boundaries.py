@@ -29,7 +29,7 @@ RAW_ROW = ("INSERT INTO readings (device, bucket_seconds, device_time, seq, mete
 DEVICE_ROW = "INSERT INTO devices (protocol, device_id, shard) VALUES ('nbiot', '1', 1)"
 ALERT_ROW = "INSERT INTO alerts (protocol, device_id, kind) VALUES ('nbiot', '1', 'leak')"
 WAL_LISTING = "SELECT count(*) FROM pg_ls_waldir()"
-NEXT_MONTH = "SELECT pulsestack_ensure_partition('pulses', 'bucket_start', (now() + interval '40 days')::date)"
+NEXT_MONTH = "SELECT pulsestack_ensure_partition('readings', 'device_time', (now() + interval '40 days')::date)"
 # PostgreSQL runs these only outside a transaction: tried on their own (this server is thrown away).
 CREATE_DATABASE = "CREATE DATABASE intruder"
 ALTER_SYSTEM = "ALTER SYSTEM SET fsync = off"
@@ -40,7 +40,7 @@ NO_SERVICE_ROLE: dict[str, bool | str] = {
     "DROP TABLE devices": False,
     "ALTER TABLE readings ADD COLUMN x int": False,
     "ALTER ROLE pulsestack_owner PASSWORD NULL": False,  # its own password, any role may change
-    "SELECT pulsestack_drop_partition('pulses', 'pulses_y2000m01')": False,
+    "SELECT pulsestack_drop_partition('readings', 'readings_y2000m01')": False,
     "CREATE ROLE intruder LOGIN": False,
 }
 
@@ -55,12 +55,11 @@ EXPECTED: dict[str, dict[str, bool | str]] = {
         "SELECT count(*) FROM devices": True,
         "UPDATE devices SET disabled = true": False,
         DEVICE_ROW: False,
-        "UPDATE pulses SET count = 0": True,
-        "DELETE FROM pulses": True,
+        "DELETE FROM gap_hourly": True,
+        "SELECT count(*) FROM buckets": False,  # the readers' view; the stage reads readings themselves
         "DELETE FROM gaps": True,
         "UPDATE device_state SET readings = 0": True,
         "DELETE FROM meter_events": True,
-        "DELETE FROM consumption_hourly": True,
         "UPDATE consumption_daily SET pulses = 0": True,
         ALERT_ROW: True,
         WAL_LISTING: False,
@@ -79,13 +78,13 @@ EXPECTED: dict[str, dict[str, bool | str]] = {
     },
     "pulsestack_reader": {
         **{f"SELECT count(*) FROM {table}": True for table in (
-            "devices", "readings", "pulses", "gaps", "meter_events", "device_state", "consumption_hourly",
+            "devices", "readings", "buckets", "gaps", "gap_hourly", "meter_events", "device_state", "consumption_hourly",
             "consumption_daily", "alerts")},
         WAL_LISTING: True,  # the swarm exporter's WAL series (migration 007)
         DEVICE_ROW: False,
         RAW_ROW: False,
         "UPDATE alerts SET published_open = true": False,
-        "DELETE FROM pulses": False,
+        "DELETE FROM gap_hourly": False,
         NEXT_MONTH: False,
         **NO_SERVICE_ROLE,
     },
@@ -100,14 +99,14 @@ EXPECTED: dict[str, dict[str, bool | str]] = {
         "SELECT count(*) FROM readings_default": True,
         NEXT_MONTH: True,
         "SELECT count(*) FROM readings": False,
-        "SELECT count(*) FROM pulses": False,
+        "SELECT count(*) FROM buckets": False,
         "INSERT INTO gaps SELECT * FROM gaps": False,
         "UPDATE devices SET disabled = true": False,
         "UPDATE device_state SET readings = 0": False,
         WAL_LISTING: False,
         **NO_SERVICE_ROLE,
         # Granted to alerting alone; refused here only by its own check (no such partition).
-        "SELECT pulsestack_drop_partition('pulses', 'pulses_y2000m01')": "raises",
+        "SELECT pulsestack_drop_partition('readings', 'readings_y2000m01')": "raises",
     },
     OWNER: {
         "CREATE TABLE later_migration (x int)": True,
@@ -203,7 +202,7 @@ async def test_the_owner_owns_all_the_schema_holds(server: Server) -> None:
             " JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public' AND p.proowner <> $1::regrole",
             OWNER)
         assert not others, others
-        assert await conn.fetchval("SELECT count(*) FROM pg_class WHERE relname LIKE 'pulses_y%'") > 0
+        assert await conn.fetchval("SELECT count(*) FROM pg_class WHERE relname LIKE 'readings_y%'") > 0
     finally:
         await conn.close()
 
