@@ -391,10 +391,12 @@ class Figures:
     duplicated: int
     bucket_mismatches: int
     total_mismatches: int
+    sent_by_protocol: dict[str, int] = field(default_factory=dict)
 
     def line(self) -> str:
-        return (f"{self.window}: sent {self.sent:,}, acked {self.acked:,}, delivered {self.delivered:,} / "
-                f"{self.expected:,}, lost {self.lost}, duplicated {self.duplicated}, bucket mismatches "
+        by_protocol = ", ".join(f"{p} {n:,}" for p, n in sorted(self.sent_by_protocol.items()))
+        return (f"{self.window}: sent {self.sent:,} ({by_protocol}), acked {self.acked:,}, delivered "
+                f"{self.delivered:,} / {self.expected:,}, lost {self.lost}, duplicated {self.duplicated}, bucket mismatches "
                 f"{self.bucket_mismatches}, total mismatches {self.total_mismatches} "
                 f"(gave up {self.gave_up}, retransmitted {self.retransmitted}, HTTP {self.http_statuses})")
 
@@ -456,7 +458,8 @@ async def under_traffic(window: int, fault: Callable[[], Awaitable[None]] | None
     finally:
         await conn.close()
     figures = Figures(
-        window=name, seconds=round(elapsed, 1), sent=sum(report.sent.values()), acked=sum(report.acked.values()),
+        window=name, seconds=round(elapsed, 1), sent=sum(report.sent.values()), sent_by_protocol=dict(report.sent),
+        acked=sum(report.acked.values()),
         gave_up=sum(report.gave_up.values()), retransmitted=report.retransmitted,
         http_statuses={str(k): v for k, v in sorted(report.http_statuses.items())},
         expected=delivery.expected, delivered=delivery.delivered, lost=delivery.lost,

@@ -78,8 +78,8 @@ EXPECTED: dict[str, dict[str, bool | str]] = {
     },
     "pulsestack_reader": {
         **{f"SELECT count(*) FROM {table}": True for table in (
-            "devices", "readings", "buckets", "gaps", "gap_hourly", "meter_events", "device_state", "consumption_hourly",
-            "consumption_daily", "alerts")},
+            "devices", "readings", "buckets", "gaps", "gap_hourly", "meter_events", "device_state",
+            "consumption_hourly", "consumption_daily", "alerts")},
         WAL_LISTING: True,  # the swarm exporter's WAL series (migration 007)
         DEVICE_ROW: False,
         RAW_ROW: False,
