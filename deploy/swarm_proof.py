@@ -396,8 +396,8 @@ class Figures:
     def line(self) -> str:
         by_protocol = ", ".join(f"{p} {n:,}" for p, n in sorted(self.sent_by_protocol.items()))
         return (f"{self.window}: sent {self.sent:,} ({by_protocol}), acked {self.acked:,}, delivered "
-                f"{self.delivered:,} / {self.expected:,}, lost {self.lost}, duplicated {self.duplicated}, bucket mismatches "
-                f"{self.bucket_mismatches}, total mismatches {self.total_mismatches} "
+                f"{self.delivered:,} / {self.expected:,}, lost {self.lost}, duplicated {self.duplicated}, bucket"
+                f" mismatches {self.bucket_mismatches}, total mismatches {self.total_mismatches} "
                 f"(gave up {self.gave_up}, retransmitted {self.retransmitted}, HTTP {self.http_statuses})")
 
 
