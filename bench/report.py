@@ -23,7 +23,7 @@ SEPARATE_GROUPS = (*PYTHON_SERVICES, "nats-server", "postgres", "generator")
 ONE_PROCESS_GROUPS = (ONE_PROCESS, "nats-server", "postgres", "generator")
 SHORT = {"ingest-udp": "ingest-udp", "ingest-http": "ingest-http", "raw-processor": "processor",
          ONE_PROCESS: "one process", "nats-server": "nats", "postgres": "postgres", "generator": "generator"}
-RAMP_TITLES = {"nbiot": "Ramp: NB-IoT only", "mix": "Ramp: the 50/50 mix",
+RAMP_TITLES = {"nbiot": "Ramp: NB-IoT only", "mix": "Ramp: the mixed fleet (50 % NB-IoT, 30 % Sigfox, 20 % LoRaWAN)",
                "nbiot-one": "Ramp: NB-IoT only, every stage in one process (`pulsestack run all`)",
                "peer": "Peer: rsyslog imudp → ompgsql (fire-and-forget generator)"}
 READINGS_PER_DEVICE_MONTH = 24 * 365.25 / 12  # one reading an hour
@@ -125,7 +125,7 @@ def markdown(report: Report) -> str:
     w(f"- NB-IoT only, both stages, end to end: {ceil_text('nbiot')}")
     if "nbiot-one" in c:
         w(f"- NB-IoT only, every stage in one process (`pulsestack run all`): {ceil_text('nbiot-one')}")
-    w(f"- reference mix (50 % NB-IoT, 50 % Sigfox over HTTP): {ceil_text('mix')}")
+    w(f"- the mixed fleet (50 % NB-IoT, 30 % Sigfox, 20 % LoRaWAN; the last two over HTTP): {ceil_text('mix')}")
     w(f"- peer, rsyslog imudp → ompgsql, same machine, same run: {ceil_text('peer')}")
     ours, mixed = c.get("nbiot"), c.get("mix")
     if peer and ours:
@@ -152,8 +152,8 @@ def markdown(report: Report) -> str:
     ref = [st for st in report.steps if st["kind"] == "reference"]
     if ref:
         w("## The reference loads\n")
-        w("Meters reporting once an hour, 50 % NB-IoT / 50 % Sigfox, n = 4 quarter-hour buckets, only the"
-          f" meters due in the {s.get('window')} s window report (fleets registered in full). As the"
+        w("Meters reporting once an hour, 50 % NB-IoT / 30 % Sigfox / 20 % LoRaWAN, n = 4 quarter-hour buckets,"
+          f" only the meters due in the {s.get('window')} s window report (fleets registered in full). As the"
           " reference's table, with pulsestack's own processes:\n")
         w("| devices/h | registered | readings/s offered | messages delivered | delivered | lost | duplicated |"
           f" CPU (pipeline / whole box, % of {cpus} vCPUs) | memory (pipeline, MiB) | latency p50 / p95 / p99 (ms) |")
@@ -384,7 +384,7 @@ def _cost_section(report: Report) -> list[str]:
       " devices per vCPU (pipeline CPU only) | cluster capacity (devices) | cost per device per month (CPU) |"
       " with storage |")
     w("|---|---|---|---|---|---|")
-    for mix, label in (("nbiot", "NB-IoT only"), ("nbiot-one", "NB-IoT only, one process"), ("mix", "50/50 mix")):
+    for mix, label in (("nbiot", "NB-IoT only"), ("nbiot-one", "NB-IoT only, one process"), ("mix", "mixed fleet")):
         d = devices_per_vcpu(report, mix)
         if d is None:
             continue
@@ -431,7 +431,7 @@ def _targets(report: Report) -> list[tuple[str, str, bool | None]]:
         out.append(("NB-IoT ≥ 20,000 readings/s, 0 lost, 0 duplicated", f"{v or 0:,.0f}/s", (v or 0) >= 20_000))
     if "mix" in c:
         v = c["mix"]
-        out.append(("50/50 mix ≥ 8,000 readings/s", f"{v or 0:,.0f}/s", (v or 0) >= 8_000))
+        out.append(("mixed fleet ≥ 8,000 readings/s", f"{v or 0:,.0f}/s", (v or 0) >= 8_000))
     peer = c.get("peer")
     if peer and "nbiot" in c:
         ratio = (c["nbiot"] or 0) / peer
@@ -457,7 +457,7 @@ def plot(report: Report, path: Path) -> None:
 
     fig, (ax, lat_ax) = plt.subplots(2, 1, figsize=(10, 9), dpi=110, sharex=True,
                                      gridspec_kw={"height_ratios": [3, 2]})
-    styles = {"mix": ("tab:green", "50/50 mix"), "nbiot": ("tab:blue", "NB-IoT only"),
+    styles = {"mix": ("tab:green", "mixed fleet"), "nbiot": ("tab:blue", "NB-IoT only"),
               "nbiot-one": ("tab:purple", "NB-IoT, one process"),
               "peer": ("tab:red", "rsyslog peer (rows)")}
     lo, hi = math.inf, 0.0
@@ -484,7 +484,7 @@ def plot(report: Report, path: Path) -> None:
     if reference:
         x = [s["offered_rate"] for s in reference]
         ax.plot(x, [max(s["stored_rate"], 1e-3) for s in reference], "D", color="black", fillstyle="none",
-                markersize=8, label="reference loads (50/50, real rates)")
+                markersize=8, label="reference loads (mixed fleet, real rates)")
         lat = [(s["offered_rate"], s["latency"].get("p99")) for s in reference if s.get("latency")]
         lat = [(a, b * 1000) for a, b in lat if b is not None]
         if lat:

@@ -43,7 +43,7 @@ from bench import profiling
 from bench.monitor import ProcessGroups, pg_settings, scrape_all
 from bench.report import ONE_PROCESS, Cluster, Report, write
 from bench.soak import SoakSampler, slopes
-from bench.steps import Display, StepResult, StepRunner, job, nbiot_spec, sigfox_spec
+from bench.steps import Display, StepResult, StepRunner, callback_spec, job, nbiot_spec
 from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET, SHARDS, shard_of
 from pulsestack.services import SERVICES
@@ -61,7 +61,10 @@ PIPELINE_SERVICES = tuple(s.name for s in SERVICES if s.in_all)  # what `run all
 REF_FIRST = 0  # the reference fleets (nested: the 180 k fleet is the start of the 3.6 M one)
 POOL_FIRST = 10_000_000  # the ramp's meters
 FOOTPRINT_FIRST = 20_000_000  # the footprint step's meters
-RAMPS = {"nbiot": "NB-IoT only", "mix": "50/50 mix", "nbiot-one": "NB-IoT only, one process"}
+# The mixed fleet: half its readings over UDP (NB-IoT), half as network servers' callbacks, Sigfox and LoRaWAN
+# in the proportion `pulsestack run local` drives them (30 and 20 %).
+MIX = {"nbiot": 0.5, "sigfox": 0.3, "lorawan": 0.2}
+RAMPS = {"nbiot": "NB-IoT only", "mix": "mixed fleet", "nbiot-one": "NB-IoT only, one process"}
 PEER_FIRST = 30_000_000  # the peer's meters (not registered: rsyslog checks nothing)
 REGISTRY_FIRST = 100_000_000  # the 10 M registry measurement
 SOAK_SHARE = 0.7  # of the ramp's ceiling: the soak's rate
@@ -322,18 +325,16 @@ class Bench:
         self.report.versions = versions(stack)
         # Fleets: the largest reference load's meters (the smaller ones use the start of it), the ramp pool.
         rates = [float(r) for r in a.reference.split(",") if r]
-        self.ref_registered = max((self._registered_for(r) for r in rates), default=0)
-        counts = {"nbiot": 0, "sigfox": 0}
-        for protocol in ("nbiot", "sigfox"):
-            if self.ref_registered:
-                seconds = await bulk_register(stack.database_url, stack.nats_url, protocol, REF_FIRST,
-                                              self.ref_registered, self.display)
-                self.say(f"   registered {self.ref_registered:,} {protocol} meters of the reference fleet"
-                         f" in {seconds:.0f} s")
+        counts = dict.fromkeys(MIX, 0)
+        for protocol in MIX:
+            if registered := self._registered_for(protocol, max(rates, default=0.0)):
+                seconds = await bulk_register(stack.database_url, stack.nats_url, protocol, REF_FIRST, registered,
+                                              self.display)
+                self.say(f"   registered {registered:,} {protocol} meters of the reference fleet in {seconds:.0f} s")
             seconds = await bulk_register(stack.database_url, stack.nats_url, protocol, POOL_FIRST, a.pool,
                                           self.display)
             self.say(f"   registered {a.pool:,} {protocol} meters for the ramp in {seconds:.0f} s")
-            counts[protocol] = self.ref_registered + a.pool
+            counts[protocol] = registered + a.pool
         if a.footprint_devices:
             seconds = await bulk_register(stack.database_url, stack.nats_url, "nbiot", FOOTPRINT_FIRST,
                                           a.footprint_devices, self.display)
@@ -348,7 +349,7 @@ class Bench:
             self.report.postgres_settings = await pg_settings(conn)
         finally:
             await conn.close()
-        self.pools = {p: RampPool(p, a.pool, POOL_FIRST, self.profiles) for p in ("nbiot", "sigfox")}
+        self.pools = {p: RampPool(p, a.pool, POOL_FIRST, self.profiles) for p in MIX}
         self.peer_pool = RampPool("nbiot", a.pool, PEER_FIRST, self.profiles)
         self.say("starting the services ...")
         stack.configure_services()
@@ -418,23 +419,25 @@ class Bench:
             self.runner.urls = stack.metrics_urls()
             await wait_registry(self.runner.urls, self.counts, self.display)
 
-    def _registered_for(self, rate: float) -> int:
-        """Meters per protocol so that the reporting (not silent) ones send `rate` readings/s in all."""
-        return math.ceil(rate * 3600 / 2 / (1.0 - self.profiles.silent_share))
+    def _registered_for(self, protocol: str, rate: float) -> int:
+        """Meters of `protocol` so that the mixed fleet's reporting (not silent) ones send `rate` readings/s in
+        all, each hourly."""
+        return math.ceil(rate * MIX[protocol] * 3600 / (1.0 - self.profiles.silent_share))
 
     async def _reference_loads(self) -> None:
         a = self.args
         rates = [float(r) for r in a.reference.split(",") if r]
         now_hour = int(time.time()) // 3600 * 3600
         for k, rate in enumerate(rates):
-            registered = self._registered_for(rate)
+            registered = {p: self._registered_for(p, rate) for p in MIX}
             # Each load replays another hour of the fleet, so no two loads share a reading.
             hour = now_hour - (len(rates) - k + 1) * 3600
-            batches = [HourlyFleet(p, registered, REF_FIRST, self.profiles).window(hour, 600, a.window)
-                       for p in ("nbiot", "sigfox")]
+            batches = [HourlyFleet(p, n, REF_FIRST, self.profiles).window(hour, 600, a.window)
+                       for p, n in registered.items()]
             result = StepResult(
                 name=f"reference load {rate * 3600:,.0f} devices/h", kind="reference", mix="mix",
-                target_rate=rate, window=a.window, devices_per_hour=int(rate * 3600), registered=2 * registered,
+                target_rate=rate, window=a.window, devices_per_hour=int(rate * 3600),
+                registered=sum(registered.values()),
             )
             await self._step(result, batches)
 
@@ -445,7 +448,8 @@ class Bench:
             if b.protocol == "nbiot":
                 out.append(job(f"nbiot-{mode}", b, nbiot_spec(port or s.udp_port, s.master_key, mode, 120.0)))
             else:
-                out.append(job("sigfox", b, sigfox_spec(s.http_port, s.sigfox_token, a.http_connections, 120.0)))
+                out.append(job(b.protocol, b, callback_spec(b.protocol, s.http_port, s.route_token(b.protocol),
+                                                            a.http_connections, 120.0)))
         return out
 
     async def _step(self, result: StepResult, batches: list[Any], during: Any = None) -> StepResult:
@@ -457,7 +461,7 @@ class Bench:
     def _ramp_batches(self, mix: str, rate: float, seconds: float) -> list[Any]:
         if mix in ("nbiot", "nbiot-one"):
             return [self.pools["nbiot"].step(rate, seconds)]
-        return [self.pools["nbiot"].step(rate / 2, seconds), self.pools["sigfox"].step(rate / 2, seconds)]
+        return [self.pools[p].step(rate * share, seconds) for p, share in MIX.items()]
 
     async def _search(self, mix: str, start: float, run_one: Any) -> float | None:
         """Ramps up by --ramp-factor while sustained (down if the first fails), then bisects."""
@@ -607,8 +611,9 @@ class Bench:
         a, p = self.args, self.profiles
         ran = {r.kind for r in self.results}
         notes = [
-            "reference" in ran and f"Reference loads: {a.window} s each at their real rates; registered fleets of"
-            f" {self.ref_registered:,} meters per protocol (the smaller loads use the start of it); each meter"
+            "reference" in ran and f"Reference loads: {a.window} s each at their real rates, the mixed fleet ("
+            + ", ".join(f"{share:.0%} {protocol}" for protocol, share in MIX.items()) + "); registered for the"
+            " largest load (the smaller loads use the start of each protocol's fleet); each meter"
             " reports once an hour at its own second of the hour, and only those due in the window send. Each"
             " load replays a different hour of device time (1-4 hours back) so no two loads share a reading.",
             "ramp" in ran and f"Ramp steps: {a.step_seconds} s each, from {a.ramp_start:,.0f} readings/s,"

@@ -17,6 +17,8 @@ from nats.aio.client import Client as NATS
 from bench import monitor
 from bench.monitor import ProcessGroups, Tracker, cpu_delta
 from pulsestack.bus.streams import raw_backlog
+from pulsestack.wire import lorawan, sigfox
+from pulsestack.wire.codecs import PROTOCOLS
 from pulsestack_cli.summary import quantile
 from simulator.batch import ReadingBatch
 from simulator.generators import GeneratorJob, GeneratorOutcome, Generators
@@ -320,7 +322,7 @@ class StepRunner:
             h1 = monitor.histogram(after, monitor.E2E)
             delta = monitor.delta_histogram(h0, h1)
             r.latency = {f"p{int(q * 100)}": quantile(q, delta) for q in QUANTILES}
-            for protocol in ("nbiot", "sigfox"):
+            for protocol in PROTOCOLS:
                 dp = monitor.delta_histogram(monitor.histogram(before, monitor.E2E, protocol),
                                              monitor.histogram(after, monitor.E2E, protocol))
                 if dp and max(dp.values()) > 0:
@@ -396,8 +398,14 @@ def nbiot_spec(port: int, master_key: bytes, mode: str, settle_timeout: float) -
     return Spec(batch="", out="", mode=mode, port=port, master_key=master_key.hex(), settle_timeout=settle_timeout)
 
 
-def sigfox_spec(port: int, token: str, connections: int, settle_timeout: float) -> Spec:
-    return Spec(batch="", out="", port=port, token=token, connections=connections, settle_timeout=settle_timeout)
+# Where each callback protocol's generator posts: the webhooks' base for LoRaWAN (the generator adds the
+# network server's path), the callback route for Sigfox.
+CALLBACK_PATHS = {sigfox.PROTOCOL: "/v1/sigfox", lorawan.PROTOCOL: "/v1/lorawan"}
+
+
+def callback_spec(protocol: str, port: int, token: str, connections: int, settle_timeout: float) -> Spec:
+    return Spec(batch="", out="", port=port, path=CALLBACK_PATHS[protocol], token=token, connections=connections,
+                settle_timeout=settle_timeout)
 
 
 def job(name: str, batch: ReadingBatch, spec: Spec) -> GeneratorJob:
