@@ -5,6 +5,7 @@ with contested buckets of several widths and device times off the quarter hour."
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 
 import asyncpg
@@ -49,3 +50,48 @@ async def test_the_view_is_the_python_rule(
     assert {(epoch(r["bucket_start"]), r["bucket_seconds"]): ((epoch(r["device_time"]), r["seq"]), r["count"])
             for r in rows} == expected
     assert len(rows) == len(expected)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stored=st.lists(STORED, max_size=10), lo=st.integers(-3600, 4 * 3600), hours=st.integers(0, 4))
+async def test_a_range_answers_as_the_view_does_over_it(
+    servers_tx: asyncpg.Connection, stored: list[tuple[int, int, int, list[int]]], lo: int, hours: int
+) -> None:
+    """`buckets_between` and `consumption_hourly_between` (migration 011) bound the readings they read by device
+    time; what they answer for a range is what the views answer filtered to it."""
+    conn = servers_tx
+    device = f"range-{uuid.uuid4().hex}"
+    number = await conn.fetchval(
+        "INSERT INTO devices (protocol, device_id, shard) VALUES ('sigfox', $1, 0) RETURNING id", device)
+    unique = {(T0 + offset, seq): (width, counts) for offset, seq, width, counts in stored}
+    await conn.executemany(
+        "INSERT INTO readings (device, bucket_seconds, device_time, seq, meter_index, received_at, counts,"
+        " payload) VALUES ($1, $2, $3, $4, 0, now(), $5, '')",
+        [(number, width, ts(t), seq, counts) for (t, seq), (width, counts) in unique.items()],
+    )
+    start, end = ts(T0 + lo), ts(T0 + lo + hours * 3600)
+    for ranged, whole, column in (("buckets_between($3, $4)", "buckets", "bucket_start"),
+                                  ("consumption_hourly_between($3, $4)", "consumption_hourly", "hour")):
+        query = ("SELECT * FROM {} WHERE protocol = 'sigfox' AND device_id = $1 AND {} >= $3 AND {} < $4"
+                 " AND $2::int IS NOT NULL ORDER BY 3, 4")
+        assert [tuple(r) for r in await conn.fetch(query.format(ranged, column, column), device, 0, start, end)] \
+            == [tuple(r) for r in await conn.fetch(query.format(whole, column, column), device, 0, start, end)]
+
+
+async def test_a_range_reads_only_the_partitions_that_can_cover_it(servers_tx: asyncpg.Connection) -> None:
+    """The fleet dashboard's and the export's ranges prune readings' monthly partitions (the views alone read
+    every reading ever stored)."""
+    months = [r["name"] for r in await servers_tx.fetch(
+        "SELECT c.relname AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = 'readings'::regclass AND c.relname <> 'readings_default' ORDER BY 1")]
+    assert len(months) >= 3, months
+    year, month = int(months[1][len("readings_y"):][:4]), int(months[1][-2:])
+    start = dt.datetime(year, month, 1, tzinfo=dt.UTC)
+    plan = "\n".join(r[0] for r in await servers_tx.fetch(
+        "EXPLAIN SELECT * FROM consumption_hourly_between($1, $2)", start, start + dt.timedelta(hours=6)))
+    assert months[1] in plan and not {m for m in months if m != months[1]} & set(plan.split()), plan
+    assert "readings_default" not in plan, plan
+    whole = "\n".join(r[0] for r in await servers_tx.fetch(
+        "EXPLAIN SELECT * FROM consumption_hourly WHERE hour >= $1 AND hour < $2",
+        start, start + dt.timedelta(hours=6)))
+    assert all(m in whole for m in months), whole  # what the ranged function saves

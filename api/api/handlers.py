@@ -195,8 +195,9 @@ _EXPORT = {
     "hour": f"""
 SELECT d.protocol, d.device_id, c.start, c.pulses, c.pulses * {_WEIGHT} AS volume
 FROM ({{devices}}) d CROSS JOIN LATERAL (
-    SELECT hour AS start, pulses FROM consumption_hourly c WHERE c.protocol = d.protocol AND c.device_id = d.device_id
-    AND c.hour >= $1 AND c.hour < $2 AND c.pulses <> 0 ORDER BY c.hour) c
+    SELECT hour AS start, pulses FROM consumption_hourly_between($1, $2::timestamptz + interval '1 hour') c
+    WHERE c.protocol = d.protocol AND c.device_id = d.device_id AND c.hour >= $1 AND c.hour < $2 AND c.pulses <> 0
+    ORDER BY c.hour) c
 ORDER BY d.protocol, d.device_id, c.start
 """,
     "day": f"""
@@ -330,8 +331,11 @@ class ReadApi:
             zone = str(settings.get("timezone", "UTC"))
             if resolution == "hour":
                 rows = await conn.fetch(
-                    "SELECT hour AS start, pulses FROM consumption_hourly WHERE protocol = $1 AND device_id = $2"
-                    " AND hour >= $3 AND hour < $4 AND pulses <> 0 ORDER BY hour", protocol, device, start, end,
+                    # The function reads only the readings that can cover the range; the hour of `end`'s
+                    # buckets is included, the range's own bounds decide which hours are answered.
+                    "SELECT hour AS start, pulses FROM consumption_hourly_between($3, $4::timestamptz + interval '1 hour')"
+                    " WHERE protocol = $1 AND device_id = $2 AND hour >= $3 AND hour < $4 AND pulses <> 0"
+                    " ORDER BY hour", protocol, device, start, end,
                 )
                 points = [(r["start"].isoformat(), r["pulses"]) for r in rows]
             else:
