@@ -57,8 +57,9 @@ async def test_the_view_is_the_python_rule(
 async def test_a_range_answers_as_the_view_does_over_it(
     servers_tx: asyncpg.Connection, stored: list[tuple[int, int, int, list[int]]], lo: int, hours: int
 ) -> None:
-    """`buckets_between` and `consumption_hourly_between` (migration 011) bound the readings they read by device
-    time; what they answer for a range is what the views answer filtered to it."""
+    """`buckets_between` and `consumption_hourly_between` (migrations 009, 010) bound the readings they read by device
+    time; what they answer for a range is what the views answer filtered to it. Hours as the API asks them:
+    the range's last hour whole (its buckets may start after the range's end)."""
     conn = servers_tx
     device = f"range-{uuid.uuid4().hex}"
     number = await conn.fetchval(
@@ -71,7 +72,7 @@ async def test_a_range_answers_as_the_view_does_over_it(
     )
     start, end = ts(T0 + lo), ts(T0 + lo + hours * 3600)
     for ranged, whole, column in (("buckets_between($3, $4)", "buckets", "bucket_start"),
-                                  ("consumption_hourly_between($3, $4)", "consumption_hourly", "hour")):
+                                  ("consumption_hourly_between($3, $4::timestamptz + interval '1 hour')", "consumption_hourly", "hour")):
         query = ("SELECT * FROM {} WHERE protocol = 'sigfox' AND device_id = $1 AND {} >= $3 AND {} < $4"
                  " AND $2::int IS NOT NULL ORDER BY 3, 4")
         assert [tuple(r) for r in await conn.fetch(query.format(ranged, column, column), device, 0, start, end)] \

@@ -333,7 +333,8 @@ class ReadApi:
                 rows = await conn.fetch(
                     # The function reads only the readings that can cover the range; the hour of `end`'s
                     # buckets is included, the range's own bounds decide which hours are answered.
-                    "SELECT hour AS start, pulses FROM consumption_hourly_between($3, $4::timestamptz + interval '1 hour')"
+                    "SELECT hour AS start, pulses"
+                    " FROM consumption_hourly_between($3, $4::timestamptz + interval '1 hour')"
                     " WHERE protocol = $1 AND device_id = $2 AND hour >= $3 AND hour < $4 AND pulses <> 0"
                     " ORDER BY hour", protocol, device, start, end,
                 )
