@@ -71,8 +71,9 @@ async def test_a_range_answers_as_the_view_does_over_it(
         [(number, width, ts(t), seq, counts) for (t, seq), (width, counts) in unique.items()],
     )
     start, end = ts(T0 + lo), ts(T0 + lo + hours * 3600)
+    hourly = "consumption_hourly_between($3, $4::timestamptz + interval '1 hour')"
     for ranged, whole, column in (("buckets_between($3, $4)", "buckets", "bucket_start"),
-                                  ("consumption_hourly_between($3, $4::timestamptz + interval '1 hour')", "consumption_hourly", "hour")):
+                                  (hourly, "consumption_hourly", "hour")):
         query = ("SELECT * FROM {} WHERE protocol = 'sigfox' AND device_id = $1 AND {} >= $3 AND {} < $4"
                  " AND $2::int IS NOT NULL ORDER BY 3, 4")
         assert [tuple(r) for r in await conn.fetch(query.format(ranged, column, column), device, 0, start, end)] \
