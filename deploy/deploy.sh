@@ -4,24 +4,18 @@
 #
 # Besides `docker stack deploy -c stack.yml pulsestack` it sets each
 # PULSESTACK_*_CONFIG_VERSION that is not set already to a hash of the files
-# behind those configs: an edited file gets a new swarm config name, and the
-# services that use it roll (a swarm config cannot change in place). Configs
+# behind those configs (deploy/config-versions.sh): an edited file gets a new
+# swarm config name, and the services that use it roll (a swarm config cannot
+# change in place). Configs
 # of earlier versions that no task uses any more are removed afterwards.
 # Every other setting comes from the environment (see the head of stack.yml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STACK=pulsestack  # fixed: traefik/traefik.yml routes over pulsestack_edge
 
-version_of() {  # a short hash of the given files' contents
-    cat "$@" | sha256sum | cut -c1-10
-}
-
-export PULSESTACK_NATS_CONFIG_VERSION="${PULSESTACK_NATS_CONFIG_VERSION:-$(version_of deploy/nats/nats-server.conf)}"
-export PULSESTACK_POSTGRES_CONFIG_VERSION="${PULSESTACK_POSTGRES_CONFIG_VERSION:-$(version_of deploy/postgres/initdb/10-pulsestack-roles.sh pulsestack/store/postgresql.conf pulsestack/store/pg_hba.conf pulsestack/store/owner.sql)}"
-export PULSESTACK_PROMETHEUS_CONFIG_VERSION="${PULSESTACK_PROMETHEUS_CONFIG_VERSION:-$(version_of monitoring/prometheus/prometheus.yml monitoring/prometheus/rules/*.yml)}"
-export PULSESTACK_ALERTMANAGER_CONFIG_VERSION="${PULSESTACK_ALERTMANAGER_CONFIG_VERSION:-$(version_of monitoring/alertmanager/alertmanager.yml)}"
-export PULSESTACK_GRAFANA_CONFIG_VERSION="${PULSESTACK_GRAFANA_CONFIG_VERSION:-$(version_of monitoring/grafana/provisioning/*/*.yml monitoring/grafana/dashboards/*.json)}"
-export PULSESTACK_TRAEFIK_CONFIG_VERSION="${PULSESTACK_TRAEFIK_CONFIG_VERSION:-$(version_of traefik/traefik.yml traefik/dynamic/*.yml)}"
+versions="$(deploy/config-versions.sh)"
+# shellcheck disable=SC2086  # NAME=VALUE words, split on purpose
+export $versions
 
 files=(-c stack.yml)
 while [ $# -gt 0 ] && [ "$1" = "-c" ]; do

@@ -321,3 +321,23 @@ def test_pulsestack_services_run_read_only_without_capabilities(resolved: dict[s
         service = resolved["services"][name]
         assert service.get("read_only") is True, name
         assert service.get("cap_drop") == ["ALL"], name
+
+
+def test_every_config_version_is_a_hash_of_its_files_for_both_ways_to_deploy() -> None:
+    """deploy/deploy.sh and the Ansible stack role name each swarm config by deploy/config-versions.sh: a config
+    file edited between two deploys gets a new name (swarm refuses to change a config in place; the cluster
+    proof's Ansible deploy failed so, 'only updates to Labels are allowed', when a dashboard changed)."""
+    used = set(re.findall(r"\$\{(PULSESTACK_\w+_CONFIG_VERSION)", STACK.read_text()))
+    script = REPO / "deploy" / "config-versions.sh"
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_CONFIG_VERSION")}
+    out = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=True, env=env).stdout
+    versions = dict(line.split("=", 1) for line in out.splitlines())
+    assert set(versions) == used and all(re.fullmatch(r"[0-9a-f]{10}", v) for v in versions.values()), versions
+    pinned = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=True,
+                            env={**env, "PULSESTACK_GRAFANA_CONFIG_VERSION": "7"}).stdout
+    assert "PULSESTACK_GRAFANA_CONFIG_VERSION=7" in pinned.splitlines()  # a version set by the operator stays
+    assert "deploy/config-versions.sh" in (REPO / "deploy" / "deploy.sh").read_text()
+    defaults = yaml.safe_load((REPO / "ansible" / "roles" / "stack" / "defaults" / "main.yml").read_text())
+    assert defaults["stack_config_versions_script"] == "deploy/config-versions.sh"
+    role_tasks = (REPO / "ansible" / "roles" / "stack" / "tasks" / "main.yml").read_text()
+    assert "stack_config_versions.stdout_lines" in role_tasks
