@@ -21,7 +21,7 @@ from pulsestack.store.alerts import AlertChanges
 from pulsestack.store.rollups import Deltas
 from pulsestack.store.timeconv import epoch, ts, ts_float
 from pulsestack.wire.codecs import codec_of
-from pulsestack.wire.reading import Flags, Reading
+from pulsestack.wire.reading import ALLOWED_BUCKET_SECONDS, MAX_BUCKETS, Flags, Reading
 
 WRAP = 2**32
 HALF = 2**31
@@ -29,6 +29,9 @@ HALF = 2**31
 # [period_end - n * bucket_seconds, period_end), its period end is at most 15 minutes before its device time
 # (Codec.period_end), so this is a superset, walked on the readings' primary key from lo on; the exact cover is
 # decided in Python by the codec's period end.
+# The longest a reading reaches past the start of a bucket it covers: MAX_BUCKETS of the widest width, plus the
+# quarter hour a callback's time may lie after its period end (migration 009 states the same bound).
+MAX_SPAN = MAX_BUCKETS * max(ALLOWED_BUCKET_SECONDS) + 900
 _COVERING = """
 SELECT k.i, r.device_time, r.seq, r.meter_index, r.bucket_seconds, r.counts
 FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[]) WITH ORDINALITY AS k(p, d, lo, hi, i)
@@ -36,6 +39,9 @@ JOIN devices dev ON dev.protocol = k.p AND dev.device_id = k.d
 JOIN LATERAL (
     SELECT r.device_time, r.seq, r.meter_index, r.bucket_seconds, r.counts FROM readings r
     WHERE r.device = dev.id AND r.device_time > k.lo
+      -- The key's upper bound: no reading starting before hi ends later than MAX_SPAN after it (without it, a
+      -- late reading's lookup walked every later reading of its device).
+      AND r.device_time < k.hi + make_interval(secs => $5)
       AND r.device_time - make_interval(secs => r.bucket_seconds * cardinality(r.counts))
           < k.hi + interval '15 minutes'
 ) r ON true
@@ -187,7 +193,7 @@ async def covering(
     found: dict[tuple[str, str], list[Point]] = {k: [] for k in keys}
     rows = await conn.fetch(
         _COVERING, [k[0] for k in keys], [k[1] for k in keys], [ts(spans[k][0]) for k in keys],
-        [ts(spans[k][1]) for k in keys],
+        [ts(spans[k][1]) for k in keys], MAX_SPAN,
     )
     for row in rows:
         key = keys[row["i"] - 1]
