@@ -12,7 +12,7 @@ import asyncpg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pulsestack.store.pulses import Point, bucket_winners
+from pulsestack.store.pulses import MAX_SPAN, Point, bucket_winners
 from pulsestack.store.timeconv import epoch, ts
 from pulsestack.wire.codecs import CODECS, codec_of
 from pulsestack.wire.reading import ALLOWED_BUCKET_SECONDS
@@ -97,3 +97,10 @@ async def test_a_range_reads_only_the_partitions_that_can_cover_it(servers_tx: a
         "EXPLAIN SELECT * FROM consumption_hourly WHERE hour >= $1 AND hour < $2",
         start, start + dt.timedelta(hours=6)))
     assert all(m in whole for m in months), whole  # what the ranged function saves
+
+
+async def test_the_ranges_bound_readings_by_the_rule_s_max_span(servers_tx: asyncpg.Connection) -> None:
+    """SQL cannot import pulses.MAX_SPAN, so migration 009 writes it out: a wider reading than it allows would
+    fall out of every range (and the write path's covering lookup) without this check."""
+    body = await servers_tx.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'buckets_between'")
+    assert f"interval '{MAX_SPAN} seconds'" in body, body
