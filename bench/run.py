@@ -392,7 +392,6 @@ class Bench:
         )
         await self._step(result, [pool.step(a.footprint_rate, seconds, min_per_device=a.footprint_readings)])
 
-    @contextlib.asynccontextmanager
     def _sweep_daily(self) -> None:
         """Restarts the alerting service with its silent-meter sweep once a day instead of every 30 s.
 
@@ -410,6 +409,7 @@ class Bench:
         self.groups.add("alerting", alerting.process.pid)
         self.say(f"   the silent-meter sweep runs every {RAMP_SWEEP_INTERVAL:,} s from here on (ramps, soak)")
 
+    @contextlib.asynccontextmanager
     async def _one_process(self) -> AsyncIterator[None]:
         """The pipeline services as one `pulsestack run all` process in place of three, on the same ports."""
         stack = self.stack
