@@ -188,9 +188,9 @@ variable "retention_months" {
 }
 
 variable "stored_bytes_per_reading" {
-  description = "Bytes on disk per stored reading, tables and indexes, as the benchmark measures it (bench/results/, 'on disk per reading')."
+  description = "Bytes on disk per stored reading, tables and indexes, as the benchmark measures it (bench/results/, 'on disk per reading'): 252 B measured for the readings table (bench/results/2026-12-05-vm-lean-storage.md), 300 B with the margin of the storage target."
   type        = number
-  default     = 1400
+  default     = 300
 
   validation {
     condition     = var.stored_bytes_per_reading > 0
