@@ -71,6 +71,32 @@ def test_a_bad_key_is_named(text: str, says: str) -> None:
         archive.parse_key(text)
 
 
+@pytest.mark.parametrize(("args", "code", "says"), [
+    (["wal-archive", "pg_wal/000000010000000000000001"], 1,
+     "pulsestack archive wal-archive: PULSESTACK_ARCHIVE_URL is required"),
+    # Not 1, "not in the archive", which would end recovery at a point nobody chose.
+    (["wal-restore", "000000010000000000000001", "pg_wal/RECOVERYXLOG"], archive.ABORT_RECOVERY,
+     "pulsestack archive wal-restore: PULSESTACK_ARCHIVE_URL is required"),
+])
+def test_an_unconfigured_command_says_what_is_missing(
+    args: list[str], code: int, says: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in [n for n in os.environ if n.startswith("PULSESTACK_ARCHIVE_")]:
+        monkeypatch.delenv(name)
+    assert archive.main(args) == code
+    assert capsys.readouterr().err == says + "\n"
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("yesterday", "argument --target-time: 'yesterday' is not an ISO time (2026-12-05T10:20:00Z)"),
+    ("2026-12-05T10:20:00", "argument --target-time: '2026-12-05T10:20:00' needs a time zone (Z or +HH:MM)"),
+])
+def test_an_unusable_target_time_is_named(text: str, says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        archive.main(["restore", "/nonexistent", "--target-time", text])
+    assert exit_.value.code == 2 and capsys.readouterr().err.rstrip().endswith(says)
+
+
 @pytest.fixture(scope="module")
 def s3() -> Iterator[str]:
     """moto in server mode on loopback (as deploy/cluster_proof.py's S3 stand-in), with the archive's bucket."""

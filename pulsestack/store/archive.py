@@ -316,12 +316,13 @@ def schedule(config: ArchiveConfig, port: int, poll: float = 60.0) -> None:
 
 
 def parse_time(text: str) -> datetime:
+    """--target-time: an ISO time with its zone (argparse names the option in front of the message)."""
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise ConfigError(f"--target-time {text!r} is not an ISO time (2026-12-05T10:20:00Z)") from exc
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO time (2026-12-05T10:20:00Z)") from None
     if value.tzinfo is None:
-        raise ConfigError(f"--target-time {text!r} needs a time zone (Z or +HH:MM)")
+        raise argparse.ArgumentTypeError(f"{text!r} needs a time zone (Z or +HH:MM)")
     return value
 
 
