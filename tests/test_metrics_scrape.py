@@ -8,15 +8,20 @@ from pulsestack_cli.local import LocalStack
 from tests.ops.test_monitoring import check_scraped_metric_names
 
 
-def scrape_names(url: str) -> set[str]:
+def exposition_names(text: str) -> set[str]:
+    """The metric family and sample names in Prometheus' text format."""
     names = set()
-    with urllib.request.urlopen(url, timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith("# TYPE "):
-                names.add(line.split()[2])
-            elif line and not line.startswith("#"):
-                names.add(line.split("{", 1)[0].split(" ", 1)[0])
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            names.add(line.split()[2])
+        elif line and not line.startswith("#"):
+            names.add(line.split("{", 1)[0].split(" ", 1)[0])
     return names
+
+
+def scrape_names(url: str) -> set[str]:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return exposition_names(response.read().decode())
 
 
 def test_every_metric_used_is_scraped_and_every_scraped_metric_documented(stack: LocalStack) -> None:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from pulsestack import store
@@ -103,11 +105,13 @@ def postgres_binaries() -> Path:
 
 
 class Postgres:
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, settings: Mapping[str, str] | None = None) -> None:
         self.bin = postgres_binaries()
         self.workdir = workdir
         self.data = workdir / "data"
         self.port = port or free_port()
+        # Settings on top of production's file, for a server that must differ (WAL archiving in the tests).
+        self.settings = dict(settings or {})
         self._user: str | None = None
 
     def url(self, user: str = "postgres", database: str = "pulsestack") -> str:
@@ -163,6 +167,8 @@ class Postgres:
         shutil.copyfile(PRODUCTION_CONFIG, config)
         config.chmod(0o644)
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data} -c config_file={config}"
+        # pg_ctl hands the options to a shell.
+        options += "".join(f" -c {shlex.quote(f'{name}={value}')}" for name, value in self.settings.items())
         self._run("pg_ctl", "-D", str(self.data), "-w", "-l", str(self.data / "server.log"), "-o", options,
                   "start")
 

@@ -1,0 +1,308 @@
+"""WAL archiving, base backups and point-in-time recovery through barman-cloud (pulsestack/store/archive.py,
+docs/durability.md "WAL archiving and base backups").
+
+Real parts: a PostgreSQL 18 of its own archiving through `python -m pulsestack.store.archive wal-archive` and
+barman-cloud into moto's S3 server on loopback; readings reach the live stack through NB-IoT datagrams and are
+stored into the archived database by `pulsestack replay` (the raw stage's write). A base backup, readings, a
+target time, more readings; the restore of the target time holds exactly the readings committed before it, and
+`replay --since` brings back the rest from RAW_REPLAY, each once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import asyncpg
+import boto3
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from nats.aio.client import Client as NATS
+from prometheus_client import CollectorRegistry, generate_latest
+
+from pulsestack.config import ConfigError
+from pulsestack.store import archive
+from pulsestack.store.migrate import bootstrap_owner, migrate
+from pulsestack_cli.local import OWNER, LocalStack, with_user
+from pulsestack_cli.localstack import PG_SYSTEM_USER, Postgres, free_port, wait_for_port
+from tests.helpers import UdpDevice, eventually, now_aligned, register, unique_number
+from tests.ops.test_monitoring import check_scraped_metric_names
+from tests.test_metrics_scrape import exposition_names
+from tests.test_replay import contents, copied, replay, settled
+
+BUCKET = "pulsestack-archive"
+ACCESS = ("archive-test-key", "archive-test-secret")  # moto takes any
+
+
+@given(name=st.from_regex(r"[0-9A-F]{24}", fullmatch=True), data=st.binary(max_size=4096))
+def test_a_segment_decrypts_only_under_its_own_name_and_key(name: str, data: bytes) -> None:
+    key, other_key = os.urandom(32), os.urandom(32)
+    blob = archive.encrypt_segment(key, name, data)
+    assert archive.decrypt_segment(key, name, blob) == data
+    assert len(data) < 16 or data not in blob  # shorter ones may occur in random bytes
+    renamed = name[:-1] + ("0" if name[-1] != "0" else "1")
+    for wrong_key, wrong_name in ((other_key, name), (key, renamed)):
+        with pytest.raises(archive.ArchiveError, match="does not decrypt"):
+            archive.decrypt_segment(wrong_key, wrong_name, blob)
+    flipped = bytearray(blob)
+    flipped[-1] ^= 1
+    with pytest.raises(archive.ArchiveError, match="does not decrypt"):
+        archive.decrypt_segment(key, name, bytes(flipped))
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("not base64!", "it is not base64"),
+    (base64.b64encode(b"short").decode(), "it holds 5"),
+])
+def test_a_bad_key_is_named(text: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=f"PULSESTACK_ARCHIVE_KEY_FILE must hold 32 bytes in base64, {says}"):
+        archive.parse_key(text)
+
+
+@pytest.mark.parametrize(("args", "code", "says"), [
+    (["wal-archive", "pg_wal/000000010000000000000001"], 1,
+     "pulsestack archive wal-archive: PULSESTACK_ARCHIVE_URL is required"),
+    # Not 1, "not in the archive", which would end recovery at a point nobody chose.
+    (["wal-restore", "000000010000000000000001", "pg_wal/RECOVERYXLOG"], archive.ABORT_RECOVERY,
+     "pulsestack archive wal-restore: PULSESTACK_ARCHIVE_URL is required"),
+])
+def test_an_unconfigured_command_says_what_is_missing(
+    args: list[str], code: int, says: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in [n for n in os.environ if n.startswith("PULSESTACK_ARCHIVE_")]:
+        monkeypatch.delenv(name)
+    assert archive.main(args) == code
+    assert capsys.readouterr().err == says + "\n"
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("yesterday", "argument --target-time: 'yesterday' is not an ISO time (2026-12-05T10:20:00Z)"),
+    ("2026-12-05T10:20:00", "argument --target-time: '2026-12-05T10:20:00' needs a time zone (Z or +HH:MM)"),
+])
+def test_an_unusable_target_time_is_named(text: str, says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        archive.main(["restore", "/nonexistent", "--target-time", text])
+    assert exit_.value.code == 2 and capsys.readouterr().err.rstrip().endswith(says)
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[str]:
+    """moto in server mode on loopback (as deploy/cluster_proof.py's S3 stand-in), with the archive's bucket."""
+    port = free_port()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        endpoint = f"http://127.0.0.1:{port}"
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=ACCESS[0],
+                     aws_secret_access_key=ACCESS[1]).create_bucket(Bucket=BUCKET)
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait()
+
+
+@dataclass
+class Archived:
+    postgres: Postgres
+    config: archive.ArchiveConfig
+    workdir: Path
+
+
+def interpreter_reachable() -> None:
+    """The archive and restore commands run this interpreter as the server's own user (when the tests run as
+    root): every folder above it must let that user through (pyenv keeps it under /root)."""
+    if os.geteuid() == 0:
+        for folder in Path(os.path.realpath(sys.executable)).parents:
+            folder.chmod(folder.stat().st_mode | 0o011)  # as _prepare_user: the server keeps root's group
+
+
+def owned_by_server(path: Path) -> None:
+    """A restored data folder belongs to the server's own user when the tests run as root."""
+    if os.geteuid() == 0:
+        shutil.chown(path, PG_SYSTEM_USER)
+        for inner in path.rglob("*"):
+            shutil.chown(inner, PG_SYSTEM_USER)
+
+
+@pytest.fixture
+async def archived(s3: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Archived]:
+    """A migrated PostgreSQL of its own whose archive command uploads to the S3 stand-in; the archive's
+    settings in this process's environment, which the server and its archive command inherit."""
+    # Not under pytest's temporary root (0700): PostgreSQL runs as its own user when the tests run as root.
+    workdir = Path(tempfile.mkdtemp(prefix="pulsestack-archive-"))
+    workdir.chmod(0o755)
+    secrets = workdir / "secrets"
+    secrets.mkdir()
+    (secrets / "key").write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    (secrets / "access_key_id").write_text(ACCESS[0])
+    (secrets / "secret_access_key").write_text(ACCESS[1])  # all readable (0644): the server's own user reads them
+    for name, value in {
+        "URL": f"s3://{BUCKET}/db", "ENDPOINT": s3, "SERVER": f"test-{os.getpid()}-{time.monotonic_ns()}",
+        "KEY_FILE": str(secrets / "key"), "ACCESS_KEY_ID_FILE": str(secrets / "access_key_id"),
+        "SECRET_ACCESS_KEY_FILE": str(secrets / "secret_access_key"), "REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(f"PULSESTACK_ARCHIVE_{name}", value)
+    interpreter_reachable()
+    postgres = Postgres(workdir / "pg", settings=archive.archive_settings())
+    monkeypatch.setenv("PGHOST", "127.0.0.1")
+    monkeypatch.setenv("PGPORT", str(postgres.port))
+    monkeypatch.setenv("PGUSER", "postgres")
+    await asyncio.to_thread(postgres.start)
+    try:
+        conn = await asyncpg.connect(postgres.url())
+        try:
+            await bootstrap_owner(conn)
+        finally:
+            await conn.close()
+        conn = await asyncpg.connect(with_user(postgres.url(), OWNER))
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        yield Archived(postgres, archive.ArchiveConfig.from_env(), workdir)
+    finally:
+        await asyncio.to_thread(postgres.stop, "immediate")
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def fetchval(url: str, query: str) -> object:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval(query)
+    finally:
+        await conn.close()
+
+
+async def copy_devices(live_url: str, url: str, devices: list[str]) -> None:
+    """The registry rows of the test's devices, as the archived database's own registration would make them."""
+    source, target = await asyncpg.connect(live_url), await asyncpg.connect(url)
+    try:
+        rows = await source.fetch("SELECT * FROM devices WHERE protocol = 'nbiot' AND device_id = ANY($1)", devices)
+        await target.copy_records_to_table("devices", records=[tuple(r) for r in rows], columns=list(rows[0].keys()))
+    finally:
+        await source.close()
+        await target.close()
+
+
+async def archived_through_now(url: str) -> None:
+    """Closes the current WAL segment and waits until the archiver has uploaded it."""
+    segment = await fetchval(url, "SELECT pg_walfile_name(pg_current_wal_lsn())")
+    await fetchval(url, "SELECT pg_switch_wal()")
+
+    async def uploaded() -> bool:
+        last = await fetchval(url, "SELECT last_archived_wal FROM pg_stat_archiver")
+        return last is not None and str(last) >= str(segment)
+
+    await eventually(uploaded, timeout=60, interval=0.2)
+
+
+async def test_point_in_time_restore_holds_what_was_committed_before_the_target_and_replay_brings_the_rest(
+    stack: LocalStack, nc: NATS, archived: Archived
+) -> None:
+    numbers = [unique_number(7_400_000) for _ in range(3)]
+    devices = [str(n) for n in numbers]
+    await register(stack, "nbiot", devices)
+    url = archived.postgres.url()
+    await copy_devices(stack.database_url, url, devices)
+    meters = [UdpDevice(stack, n) for n in numbers]
+    start = now_aligned(3600)
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+    async def stored_by_replay(seqs: range) -> dict[str, object]:
+        """Sends readings `seqs` through the live path, then stores them in the archived database as a replay
+        from RAW_REPLAY does: the raw stage's own write."""
+        before = await copied(nc)
+        for seq in seqs:
+            for meter in meters:
+                assert await meter.send(seq=seq, period_end=start + seq * 3600, index=1000 + seq * 10,
+                                        attempts=3) == (seq, 0)
+        await settled(nc, before)
+        report, _ = await replay(url, stack, since)
+        return report
+
+    backup_started = time.time()
+    await asyncio.to_thread(archive.base_backup, archived.config, True)
+    registry = CollectorRegistry()
+    metrics = archive.BackupMetrics(registry)
+    await asyncio.to_thread(archive.scheduled_round, archived.config, metrics)  # the backup is new: none taken
+    last_end = registry.get_sample_value("pulsestack_postgres_base_backup_last_end_timestamp_seconds")
+    assert last_end is not None and backup_started - 1 <= last_end <= time.time()
+    assert len(await asyncio.to_thread(archive.backups, archived.config)) == 1
+    assert check_scraped_metric_names(exposition_names(generate_latest(registry).decode()),
+                                      exporters={"archive-scheduler"}) == []
+    first = await stored_by_replay(range(1, 3))
+    assert first["stored"] == 6, first
+    target = await fetchval(url, "SELECT clock_timestamp()")
+    assert isinstance(target, datetime)
+    second = await stored_by_replay(range(3, 5))
+    assert second["stored"] == 6 and second["duplicates"] == 6, second
+    everything = await contents(url, devices)
+    assert len(everything["readings"]) == 12
+    await archived_through_now(url)
+    await asyncio.to_thread(archived.postgres.stop, "immediate")  # the node is gone
+
+    restored_dir = archived.workdir / "restored"
+    restored_dir.mkdir(mode=0o755)
+    await asyncio.to_thread(archive.restore, archived.config, restored_dir / "data", target)
+    owned_by_server(restored_dir / "data")
+    restored = Postgres(restored_dir, settings=archive.archive_settings())
+    await asyncio.to_thread(restored.start)
+    try:
+        restored_url = restored.url()
+
+        async def promoted() -> bool:
+            return await fetchval(restored_url, "SELECT NOT pg_is_in_recovery()") is True
+
+        await eventually(promoted, timeout=60, interval=0.2)
+        at_target = await contents(restored_url, devices)
+        assert sorted(row[2] for row in at_target["readings"]) == [1, 1, 1, 2, 2, 2]
+        assert at_target["readings"] == [row for row in everything["readings"] if row[2] in (1, 2)]
+
+        after, err = await replay(restored_url, stack, since)
+        assert after["stored"] == 6 and after["duplicates"] == 6 and after["not_covered_from"] is None, (after, err)
+        assert await contents(restored_url, devices) == everything
+    finally:
+        for meter in meters:
+            meter.close()
+        await asyncio.to_thread(restored.stop, "immediate")
+
+
+async def test_archiving_into_a_missing_bucket_counts_failures(archived: Archived) -> None:
+    """What WalArchiveFailing watches (pulsestack_postgres_wal_archive_failures_total) rises when the archive
+    command cannot upload, and the scheduler counts a base backup it could not take."""
+    registry = CollectorRegistry()
+    nowhere = dataclasses.replace(archived.config, destination="s3://no-such-bucket/db")
+    await asyncio.to_thread(archive.scheduled_round, nowhere, archive.BackupMetrics(registry))
+    assert registry.get_sample_value("pulsestack_postgres_base_backup_failures_total") == 1
+    assert registry.get_sample_value("pulsestack_postgres_base_backup_last_end_timestamp_seconds") == 0
+    # A command-line setting, which ALTER SYSTEM does not override: the server restarts with the other one.
+    postgres = archived.postgres
+    assert await fetchval(postgres.url(), "SELECT failed_count FROM pg_stat_archiver") == 0
+    await asyncio.to_thread(postgres.stop)
+    command = postgres.settings["archive_command"]
+    postgres.settings["archive_command"] = f"PULSESTACK_ARCHIVE_URL=s3://no-such-bucket/db {command}"
+    await asyncio.to_thread(postgres.resume)
+    conn = await asyncpg.connect(postgres.url())
+    try:
+        await conn.execute("CREATE TABLE filler (n int); INSERT INTO filler VALUES (1)")
+        await conn.fetchval("SELECT pg_switch_wal()")
+
+        async def failed() -> bool:
+            return int(await conn.fetchval("SELECT failed_count FROM pg_stat_archiver")) > 0
+
+        await eventually(failed, timeout=60, interval=0.2)
+    finally:
+        await conn.close()
