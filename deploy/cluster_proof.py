@@ -52,6 +52,9 @@ REPO = Path(__file__).resolve().parent.parent
 WORK = Path(os.environ.get("PULSESTACK_CLUSTER_WORK", "/tmp/pulsestack-cluster"))
 INVENTORY = WORK / "inventory" / "hosts.yml"
 GROUP_VARS = WORK / "inventory" / "group_vars" / "all"
+VAULT_FILE = GROUP_VARS / "vault.yml"
+# Where the swarm role writes the unlock key docker generated, until the vault holds it (swarm_unlock_key_file).
+UNLOCK_KEY_FILE = INVENTORY.parent / "swarm-unlock-key"
 VAULT_PASSWORD = WORK / "vault-password"
 CIDR = os.environ.get("PULSESTACK_CLUSTER_CIDR", "10.213.0.0/22")
 GATEWAY = os.environ.get("PULSESTACK_CLUSTER_GATEWAY", "10.213.0.1")
@@ -238,6 +241,8 @@ def cmd_vars() -> None:
         "nats_jetstream_system_user": "{{ vault_nats_system_user }}",
         "nats_jetstream_system_password": "{{ vault_nats_system_password }}",
         "nats_jetstream_ca_cert": "{{ vault_stack_secrets.ca_cert }}",
+        # Docker generates it when site.yml turns autolock on; cmd_site moves it into the vault.
+        "swarm_unlock_key": "{{ vault_swarm_unlock_key | default('') }}",
     }
     (GROUP_VARS / "main.yml").write_text("---\n" + yaml.safe_dump(settings, sort_keys=False))
     values = secret_values()
@@ -254,12 +259,24 @@ def cmd_vars() -> None:
     if not VAULT_PASSWORD.exists():
         VAULT_PASSWORD.write_text(secrets.token_urlsafe(32))
         VAULT_PASSWORD.chmod(0o600)
-    vault_file = GROUP_VARS / "vault.yml"
-    vault_file.write_text("---\n" + yaml.safe_dump(vault, sort_keys=False))
-    subprocess.run([str(REPO / ".venv" / "bin" / "ansible-vault"), "encrypt", "--vault-password-file",
-                    str(VAULT_PASSWORD), str(vault_file)], check=True, capture_output=True)
+    write_vault(vault)
     say(f"group_vars written; {len(values)} stack secrets and the S3 and NATS credentials in a vault "
         "encrypted with a password generated for this run")
+
+
+def read_vault() -> dict[str, Any]:
+    vault: dict[str, Any] = yaml.safe_load(subprocess.run(
+        [str(REPO / ".venv" / "bin" / "ansible-vault"), "view", "--vault-password-file", str(VAULT_PASSWORD),
+         str(VAULT_FILE)], check=True, capture_output=True, text=True).stdout)
+    return vault
+
+
+def write_vault(vault: dict[str, Any]) -> None:
+    """Encrypts from stdin: the values never touch the disk in clear."""
+    subprocess.run([str(REPO / ".venv" / "bin" / "ansible-vault"), "encrypt", "--vault-password-file",
+                    str(VAULT_PASSWORD), "--output", str(VAULT_FILE), "-"],
+                   input="---\n" + yaml.safe_dump(vault, sort_keys=False), text=True, check=True,
+                   capture_output=True)
 
 
 def playbook(name: str, *extra: str) -> str:
@@ -322,8 +339,31 @@ def node_line() -> str:
                      for n in nodes_view())
 
 
+def logs_holding(*secrets: str) -> list[str]:
+    """The playbook logs of this run that hold one of the values: none may (no_log on every task that handles
+    a secret)."""
+    return sorted(p.name for p in WORK.glob("ansible-*.log") if any(s in p.read_text() for s in secrets))
+
+
+def vault_the_unlock_key() -> None:
+    """What site.yml tells the operator when it turns autolock on: the swarm's unlock key is in a 0600 file
+    next to the inventory, to be moved into the vault; the next run deletes the file."""
+    if not UNLOCK_KEY_FILE.is_file():
+        raise SystemExit(f"site.yml turned autolock on but wrote no unlock key to {UNLOCK_KEY_FILE}")
+    mode = UNLOCK_KEY_FILE.stat().st_mode & 0o777
+    if mode != 0o600:
+        raise SystemExit(f"{UNLOCK_KEY_FILE} has mode {mode:o}, not 600")
+    key = UNLOCK_KEY_FILE.read_text().strip()
+    if not key.startswith("SWMKEY-") or logs_holding(key):
+        raise SystemExit(f"not an unlock key, or in a playbook log: {logs_holding(key)}")
+    write_vault({**read_vault(), "vault_swarm_unlock_key": key})
+    say(f"  autolock on; the unlock key site.yml wrote to {UNLOCK_KEY_FILE.name} (mode 0600, in no log) moved "
+        "into the vault")
+
+
 def cmd_site() -> None:
     playbook("site.yml")
+    vault_the_unlock_key()
     point_at_cluster()
     say(f"swarm: {node_line()}")
     elapsed = proof.wait_converged(proof.runnable_services(), 300, "site.yml")
@@ -398,6 +438,17 @@ async def kill_manager() -> None:
     await asyncio.to_thread(host_docker, "start", victim)
     await asyncio.to_thread(wait_for_ssh, [victim])
 
+    def local_state() -> str:
+        return host_docker("exec", victim, "docker", "info", "--format", "{{.Swarm.LocalNodeState}}",
+                           check=False).strip()
+
+    # Autolock: the restarted manager's engine comes up locked, and only the vault's key brings it back.
+    await proof.eventually(lambda: asyncio.to_thread(lambda: local_state() == "locked"), 120, f"{victim} locked")
+    say(f"  {victim} started again: its engine is locked (autolock); unlock.yml unlocks it with the vault's key")
+    log = await asyncio.to_thread(playbook, "unlock.yml")
+    if not any(recap_changes(log).values()):
+        raise SystemExit(f"unlock.yml unlocked nothing, yet {victim} was locked")
+
     def rejoined() -> bool:
         return any(n["Hostname"] == victim and n["Status"] == "Ready" and n["ManagerStatus"] == "Reachable"
                    for n in nodes_view())
@@ -438,9 +489,7 @@ async def scale_1_3_1() -> None:
 def s3_client() -> Any:
     import boto3
 
-    vault = yaml.safe_load(subprocess.run(
-        [str(REPO / ".venv" / "bin" / "ansible-vault"), "view", "--vault-password-file", str(VAULT_PASSWORD),
-         str(GROUP_VARS / "vault.yml")], check=True, capture_output=True, text=True).stdout)
+    vault = read_vault()
     return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{S3_PORT}", region_name="fr-par",
                         aws_access_key_id=vault["vault_backup_s3_access_key"],
                         aws_secret_access_key=vault["vault_backup_s3_secret_key"])
@@ -573,6 +622,20 @@ def cmd_again() -> None:
     if not changes or changed:
         raise SystemExit(f"site.yml is not idempotent: changed tasks per host {changed or changes}")
     say(f"second site.yml: changed=0 on all {len(changes)} hosts")
+    if UNLOCK_KEY_FILE.exists():
+        raise SystemExit(f"{UNLOCK_KEY_FILE} is still there, though the vault holds the unlock key")
+    vault = read_vault()
+    # Certificates are public; a key or a token file is looked for line by line (a log would escape its newlines).
+    vaulted = [vault["vault_swarm_unlock_key"], vault["vault_nats_admin_password"],
+               vault["vault_nats_system_password"], vault["vault_backup_s3_secret_key"],
+               *(value for name, value in vault["vault_stack_secrets"].items() if not name.endswith("_cert"))]
+    pieces = {line.strip() for value in vaulted for line in value.splitlines()
+              if len(line.strip()) >= 16 and not line.startswith("-----")}
+    leaked = logs_holding(*pieces)
+    if leaked:
+        raise SystemExit(f"a secret of the vault is in the playbook logs {leaked}")
+    say(f"none of the vault's {len(vaulted)} secrets in the run's {len(list(WORK.glob('ansible-*.log')))} "
+        "playbook logs")
 
 
 def main() -> None:

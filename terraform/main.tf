@@ -252,6 +252,15 @@ resource "scaleway_instance_server" "node" {
   # NATS's and PostgreSQL's data: Ansible (role data_volume) mounts it where the engine keeps named volumes.
   additional_volume_ids = [scaleway_block_volume.data[each.key].id]
 
+  # cloud-init at first boot: the admin user Ansible connects as. Root is left to its injected keys until
+  # Ansible's sshd hardening refuses root logins (ssh_user is not root).
+  user_data = var.ssh_user == "root" ? {} : {
+    "cloud-init" = templatefile("${path.module}/templates/cloud-init.yaml.tftpl", {
+      ssh_user        = var.ssh_user
+      ssh_public_keys = var.ssh_public_keys
+    })
+  }
+
   # The project's SSH keys are injected at first boot: they must exist first.
   depends_on = [scaleway_iam_ssh_key.admin]
 
@@ -259,7 +268,9 @@ resource "scaleway_instance_server" "node" {
     # A newer image behind the marketplace label must not replace a running
     # node (and its data) in place: new images and new instance types arrive
     # as a new generation, see var.generation and migrate-node-type.yml.
-    ignore_changes = [image]
+    # cloud-init reads user_data at first boot only: a change would not reach
+    # a running node anyway.
+    ignore_changes = [image, user_data]
   }
 }
 

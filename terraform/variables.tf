@@ -321,9 +321,9 @@ variable "ssh_public_keys" {
 }
 
 variable "ssh_user" {
-  description = "User Ansible logs in as (root on Scaleway's Debian images)."
+  description = "User Ansible logs in as: cloud-init creates it at first boot with the SSH keys and passwordless sudo, and Ansible's sshd hardening then closes root logins. \"root\" only for nodes created before this user existed (cloud-init runs once)."
   type        = string
-  default     = "root"
+  default     = "admin"
 
   validation {
     condition     = can(regex("^[a-z_][a-z0-9_-]*$", var.ssh_user))

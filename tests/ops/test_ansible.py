@@ -408,6 +408,7 @@ RENDER_PLAYBOOK = """\
         - { src: common/templates/52pulsestack-unattended-upgrades.j2, dest: unattended-upgrades }
         - { src: common/templates/chrony-pulsestack.conf.j2, dest: chrony.conf }
         - { src: common/templates/modules-load.conf.j2, dest: modules.conf }
+        - { src: common/templates/sshd-pulsestack.conf.j2, dest: sshd.conf }
 """
 
 
@@ -449,6 +450,14 @@ def test_daemon_json_rotates_logs_and_exposes_metrics(rendered: Path) -> None:
     assert daemon["log-opts"] == {"max-size": "10m", "max-file": "5"}
     assert daemon["metrics-addr"].endswith(":9323")
     assert "registry-mirrors" not in daemon and "live-restore" not in daemon
+    assert daemon["no-new-privileges"] is True, "no process in a container gains privileges (CIS 2.18)"
+
+
+def test_sshd_takes_keys_only_and_no_root_login(rendered: Path) -> None:
+    # The example inventory connects as the admin user Terraform's cloud-init creates, so root needs no login.
+    lines = (rendered / "pulsestack-manager-1-sshd.conf").read_text().splitlines()
+    for setting in ("PasswordAuthentication no", "KbdInteractiveAuthentication no", "PermitRootLogin no"):
+        assert setting in lines, setting
 
 
 def test_firewall_matches_the_security_groups(rendered: Path) -> None:

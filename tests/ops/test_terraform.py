@@ -13,6 +13,7 @@ PULSESTACK_REQUIRE_ALL=1.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -315,7 +316,7 @@ def render_template_only(tmp_path: Path, managers: str, workers: str) -> dict:
     )
     expression = (
         f'templatefile("{TEMPLATE.name}", {{ managers = local.managers, workers = local.workers, '
-        'ssh_user = "root", domain = "meters.example.com", private_network_cidr = "172.16.16.0/22", '
+        'ssh_user = "admin", domain = "meters.example.com", private_network_cidr = "172.16.16.0/22", '
         'admin_cidrs = ["203.0.113.7/32"], udp_ingest_port = 2204, lb_proxy_protocol = "v2" })'
     )
     return yaml.safe_load(console_text(work, expression))
@@ -340,7 +341,29 @@ def test_inventory_template_renders_with_sample_values(tmp_path: Path) -> None:
     assert all_vars["pulsestack_udp_ingest_port"] == 2204
     assert all_vars["pulsestack_private_network_cidr"] == "172.16.16.0/22"
     assert all_vars["pulsestack_admin_cidrs"] == ["203.0.113.7/32"]
-    assert all_vars["ansible_user"] == "root"
+    assert all_vars["ansible_user"] == "admin"
+
+
+def test_nodes_come_up_with_the_admin_user_ansible_connects_as(tmp_path: Path) -> None:
+    """Not root: cloud-init creates ssh_user with the project's keys and passwordless sudo, the inventory
+    connects as it, and the sshd role then refuses root logins (ansible/roles/common)."""
+    assert unquote(variables()["ssh_user"]["default"]) == "admin"
+    inventory = yaml.safe_load(EXAMPLE_INVENTORY.read_text())
+    assert inventory["all"]["vars"]["ansible_user"] == "admin"
+    work = tmp_path / "cloud-init"
+    work.mkdir()
+    shutil.copy(TF_DIR / "templates" / "cloud-init.yaml.tftpl", work)
+    keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEXAMPLE one@example", "ssh-rsa AAAAB3NzaEXAMPLE two@example"]
+    text = console_text(work, f'templatefile("cloud-init.yaml.tftpl", {{ ssh_user = "admin", '
+                              f'ssh_public_keys = {json.dumps(keys)} }})')
+    assert text.startswith("#cloud-config\n")
+    config = yaml.safe_load(text)
+    assert config["users"] == [{
+        "name": "admin", "shell": "/bin/bash", "groups": ["sudo"], "sudo": "ALL=(ALL) NOPASSWD:ALL",
+        "lock_passwd": True, "ssh_authorized_keys": keys,
+    }]
+    main = (TF_DIR / "main.tf").read_text()
+    assert '"cloud-init" = templatefile("${path.module}/templates/cloud-init.yaml.tftpl"' in main
 
 
 def test_inventory_template_renders_without_workers(tmp_path: Path) -> None:
