@@ -469,7 +469,8 @@ async def under_traffic(window: int, fault: Callable[[], Awaitable[None]] | None
     save(figures)
     say(figures.line())
     if not delivery.exact:
-        raise SystemExit(f"{name}: delivery not exact: {delivery.line()} {delivery.total_mismatches[:5]}")
+        raise SystemExit(f"{name}: delivery not exact: {delivery.line()} {delivery.total_mismatches[:5]}"
+                         f" lost: {delivery.lost_readings}")
     if figures.acked < RATE * min(elapsed, 20) * 0.5:
         raise SystemExit(f"{name}: too few readings acknowledged: {report.lines()}")
     return figures

@@ -72,6 +72,10 @@ WITH ends AS (
 SELECT protocol, device_id, stored, expected FROM totals WHERE stored <> expected
 ORDER BY protocol, device_id
 """
+_LOST = """
+SELECT protocol, device_id, seq, device_time FROM pulsestack_verify_found WHERE n = 0 AND acked
+ORDER BY device_time, protocol, device_id LIMIT 20
+"""
 
 
 def _ts(seconds: int) -> dt.datetime:
@@ -89,6 +93,7 @@ class Delivery:
     acked: int = 0
     not_acked_missing: int = 0  # never acknowledged (the device gave up) and not stored
     not_acked_stored: int = 0  # stored although the device never got the ack
+    lost_readings: list[str] = field(default_factory=list)  # the first lost ones, named, for the investigation
 
     @property
     def exact(self) -> bool:
@@ -119,6 +124,7 @@ class Delivery:
             self.duplicated + other.duplicated, self.bucket_mismatches + other.bucket_mismatches,
             self.total_mismatches + other.total_mismatches, self.acked + other.acked,
             self.not_acked_missing + other.not_acked_missing, self.not_acked_stored + other.not_acked_stored,
+            self.lost_readings + other.lost_readings,
         )
 
 
@@ -174,6 +180,9 @@ async def _verify_records(
         row = await conn.fetchrow(_SUMMARY)
         result.delivered = row["delivered"]
         result.lost = row["lost"]
+        if result.lost:
+            result.lost_readings = [f"{r['protocol']}:{r['device_id']} seq {r['seq']} at {r['device_time'].isoformat()}"
+                                    for r in await conn.fetch(_LOST)]
         result.not_acked_missing = row["not_acked_missing"]
         result.not_acked_stored = row["not_acked_stored"]
         result.duplicated = int(row["duplicated"])
