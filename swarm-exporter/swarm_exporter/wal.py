@@ -6,14 +6,16 @@ from dataclasses import dataclass
 
 import asyncpg
 
-# Ages come from the server's clock, like the times they are measured from. A segment is waiting for the
-# archiver while pg_wal/archive_status holds its `.ready` file.
+# Ages come from the server's clock, like the times they are measured from: clock_timestamp(), not now(),
+# since now() is the statement's start and the archiver may finish a segment between that and the read of
+# pg_stat_archiver (an age of -1.4 ms failed CI once). A segment is waiting for the archiver while
+# pg_wal/archive_status holds its `.ready` file.
 WAL_QUERY = """
 SELECT current_setting('archive_mode') <> 'off' AS archiving,
        a.archived_count AS archived,
        a.failed_count AS failed,
-       extract(epoch FROM now() - a.last_archived_time)::float8 AS since_archived,
-       extract(epoch FROM now() - a.last_failed_time)::float8 AS since_failed,
+       extract(epoch FROM clock_timestamp() - a.last_archived_time)::float8 AS since_archived,
+       extract(epoch FROM clock_timestamp() - a.last_failed_time)::float8 AS since_failed,
        w.bytes,
        w.files,
        (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready') AS ready,
