@@ -6,7 +6,9 @@ import datetime as dt
 from functools import lru_cache
 
 
-@lru_cache(maxsize=65_536)
+# A batch's boundaries fit many times over. Device times, nearly all distinct, churn through it, so it is
+# always full in production: 65,536 entries held 12 MB, which the raw stage's memory grew by on every run.
+@lru_cache(maxsize=4_096)
 def ts(seconds: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(seconds, dt.UTC)
 
