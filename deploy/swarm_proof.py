@@ -45,6 +45,7 @@ import nats
 import yaml
 from nats.aio.client import Client as NATS
 
+from pulsestack.bus import quarantine
 from pulsestack.bus.streams import RAW, RAW_REPLAY, drained
 from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET
@@ -470,10 +471,23 @@ async def under_traffic(window: int, fault: Callable[[], Awaitable[None]] | None
     say(figures.line())
     if not delivery.exact:
         raise SystemExit(f"{name}: delivery not exact: {delivery.line()} {delivery.total_mismatches[:5]}"
-                         f" lost: {delivery.lost_readings}")
+                         f" lost: {delivery.lost_readings}; {await quarantined_lately()}")
     if figures.acked < RATE * min(elapsed, 20) * 0.5:
         raise SystemExit(f"{name}: too few readings acknowledged: {report.lines()}")
     return figures
+
+
+async def quarantined_lately(newest: int = 20) -> str:
+    """The newest quarantined records, oldest first: an acknowledged reading the pipeline set aside is
+    counted lost, and this says which stage set it aside and why."""
+    nc = await admin_nats()
+    try:
+        found, held = await quarantine.records(nc.jetstream(), newest)
+    finally:
+        await nc.close()
+    shown = [f"{r.stage}/{r.reason} {r.source} seq {r.reading.seq if r.reading else '-'}: {r.detail}"
+             for _, r in found]
+    return f"QUARANTINE holds {held}: {shown}"
 
 
 async def wait_ingesters_know(within: float) -> None:

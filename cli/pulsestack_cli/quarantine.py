@@ -6,10 +6,8 @@ import argparse
 import datetime as dt
 from typing import Any
 
-from nats.js.errors import NotFoundError
-
 from pulsestack.bus.publisher import ENVELOPE, MSG_ID, TRACE_ID
-from pulsestack.bus.quarantine import QuarantineRecord, decode_record
+from pulsestack.bus.quarantine import QuarantineRecord, records
 from pulsestack.bus.streams import QUARANTINE
 from pulsestack.wire.reading import encode_raw
 from pulsestack_cli.connections import connect, connect_db
@@ -28,29 +26,13 @@ def add_parser(sub: Any) -> None:
     add_json_flag(replay)
 
 
-async def _records(js: Any, newest: int | None = None) -> tuple[list[tuple[int, QuarantineRecord]], int]:
-    """The stream's records, or only its `newest` ones (read backwards from its end, not the whole stream),
-    in stream order; and how many the stream holds."""
-    state = (await js.stream_info(QUARANTINE)).state
-    found: list[tuple[int, QuarantineRecord]] = []
-    seq = state.last_seq
-    # An empty stream has no message at first_seq (asking for it is an error, not a miss).
-    while state.messages and seq >= state.first_seq and (newest is None or len(found) < newest):
-        try:
-            found.append((seq, decode_record((await js.get_msg(QUARANTINE, seq)).data)))
-        except NotFoundError:
-            pass  # deleted after an earlier replay
-        seq -= 1
-    return found[::-1], state.messages
-
-
 async def run(args: argparse.Namespace) -> int:
     nc = await connect()
     js = nc.jetstream()
     try:
         if args.action == "list":
-            records, held = await _records(js, max(args.limit, 0))
-            for seq, rec in records:
+            newest, held = await records(js, max(args.limit, 0))
+            for seq, rec in newest:
                 at = dt.datetime.fromtimestamp(rec.at, dt.UTC).isoformat(timespec="seconds")
                 reading = rec.reading
                 who = f"{reading.protocol}:{reading.device} seq {reading.seq}" if reading else "-"
@@ -59,10 +41,10 @@ async def run(args: argparse.Namespace) -> int:
                             "device_id": reading.device if reading else None,
                             "seq": reading.seq if reading else None},
                      f"{seq:>8} {at} {rec.stage:6} {rec.reason:15} {who:40} {rec.detail}")
-            shown = f"; the newest {len(records)} shown (--limit)" if len(records) < held else ""
+            shown = f"; the newest {len(newest)} shown (--limit)" if len(newest) < held else ""
             (notice if args.json else print)(f"{held} quarantined record(s){shown}")
             return 0
-        return await _replay(js, (await _records(js))[0], args)
+        return await _replay(js, (await records(js))[0], args)
     finally:
         await nc.close()
 

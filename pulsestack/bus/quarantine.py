@@ -10,6 +10,8 @@ import asyncio
 import time
 
 import msgspec
+from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from pulsestack import metrics
 from pulsestack.bus.publisher import Publisher, PublishError
@@ -37,6 +39,22 @@ _decoder = msgspec.msgpack.Decoder(QuarantineRecord)
 
 def decode_record(data: bytes) -> QuarantineRecord:
     return _decoder.decode(data)
+
+
+async def records(js: JetStreamContext, newest: int | None = None) -> tuple[list[tuple[int, QuarantineRecord]], int]:
+    """The stream's records, or only its `newest` ones (read backwards from its end, not the whole stream),
+    in stream order; and how many the stream holds."""
+    state = (await js.stream_info(QUARANTINE)).state
+    found: list[tuple[int, QuarantineRecord]] = []
+    seq = state.last_seq
+    # An empty stream has no message at first_seq (asking for it is an error, not a miss).
+    while state.messages and seq >= state.first_seq and (newest is None or len(found) < newest):
+        try:
+            found.append((seq, decode_record((await js.get_msg(QUARANTINE, seq)).data or b"")))
+        except NotFoundError:
+            pass  # deleted after an earlier replay
+        seq -= 1
+    return found[::-1], state.messages
 
 
 class Quarantine:
