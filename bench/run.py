@@ -47,9 +47,10 @@ from bench.steps import Display, StepResult, StepRunner, callback_spec, job, nbi
 from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET, SHARDS, shard_of
 from pulsestack.services import SERVICES
+from pulsestack.store.archive import archive_settings
 from pulsestack.store.maintenance import Retention
 from pulsestack_cli.local import LocalStack
-from pulsestack_cli.localstack import free_port, free_ports
+from pulsestack_cli.localstack import S3StandIn, free_port, free_ports, interpreter_reachable
 from pulsestack_cli.processes import ServiceProcess
 from pulsestack_cli.summary import total
 from simulator.batch import device_text
@@ -111,6 +112,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    " run's ceiling of --soak-mix)")
     p.add_argument("--soak-mix", default="nbiot", choices=("nbiot", "mix"))
     p.add_argument("--soak-sample", type=float, default=30.0, help="seconds between the soak's samples")
+    p.add_argument("--archive", action="store_true", help="PostgreSQL archives its WAL as production's does"
+                   " (barman-cloud, pulsestack.store.archive) into moto's S3 server on loopback: its cost is in"
+                   " every step, the soak plots what was archived (needs `make tools`'s archive extra)")
     p.add_argument("--profile", action="store_true", help="py-spy profiles of the services at --profile-rate")
     p.add_argument("--profile-rate", type=float, default=5000.0)
     p.add_argument("--nodes", type=int, default=6, help="cluster shape for the cost section: nodes")
@@ -262,6 +266,7 @@ class Bench:
         )
         self.stack = LocalStack(self.workdir / "stack")
         self.peer: peer_mod.RsyslogPeer | None = None
+        self.s3: S3StandIn | None = None
         self.groups = ProcessGroups()
         self.results: list[StepResult] = []
 
@@ -313,10 +318,22 @@ class Bench:
             await self._stop()
         return paths[0]
 
+    def _archive_into_s3(self) -> dict[str, str]:
+        """Starts the S3 stand-in and puts the archive's settings in this process's environment, which
+        PostgreSQL and its archive command inherit; returns the server's archiving settings."""
+        self.s3 = S3StandIn("pulsestack-bench", log=self.workdir / "moto.log")
+        self.s3.start()
+        os.environ.update(self.s3.archive_environment(self.workdir / "archive-secrets", "bench"))
+        interpreter_reachable()
+        self.say(f"   PostgreSQL archives its WAL through barman-cloud into {self.s3.endpoint}")
+        return archive_settings()
+
     async def _stop(self) -> None:
         nc = getattr(self, "nc", None)
         if nc is not None:
             await nc.close()
+        if self.s3:
+            self.s3.stop()
         if self.peer:
             self.peer.stop()
         self.stack.stop()
@@ -326,7 +343,7 @@ class Bench:
     async def _setup(self) -> None:
         a, stack = self.args, self.stack
         self.say("starting nats-server and PostgreSQL ...")
-        stack.start_servers()
+        stack.start_servers(postgres_settings=self._archive_into_s3() if a.archive else None)
         await stack.prepare()
         self.report.versions = versions(stack)
         # Fleets: the largest reference load's meters (the smaller ones use the start of it), the ramp pool.

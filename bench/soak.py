@@ -26,6 +26,7 @@ from pulsestack_cli.summary import quantile
 WARM_UP = 0.1  # share of the window left out of the slopes: caches, autovacuum's first pass, JIT of the stack
 FLAT = 0.05  # a curve whose fitted change is at most 5 % of its mean per hour is flat
 MIB = 1024 * 1024
+WAL_SEGMENT = 16 * MIB  # wal_segment_size, initdb's default (postgresql.conf does not change it)
 
 
 @dataclass
@@ -78,6 +79,7 @@ def series(samples: list[SoakSample]) -> dict[str, list[tuple[float, float]]]:
     """Every curve of the soak, by name: (seconds, value) points."""
     out: dict[str, list[tuple[float, float]]] = {"stored readings/s": [], "p99 latency s": [],
                                                   "database bytes per reading": [], "WAL bytes/s": []}
+    archiving = any(s.archived for s in samples)
     previous: SoakSample | None = None
     for s in samples:
         out["stored readings/s"].append((s.at, s.stored_rate))
@@ -87,6 +89,9 @@ def series(samples: list[SoakSample]) -> dict[str, list[tuple[float, float]]]:
             out["database bytes per reading"].append((s.at, s.bytes_per_reading))
         if previous is not None and s.at > previous.at:
             out["WAL bytes/s"].append((s.at, (s.wal_bytes - previous.wal_bytes) / (s.at - previous.at)))
+            if archiving:  # whole segments: it follows the written curve in steps of one
+                out.setdefault("WAL archived bytes/s", []).append(
+                    (s.at, (s.archived - previous.archived) * WAL_SEGMENT / (s.at - previous.at)))
         for group, used in s.rss.items():
             out.setdefault(f"RSS {group} MiB", []).append((s.at, used / MIB))
         for stream, held in s.stream_bytes.items():
@@ -206,7 +211,8 @@ def plot(soak: dict[str, Any], path: Path, title: str) -> None:
     panels = [("stored readings/s", ["stored readings/s"]), ("p99 ingest → committed (s)", ["p99 latency s"]),
               ("RSS (MiB)", [n for n in curves if n.startswith("RSS ")]),
               ("stream bytes (MiB)", [n for n in curves if n.startswith("stream ")]),
-              ("database bytes per reading", ["database bytes per reading"]), ("WAL bytes/s", ["WAL bytes/s"])]
+              ("database bytes per reading", ["database bytes per reading"]),
+              ("WAL bytes/s", ["WAL bytes/s", "WAL archived bytes/s"])]
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 2.4 * len(panels)), dpi=110, sharex=True)
     for axis, (label, names) in zip(axes, panels, strict=True):
         for name in names:

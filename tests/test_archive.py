@@ -15,7 +15,6 @@ import base64
 import dataclasses
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +24,6 @@ from datetime import datetime
 from pathlib import Path
 
 import asyncpg
-import boto3
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -36,14 +34,13 @@ from pulsestack.config import ConfigError
 from pulsestack.store import archive
 from pulsestack.store.migrate import bootstrap_owner, migrate
 from pulsestack_cli.local import OWNER, LocalStack, with_user
-from pulsestack_cli.localstack import PG_SYSTEM_USER, Postgres, free_port, wait_for_port
+from pulsestack_cli.localstack import PG_SYSTEM_USER, Postgres, S3StandIn, interpreter_reachable
 from tests.helpers import UdpDevice, eventually, now_aligned, register, unique_number
 from tests.ops.test_monitoring import check_scraped_metric_names
 from tests.test_metrics_scrape import exposition_names
 from tests.test_replay import contents, copied, replay, settled
 
 BUCKET = "pulsestack-archive"
-ACCESS = ("archive-test-key", "archive-test-secret")  # moto takes any
 
 
 @given(name=st.from_regex(r"[0-9A-F]{24}", fullmatch=True), data=st.binary(max_size=4096))
@@ -98,22 +95,16 @@ def test_an_unusable_target_time_is_named(text: str, says: str, capsys: pytest.C
 
 
 @pytest.fixture(scope="module")
-def s3() -> Iterator[str]:
-    """moto in server mode on loopback (as deploy/cluster_proof.py's S3 stand-in), with the archive's bucket."""
+def s3() -> Iterator[S3StandIn]:
+    """moto in server mode on loopback, with the archive's bucket."""
     if not (Path(sys.executable).parent / "barman-cloud-backup").exists() and not shutil.which("barman-cloud-backup"):
         pytest.skip("barman-cloud is not installed: `make tools` installs the archive extra (.ci/tools-archive.sh)")
-    port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = S3StandIn(BUCKET)
     try:
-        wait_for_port(port)
-        endpoint = f"http://127.0.0.1:{port}"
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=ACCESS[0],
-                     aws_secret_access_key=ACCESS[1]).create_bucket(Bucket=BUCKET)
-        yield endpoint
+        server.start()
+        yield server
     finally:
-        server.terminate()
-        server.wait()
+        server.stop()
 
 
 @dataclass
@@ -121,14 +112,6 @@ class Archived:
     postgres: Postgres
     config: archive.ArchiveConfig
     workdir: Path
-
-
-def interpreter_reachable() -> None:
-    """The archive and restore commands run this interpreter as the server's own user (when the tests run as
-    root): every folder above it must let that user through (pyenv keeps it under /root)."""
-    if os.geteuid() == 0:
-        for folder in Path(os.path.realpath(sys.executable)).parents:
-            folder.chmod(folder.stat().st_mode | 0o011)  # as _prepare_user: the server keeps root's group
 
 
 def owned_by_server(path: Path) -> None:
@@ -140,23 +123,14 @@ def owned_by_server(path: Path) -> None:
 
 
 @pytest.fixture
-async def archived(s3: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Archived]:
+async def archived(s3: S3StandIn, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Archived]:
     """A migrated PostgreSQL of its own whose archive command uploads to the S3 stand-in; the archive's
     settings in this process's environment, which the server and its archive command inherit."""
     # Not under pytest's temporary root (0700): PostgreSQL runs as its own user when the tests run as root.
     workdir = Path(tempfile.mkdtemp(prefix="pulsestack-archive-"))
     workdir.chmod(0o755)
-    secrets = workdir / "secrets"
-    secrets.mkdir()
-    (secrets / "key").write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
-    (secrets / "access_key_id").write_text(ACCESS[0])
-    (secrets / "secret_access_key").write_text(ACCESS[1])  # all readable (0644): the server's own user reads them
-    for name, value in {
-        "URL": f"s3://{BUCKET}/db", "ENDPOINT": s3, "SERVER": f"test-{os.getpid()}-{time.monotonic_ns()}",
-        "KEY_FILE": str(secrets / "key"), "ACCESS_KEY_ID_FILE": str(secrets / "access_key_id"),
-        "SECRET_ACCESS_KEY_FILE": str(secrets / "secret_access_key"), "REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(f"PULSESTACK_ARCHIVE_{name}", value)
+    for name, value in s3.archive_environment(workdir / "secrets", f"test-{os.getpid()}-{time.monotonic_ns()}").items():
+        monkeypatch.setenv(name, value)
     interpreter_reachable()
     postgres = Postgres(workdir / "pg", settings=archive.archive_settings())
     monkeypatch.setenv("PGHOST", "127.0.0.1")

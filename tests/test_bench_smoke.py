@@ -246,3 +246,15 @@ def test_a_slope_is_fitted_per_hour_and_judged_against_its_mean() -> None:
     assert steady is not None and steady.flat and abs(steady.per_hour) < 1
     assert growing is not None and not growing.flat and growing.per_hour == pytest.approx(100.0)
     assert fit([(0, 1.0), (1, 2.0)]) is None  # too few points to say
+
+
+def test_archived_wal_is_a_curve_only_when_the_server_archives() -> None:
+    def sample(at: float, wal: int, archived: int) -> soak.SoakSample:
+        return soak.SoakSample(at=at, stored=at * 100, stored_rate=100, p99=0.1, rss={}, stream_bytes={},
+                               database_bytes=0, wal_bytes=wal, archived=archived, archive_failed=0)
+
+    archiving = soak.series([sample(0, 0, 0), sample(30, 32 * soak.MIB, 2), sample(60, 64 * soak.MIB, 3)])
+    assert archiving["WAL archived bytes/s"] == [(30, 2 * soak.WAL_SEGMENT / 30), (60, soak.WAL_SEGMENT / 30)]
+    assert archiving["WAL bytes/s"] == [(30, 32 * soak.MIB / 30), (60, 32 * soak.MIB / 30)]
+    quiet = soak.series([sample(0, 0, 0), sample(30, 32 * soak.MIB, 0)])
+    assert "WAL archived bytes/s" not in quiet

