@@ -135,14 +135,16 @@ class ProcessGroups:
         return out
 
     def cpu(self) -> dict[str, dict[int, float]]:
-        """CPU seconds (user + system) so far, per group and pid."""
+        """CPU seconds (user + system) so far, per group and pid; in a group with its children, also what
+        its exited children spent (PostgreSQL's archive commands live about a second each, between samples)."""
         out: dict[str, dict[int, float]] = {}
         for group in self.roots:
             per: dict[int, float] = {}
+            reaped = group in self.with_children
             for p in self.members(group):
                 try:
                     t = p.cpu_times()
-                    per[p.pid] = t.user + t.system
+                    per[p.pid] = t.user + t.system + (t.children_user + t.children_system if reaped else 0.0)
                 except psutil.Error:
                     pass
             out[group] = per
