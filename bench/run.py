@@ -561,8 +561,12 @@ class Bench:
                             target_rate=rate, window=seconds)
         self.say(f"== soak, {RAMPS[a.soak_mix]}: {rate:,.0f} readings/s for {a.soak:g} min,"
                  f" sampled every {a.soak_sample:g} s")
-        await self._step(result, self._ramp_batches(a.soak_mix, rate, seconds), during=sampler.run)
-        self.report.soak = sampler.to_json(seconds)
+        try:
+            await self._step(result, self._ramp_batches(a.soak_mix, rate, seconds), during=sampler.run)
+        finally:
+            # Kept even when the run is interrupted in the verification, which takes about as long as the
+            # soak itself for 10 M readings (each 250,000-reading chunk's buckets compared).
+            self.report.soak = sampler.to_json(seconds)
         for name, slope in slopes(sampler.samples, seconds).items():
             if not slope.flat:
                 self.say(f"   not flat: {name} {slope.per_hour:+,.3f} per hour ({slope.relative:+.1%} of its mean)")
