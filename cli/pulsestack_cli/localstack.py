@@ -203,9 +203,12 @@ class S3StandIn:
     def start(self) -> None:
         import boto3  # the dev extra's, as moto
 
-        output = self._log.open("ab") if self._log else subprocess.DEVNULL
-        self.process = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
-                                         "-p", str(self.port)], stdout=output, stderr=output)
+        command = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)]
+        if self._log:
+            with self._log.open("ab") as output:  # the child keeps its own copy of the descriptor
+                self.process = subprocess.Popen(command, stdout=output, stderr=output)
+        else:
+            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.port)
         boto3.client("s3", endpoint_url=self.endpoint, region_name=self.REGION, aws_access_key_id=self.ACCESS[0],
                      aws_secret_access_key=self.ACCESS[1]).create_bucket(Bucket=self.bucket)
