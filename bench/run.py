@@ -564,8 +564,7 @@ class Bench:
         try:
             await self._step(result, self._ramp_batches(a.soak_mix, rate, seconds), during=sampler.run)
         finally:
-            # Kept even when the run is interrupted in the verification, which takes about as long as the
-            # soak itself for 10 M readings (each 250,000-reading chunk's buckets compared).
+            # Kept even when the run is interrupted after the window, in the drain or the verification.
             self.report.soak = sampler.to_json(seconds)
         for name, slope in slopes(sampler.samples, seconds).items():
             if not slope.flat:

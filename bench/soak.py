@@ -4,7 +4,8 @@ A ramp step says whether a rate holds for a minute; an operator needs to know it
 offers one rate (about 70 % of the measured ceiling) for tens of minutes and samples, every `--soak-sample`
 seconds: the rate stored in the interval, the interval's p99 ingest → committed latency, the resident memory
 of every process, the bytes each JetStream stream holds, the database's size per reading stored, and WAL
-written and archived. Each curve gets a least-squares slope after a warm-up; a flat curve has a slope within
+written and archived; and when checkpoints and autovacuum runs completed, which explain the p99's spikes (the
+plot marks checkpoints on the p99 panel). Each curve gets a least-squares slope after a warm-up; a flat curve has a slope within
 `FLAT` of its mean per hour, anything else is listed for the report to explain.
 """
 
@@ -41,6 +42,9 @@ class SoakSample:
     wal_bytes: int  # WAL written since the window started
     archived: int  # WAL segments archived since the window started
     archive_failed: int  # archiving failures since the window started
+    # Events, not curves: they explain a curve's spikes (the report lists the intervals each happened in).
+    checkpoints: int = 0  # checkpoints completed since the window started
+    autovacuums: int = 0  # autovacuum runs completed on the database's tables since the window started
 
     @property
     def bytes_per_reading(self) -> float | None:
@@ -128,6 +132,7 @@ class SoakSampler:
             scrape0 = previous = monitor.scrape_all(self.urls)
             db0, wal0, (archived0, failed0) = await _database_size(conn), await monitor.wal_position(conn), \
                 await _archiver(conn)
+            checkpoints0, autovacuums0 = await _maintenance(conn)
             due = 0.0
             while due < seconds:
                 due = min(due + self.every, seconds)  # on a fixed grid: sampling time does not drift it
@@ -139,12 +144,14 @@ class SoakSampler:
                 interval = monitor.delta_histogram(monitor.histogram(previous, monitor.E2E),
                                                    monitor.histogram(now, monitor.E2E))
                 archived, failed = await _archiver(conn)
+                checkpoints, autovacuums = await _maintenance(conn)
                 self.samples.append(SoakSample(
                     at=at, stored=stored,
                     stored_rate=(monitor.stored(now) - monitor.stored(previous)) / max(at - last_at, 1e-9),
                     p99=quantile(0.99, interval), rss=self.groups.memory(), stream_bytes=await self._streams(),
                     database_bytes=await _database_size(conn) - db0, wal_bytes=await monitor.wal_position(conn) - wal0,
                     archived=archived - archived0, archive_failed=failed - failed0,
+                    checkpoints=checkpoints - checkpoints0, autovacuums=autovacuums - autovacuums0,
                 ))
                 previous = now
         finally:
@@ -167,6 +174,25 @@ async def _database_size(conn: asyncpg.Connection) -> int:
 async def _archiver(conn: asyncpg.Connection) -> tuple[int, int]:
     row = await conn.fetchrow("SELECT archived_count, failed_count FROM pg_stat_archiver")
     return int(row["archived_count"]), int(row["failed_count"])
+
+
+async def _maintenance(conn: asyncpg.Connection) -> tuple[int, int]:
+    """Checkpoints and autovacuum runs completed so far (pg_stat_checkpointer: PostgreSQL 17 and later)."""
+    row = await conn.fetchrow(
+        "SELECT (SELECT num_timed + num_requested FROM pg_stat_checkpointer) AS checkpoints,"
+        " (SELECT coalesce(sum(autovacuum_count), 0) FROM pg_stat_all_tables) AS autovacuums")
+    return int(row["checkpoints"]), int(row["autovacuums"])
+
+
+def events(samples: list[SoakSample]) -> dict[str, list[float]]:
+    """The minutes (each interval's end) in which checkpoints and autovacuum runs completed."""
+    out: dict[str, list[float]] = {"checkpoints": [], "autovacuum runs": []}
+    previous = (0, 0)
+    for s in samples:
+        out["checkpoints"] += [s.at / 60] * (s.checkpoints - previous[0])
+        out["autovacuum runs"] += [s.at / 60] * (s.autovacuums - previous[1])
+        previous = (s.checkpoints, s.autovacuums)
+    return out
 
 
 def samples_of(soak: dict[str, Any]) -> list[SoakSample]:
@@ -196,6 +222,13 @@ def markdown(soak: dict[str, Any], step: dict[str, Any] | None) -> list[str]:
         out.append(f"| {name} | {points[0][1]:,.2f} | {points[-1][1]:,.2f} | {slope.per_hour:+,.3f} |"
                    f" {slope.relative:+.1%} | {'yes' if slope.flat else '**no**'} |")
     last = samples[-1]
+    out += [""]
+    for name, minutes in events(samples).items():
+        listed = ", ".join(f"{m:.1f}" for m in minutes) if minutes else "none"
+        out.append(f"- {name} completed in the intervals ending at minute: {listed}.")
+    spikes = sorted((s for s in samples if s.p99 is not None), key=lambda s: s.p99 or 0.0, reverse=True)[:5]
+    out.append("- highest p99 intervals (ending at minute: p99): "
+               + ", ".join(f"{s.at / 60:.1f}: {s.p99:.2f} s" for s in spikes) + ".")
     out += ["", f"WAL archived during the window: {last.archived} segments, {last.archive_failed} failures"
             f" (0 and 0 when the benchmark's PostgreSQL does not archive). Window {window / 60:.1f} min.", ""]
     return out
@@ -219,6 +252,9 @@ def plot(soak: dict[str, Any], path: Path, title: str) -> None:
             points = curves.get(name, [])
             if points:
                 axis.plot([t / 60 for t, _ in points], [v for _, v in points], label=name)
+        if label.startswith("p99"):
+            for minute in events(samples_of(soak))["checkpoints"]:
+                axis.axvline(minute, color="grey", alpha=0.4, linewidth=0.8)
         axis.set_ylabel(label, fontsize=8)
         axis.grid(alpha=0.3)
         if len(names) > 1:
