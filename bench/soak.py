@@ -5,8 +5,8 @@ offers one rate (about 70 % of the measured ceiling) for tens of minutes and sam
 seconds: the rate stored in the interval, the interval's p99 ingest → committed latency, the resident memory
 of every process, the bytes each JetStream stream holds, the database's size per reading stored, and WAL
 written and archived; and when checkpoints and autovacuum runs completed, which explain the p99's spikes (the
-plot marks checkpoints on the p99 panel). Each curve gets a least-squares slope after a warm-up; a flat curve has a slope within
-`FLAT` of its mean per hour, anything else is listed for the report to explain.
+plot marks checkpoints on the p99 panel). Each curve gets a least-squares slope after a warm-up; a flat curve
+has a slope within `FLAT` of its mean per hour, anything else is listed for the report to explain.
 """
 
 from __future__ import annotations
