@@ -138,7 +138,7 @@ async def test_fast_generator_and_verification_agree_exactly(stack: LocalStack, 
         delivery = await verify(conn, [*sent, ghost])
         assert delivery.lost == 1 and delivery.delivered == len(sent) and not delivery.exact
         # ... and a bucket whose stored count is not what was sent (the last reading's newest bucket, which no
-        # later reading of its device covers): one mismatch, and its device's total no longer agrees.
+        # later reading of its device covers): one mismatch, nothing lost.
         last = max(sent, key=lambda r: (r.device_time, r.seq))
         wrong = SentReading(last.protocol, last.device, last.seq, last.device_time, last.period_end, last.index,
                             (*last.counts[:-1], last.counts[-1] + 1))
