@@ -22,9 +22,12 @@ _PENDING = """
 SELECT id, protocol, device_id, kind, opened_at, resolved_at, day, detail, published_open, published_resolved
 FROM alerts
 WHERE (NOT published_open OR (resolved_at IS NOT NULL AND NOT published_resolved))
-  AND ($1::bigint[] IS NULL OR id = ANY($1))
-ORDER BY id LIMIT $2
+  AND ($1::bigint[] IS NULL OR id = ANY($1)) AND id > $2
+ORDER BY id LIMIT $3
 """
+# Alerts whose events are published at once: a sweep may open thousands (a network outage silences a whole
+# fleet), and a process's memory keeps the high-water of what it held at once.
+PAGE = 100
 
 
 def event_body(row: asyncpg.Record, event: str) -> bytes:
@@ -35,29 +38,38 @@ def event_body(row: asyncpg.Record, event: str) -> bytes:
     })
 
 
-async def publish_pending(
-    pool: asyncpg.Pool, publisher: Publisher, ids: list[int] | None = None, limit: int = 1000
-) -> int:
-    """Publishes unpublished alert events (all, or those of `ids`); returns how many went out."""
-    async with pool.acquire() as conn:
-        rows = await conn.fetch(_PENDING, ids, limit)
-        sends = []
-        for row in rows:
-            if not row["published_open"]:
-                sends.append((row, "opened"))
-            if row["resolved_at"] is not None and not row["published_resolved"]:
-                sends.append((row, "resolved"))
-        results = await asyncio.gather(
-            *(publisher.publish(f"alerts.{row['kind']}", event_body(row, event),
-                                {MSG_ID: f"alert:{row['id']}:{event}"}, ALERTS) for row, event in sends),
-            return_exceptions=True,
-        )
-        opened = [row["id"] for (row, event), r in zip(sends, results, strict=True)
-                  if event == "opened" and not isinstance(r, BaseException)]
-        resolved = [row["id"] for (row, event), r in zip(sends, results, strict=True)
-                    if event == "resolved" and not isinstance(r, BaseException)]
-        await conn.execute("UPDATE alerts SET published_open = true WHERE id = ANY($1)", opened)
-        await conn.execute("UPDATE alerts SET published_resolved = true WHERE id = ANY($1)", resolved)
+async def publish_pending(pool: asyncpg.Pool, publisher: Publisher, ids: list[int] | None = None) -> int:
+    """Publishes unpublished alert events (all, or those of `ids`), PAGE alerts at a time; returns how many
+    went out. What fails to go out waits for the next sweep."""
+    published, after = 0, 0
+    while True:
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(_PENDING, ids, after, PAGE)
+            if rows:
+                published += await _publish(conn, publisher, rows)
+        if len(rows) < PAGE:
+            return published
+        after = rows[-1]["id"]
+
+
+async def _publish(conn: asyncpg.Connection, publisher: Publisher, rows: list[asyncpg.Record]) -> int:
+    sends = []
+    for row in rows:
+        if not row["published_open"]:
+            sends.append((row, "opened"))
+        if row["resolved_at"] is not None and not row["published_resolved"]:
+            sends.append((row, "resolved"))
+    results = await asyncio.gather(
+        *(publisher.publish(f"alerts.{row['kind']}", event_body(row, event),
+                            {MSG_ID: f"alert:{row['id']}:{event}"}, ALERTS) for row, event in sends),
+        return_exceptions=True,
+    )
+    opened = [row["id"] for (row, event), r in zip(sends, results, strict=True)
+              if event == "opened" and not isinstance(r, BaseException)]
+    resolved = [row["id"] for (row, event), r in zip(sends, results, strict=True)
+                if event == "resolved" and not isinstance(r, BaseException)]
+    await conn.execute("UPDATE alerts SET published_open = true WHERE id = ANY($1)", opened)
+    await conn.execute("UPDATE alerts SET published_resolved = true WHERE id = ANY($1)", resolved)
     for (row, event), result in zip(sends, results, strict=True):
         if isinstance(result, PublishError):
             log.warning("alert event not published; the sweep retries", alert=row["id"], error=str(result))
