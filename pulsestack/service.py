@@ -10,6 +10,7 @@ import nats
 import uvloop
 from nats.aio.client import Client as NATS
 
+from pulsestack import allocator
 from pulsestack.config import CommonConfig
 from pulsestack.logs import configure, get_logger
 
@@ -86,6 +87,8 @@ async def close_nats(nc: NATS) -> None:
 def run(service: str, main: Callable[[asyncio.Event], Awaitable[None]], log_level: str = "info") -> None:
     """Entry point of every service process."""
     configure(service, log_level)
+    if not allocator.in_use():
+        log.warning("not running on jemalloc: resident memory may creep after bursts (pulsestack/allocator.py)")
     async def runner() -> None:
         await main(stop_on_signals())
 

@@ -11,6 +11,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pulsestack import allocator
 from pulsestack.services import BY_NAME, LOCAL
 
 # `pulsestack run all`: the services of the catalogue marked `in_all`, in one process.
@@ -37,6 +38,7 @@ class ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         env = {**os.environ, **self.env, **self.extra_env, **extra_env}
+        env.update(allocator.environment(env))  # as in the images: pulsestack/allocator.py
         self.process = subprocess.Popen([sys.executable, *command(self.name)], env=env, stdout=log, stderr=log)
 
     @property

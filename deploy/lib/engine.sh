@@ -170,7 +170,8 @@ base_image() {
         log "base image $image present"
         return 0
     fi
-    local tarball="$CACHE/base/$suite-minbase.tar"
+    # Named by its package list too: a cached rootfs made without a package added since is not reused.
+    local tarball="$CACHE/base/$suite-minbase-$(printf %s "$include" | md5sum | cut -c1-8).tar"
     if [ ! -s "$tarball" ]; then
         local mirror rootfs script=()
         mirror="$(apt_mirror)"
@@ -201,7 +202,8 @@ base_image() {
 }
 
 step_base() {
-    base_image bookworm "$BASE_IMAGE" python3,python3-venv
+    # libjemalloc2: the services' allocator (deploy/runtime.Dockerfile, pulsestack/allocator.py).
+    base_image bookworm "$BASE_IMAGE" python3,python3-venv,libjemalloc2
     base_image forky "$POSTGRES_BASE_IMAGE"
 }
 
