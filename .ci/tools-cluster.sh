@@ -11,15 +11,10 @@
 # The Python tools (ansible, ansible-lint, python-hcl2, pyyaml) come from
 # PyPI with the project's other test dependencies.
 set -euo pipefail
+. "$(dirname "$0")/apt.sh"
 
 if ! command -v git >/dev/null 2>&1; then
-    if [ "$(id -u)" != 0 ]; then
-        echo "tools-cluster: git missing and not root; cannot install; the tests that need them skip" >&2
-        exit 0
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends git >/dev/null
+    apt_install tools-cluster git || exit 0
 fi
 
 echo "tools-cluster: $(git --version)"

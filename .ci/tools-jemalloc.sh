@@ -4,15 +4,8 @@
 # Without it the local stack runs on CPython's allocators, and tests/test_allocator.py skips (fails with
 # PULSESTACK_REQUIRE_ALL=1).
 set -euo pipefail
+. "$(dirname "$0")/apt.sh"
 
-if ls /usr/lib/*-linux-gnu/libjemalloc.so.2 >/dev/null 2>&1; then
-    exit 0
-fi
-if [ "$(id -u)" != 0 ]; then
-    echo "tools-jemalloc: libjemalloc2 missing and not root; services run on CPython's allocators" >&2
-    exit 0
-fi
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends libjemalloc2 >/dev/null
+ls /usr/lib/*-linux-gnu/libjemalloc.so.2 >/dev/null 2>&1 && exit 0
+apt_install tools-jemalloc libjemalloc2 || exit 0
 echo "tools-jemalloc: $(ls /usr/lib/*-linux-gnu/libjemalloc.so.2)"
