@@ -40,19 +40,21 @@ def event_body(row: asyncpg.Record, event: str) -> bytes:
 
 async def publish_pending(pool: asyncpg.Pool, publisher: Publisher, ids: list[int] | None = None) -> int:
     """Publishes unpublished alert events (all, or those of `ids`), PAGE alerts at a time; returns how many
-    went out. What fails to go out waits for the next sweep."""
+    went out. It stops at the first page with an event that did not go out (the bus is likely down: the
+    other pages would wait for their PubAck timeouts too); the next sweep retries."""
     published, after = 0, 0
     while True:
         async with pool.acquire() as conn:
             rows = await conn.fetch(_PENDING, ids, after, PAGE)
-            if rows:
-                published += await _publish(conn, publisher, rows)
-        if len(rows) < PAGE:
+            went, sent = await _publish(conn, publisher, rows) if rows else (0, 0)
+        published += went
+        if len(rows) < PAGE or went < sent:
             return published
         after = rows[-1]["id"]
 
 
-async def _publish(conn: asyncpg.Connection, publisher: Publisher, rows: list[asyncpg.Record]) -> int:
+async def _publish(conn: asyncpg.Connection, publisher: Publisher, rows: list[asyncpg.Record]) -> tuple[int, int]:
+    """(events that went out, events tried) for one page of alerts."""
     sends = []
     for row in rows:
         if not row["published_open"]:
@@ -77,4 +79,4 @@ async def _publish(conn: asyncpg.Connection, publisher: Publisher, rows: list[as
             metrics.alerts.labels(row["kind"], event).inc()
             log.info("alert " + event, alert=row["id"], kind=row["kind"], device=row["device_id"],
                      protocol=row["protocol"])
-    return len(opened) + len(resolved)
+    return len(opened) + len(resolved), len(sends)
