@@ -34,7 +34,7 @@ RUN set -e; \
     if ! ls /usr/lib/*-linux-gnu/libjemalloc.so.2 >/dev/null 2>&1; then \
         apt-get update -qq; \
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libjemalloc2 >/dev/null; \
-        rm -rf /var/lib/apt/lists/*; \
+        apt-get clean; rm -rf /var/lib/apt/lists/*; \
     fi; \
     ln -s /usr/lib/*-linux-gnu/libjemalloc.so.2 /usr/local/lib/libjemalloc.so.2
 # Every service's health check: `healthz PORT` (deploy/healthz), a shell, not an interpreter.
