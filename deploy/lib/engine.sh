@@ -166,11 +166,11 @@ EOF
 # mirror, with the packages named; its rootfs is cached under $CACHE/base.
 base_image() {
     local suite="$1" image="$2" include="ca-certificates${3:+,$3}"
-    if docker image inspect "$image" >/dev/null 2>&1; then
+    # An image or a cached rootfs made from another package list (a package added since) is not reused.
+    if [ "$(docker image inspect -f '{{index .Config.Labels "pulsestack.packages"}}' "$image" 2>/dev/null)" = "$include" ]; then
         log "base image $image present"
         return 0
     fi
-    # Named by its package list too: a cached rootfs made without a package added since is not reused.
     local tarball="$CACHE/base/$suite-minbase-$(printf %s "$include" | md5sum | cut -c1-8).tar"
     if [ ! -s "$tarball" ]; then
         local mirror rootfs script=()
@@ -197,7 +197,8 @@ base_image() {
     fi
     echo "$image" >> "$STATE/built-images"
     docker import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-        --change 'ENV LANG=C.UTF-8' --change 'CMD ["/bin/bash"]' "$tarball" "$image" >/dev/null
+        --change 'ENV LANG=C.UTF-8' --change 'CMD ["/bin/bash"]' --change "LABEL pulsestack.packages=$include" \
+        "$tarball" "$image" >/dev/null
     log "imported $image ($(docker image inspect -f '{{.Size}}' "$image" | awk '{printf "%d MB", $1/1e6}'))"
 }
 
