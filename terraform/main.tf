@@ -57,13 +57,14 @@ locals {
   # keeps them equal) with 30 % headroom, plus 4 GB
   # for QUARANTINE, DEAD and ALERTS (3.2 GB at most). Managers may run Prometheus (20 GB of retention by
   # size, stack.yml) and the small admin volumes: 25 GB more. The database node also holds PostgreSQL:
-  # retention_months of every meter's readings at the measured bytes per reading, with 30 % headroom.
-  # See docs/durability.md.
+  # retention_months of every meter's readings at the measured bytes per reading, with 30 % headroom, and
+  # pg_wal: twice max_wal_size (8 GB, pulsestack/store/postgresql.conf), room for an archive outage to be
+  # noticed (PgWalGrowing) before PostgreSQL stops. See docs/durability.md.
   stream_gb = ceil(1.3 * var.peak_readings_per_second * 3600 * (
     var.stream_backlog_hours * 320 + var.stream_replay_hours * 320
   ) / 1e9) + 4
   database_gb = ceil(1.3 * var.meters * var.readings_per_meter_per_day * 30.44 * var.retention_months
-  * var.stored_bytes_per_reading / 1e9)
+  * var.stored_bytes_per_reading / 1e9) + 16
 
   nodes = {
     for n in local.node_list : n.name => merge(n, {

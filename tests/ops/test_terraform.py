@@ -466,7 +466,8 @@ def test_data_volumes_hold_the_streams_the_stack_sizes_and_the_database(tmp_path
     streams = sum(needed(peak, hours * 3600, per_reading) for hours, per_reading in (
         (backlog_hours, RAW_BYTES_PER_READING), (replay_hours, RAW_BYTES_PER_READING)))
     stream_gb = -(-13 * streams // (10 * 10**9)) + 4
-    database_gb = -(-13 * 1_000_000 * 24 * 3044 * 12 * 300 // (1000 * 10**9))
+    wal_gb = 16  # twice max_wal_size (pulsestack/store/postgresql.conf)
+    database_gb = -(-13 * 1_000_000 * 24 * 3044 * 12 * 300 // (1000 * 10**9)) + wal_gb
     sizes = {name: host["data_volume_size_gb"] for name, host in hosts.items()}
     assert sizes.pop("pulsestack-worker-1") == stream_gb + database_gb
     assert {sizes.pop(f"pulsestack-manager-{i}") for i in (1, 2, 3)} == {stream_gb + 25}, "Prometheus's room"

@@ -102,10 +102,10 @@ async def test_archiving_off_is_exported_as_off(server: Postgres) -> None:
     # Never archived, never failed: no age at all rather than a made-up one.
     assert "pulsestack_postgres_wal_last_archived_age_seconds" not in got
     assert "pulsestack_postgres_wal_last_archive_failure_age_seconds" not in got
-    # pg_wal holds at least the current 16 MiB segment; max_wal_size is production's 1GB.
+    # pg_wal holds at least the current 16 MiB segment; max_wal_size is production's 8GB.
     assert got["pulsestack_postgres_wal_bytes"] >= 16 * 2**20
     assert got["pulsestack_postgres_wal_files"] >= 1
-    assert got["pulsestack_postgres_wal_max_bytes"] == 2**30
+    assert got["pulsestack_postgres_wal_max_bytes"] == 8 * 2**30
 
 
 async def test_a_role_without_the_grants_loses_only_the_wal_series(server: Postgres) -> None:
