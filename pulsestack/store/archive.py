@@ -295,7 +295,9 @@ def scheduled_round(config: ArchiveConfig, metrics: BackupMetrics) -> None:
     try:
         last = last_backup_end(config)
         if last is None or time.time() - last >= config.backup_interval:
-            print(f"base backup {base_backup(config)} stored", flush=True)
+            # Until a first backup exists the archived WAL restores nothing: that one does not wait for a
+            # spread checkpoint (up to checkpoint_timeout), the scheduled ones do, to spare the disks.
+            print(f"base backup {base_backup(config, immediate=last is None)} stored", flush=True)
             last = last_backup_end(config)
     except ArchiveError as exc:
         metrics.failures.inc()
@@ -305,11 +307,29 @@ def scheduled_round(config: ArchiveConfig, metrics: BackupMetrics) -> None:
         metrics.last_end.set(last)
 
 
-def schedule(config: ArchiveConfig, port: int, poll: float = 60.0) -> None:
-    """Forever: a scheduled round every `poll` seconds, the metrics served on `port`."""
+def server_archives() -> bool:
+    """Whether the server libpq's environment names is up with archive_mode on: not the image's first-start
+    server (its init scripts'), whose data folder is still being made, and not a server that is down."""
+    shown = subprocess.run(["psql", "-XAtqc", "SHOW archive_mode"], capture_output=True, text=True)
+    return shown.returncode == 0 and shown.stdout.strip() == "on"
+
+
+def schedule(config: ArchiveConfig | None, port: int, poll: float = 60.0) -> None:
+    """Forever: the metrics served on `port`; once the server archives, a scheduled round every `poll` seconds.
+    Without an archive configured, only the metrics (no backup series): alert WalArchivingOff tells the
+    operator, and the stack's scheduler stays healthy rather than restarting every minute."""
     registry = CollectorRegistry()
+    if config is None:
+        # No backup series at all: a last backup at 0 would also raise BaseBackupOverdue for the same cause.
+        start_http_server(port, registry=registry)
+        print("pulsestack archive schedule: PULSESTACK_ARCHIVE_URL is not set; no base backups (docs/durability.md)",
+              file=sys.stderr, flush=True)
+        while True:
+            time.sleep(3600)
     metrics = BackupMetrics(registry)
     start_http_server(port, registry=registry)
+    while not server_archives():
+        time.sleep(5)
     while True:
         scheduled_round(config, metrics)
         time.sleep(poll)
@@ -338,7 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     backup.add_argument("--immediate-checkpoint", action="store_true")
     commands.add_parser("schedule", help="base backups every PULSESTACK_ARCHIVE_BACKUP_INTERVAL seconds, and"
                         " their metrics on PULSESTACK_ARCHIVE_METRICS_PORT")
-    commands.add_parser("settings", help="print the archiving settings for postgresql.conf")
+    settings = commands.add_parser("settings", help="print the archiving settings for postgresql.conf")
+    settings.add_argument("--options", action="store_true",
+                          help="as NAME=VALUE arguments of postgres -c instead, each ended by a NUL")
     restore_cmd = commands.add_parser("restore", help="a data folder recovering to a point in time")
     restore_cmd.add_argument("destination", type=Path)
     restore_cmd.add_argument("--target-time", type=parse_time, help="ISO time with zone; omitted: all WAL")
@@ -347,8 +369,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "settings":
-        sys.stdout.write(conf_lines(archive_settings()))
+        if args.options:
+            sys.stdout.write("".join(f"{name}={value}\0" for name, value in archive_settings().items()))
+        else:
+            sys.stdout.write(conf_lines(archive_settings()))
         return 0
+    if args.command == "schedule" and not os.environ.get("PULSESTACK_ARCHIVE_URL"):
+        schedule(None, env_int("PULSESTACK_ARCHIVE_METRICS_PORT", DEFAULT_METRICS_PORT))
     try:
         config = ArchiveConfig.from_env()
         if args.command == "wal-archive":

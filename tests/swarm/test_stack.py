@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from pulsestack.services import SERVICES
+from pulsestack.store.archive import parse_key
 from tests.stack_nats import mount, write_secrets
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,7 +81,7 @@ def test_docker_stack_config_accepts_the_test_override() -> None:
 
 def test_every_component_is_there(resolved: dict[str, Any]) -> None:
     expected = {
-        "traefik", "nats-1", "nats-2", "nats-3", "postgres", "setup", "ingest-udp", "ingest-http",
+        "traefik", "nats-1", "nats-2", "nats-3", "postgres", "archive-scheduler", "setup", "ingest-udp", "ingest-http",
         "raw-processor", "alerting", "api", "swarm-exporter", "nats-exporter", "cadvisor",
         "node-exporter", "prometheus", "alertmanager", "grafana", "portainer", "portainer-agent",
         "socket-proxy",
@@ -152,7 +153,9 @@ def test_placement(resolved: dict[str, Any]) -> None:
     services = resolved["services"]
     for name in MANAGER_ONLY:
         assert "node.role == manager" in services[name]["deploy"]["placement"]["constraints"], name
-    assert services["postgres"]["deploy"]["placement"]["constraints"] == ["node.labels.database == true"]
+    # The scheduler beside the server: it reads the server's data folder and socket (volumes of that node).
+    for name in ("postgres", "archive-scheduler"):
+        assert services[name]["deploy"]["placement"]["constraints"] == ["node.labels.database == true"], name
     # Each NATS server has a label of its own: a node carrying one label runs at most one server.
     for i in (1, 2, 3):
         assert services[f"nats-{i}"]["deploy"]["placement"]["constraints"] == [f"node.labels.nats-{i} == true"]
@@ -262,6 +265,7 @@ def test_secret_files_are_generated_consistently(tmp_path: Path) -> None:
     hashed = json.loads(re.search(r"^NATS_INGEST_UDP_PASSWORD: (.*)$", nats, re.MULTILINE)[1])  # type: ignore[index]
     assert bcrypt.checkpw((tmp_path / "nats_ingest_udp_password").read_text().strip().encode(), hashed.encode())
     assert len(bytes.fromhex((tmp_path / "device_master_key").read_text().strip())) == 32
+    assert len(parse_key((tmp_path / "archive_key").read_text())) == 32
     assert oct((tmp_path / "postgres_password").stat().st_mode & 0o777) == "0o600"
     before = (tmp_path / "postgres_password").read_text()
     subprocess.run(["bash", str(REPO / "deploy" / "secrets.sh"), "--files", str(tmp_path)], check=True)
@@ -314,6 +318,39 @@ def test_database_clients_verify_postgres_and_never_log_in_as_the_superuser(reso
         assert "ca_cert" in [secret["source"] for secret in service["secrets"]], name
     postgres = resolved["services"]["postgres"]
     assert "hba_file=/etc/postgresql/pg_hba.conf" in postgres["command"] and "ssl=on" in postgres["command"]
+
+
+def test_postgres_archives_with_its_own_image_and_a_scheduler_beside_it(resolved: dict[str, Any]) -> None:
+    """One image (deploy/postgres/Dockerfile) for the server and its base-backup scheduler, the same archive
+    settings for both, and the scheduler non-root, reading the server's data without writing to it."""
+    services = resolved["services"]
+    server, backup = services["postgres"], services["archive-scheduler"]
+    assert server["image"] == backup["image"] == "pulsestack/postgres:0.1.0"
+    settings = {k: v for k, v in server["environment"].items() if k.startswith("PULSESTACK_ARCHIVE_")}
+    assert settings and {k: backup["environment"][k] for k in settings} == settings
+    assert {s["source"] for s in backup["secrets"]} == {"archive_access_key_id", "archive_secret_access_key",
+                                                         "archive_key"}
+    assert {s["source"] for s in backup["secrets"]} <= {s["source"] for s in server["secrets"]}
+    assert backup["command"] == ["schedule"] and backup["user"] == "999:999"
+    # barman-cloud-backup copies the configuration files from where the server reads them.
+    assert {(c["source"], c["target"]) for c in backup["configs"]} <= {(c["source"], c["target"])
+                                                                        for c in server["configs"]}
+    assert len(backup["configs"]) == 2
+    mounts = {v["target"]: v for v in backup["volumes"]}
+    assert mounts["/var/lib/postgresql"]["source"] == "postgres-data" and mounts["/var/lib/postgresql"]["read_only"]
+    assert {v["target"]: v["source"] for v in server["volumes"]}["/var/run/postgresql"] == "postgres-socket"
+    assert mounts["/var/run/postgresql"]["source"] == "postgres-socket"
+    # Production archives once PULSESTACK_ARCHIVE_URL is set; a deploy without it runs, and WalArchivingOff says so.
+    assert re.search(r"PULSESTACK_ARCHIVE_URL: \$\{PULSESTACK_ARCHIVE_URL:-\}", STACK.read_text())
+
+
+def test_scratch_folders_are_tmpfs_mounts_swarm_creates(raw: dict[str, Any], resolved: dict[str, Any]) -> None:
+    """docker stack deploy ignores a service's `tmpfs:` key without a word (the archive scheduler found no
+    writable /tmp in the swarm proof): scratch folders are volumes of type tmpfs."""
+    assert not [name for name, service in raw["services"].items() if "tmpfs" in service]
+    scratch = {name: {v["target"] for v in s.get("volumes", []) if v["type"] == "tmpfs"}
+               for name, s in resolved["services"].items()}
+    assert scratch["archive-scheduler"] == {"/tmp"} and scratch["socket-proxy"] == {"/tmp", "/run"}
 
 
 def test_pulsestack_services_run_read_only_without_capabilities(resolved: dict[str, Any]) -> None:
