@@ -11,8 +11,8 @@ declare -A STANDIN=(
     # tests/swarm/stack.override.yml's TCP relay into the db network: HAProxy, as the official image runs it.
     [postgres-relay]=socket-proxy
 )
-PULSESTACK_BUILT=(ingest-udp ingest-http processors alerting api swarm-exporter postgres)
-PULSESTACK_SERVICE_IMAGES=("${PULSESTACK_BUILT[@]:0:6}")  # on the shared runtime; postgres on PostgreSQL's
+PULSESTACK_SERVICE_IMAGES=(ingest-udp ingest-http processors alerting api swarm-exporter)  # on the shared runtime
+PULSESTACK_BUILT=("${PULSESTACK_SERVICE_IMAGES[@]}" postgres)  # postgres on PostgreSQL's image
 
 image_of_services() {  # "service image" lines of the resolved stack file
     docker stack config "${COMPOSE[@]}" | "$PY" deploy/swarm_proof.py images
