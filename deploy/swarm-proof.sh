@@ -104,9 +104,9 @@ step_deploy() {
     mkdir -p "$PULSESTACK_PROOF_SECRETS"
     printf 'proof%s\n' "$(openssl rand -hex 6)" > "$PULSESTACK_PROOF_SECRETS/archive_access_key_id"
     openssl rand -hex 20 > "$PULSESTACK_PROOF_SECRETS/archive_secret_access_key"
-    export PULSESTACK_ARCHIVE_URL=s3://pulsestack-archive/db PULSESTACK_ARCHIVE_REGION=us-east-1
-    PULSESTACK_ARCHIVE_ENDPOINT="$("$PY" deploy/swarm_proof.py s3)"
-    export PULSESTACK_ARCHIVE_ENDPOINT
+    read -r PULSESTACK_ARCHIVE_URL PULSESTACK_ARCHIVE_ENDPOINT < <("$PY" deploy/swarm_proof.py s3) \
+        || die "the S3 stand-in did not start (see above)"
+    export PULSESTACK_ARCHIVE_URL PULSESTACK_ARCHIVE_ENDPOINT PULSESTACK_ARCHIVE_REGION=us-east-1
     log "S3 stand-in for the WAL archive at $PULSESTACK_ARCHIVE_ENDPOINT"
     deploy/secrets.sh "$PULSESTACK_PROOF_SECRETS"
     # Traefik's certificate for the proof's domain (tests/swarm/edge.override.yml says why).

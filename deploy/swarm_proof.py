@@ -9,7 +9,7 @@
                                               routes, HTTP -> HTTPS; socket-proxy refuses writes
     python deploy/swarm_proof.py postgres     PostgreSQL's boundary: every pulsestack session over TLS, no login
                                               without TLS or as the superuser over TCP
-    python deploy/swarm_proof.py s3           starts the S3 stand-in the stack archives into, prints its endpoint
+    python deploy/swarm_proof.py s3           starts the S3 stand-in the stack archives into, prints URL and endpoint
     python deploy/swarm_proof.py archive      WAL archived into it, encrypted, none failed; a base backup stored
     python deploy/swarm_proof.py summary      the delivery figures of every window
 
@@ -854,7 +854,8 @@ S3_PORT = int(os.environ.get("PULSESTACK_PROOF_S3_PORT", "15901"))
 
 
 def cmd_s3() -> None:
-    """Starts the S3 stand-in stack.yml's PostgreSQL archives into (moto) and prints its endpoint. It listens
+    """Starts the S3 stand-in stack.yml's PostgreSQL archives into (moto) and prints the archive's URL and the
+    stand-in's endpoint, the stack's PULSESTACK_ARCHIVE_URL and _ENDPOINT. It listens
     on the engine's gateway bridge, where every container's way out of its overlay networks leads; it outlives
     this command (deploy/swarm-proof.sh stops it by its pid file)."""
     host = docker("network", "inspect", "docker_gwbridge", "-f", "{{(index .IPAM.Config 0).Gateway}}").strip()
@@ -862,7 +863,7 @@ def cmd_s3() -> None:
     server.start()
     assert server.process is not None
     (WORK / "moto.pid").write_text(f"{server.process.pid}\n")
-    print(server.endpoint)
+    print(ARCHIVE_URL, server.endpoint)
 
 
 def cmd_archive() -> None:
