@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Required, TypedDict, Unpack
 
 import msgspec
 from nats.js.client import JetStreamContext
@@ -31,6 +32,14 @@ class QuarantineRecord(msgspec.Struct, array_like=True):
     at: float
     reading: Reading | None = None  # decoded and authentic: replayable
     payload: bytes = b""  # what arrived, when it could not be decoded
+
+
+class Origin(TypedDict, total=False):
+    """Where a rejected input came from: the source (the rate limit's key) and what of it could be read."""
+
+    source: Required[str]
+    reading: Reading | None  # decoded and authentic: replayable
+    payload: bytes  # what arrived, when it could not be decoded
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -77,21 +86,14 @@ class Quarantine:
         self._buckets[source] = (tokens - 1, now)
         return True
 
-    def submit(
-        self,
-        stage: str,
-        reason: str,
-        detail: str,
-        *,
-        source: str,
-        reading: Reading | None = None,
-        payload: bytes = b"",
-    ) -> asyncio.Task[bool] | None:
+    def submit(self, stage: str, reason: str, detail: str, **origin: Unpack[Origin]) -> asyncio.Task[bool] | None:
         """Schedules the write; None when the source is over its rate (cheap: no task is created)."""
         metrics.quarantined.labels(stage, reason).inc()
-        if not self._allow(source):
+        if not self._allow(origin["source"]):
             return None
-        record = QuarantineRecord(1, stage, reason, detail, source, time.time(), reading, payload)
+        reading = origin.get("reading")
+        record = QuarantineRecord(1, stage, reason, detail, origin["source"], time.time(), reading,
+                                  origin.get("payload", b""))
         headers = {"Pulsestack-Reason": reason}
         if reading is not None:
             headers["Pulsestack-Trace-Id"] = reading.trace_id
@@ -100,18 +102,9 @@ class Quarantine:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def put(
-        self,
-        stage: str,
-        reason: str,
-        detail: str,
-        *,
-        source: str,
-        reading: Reading | None = None,
-        payload: bytes = b"",
-    ) -> bool:
+    async def put(self, stage: str, reason: str, detail: str, **origin: Unpack[Origin]) -> bool:
         """True once JetStream holds the record; False if rate-limited or the bus refused it."""
-        task = self.submit(stage, reason, detail, source=source, reading=reading, payload=payload)
+        task = self.submit(stage, reason, detail, **origin)
         return False if task is None else await task
 
     async def _write(self, subject: str, data: bytes, headers: dict[str, str]) -> bool:
