@@ -400,7 +400,7 @@ def nbiot_spec(port: int, master_key: bytes, mode: str, settle_timeout: float) -
 
 # Where each callback protocol's generator posts: the webhooks' base for LoRaWAN (the generator adds the
 # network server's path), the callback route for Sigfox.
-CALLBACK_PATHS = {sigfox.PROTOCOL: "/v1/sigfox", lorawan.PROTOCOL: "/v1/lorawan"}
+CALLBACK_PATHS = {sigfox.PROTOCOL: sigfox.CALLBACK_PATH, lorawan.PROTOCOL: lorawan.CALLBACK_BASE}
 
 
 def callback_spec(protocol: str, port: int, token: str, connections: int, settle_timeout: float) -> Spec:

@@ -429,7 +429,8 @@ async def under_traffic(window: int, fault: Callable[[], Awaitable[None]] | None
         ca_file = str(SECRETS / "ca_cert")
     simulation = Simulation(SimulationConfig(
         devices=DEVICES, nbiot_share=NBIOT_SHARE, lorawan_share=LORAWAN_SHARE, rate=RATE,
-        udp_target=(udp_host, UDP_PORT), http_url=f"{base}/v1/sigfox", lorawan_url=f"{base}/v1/lorawan",
+        udp_target=(udp_host, UDP_PORT), http_url=base + sigfox.CALLBACK_PATH,
+        lorawan_url=base + lorawan.CALLBACK_BASE,
         http_host=sigfox_host, http_ca_file=ca_file,
         sigfox_token=secret("sigfox_tokens").split()[0], lorawan_token=secret("lorawan_tokens").split()[0],
         master_key=bytes.fromhex(secret("device_master_key")), first_id=first_id(window), seed=window + 1,

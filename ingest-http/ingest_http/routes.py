@@ -25,10 +25,10 @@ def _tts(query: Mapping[str, str], body: Any, received_at: float, trace_id: str)
 
 # A Sigfox callback is a few hundred bytes. A LoRaWAN uplink carries one metadata entry per gateway that heard
 # it (a few hundred bytes each) and the server's own fields: 32 KiB holds dozens of gateways.
-SIGFOX = Route("/v1/sigfox", sigfox.PROTOCOL, sigfox.PROTOCOL, _sigfox, max_body=4096, keep_odd_frames=False)
+SIGFOX = Route(sigfox.CALLBACK_PATH, sigfox.PROTOCOL, sigfox.PROTOCOL, _sigfox, max_body=4096, keep_odd_frames=False)
 LORAWAN_MAX_BODY = 32 * 1024
-CHIRPSTACK = Route("/v1/lorawan/chirpstack", lorawan.PROTOCOL, lorawan.PROTOCOL, _chirpstack,
-                   max_body=LORAWAN_MAX_BODY, keep_odd_frames=True)
-TTS = Route("/v1/lorawan/tts", lorawan.PROTOCOL, lorawan.PROTOCOL, _tts, max_body=LORAWAN_MAX_BODY,
-            keep_odd_frames=True)
+CHIRPSTACK = Route(lorawan.CALLBACK_BASE + lorawan.SERVER_PATHS[lorawan.CHIRPSTACK], lorawan.PROTOCOL,
+                   lorawan.PROTOCOL, _chirpstack, max_body=LORAWAN_MAX_BODY, keep_odd_frames=True)
+TTS = Route(lorawan.CALLBACK_BASE + lorawan.SERVER_PATHS[lorawan.TTS], lorawan.PROTOCOL, lorawan.PROTOCOL, _tts,
+            max_body=LORAWAN_MAX_BODY, keep_odd_frames=True)
 ROUTES = (SIGFOX, CHIRPSTACK, TTS)

@@ -25,6 +25,9 @@ from pulsestack.wire.reading import MetaValue, Reading, value_problem
 PROTOCOL = "lorawan"
 CHIRPSTACK = "chirpstack"
 TTS = "tts"
+# ingest-http's routes: the webhooks' base, and below it one path per network server.
+CALLBACK_BASE = "/v1/lorawan"
+SERVER_PATHS = {CHIRPSTACK: "/chirpstack", TTS: "/tts"}
 PAYLOAD_PORT = 1  # the v1 payload's application port
 SEQ_MODULUS = 2**32  # LoRaWAN's 32-bit FCntUp
 IDENTITY_SECONDS = sigfox.BUCKET_SECONDS

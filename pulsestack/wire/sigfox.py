@@ -10,6 +10,7 @@ from pulsestack.wire.protocol import Codec, StoredRaw
 from pulsestack.wire.reading import Flags, MetaValue, Reading, flag_table, value_problem
 
 PROTOCOL = "sigfox"
+CALLBACK_PATH = "/v1/sigfox"  # ingest-http's route, where the Sigfox backend's callback posts
 PAYLOAD_SIZE = 12
 BUCKET_SECONDS = 900
 BUCKETS = 4

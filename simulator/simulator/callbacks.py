@@ -35,8 +35,9 @@ def lorawan_request(number: int, seq: int, period_end: int, payload: bytes) -> t
     the quarter hour after its last bucket."""
     received = period_end + reception_offset(number)
     if number % 2:
-        return "/tts", lorawan.tts_uplink(number, seq, received, payload)
-    return "/chirpstack?event=up", lorawan.chirpstack_uplink(number, seq, received, payload)
+        return lorawan.SERVER_PATHS[lorawan.TTS], lorawan.tts_uplink(number, seq, received, payload)
+    event = f"{lorawan.SERVER_PATHS[lorawan.CHIRPSTACK]}?event=up"  # ChirpStack names the event in the URL
+    return event, lorawan.chirpstack_uplink(number, seq, received, payload)
 
 
 def lorawan_uplink(meter: Meter, reading: SentReading) -> tuple[str, dict[str, Any]]:

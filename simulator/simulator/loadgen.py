@@ -56,7 +56,7 @@ class Spec:
     mode: str = "ack"  # nbiot: ack | fire; callbacks: always answered
     host: str = "127.0.0.1"
     port: int = 2204
-    path: str = "/v1/sigfox"  # LoRaWAN: the webhooks' base, /v1/lorawan
+    path: str = sigfox.CALLBACK_PATH  # LoRaWAN: the webhooks' base, lorawan.CALLBACK_BASE
     token: str = ""
     master_key: str = ""  # hex
     sockets: int = 64

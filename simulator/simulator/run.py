@@ -26,13 +26,13 @@ class SimulationConfig:
     duration: float | None = None  # seconds; None: until `readings` are sent or stopped
     readings: int | None = None
     udp_target: tuple[str, int] = ("127.0.0.1", 2204)
-    http_url: str = "http://127.0.0.1:7070/v1/sigfox"
+    http_url: str = f"http://127.0.0.1:7070{sigfox.CALLBACK_PATH}"
     # Through a reverse proxy reached by address (the swarm proof's Traefik): the host name its routers
     # match, sent as Host and as the TLS server name, and the CA its certificate chains to.
     http_host: str | None = None
     http_ca_file: str | None = None
     sigfox_token: str = ""
-    lorawan_url: str = "http://127.0.0.1:7070/v1/lorawan"  # + /chirpstack?event=up or /tts
+    lorawan_url: str = f"http://127.0.0.1:7070{lorawan.CALLBACK_BASE}"  # + each network server's path
     lorawan_token: str = ""
     master_key: bytes = b""
     # Device clocks start this far back; each reading advances a device by an hour, never past now.
