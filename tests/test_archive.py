@@ -318,3 +318,25 @@ async def test_archiving_into_a_missing_bucket_counts_failures(archived: Archive
         await eventually(failed, timeout=60, interval=0.2)
     finally:
         await conn.close()
+
+
+async def test_a_new_database_system_under_the_same_archive_gets_its_own_base_backup_at_once(
+    archived: Archived, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A move by dump and restore (remove-node.yml, migrate-node-type.yml) initialises a new database system that
+    archives where the old one did: the old one's fresh backup restores nothing of the new one's, so the scheduler
+    takes the new one's first backup at once instead of a day later."""
+    await asyncio.to_thread(archive.base_backup, archived.config, True)
+    metrics = archive.BackupMetrics(CollectorRegistry())
+    await asyncio.to_thread(archive.scheduled_round, archived.config, metrics)
+    assert len(await asyncio.to_thread(archive.backups, archived.config)) == 1  # the old system's is fresh
+    successor = Postgres(archived.workdir / "successor", settings=archive.archive_settings())
+    monkeypatch.setenv("PGPORT", str(successor.port))
+    await asyncio.to_thread(successor.start)
+    try:
+        systemid = await asyncio.to_thread(archive.server_systemid)
+        await asyncio.to_thread(archive.scheduled_round, archived.config, metrics)
+        listed = await asyncio.to_thread(archive.backups, archived.config)
+        assert [str(b["systemid"]) for b in listed][-1] == systemid and len(listed) == 2, listed
+    finally:
+        await asyncio.to_thread(successor.stop, "immediate")

@@ -251,11 +251,20 @@ def backups(config: ArchiveConfig) -> list[dict[str, object]]:
     return found
 
 
-def last_backup_end(config: ArchiveConfig) -> float | None:
-    """When the newest complete base backup ended (Unix seconds), or None if there is none."""
+def last_backup_end(config: ArchiveConfig, systemid: str) -> float | None:
+    """When the newest complete base backup of the database system `systemid` ended (Unix seconds), or None if
+    there is none. A backup of another system under the same archive (the server before a move by dump and
+    restore, which initialises a new one) restores nothing of this one's."""
     ends = [datetime.fromisoformat(str(b["end_time_iso"])).timestamp()
-            for b in backups(config) if b.get("status") == "DONE" and b.get("end_time_iso")]
+            for b in backups(config)
+            if b.get("status") == "DONE" and b.get("end_time_iso") and str(b.get("systemid")) == systemid]
     return max(ends, default=None)
+
+
+def server_systemid() -> str:
+    """The system identifier of the server libpq's environment names (initdb draws it; a restore keeps it)."""
+    return checked(subprocess.run(["psql", "-XAtqc", "SELECT system_identifier FROM pg_control_system()"],
+                                  capture_output=True, text=True)).strip()
 
 
 def restore(config: ArchiveConfig, destination: Path, target_time: datetime | None,
@@ -265,6 +274,8 @@ def restore(config: ArchiveConfig, destination: Path, target_time: datetime | No
     if destination.exists() and any(destination.iterdir()):
         raise ArchiveError(f"{destination} is not empty: a restore writes a data folder of its own")
     settings = recovery_settings(target_time)
+    # PGDATA under a fresh volume (/var/lib/postgresql/18/docker) does not exist yet.
+    destination.mkdir(mode=0o700, parents=True, exist_ok=True)
     target = ["--target-time", settings["recovery_target_time"]] if target_time is not None else []
     checked(barman(config, "barman-cloud-restore", *config.cloud_options(), *target, config.destination,
                    config.server, backup_id, str(destination)))
@@ -293,12 +304,13 @@ def scheduled_round(config: ArchiveConfig, metrics: BackupMetrics) -> None:
     own catalogue, so a restarted scheduler reports the truth at once."""
     metrics.interval.set(config.backup_interval)
     try:
-        last = last_backup_end(config)
+        systemid = server_systemid()
+        last = last_backup_end(config, systemid)
         if last is None or time.time() - last >= config.backup_interval:
             # Until a first backup exists the archived WAL restores nothing: that one does not wait for a
             # spread checkpoint (up to checkpoint_timeout), the scheduled ones do, to spare the disks.
             print(f"base backup {base_backup(config, immediate=last is None)} stored", flush=True)
-            last = last_backup_end(config)
+            last = last_backup_end(config, systemid)
     except ArchiveError as exc:
         metrics.failures.inc()
         print(f"pulsestack archive schedule: {exc}", file=sys.stderr, flush=True)
