@@ -22,13 +22,18 @@
 #   7 nodes      under traffic, remove-node.yml removes a worker, add-node.yml
 #                brings it back
 #   8 scale      scale.yml: processors 1 -> 3 -> 1 under traffic
-#   9 backup     backup.yml then restore.yml through an S3 stand-in (moto)
+#   9 backup     backup.yml then restore-dump.yml through the S3 stand-in (moto,
+#                on this machine's address on the nodes' network since the
+#                site step: the stack archives its WAL there)
 #  10 migrate    migrate-node-type.yml under traffic: a second generation of
 #                "larger" VMs replaces every node, one at a time; then the old
 #                generation is deleted. About 9–10 minutes on a 2-core machine;
 #                PULSESTACK_PROOF_MIGRATE=0 leaves it out
 #  11 again      site.yml once more: no task reports a change
-#  12 clean      VMs, their volumes, the network, the registry and what the
+#  12 database   under traffic, the database node's VM and disk are deleted;
+#                restore.yml restores the WAL archive onto another worker and
+#                replays RAW_REPLAY; exact delivery; RPO and RTO printed
+#  13 clean      VMs, their volumes, the network, the registry and what the
 #                engine step changed
 #
 # Idempotent: safe to run again after a failure (it cleans up first).
@@ -126,11 +131,15 @@ step_nodes() {
 # ------------------------------------------------------------------- step 4
 
 step_site() {
+    # moto as the cluster's object storage, on this machine's address on the nodes' network: the WAL
+    # archive (PostgreSQL's containers) and backup.yml's dumps (the control machine). It outlives the
+    # command, until the clean step stops it by its pid file.
+    "$PY" deploy/cluster_proof.py s3
     "$PY" deploy/cluster_proof.py vars
     "$PY" deploy/cluster_proof.py site
 }
 
-# ------------------------------------------------------------------- step 12
+# ------------------------------------------------------------------- step 13
 
 remove_nodes() {
     docker_up || return 0
@@ -141,6 +150,7 @@ remove_nodes() {
 }
 
 step_clean() {
+    [ -e "$WORK/moto.pid" ] && kill "$(cat "$WORK/moto.pid")" 2>/dev/null || true
     remove_nodes
     log "nodes, their volumes and the network removed"
     # The playbooks' logs (per-task times and results) outlive the run folder: what a failure did.
@@ -155,7 +165,7 @@ step_clean() {
 # The steps after the site, each a command of deploy/cluster_proof.py.
 declare -A FAULT_STEPS=(
     [delivery]=delivery [manager]=kill-manager [remove-add]=remove-add-node [scale]=scale
-    [backup]=backup-restore [migrate]=migrate [again]=again
+    [backup]=backup-restore [migrate]=migrate [again]=again [database]=lose-database
 )
 
 # `deploy/cluster-proof.sh run STEP...`: those steps again on a cluster a
@@ -198,6 +208,8 @@ main() {
         echo "=== step migrate: not run (PULSESTACK_PROOF_MIGRATE=0)"
     fi
     step again "$PY" deploy/cluster_proof.py again
+    # Last: the inventory still labels the deleted node database (restore.yml says to change that).
+    step database "$PY" deploy/cluster_proof.py lose-database
     proof_passed
 }
 

@@ -9,9 +9,12 @@
     python deploy/cluster_proof.py kill-manager     a manager's VM killed under traffic, then started again
     python deploy/cluster_proof.py remove-add-node  remove-node.yml then add-node.yml on a worker, under traffic
     python deploy/cluster_proof.py scale            scale.yml: processors 1 -> 3 -> 1, under traffic
-    python deploy/cluster_proof.py backup-restore   backup.yml, a row deleted, restore.yml brings it back
+    python deploy/cluster_proof.py s3               the S3 stand-in (moto) on this machine's address on the network
+    python deploy/cluster_proof.py backup-restore   backup.yml, a row deleted, restore-dump.yml brings it back
     python deploy/cluster_proof.py migrate          migrate-node-type.yml to a second generation, under traffic
     python deploy/cluster_proof.py again            site.yml again: no task reports a change
+    python deploy/cluster_proof.py lose-database    the database node deleted under traffic, restore.yml onto
+                                                    another from the WAL archive, replay from RAW_REPLAY
 
 The simulated VMs are containers on this machine (deploy/cluster-node) named by their host name, on a bridge
 network that plays the private network. The proof reaches the swarm as an operator would: SSH for Ansible;
@@ -35,12 +38,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from pulsestack.wire import lorawan, sigfox
+from pulsestack_cli.localstack import S3StandIn
 from simulator.fleet import fleet_ids
 from simulator.run import Simulation
 
@@ -72,7 +77,8 @@ NOT_RUNNABLE = sorted(yaml.safe_load((REPO / OFFLINE_OVERRIDE).read_text())["ser
 MEMORY = {1: "2g", 2: "3g"}
 INSTANCE_TYPES = {1: ("PLAY2-SMALL", "PLAY2-SMALL"), 2: ("PRO2-S", "PRO2-M")}
 
-proof.WINDOWS = ["cluster-steady", "manager-killed", "worker-removed-and-added", "scaled-1-3-1", "migration"]
+proof.WINDOWS = ["cluster-steady", "manager-killed", "worker-removed-and-added", "scaled-1-3-1", "migration",
+                 "database-node-lost"]
 proof.NOT_RUNNABLE = set(NOT_RUNNABLE)
 
 say = proof.say
@@ -196,6 +202,10 @@ def cmd_boot() -> None:
 def secret_values() -> dict[str, str]:
     names = subprocess.check_output([str(REPO / "deploy" / "secrets.sh"), "--list"], text=True).split()
     folder = Path(os.environ["PULSESTACK_PROOF_SECRETS"])
+    # The archive bucket's credentials are the operator's to give (secrets.sh leaves them blank).
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "archive_access_key_id").write_text(S3StandIn.ACCESS[0] + "\n")
+    (folder / "archive_secret_access_key").write_text(S3StandIn.ACCESS[1] + "\n")
     subprocess.run([str(REPO / "deploy" / "secrets.sh"), "--files", str(folder)], check=True,
                    stdout=subprocess.DEVNULL)
     return {name: (folder / name).read_text() for name in names}
@@ -209,7 +219,13 @@ def cmd_vars() -> None:
         "PULSESTACK_REGISTRY": "",
         "PULSESTACK_DOMAIN": DOMAIN,
         "PULSESTACK_INGEST_HTTP_REPLICAS": "1",  # its test port is published in host mode: one per node
+        # The scale step takes both to 3 and back to 1: the second site.yml must find them as deployed.
         "PULSESTACK_RAW_PROCESSOR_REPLICAS": "1",
+        "PULSESTACK_API_REPLICAS": "1",
+        # WAL archiving into the S3 stand-in (cmd_s3), which lose-database restores from.
+        "PULSESTACK_ARCHIVE_URL": proof.ARCHIVE_URL,
+        "PULSESTACK_ARCHIVE_ENDPOINT": S3_ENDPOINT,
+        "PULSESTACK_ARCHIVE_REGION": S3StandIn.REGION,
     }
     settings = {
         "ansible_ssh_private_key_file": str(WORK / "id_ed25519"),
@@ -229,9 +245,9 @@ def cmd_vars() -> None:
         "stack_environment": stack_environment,
         "stack_secrets": "{{ vault_stack_secrets }}",
         "stack_wait_ignore_services": NOT_RUNNABLE,
-        "postgres_backup_s3_endpoint_url": f"http://127.0.0.1:{S3_PORT}",
+        "postgres_backup_s3_endpoint_url": S3_ENDPOINT,
         "postgres_backup_s3_region": "fr-par",
-        "postgres_backup_s3_bucket": "pulsestack-backups",
+        "postgres_backup_s3_bucket": BACKUP_BUCKET,
         "postgres_backup_s3_access_key": "{{ vault_backup_s3_access_key }}",
         "postgres_backup_s3_secret_key": "{{ vault_backup_s3_secret_key }}",
         "postgres_backup_s3_validate_certs": False,
@@ -486,31 +502,27 @@ async def scale_1_3_1() -> None:
 # ----------------------------------------------------------------------------------- backup, restore
 
 
+S3_ENDPOINT = f"http://{GATEWAY}:{S3_PORT}"
+BACKUP_BUCKET = "pulsestack-backups"
+
+
 def s3_client() -> Any:
     import boto3
 
-    vault = read_vault()
-    return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{S3_PORT}", region_name="fr-par",
-                        aws_access_key_id=vault["vault_backup_s3_access_key"],
-                        aws_secret_access_key=vault["vault_backup_s3_secret_key"])
+    return boto3.client("s3", endpoint_url=S3_ENDPOINT, region_name="fr-par", aws_access_key_id=S3StandIn.ACCESS[0],
+                        aws_secret_access_key=S3StandIn.ACCESS[1])  # moto takes any
 
 
-def start_s3() -> subprocess.Popen[bytes]:
-    """moto in server mode: an S3-compatible object store on this machine, standing in for Scaleway's."""
-    server = subprocess.Popen([str(REPO / ".venv" / "bin" / "moto_server"), "-H", "127.0.0.1", "-p", str(S3_PORT)],
-                              stdout=subprocess.DEVNULL, stderr=(WORK / "moto.log").open("w"))
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", S3_PORT), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit(f"the S3 stand-in did not start (log {WORK / 'moto.log'})") from None
-            time.sleep(0.3)
-    s3_client().create_bucket(Bucket="pulsestack-backups",
-                              CreateBucketConfiguration={"LocationConstraint": "fr-par"})
-    return server
+def cmd_s3() -> None:
+    """moto in server mode, standing in for Scaleway's object storage, on this machine's address on the nodes'
+    network: PostgreSQL's containers archive WAL into one bucket, backup.yml (on this control machine) puts its
+    dumps in another. It outlives this command (deploy/cluster-proof.sh's clean step stops it by its pid file)."""
+    server = S3StandIn(proof.ARCHIVE_BUCKET, WORK / "moto.log", host=GATEWAY, port=S3_PORT)
+    server.start()
+    assert server.process is not None
+    (WORK / "moto.pid").write_text(f"{server.process.pid}\n")
+    s3_client().create_bucket(Bucket=BACKUP_BUCKET, CreateBucketConfiguration={"LocationConstraint": "fr-par"})
+    say(f"S3 stand-in at {S3_ENDPOINT}: buckets {proof.ARCHIVE_BUCKET} (WAL archive), {BACKUP_BUCKET} (dumps)")
 
 
 COUNTED = ("devices", "readings", "gaps", "device_state")
@@ -539,28 +551,81 @@ async def lose_a_fleet() -> int:
 
 def cmd_backup_restore() -> None:
     point_at_cluster()
-    server = start_s3()
+    before = asyncio.run(table_counts())
+    say(f"  rows before the backup: {before}")
+    playbook("backup.yml")
+    objects = [o["Key"] for o in s3_client().list_objects_v2(Bucket=BACKUP_BUCKET).get("Contents", [])]
+    if not any(key.endswith(".dump") for key in objects):
+        raise SystemExit(f"backup.yml left no dump in the bucket: {objects}")
+    say(f"  in the bucket: {', '.join(objects)}")
+    deleted = asyncio.run(lose_a_fleet())
+    if not deleted:
+        raise SystemExit("no row of window 0's fleet to delete: the restore would prove nothing")
+    damaged = asyncio.run(table_counts())
+    say(f"  {deleted} rows of window 0's fleet deleted: {damaged}")
+    playbook("restore-dump.yml")
+    after = asyncio.run(table_counts())
+    if after != before:
+        raise SystemExit(f"restore-dump.yml did not bring the database back: before {before}, after {after}")
+    say(f"  restored from the bucket: {after} (as before the backup)")
+
+
+# ----------------------------------------------------------------------------------- database node lost
+
+
+async def readings_count() -> int:
+    conn = await proof.db("pulsestack_reader", "postgres_reader_password")
     try:
-        before = asyncio.run(table_counts())
-        say(f"  rows before the backup: {before}")
-        playbook("backup.yml")
-        objects = [o["Key"] for o in s3_client().list_objects_v2(Bucket="pulsestack-backups").get("Contents", [])]
-        if not any(key.endswith(".dump") for key in objects):
-            raise SystemExit(f"backup.yml left no dump in the bucket: {objects}")
-        say(f"  in the bucket: {', '.join(objects)}")
-        deleted = asyncio.run(lose_a_fleet())
-        if not deleted:
-            raise SystemExit("no row of window 0's fleet to delete: the restore would prove nothing")
-        damaged = asyncio.run(table_counts())
-        say(f"  {deleted} rows of window 0's fleet deleted: {damaged}")
-        playbook("restore.yml")
-        after = asyncio.run(table_counts())
-        if after != before:
-            raise SystemExit(f"restore.yml did not bring the database back: before {before}, after {after}")
-        say(f"  restored from the bucket: {after} (as before the backup)")
+        return int(await conn.fetchval("SELECT count(*) FROM readings"))
     finally:
-        server.terminate()
-        server.wait(10)
+        await conn.close()
+
+
+async def first_growth(since: float, every: float = 1.0) -> float:
+    """When the restored database first stores a new reading: the first count that grows over the count before
+    it, both read after `since` (the old database's counts do not count)."""
+    previous = None
+    while True:
+        try:
+            count = await readings_count()
+        except Exception:  # the database is away or still recovering
+            count = None
+        if count is not None and time.time() > since:
+            if previous is not None and count > previous:
+                return time.time()
+            previous = count
+        await asyncio.sleep(every)
+
+
+async def lose_database() -> None:
+    """The database node deleted for good under traffic (its VM and its disk), and restore.yml onto another
+    worker: the newest base backup, the archived WAL, then the replay from RAW_REPLAY; the traffic window then
+    checks that every reading acknowledged to a device is stored exactly once. Prints the RPO (what the
+    archive lacked at the loss) and the RTO (loss to readings stored again)."""
+    victim = proof.node_of(proof.running("postgres")[0])
+    ready = {n["Hostname"] for n in await asyncio.to_thread(nodes_view) if n["Status"] == "Ready"}
+    target = next(n for n in [*hosts("workers"), *hosts("swarm")] if n in ready and n not in {victim, udp_node()})
+    before = await readings_count()
+    await asyncio.to_thread(host_docker, "rm", "-f", victim)
+    killed = time.time()
+    await asyncio.to_thread(host_docker, "volume", "rm", f"{victim}-docker", check=False)
+    say(f"  deleted the VM {victim} and its disk, with PostgreSQL and {before:,} readings stored")
+    if victim in hosts("managers"):
+        await asyncio.to_thread(use_manager, {victim})
+    storing = asyncio.create_task(first_growth(killed))
+    log = await asyncio.to_thread(playbook, "restore.yml", "-e", f"node={target}", "-e", f"lost={victim}")
+    said = " ".join(log.split())  # the callback folds a long message over lines
+    restored_at = re.search(r"restored to (\S+);", said)
+    replayed = re.search(r"stored (\d+) readings the restore lacked \((\d+) were there\)", said)
+    if not restored_at or not replayed:
+        raise SystemExit("restore.yml did not say where it restored to and what the replay stored")
+    stored_again = await asyncio.wait_for(storing, 300)
+    point = restored_at.group(1)
+    rpo = (f"{killed - datetime.fromisoformat(point).timestamp():.0f} s of commits (restored to {point})"
+           if point[0].isdigit() else "nothing after the base backup")
+    say(f"  PostgreSQL restored onto {target}; RPO: the archive lacked {rpo}, and the replay from RAW_REPLAY stored "
+        f"{int(replayed.group(1)):,} readings the restore lacked ({int(replayed.group(2)):,} it held); RTO: "
+        f"readings stored again {stored_again - killed:.0f} s after the loss (devices were acknowledged throughout)")
 
 
 # ----------------------------------------------------------------------------------------- migration
@@ -581,7 +646,7 @@ async def follow_ingest(simulation: Simulation) -> None:
                 simulation.nbiot.target = (current, proof.UDP_PORT)
                 say(f"  devices now send to {current} (an ingest node with a running ingest-udp)")
             base = f"http://{http}:{proof.HTTP_PORT}"
-            for protocol, path in ((sigfox.PROTOCOL, "/v1/sigfox"), (lorawan.PROTOCOL, "/v1/lorawan")):
+            for protocol, path in ((sigfox.PROTOCOL, sigfox.CALLBACK_PATH), (lorawan.PROTOCOL, lorawan.CALLBACK_BASE)):
                 client = simulation.callbacks[protocol]
                 if client.url != base + path:
                     client.url = base + path
@@ -668,6 +733,11 @@ def main() -> None:
         cmd_backup_restore()
     elif command == "again":
         cmd_again()
+    elif command == "s3":
+        cmd_s3()
+    elif command == "lose-database":
+        point_at_cluster()
+        asyncio.run(traffic(5, lose_database))
     else:
         raise SystemExit(__doc__)
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # pulsestack/postgres's entry point (deploy/postgres/Dockerfile): the official image's docker-entrypoint.sh,
-# with WAL archiving when PULSESTACK_ARCHIVE_URL is set, or the base-backup scheduler.
+# with WAL archiving when PULSESTACK_ARCHIVE_URL is set, the base-backup scheduler, or a point-in-time restore.
 set -Eeo pipefail
 ARCHIVE=(/opt/pulsestack-archive/bin/python -m pulsestack.store.archive)
 
@@ -19,6 +19,13 @@ case "${1:-}" in
     schedule)
         [ "$(id -u)" != 0 ] || { echo "pulsestack/postgres schedule: run it as the server's user (stack.yml: user)" >&2; exit 1; }
         exec "${ARCHIVE[@]}" schedule
+        ;;
+    restore)
+        # A point-in-time restore into the empty data folder PGDATA names (ansible restore.yml runs it as a
+        # job): the server's user must own what the server will start on.
+        [ "$(id -u)" != 0 ] || { echo "pulsestack/postgres restore: run it as the server's user (999)" >&2; exit 1; }
+        shift
+        exec "${ARCHIVE[@]}" restore "${PGDATA:?PGDATA names the data folder to restore into}" "$@"
         ;;
     *)
         exec docker-entrypoint.sh "$@"

@@ -138,6 +138,7 @@ def test_the_runbook_playbooks_exist() -> None:
         "migrate-node-type.yml",
         "backup.yml",
         "restore.yml",
+        "restore-dump.yml",
     }
     assert expected <= set(PLAYBOOKS)
     assert {"common", "docker", "swarm", "stack"} <= set(ROLES)
