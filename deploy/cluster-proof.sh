@@ -149,8 +149,12 @@ remove_nodes() {
     docker network ls -q --filter "label=$NODE_LABEL" | xargs -r docker network rm >/dev/null
 }
 
-step_clean() {
+stop_s3() {
     [ -e "$WORK/moto.pid" ] && kill "$(cat "$WORK/moto.pid")" 2>/dev/null || true
+}
+
+step_clean() {
+    stop_s3
     remove_nodes
     log "nodes, their volumes and the network removed"
     # The playbooks' logs (per-task times and results) outlive the run folder: what a failure did.
@@ -193,6 +197,7 @@ main() {
     step engine step_engine
     ensure_venv
     # What an interrupted or kept earlier run may have left; its host keys too (new VMs, new keys).
+    stop_s3
     remove_nodes
     rm -rf "$WORK"
     step images step_images_and_node
