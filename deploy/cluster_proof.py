@@ -613,7 +613,11 @@ async def lose_database() -> None:
     if victim in hosts("managers"):
         await asyncio.to_thread(use_manager, {victim})
     storing = asyncio.create_task(first_growth(killed))
-    log = await asyncio.to_thread(playbook, "restore.yml", "-e", f"node={target}", "-e", f"lost={victim}")
+    # The replay's margin: the raw stage's backlog at the restored point, seconds here (every window ends drained).
+    # The default 15 min would reach back before this young cluster's RAW_REPLAY existed, which the playbook
+    # rightly refuses: it cannot tell that nothing was acknowledged before.
+    log = await asyncio.to_thread(playbook, "restore.yml", "-e", f"node={target}", "-e", f"lost={victim}",
+                                  "-e", "postgres_backup_replay_margin_minutes=2")
     said = " ".join(log.split())  # the callback folds a long message over lines
     restored_at = re.search(r"restored to (\S+);", said)
     replayed = re.search(r"stored (\d+) readings the restore lacked \((\d+) were there\)", said)
