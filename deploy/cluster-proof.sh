@@ -40,7 +40,7 @@
 # PULSESTACK_PROOF_KEEP=1 leaves the cluster running at the end (for a look;
 # `deploy/cluster-proof.sh clean` removes it); PULSESTACK_PROOF_UNTIL=STEP
 # stops after that step and keeps the cluster, and `deploy/cluster-proof.sh
-# run STEP...` runs steps again on a kept cluster. Budget: 20 minutes; each
+# run STEP...` runs steps again on a kept cluster. Budget: 30 minutes; each
 # step's time is printed, and the delivery figures.
 set -Eeuo pipefail
 
