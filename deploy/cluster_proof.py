@@ -581,16 +581,16 @@ async def readings_count() -> int:
         await conn.close()
 
 
-async def first_growth(since: float, every: float = 1.0) -> float:
+async def first_growth(every: float = 1.0) -> float:
     """When the restored database first stores a new reading: the first count that grows over the count before
-    it, both read after `since` (the old database's counts do not count)."""
+    it. Started after the loss, so both counts are the restored database's."""
     previous = None
     while True:
         try:
             count = await readings_count()
         except Exception:  # the database is away or still recovering
             count = None
-        if count is not None and time.time() > since:
+        if count is not None:
             if previous is not None and count > previous:
                 return time.time()
             previous = count
@@ -612,7 +612,7 @@ async def lose_database() -> None:
     say(f"  deleted the VM {victim} and its disk, with PostgreSQL and {before:,} readings stored")
     if victim in hosts("managers"):
         await asyncio.to_thread(use_manager, {victim})
-    storing = asyncio.create_task(first_growth(killed))
+    storing = asyncio.create_task(first_growth())
     # The replay's margin: the raw stage's backlog at the restored point, seconds here (every window ends drained).
     # The default 15 min would reach back before this young cluster's RAW_REPLAY existed, which the playbook
     # rightly refuses: it cannot tell that nothing was acknowledged before.
