@@ -113,8 +113,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--soak-mix", default="nbiot", choices=("nbiot", "mix"))
     p.add_argument("--soak-sample", type=float, default=30.0, help="seconds between the soak's samples")
     p.add_argument("--archive", action="store_true", help="PostgreSQL archives its WAL as production's does"
-                   " (barman-cloud, pulsestack.store.archive) into moto's S3 server on loopback: its cost is in"
-                   " every step, the soak plots what was archived (needs `make tools`'s archive extra)")
+                   " (pulsestack.store.archive) into moto's S3 server on loopback: its cost is in every step,"
+                   " the soak plots what was archived")
     p.add_argument("--profile", action="store_true", help="py-spy profiles of the services at --profile-rate")
     p.add_argument("--profile-rate", type=float, default=5000.0)
     p.add_argument("--nodes", type=int, default=6, help="cluster shape for the cost section: nodes")
@@ -325,7 +325,7 @@ class Bench:
         self.s3.start()
         os.environ.update(self.s3.archive_environment(self.workdir / "archive-secrets", "bench"))
         interpreter_reachable()
-        self.say(f"   PostgreSQL archives its WAL through barman-cloud into {self.s3.endpoint}")
+        self.say(f"   PostgreSQL archives its WAL through pulsestack.store.archive into {self.s3.endpoint}")
         return archive_settings()
 
     async def _stop(self) -> None:

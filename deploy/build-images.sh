@@ -73,8 +73,7 @@ done
 
 if [[ " ${SERVICES[*]} " == *" postgres "* ]]; then
     # The archive's wheels apart from the services' (the image copies the whole folder): pulsestack itself and
-    # pyproject.toml's `archive` extra with its dependencies (kept between runs; psycopg2 compiles once here,
-    # which needs libpq-dev: .ci/tools-archive.sh).
+    # pyproject.toml's `archive` extra with its dependencies (kept between runs).
     archive="$("$PYTHON" -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["archive"]))')"
     mkdir -p build/archive-wheels
     rm -f build/archive-wheels/pulsestack-*.whl

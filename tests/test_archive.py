@@ -1,11 +1,11 @@
-"""WAL archiving, base backups and point-in-time recovery through barman-cloud (pulsestack/store/archive.py,
-docs/durability.md "WAL archiving and base backups").
+"""WAL archiving, base backups and point-in-time recovery (pulsestack/store/archive.py, docs/durability.md
+"WAL archiving and base backups").
 
-Real parts: a PostgreSQL 18 of its own archiving through `python -m pulsestack.store.archive wal-archive` and
-barman-cloud into moto's S3 server on loopback; readings reach the live stack through NB-IoT datagrams and are
-stored into the archived database by `pulsestack replay` (the raw stage's write). A base backup, readings, a
-target time, more readings; the restore of the target time holds exactly the readings committed before it, and
-`replay --since` brings back the rest from RAW_REPLAY, each once.
+Real parts: a PostgreSQL 18 of its own archiving through `python -m pulsestack.store.archive wal-archive` into
+moto's S3 server on loopback, base backups by its own pg_basebackup; readings reach the live stack through NB-IoT
+datagrams and are stored into the archived database by `pulsestack replay` (the raw stage's write). A base
+backup, readings, a target time, more readings; the restore of the target time holds exactly the readings
+committed before it, and `replay --since` brings back the rest from RAW_REPLAY, each once.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import io
 import os
 import shutil
 import subprocess
@@ -20,9 +21,9 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -42,6 +43,7 @@ from pulsestack_cli.localstack import (
     S3StandIn,
     free_port,
     interpreter_reachable,
+    postgres_binaries,
     wait_for_port,
 )
 from tests.helpers import UdpDevice, eventually, now_aligned, register, unique_number
@@ -66,6 +68,77 @@ def test_a_segment_decrypts_only_under_its_own_name_and_key(name: str, data: byt
     flipped[-1] ^= 1
     with pytest.raises(archive.ArchiveError, match="does not decrypt"):
         archive.decrypt_segment(key, name, bytes(flipped))
+
+
+def read_from(blob: bytes) -> Callable[[int], bytes]:
+    stream = io.BytesIO(blob)
+    return stream.read
+
+
+@given(chunks=st.lists(st.binary(max_size=300), max_size=8), frame_bytes=st.integers(1, 64),
+       cut=st.integers(0, 10_000), data=st.data())
+def test_a_base_backup_decrypts_whole_or_not_at_all(
+    chunks: list[bytes], frame_bytes: int, cut: int, data: st.DataObject
+) -> None:
+    """The sealed frames give back the tar's bytes under their own backup's name and key only; a copy cut off
+    anywhere, one byte altered anywhere, or bytes added after the last frame are refused, never read as a
+    shorter backup."""
+    key = os.urandom(32)
+    name = "pulsestack-20261206T070000Z"
+    blob = b"".join(archive.encrypt_stream(key, name, chunks, frame_bytes=frame_bytes))
+    plain = b"".join(chunks)
+    assert b"".join(archive.decrypt_stream(key, name, read_from(blob))) == plain
+    assert len(plain) < 16 or plain not in blob
+    damaged = [blob[:cut % len(blob)], blob + b"\0"]
+    at = data.draw(st.integers(0, len(blob) - 1))
+    damaged.append(blob[:at] + bytes([blob[at] ^ 1]) + blob[at + 1:])
+    for wrong in damaged:
+        with pytest.raises(archive.ArchiveError, match=f"base backup {name}"):
+            b"".join(archive.decrypt_stream(key, name, read_from(wrong)))
+    for other_key, other_name in ((os.urandom(32), name), (key, "pulsestack-20261206T070001Z")):
+        with pytest.raises(archive.ArchiveError, match="does not decrypt"):
+            b"".join(archive.decrypt_stream(other_key, other_name, read_from(blob)))
+
+
+backup_ends = st.lists(st.integers(0, 40 * 86_400), max_size=12, unique=True).map(sorted)
+
+
+def catalogue_of(ends: list[int]) -> list[archive.Backup]:
+    return [archive.Backup(f"pulsestack-{i:03d}", "7", f"00000001000000{i:010X}", end - 60.0, float(end), 1)
+            for i, end in enumerate(ends)]
+
+
+@given(ends=backup_ends, target=st.integers(0, 40 * 86_400))
+def test_a_restore_starts_from_the_newest_backup_that_ended_before_its_target(ends: list[int], target: int) -> None:
+    found = catalogue_of(ends)
+    at = datetime.fromtimestamp(target, UTC)
+    before = [b for b in found if b.end_time <= target]
+    if before:
+        assert archive.choose_backup(found, at, "auto") == before[-1]
+    else:
+        with pytest.raises(archive.ArchiveError, match="no base backup" if found else "holds no complete"):
+            archive.choose_backup(found, at, "auto")
+    if found:
+        assert archive.choose_backup(found, None, "auto") == archive.choose_backup(found, at, "latest") == found[-1]
+        assert archive.choose_backup(found, at, found[0].name) == archive.choose_backup(found, at, "oldest")
+
+
+@given(ends=backup_ends, now=st.integers(0, 50 * 86_400), window=st.integers(1, 14))
+def test_the_retention_keeps_every_point_of_the_recovery_window_restorable(
+    ends: list[int], now: int, window: int
+) -> None:
+    """Every moment of the last `window` days that some backup ended before stays restorable: the backup a
+    restore of it would choose is kept, with the WAL from its first segment on; the newest is never deleted."""
+    found = catalogue_of(ends)
+    kept, gone = archive.expired(found, window, now)
+    assert sorted(kept + gone, key=lambda b: b.end_time) == found
+    if found:
+        assert kept[-1] == found[-1]
+    floor = archive.wal_floor(kept)
+    for moment in range(now - window * 86_400, now + 1, 3_600):
+        if any(b.end_time <= moment for b in found):
+            chosen = archive.choose_backup(found, datetime.fromtimestamp(moment, UTC), "auto")
+            assert chosen in kept and floor is not None and chosen.begin_wal[8:] >= floor
 
 
 @pytest.mark.parametrize(("text", "says"), [
@@ -133,8 +206,6 @@ def test_an_unusable_target_time_is_named(text: str, says: str, capsys: pytest.C
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3StandIn]:
     """moto in server mode on loopback, with the archive's bucket."""
-    if not (Path(sys.executable).parent / "barman-cloud-backup").exists() and not shutil.which("barman-cloud-backup"):
-        pytest.skip("barman-cloud is not installed: `make tools` installs the archive extra (.ci/tools-archive.sh)")
     server = S3StandIn(BUCKET)
     try:
         server.start()
@@ -172,6 +243,8 @@ async def archived(s3: S3StandIn, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
     monkeypatch.setenv("PGHOST", "127.0.0.1")
     monkeypatch.setenv("PGPORT", str(postgres.port))
     monkeypatch.setenv("PGUSER", "postgres")
+    # pg_basebackup and psql of the server's major, as in its image (the machine may have an older client).
+    monkeypatch.setenv("PATH", f"{postgres_binaries()}{os.pathsep}{os.environ['PATH']}")
     await asyncio.to_thread(postgres.start)
     try:
         conn = await asyncpg.connect(postgres.url())
@@ -268,6 +341,10 @@ async def test_point_in_time_restore_holds_what_was_committed_before_the_target_
 
     restored_dir = archived.workdir / "restored"
     restored_dir.mkdir(mode=0o755)
+    # The backup in the bucket is sealed: under another key the restore names the first frame and stops.
+    with pytest.raises(archive.ArchiveError, match="frame 0 in the archive does not decrypt"):
+        await asyncio.to_thread(archive.restore, dataclasses.replace(archived.config, key=os.urandom(32)),
+                                archived.workdir / "wrong-key", target)
     await asyncio.to_thread(archive.restore, archived.config, restored_dir / "data", target)
     owned_by_server(restored_dir / "data")
     restored = Postgres(restored_dir, settings=archive.archive_settings())
@@ -337,6 +414,31 @@ async def test_a_new_database_system_under_the_same_archive_gets_its_own_base_ba
         systemid = await asyncio.to_thread(archive.server_systemid)
         await asyncio.to_thread(archive.scheduled_round, archived.config, metrics)
         listed = await asyncio.to_thread(archive.backups, archived.config)
-        assert [str(b["systemid"]) for b in listed][-1] == systemid and len(listed) == 2, listed
+        assert [b.systemid for b in listed][-1] == systemid and len(listed) == 2, listed
     finally:
         await asyncio.to_thread(successor.stop, "immediate")
+
+
+async def test_the_retention_deletes_expired_backups_unfinished_ones_and_the_wal_only_they_needed(
+    archived: Archived,
+) -> None:
+    url = archived.postgres.url()
+    bucket = archive.ArchiveBucket(archived.config)
+    first = await asyncio.to_thread(archive.base_backup, archived.config, True)
+    await asyncio.to_thread(time.sleep, 1)  # backups are named by the second
+    await fetchval(url, "SELECT pg_logical_emit_message(false, 'test', 'WAL after the first backup')")
+    await archived_through_now(url)
+    second = await asyncio.to_thread(archive.base_backup, archived.config, True)
+    assert [b.name for b in await asyncio.to_thread(archive.backups, archived.config)] == [first.name, second.name]
+    # What a scheduler stopped midway leaves: the data of a backup with no catalogue entry.
+    await asyncio.to_thread(bucket.put, f"base/{first.name[:-1]}A/data", b"unfinished")
+    wals = await asyncio.to_thread(lambda: list(bucket.keys("wals/")))
+    assert any(key.rsplit("/", 1)[1][8:24] < second.begin_wal[8:24] for key in wals)
+
+    # Three days on with a one-day window: both ended before it, so only the newer one is kept.
+    await asyncio.to_thread(archive.apply_retention, bucket, 1, time.time() + 3 * 86_400)
+    assert [b.name for b in await asyncio.to_thread(archive.backups, archived.config)] == [second.name]
+    left = await asyncio.to_thread(lambda: list(bucket.keys("")))
+    assert {key.split("/")[1] for key in left if key.startswith("base/")} == {second.name}
+    segments = [key.rsplit("/", 1)[1] for key in left if key.startswith("wals/")]
+    assert segments and all(name[8:24] >= second.begin_wal[8:24] for name in segments if len(name) >= 24)

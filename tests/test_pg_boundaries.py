@@ -186,10 +186,11 @@ def server() -> Iterator[Server]:
 def test_every_network_login_is_a_pulsestack_role_over_tls_with_scram() -> None:
     """What the server below cannot show: it has no TLS, so it runs these rules with `host` for `hostssl`."""
     rules = [line.split() for line in HBA.read_text().splitlines() if line.strip() and not line.startswith("#")]
-    assert rules[0] == ["local", "all", "postgres", "peer"]
-    for kind, database, user, address, method in rules[1:]:
+    # The superuser on the socket only, as the server's own user: its logins and archive-scheduler's pg_basebackup.
+    assert rules[:2] == [["local", "all", "postgres", "peer"], ["local", "replication", "postgres", "peer"]]
+    for kind, database, user, address, method in rules[2:]:
         assert (kind, database, address, method) == ("hostssl", "pulsestack", "samenet", "scram-sha-256"), user
-    assert sorted(rule[2] for rule in rules[1:]) == sorted(ROLES)
+    assert sorted(rule[2] for rule in rules[2:]) == sorted(ROLES)
 
 
 async def test_the_owner_owns_all_the_schema_holds(server: Server) -> None:

@@ -322,7 +322,7 @@ def test_database_clients_verify_postgres_and_never_log_in_as_the_superuser(reso
 
 def test_postgres_archives_with_its_own_image_and_a_scheduler_beside_it(resolved: dict[str, Any]) -> None:
     """One image (deploy/postgres/Dockerfile) for the server and its base-backup scheduler, the same archive
-    settings for both, and the scheduler non-root, reading the server's data without writing to it."""
+    settings for both, and the scheduler non-root, reaching the server through its socket only."""
     services = resolved["services"]
     server, backup = services["postgres"], services["archive-scheduler"]
     assert server["image"] == backup["image"] == "pulsestack/postgres:0.1.0"
@@ -332,12 +332,10 @@ def test_postgres_archives_with_its_own_image_and_a_scheduler_beside_it(resolved
                                                          "archive_key"}
     assert {s["source"] for s in backup["secrets"]} <= {s["source"] for s in server["secrets"]}
     assert backup["command"] == ["schedule"] and backup["user"] == "999:999"
-    # barman-cloud-backup copies the configuration files from where the server reads them.
-    assert {(c["source"], c["target"]) for c in backup["configs"]} <= {(c["source"], c["target"])
-                                                                        for c in server["configs"]}
-    assert len(backup["configs"]) == 2
+    # pg_basebackup reads over the server's socket: the scheduler has no data folder to write to, or read.
+    assert "configs" not in backup
     mounts = {v["target"]: v for v in backup["volumes"]}
-    assert mounts["/var/lib/postgresql"]["source"] == "postgres-data" and mounts["/var/lib/postgresql"]["read_only"]
+    assert set(mounts) == {"/var/run/postgresql", "/tmp"} and mounts["/tmp"]["type"] == "tmpfs"
     assert {v["target"]: v["source"] for v in server["volumes"]}["/var/run/postgresql"] == "postgres-socket"
     assert mounts["/var/run/postgresql"]["source"] == "postgres-socket"
     # Production archives once PULSESTACK_ARCHIVE_URL is set; a deploy without it runs, and WalArchivingOff says so.
