@@ -52,7 +52,7 @@ from pulsestack.bus.streams import RAW, RAW_REPLAY, drained
 from pulsestack.registry import devices as registry
 from pulsestack.registry.membership import BUCKET
 from pulsestack.services import INGEST_HTTP, INGEST_UDP, SERVICES
-from pulsestack.store.archive import decrypt_segment, parse_key
+from pulsestack.store.archive import decrypt_segment, decrypt_stream, parse_key
 from pulsestack.wire import lorawan, nbiot, sigfox
 from pulsestack_cli.localstack import S3StandIn
 from simulator.balancer import status_behind_balancer
@@ -869,8 +869,8 @@ def cmd_s3() -> None:
 
 def cmd_archive() -> None:
     """stack.yml's WAL archiving, running: the server archives into the S3 stand-in without a failure, every
-    object there is encrypted with the archive key under its own name, and archive-scheduler has stored a base
-    backup (its metric, which alert BaseBackupOverdue reads)."""
+    object there is encrypted with the archive key under its own name (WAL segments and base backups alike),
+    and archive-scheduler has stored a base backup (its metric, which alert BaseBackupOverdue reads)."""
     import boto3  # the dev extra's, as moto
 
     task = running("postgres")[0]
@@ -899,9 +899,15 @@ def cmd_archive() -> None:
     for name in wal:
         blob = s3.get_object(Bucket=ARCHIVE_BUCKET, Key=name)["Body"].read()
         decrypt_segment(key, name.rsplit("/", 1)[1], blob)  # raises unless encrypted so, under this name
-    backups = sorted({k.split("/base/")[1].split("/")[0] for k in keys if "/base/" in k})
-    say(f"archive: pg_stat_archiver {archived} archived, 0 failed; in the bucket {len(wal)} WAL files, each "
-        f"decrypted with the archive key, and base backup(s) {', '.join(backups)}")
+    backups = sorted(k.split("/base/")[1].split("/")[0] for k in keys if k.endswith("/data") and "/base/" in k)
+    sizes = []
+    for data in (k for k in keys if k.endswith("/data") and "/base/" in k):
+        body = s3.get_object(Bucket=ARCHIVE_BUCKET, Key=data)["Body"]
+        # raises unless every frame decrypts with this key under this backup's name, and the last one is there
+        sizes.append(sum(len(c) for c in decrypt_stream(key, data.split("/")[-2], body.read)))
+    say(f"archive: pg_stat_archiver {archived} archived, 0 failed; in the bucket {len(wal)} WAL files and base "
+        f"backup(s) {', '.join(backups)} ({', '.join(f'{n / 2**20:.0f} MiB' for n in sizes)} of tar), each "
+        "decrypted with the archive key")
 
 
 def cmd_summary() -> None:

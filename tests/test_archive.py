@@ -103,8 +103,11 @@ def test_a_base_backup_decrypts_whole_or_not_at_all(
 backup_ends = st.lists(st.integers(0, 40 * 86_400), max_size=12, unique=True).map(sorted)
 
 
-def catalogue_of(ends: list[int]) -> list[archive.Backup]:
-    return [archive.Backup(f"pulsestack-{i:03d}", "7", f"00000001000000{i:010X}", end - 60.0, float(end), 1)
+def catalogue_of(ends: list[int], move_at: int = 0) -> list[archive.Backup]:
+    """Backups ending at `ends`; from backup `move_at` on, of a second database system (a move by dump and
+    restore) whose segment numbers start again."""
+    return [archive.Backup(f"pulsestack-{i:03d}", "1" if i < move_at else "2",
+                           f"00000001000000{(i if i < move_at else i - move_at):010X}", end - 60.0, float(end), 1)
             for i, end in enumerate(ends)]
 
 
@@ -123,22 +126,28 @@ def test_a_restore_starts_from_the_newest_backup_that_ended_before_its_target(en
         assert archive.choose_backup(found, at, found[0].name) == archive.choose_backup(found, at, "oldest")
 
 
-@given(ends=backup_ends, now=st.integers(0, 50 * 86_400), window=st.integers(1, 14))
+@given(ends=backup_ends, move_at=st.integers(0, 12), now=st.integers(0, 50 * 86_400), window=st.integers(1, 14))
 def test_the_retention_keeps_every_point_of_the_recovery_window_restorable(
-    ends: list[int], now: int, window: int
+    ends: list[int], move_at: int, now: int, window: int
 ) -> None:
     """Every moment of the last `window` days that some backup ended before stays restorable: the backup a
-    restore of it would choose is kept, with the WAL from its first segment on; the newest is never deleted."""
-    found = catalogue_of(ends)
+    restore of it would choose is kept, with its system's WAL from its first segment on; the newest is never
+    deleted, and a system none of whose backups is kept loses its WAL."""
+    found = catalogue_of(ends, move_at)
     kept, gone = archive.expired(found, window, now)
     assert sorted(kept + gone, key=lambda b: b.end_time) == found
     if found:
         assert kept[-1] == found[-1]
-    floor = archive.wal_floor(kept)
+    floors = archive.wal_floors(found, kept)
     for moment in range(now - window * 86_400, now + 1, 3_600):
         if any(b.end_time <= moment for b in found):
             chosen = archive.choose_backup(found, datetime.fromtimestamp(moment, UTC), "auto")
-            assert chosen in kept and floor is not None and chosen.begin_wal[8:] >= floor
+            assert chosen in kept
+            first = f"wals/{chosen.systemid}/{chosen.begin_wal[:16]}/{chosen.begin_wal}"
+            assert not archive.expired_wal(first, floors)
+    for system in {b.systemid for b in found} - {b.systemid for b in kept}:
+        assert archive.expired_wal(f"wals/{system}/00000001.history", floors)
+    assert not archive.expired_wal("wals/3/000000010000000000000001", floors)  # no backup yet
 
 
 @pytest.mark.parametrize(("text", "says"), [
@@ -433,6 +442,7 @@ async def test_the_retention_deletes_expired_backups_unfinished_ones_and_the_wal
     # What a scheduler stopped midway leaves: the data of a backup with no catalogue entry.
     await asyncio.to_thread(bucket.put, f"base/{first.name[:-1]}A/data", b"unfinished")
     wals = await asyncio.to_thread(lambda: list(bucket.keys("wals/")))
+    assert {key.split("/")[1] for key in wals} == {second.systemid}  # each system's WAL in a folder of its own
     assert any(key.rsplit("/", 1)[1][8:24] < second.begin_wal[8:24] for key in wals)
 
     # Three days on with a one-day window: both ended before it, so only the newer one is kept.

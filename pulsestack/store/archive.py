@@ -12,10 +12,12 @@ PostgreSQL's `archive_command` and `restore_command` are the same short lines ev
 
 The bucket, under PULSESTACK_ARCHIVE_URL's prefix and the server's folder (PULSESTACK_ARCHIVE_SERVER):
 
-    wals/<timeline and log, 16 hex>/<segment>   each WAL segment (and backup label), encrypted whole
-    wals/<timeline>.history                     a timeline's history, encrypted whole
+    wals/<system>/<timeline and log>/<segment>  each WAL segment (and backup label), encrypted whole
+    wals/<system>/<timeline>.history            a timeline's history, encrypted whole
     base/<backup>/data                          a base backup's tar, compressed and sealed in frames
     base/<backup>/backup.json                   its catalogue entry, written last: a backup without one is not
+
+<system> is the database system identifier (initdb draws it; a restore keeps it).
 
 Only the standard library, boto3, `cryptography` and `prometheus-client` are imported, so the PostgreSQL image
 needs no more than the `archive` extra; `pg_basebackup`, `psql` and `tar` come with the server's image.
@@ -339,22 +341,36 @@ class ArchiveBucket:
                 raise ArchiveError(f"deleting from s3://{self.bucket}/{self.root}: {answer['Errors'][:3]}")
 
 
-def wal_key(name: str) -> str:
-    """Where WAL file `name` goes: segments (and their backup labels and partials) by timeline and log, as
-    barman-cloud lays them out; history files straight under wals/."""
-    if len(name) >= 24 and all(c in "0123456789ABCDEF" for c in name[:24]):
-        return f"wals/{name[:16]}/{name}"
-    return f"wals/{name}"
+def is_segment(name: str) -> bool:
+    """A WAL segment's name, or a name that starts with one (a backup label, a partial segment)."""
+    return len(name) >= 24 and all(c in "0123456789ABCDEF" for c in name[:24])
 
 
-def archive_wal(config: ArchiveConfig, path: Path) -> None:
+def wal_key(system: str, name: str) -> str:
+    """Where WAL file `name` of database system `system` goes: segments (and their backup labels and partials)
+    by timeline and log, history files straight under the system's folder. A system of its own: one made by
+    a move by dump and restore starts again at timeline 1's first segments, which must not replace the old
+    system's while its backups are kept."""
+    if is_segment(name):
+        return f"wals/{system}/{name[:16]}/{name}"
+    return f"wals/{system}/{name}"
+
+
+def data_folder_system(folder: Path) -> str:
+    """The database system identifier of the data folder (pg_control's first field, in the server's byte
+    order): archive_command and restore_command run in it, a restored one carries its backup's."""
+    return str(int.from_bytes((folder / "global" / "pg_control").read_bytes()[:8], sys.byteorder))
+
+
+def archive_wal(config: ArchiveConfig, path: Path, system: str) -> None:
     """archive_command: the segment (or history or backup-label file) at `path`, encrypted, into the archive."""
-    ArchiveBucket(config).put(wal_key(path.name), encrypt_segment(config.key, path.name, path.read_bytes()))
+    ArchiveBucket(config).put(wal_key(system, path.name),
+                              encrypt_segment(config.key, path.name, path.read_bytes()))
 
 
-def restore_wal(config: ArchiveConfig, name: str, path: Path) -> int:
+def restore_wal(config: ArchiveConfig, name: str, path: Path, system: str) -> int:
     """restore_command: `name` from the archive, decrypted, at `path`; the exit code PostgreSQL expects."""
-    blob = ArchiveBucket(config).get(wal_key(name))
+    blob = ArchiveBucket(config).get(wal_key(system, name))
     if blob is None:
         return NOT_ARCHIVED
     data = decrypt_segment(config.key, name, blob)
@@ -489,25 +505,34 @@ def expired(found: Sequence[Backup], window_days: int, now: float) -> tuple[list
     return kept, before
 
 
-def wal_floor(kept: Sequence[Backup]) -> str | None:
-    """The oldest segment number (log and segment, 16 hex) a kept backup needs, whatever its timeline or
-    database system: older WAL restores nothing that is kept."""
-    return min((b.begin_wal[8:24] for b in kept), default=None)
+def wal_floors(found: Sequence[Backup], kept: Sequence[Backup]) -> dict[str, str | None]:
+    """For each database system with backups: the oldest segment number (log and segment, 16 hex) a kept
+    backup of it needs, whatever the timeline (older WAL restores nothing kept), or None when none of its
+    backups is kept (none of its WAL does). The WAL of a system with no backup yet is not for the retention."""
+    return {system: min((b.begin_wal[8:24] for b in kept if b.systemid == system), default=None)
+            for system in {b.systemid for b in found}}
+
+
+def expired_wal(key: str, floors: Mapping[str, str | None]) -> bool:
+    """Whether the retention deletes WAL object `key` (wals/<system>/...)."""
+    system, name = key.split("/")[1], key.rsplit("/", 1)[1]
+    if system not in floors:
+        return False
+    floor = floors[system]
+    return floor is None or (is_segment(name) and name[8:24] < floor)
 
 
 def apply_retention(bucket: ArchiveBucket, window_days: int, now: float) -> None:
     """Deletes expired base backups, the data of unfinished ones older than the newest backup (a scheduler
-    stopped midway), and WAL segments older than every kept backup's first."""
+    stopped midway), and the WAL no kept backup needs (`wal_floors`)."""
     found = catalogue(bucket)
     kept, old = expired(found, window_days, now)
     names = {b.name for b in kept}
     newest = kept[-1].name if kept else ""
     doomed = [key for key in bucket.keys("base/")
               if (key.split("/")[1] not in names and key.split("/")[1] < newest)]
-    floor = wal_floor(kept)
-    if floor is not None:
-        doomed += [key for key in bucket.keys("wals/")
-                   if len(name := key.rsplit("/", 1)[1]) >= 24 and name[8:24] < floor]
+    floors = wal_floors(found, kept)
+    doomed += [key for key in bucket.keys("wals/") if expired_wal(key, floors)]
     bucket.delete(doomed)
     if old or doomed:
         print(f"retention: {len(old)} base backup(s) expired, {len(doomed)} object(s) deleted", flush=True)
@@ -691,9 +716,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = ArchiveConfig.from_env()
         if args.command == "wal-archive":
-            archive_wal(config, args.path)
+            # PostgreSQL runs both in the data folder.
+            archive_wal(config, args.path, data_folder_system(Path.cwd()))
         elif args.command == "wal-restore":
-            return restore_wal(config, args.name, args.path)
+            return restore_wal(config, args.name, args.path, data_folder_system(Path.cwd()))
         elif args.command == "backup":
             print(base_backup(config, args.immediate_checkpoint).name)
         elif args.command == "list":
