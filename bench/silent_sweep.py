@@ -21,8 +21,8 @@ from pathlib import Path
 
 import asyncpg
 
-from alerting.sweep import Sweeper
 from bench.measurement import publish
+from pulsestack.alerts.sweep import Sweeper
 from pulsestack.store.db import create_pool
 from pulsestack.store.migrate import migrate
 from pulsestack_cli.localstack import Postgres

@@ -1,4 +1,4 @@
-"""The alert outbox (pulsestack/bus/alerts.py) publishes every pending event, a page of alerts at a time: a
+"""The alert outbox (pulsestack/alerts/outbox.py) publishes every pending event, a page of alerts at a time: a
 sweep that opens thousands of silent-meter alerts at once must not hold thousands of events in memory."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import PubAck
 
-from pulsestack.bus import alerts
+from pulsestack.alerts import outbox as alerts
 from pulsestack.bus.publisher import Publisher, PublishError
 from pulsestack_cli.local import LocalStack
 

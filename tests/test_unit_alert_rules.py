@@ -1,6 +1,6 @@
-"""Where alerts open and close, alone: the rules a device's state implies (`_judge` in pulsestack/store/pulses.py,
+"""Where alerts open and close, alone (pulsestack/alerts/): the rules a device's state implies (`rules.judge`,
 pure: its clock is the readings' own period ends), the SQL that opens, resolves and judges daily totals
-(pulsestack/store/alerts.py) and the alerting sweep's silence and day end (alerting/alerting/sweep.py), each
+(`changes`) and the sweep's silence and day end (`sweep`), each
 on one PostgreSQL connection in a transaction that is rolled back: its `now()` stands still for the test, a
 fake clock the rows are placed against. And readings stored through the store stage's write in one batch, in
 random batches or one by one leave the same alerts. No service runs."""
@@ -18,10 +18,12 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from alerting.sweep import SILENCE_FACTOR, Sweeper
 from processors.raw_stage import RawStage
-from pulsestack.store.alerts import AlertChanges
-from pulsestack.store.pulses import FINEST_FOR_LEAK, FLAG_ALERTS, LEAK_WINDOW, Point, _DeviceState, _judge
+from pulsestack.alerts import rules
+from pulsestack.alerts.changes import AlertChanges
+from pulsestack.alerts.rules import FINEST_FOR_LEAK, FLAG_ALERTS, LEAK_WINDOW
+from pulsestack.alerts.sweep import SILENCE_FACTOR, Sweeper
+from pulsestack.store.pulses import Point, _DeviceState
 from pulsestack.wire.reading import Flags, Reading
 from tests.helpers import READINGS_OF, now_aligned, unique_number
 
@@ -45,7 +47,7 @@ def state(*, open_alerts: frozenset[str] = frozenset(), flags: int | None = 0, f
 
 def judge(s: tuple[_DeviceState, Reading], replay: bool = False) -> AlertChanges:
     changes = AlertChanges()
-    _judge(*s, changes, replay)
+    rules.judge(*s, changes, replay)
     return changes
 
 
@@ -285,6 +287,18 @@ async def test_a_device_never_heard_from_is_silent_three_default_intervals_after
     assert [await open_kinds(servers_tx, d) for d in (late, early, off)] == [["silent"], [], []]
     detail = orjson.loads(await servers_tx.fetchval("SELECT detail FROM alerts WHERE device_id = $1", late))
     assert detail["last_seen"] is None and detail["registered"]
+
+
+async def test_device_settings_default_to_utc_days_and_a_pulse_weight_of_one(servers_tx: asyncpg.Connection) -> None:
+    """Migration 011's functions, which every day boundary and volume reads (rollups, thresholds, the sweep's day
+    end, the API): the defaults of docs/speed-layer.md, for a device without settings or not registered."""
+    for chosen_settings in (None, {}, {"daily_limit": 5}):
+        given_json = None if chosen_settings is None else orjson.dumps(chosen_settings).decode()
+        assert await servers_tx.fetchrow("SELECT device_time_zone($1::jsonb), device_pulse_weight($1::jsonb)",
+                                         given_json) == ("UTC", 1)
+    chosen = orjson.dumps({"timezone": "Asia/Kolkata", "pulse_weight": 2.5}).decode()
+    assert await servers_tx.fetchrow("SELECT device_time_zone($1::jsonb), device_pulse_weight($1::jsonb)",
+                                     chosen) == ("Asia/Kolkata", 2.5)
 
 
 async def test_a_threshold_alert_ends_with_its_device_local_day(servers_tx: asyncpg.Connection) -> None:

@@ -8,9 +8,9 @@ import asyncpg
 
 from alerting.config import AlertingConfig
 from alerting.notifier import Notifier
-from alerting.sweep import Sweeper
 from pulsestack import metrics, ops
-from pulsestack.bus.alerts import publish_pending
+from pulsestack.alerts.outbox import publish_pending
+from pulsestack.alerts.sweep import Sweeper
 from pulsestack.bus.consumer import BatchConsumer, ConsumerSettings
 from pulsestack.bus.publisher import Publisher
 from pulsestack.bus.streams import ALERTS, NOTIFIER_CONSUMER, NOTIFIER_MAX_DELIVER

@@ -15,9 +15,9 @@ from aiohttp import web
 
 from api.docs import page
 from api.openapi import SPEC
+from pulsestack.alerts.changes import KINDS
 from pulsestack.logs import get_logger
 from pulsestack.registry.devices import canonical
-from pulsestack.store.alerts import KINDS
 from pulsestack.wire.codecs import PROTOCOLS
 
 log = get_logger(__name__)
@@ -188,9 +188,9 @@ _UNKNOWN_DEVICES = (
 # Device by device (LATERAL), an index range of each one's rollup: the work follows the devices and the range,
 # not the table's size, and rows leave in (protocol, device, period) order while later devices are still
 # unread (only one device's periods are sorted at a time). The inner ORDER BY keeps the planner from flattening
-# the subquery into a scan of the whole rollup index. Settings default as the raw stage's do.
-_WEIGHT = "coalesce((d.settings ->> 'pulse_weight')::float8, 1)"
-_ZONE = "coalesce(d.settings ->> 'timezone', 'UTC')"
+# the subquery into a scan of the whole rollup index. Settings with their defaults: migration 011.
+_WEIGHT = "device_pulse_weight(d.settings)::float8"
+_ZONE = "device_time_zone(d.settings)"
 _EXPORT = {
     "hour": f"""
 SELECT d.protocol, d.device_id, c.start, c.pulses, c.pulses * {_WEIGHT} AS volume

@@ -18,7 +18,7 @@ from nats.aio.msg import Msg
 
 from processors.stage import Entry, Stage
 from pulsestack import metrics
-from pulsestack.bus.alerts import publish_pending
+from pulsestack.alerts.outbox import publish_pending
 from pulsestack.bus.publisher import Publisher
 from pulsestack.bus.quarantine import Quarantine
 from pulsestack.logs import get_logger

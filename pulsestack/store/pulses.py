@@ -17,11 +17,12 @@ from dataclasses import dataclass, field, replace
 
 import asyncpg
 
-from pulsestack.store.alerts import AlertChanges
+from pulsestack.alerts.changes import AlertChanges
+from pulsestack.alerts.rules import judge
 from pulsestack.store.rollups import Deltas
 from pulsestack.store.timeconv import epoch, ts, ts_float
 from pulsestack.wire.codecs import codec_of
-from pulsestack.wire.reading import ALLOWED_BUCKET_SECONDS, MAX_BUCKETS, Flags, Reading
+from pulsestack.wire.reading import ALLOWED_BUCKET_SECONDS, MAX_BUCKETS, Reading
 
 WRAP = 2**32
 HALF = 2**31
@@ -244,11 +245,6 @@ class PulseOutcome:
     alerts: list[int] = field(default_factory=list)  # ids of alerts opened or resolved, to publish
 
 
-LEAK_WINDOW = 86_400
-FINEST_FOR_LEAK = 3600  # a wider bucket cannot show an hour without flow
-FLAG_ALERTS = (("tamper", Flags.TAMPER), ("reverse_flow", Flags.REVERSE_FLOW), ("battery_low", Flags.BATTERY_LOW))
-
-
 @dataclass(slots=True)
 class _DeviceState:
     point: Point | None
@@ -457,7 +453,7 @@ async def _update_history(
     for r in fresh:
         state = judging[(r.protocol, r.device)]
         state.take(r)
-        _judge(state, r, alerts, replay)
+        judge(state, r, alerts, replay)
     gaps = _GapWriter()
     late: list[Reading] = []
     for r in sorted(fresh, key=lambda r: (r.protocol, r.device, Point.of(r).key)):
@@ -517,31 +513,3 @@ async def _update_history(
 
 def _ts_or_none(seconds: int | None) -> object:
     return None if seconds is None else ts(seconds)
-
-
-def _judge(state: _DeviceState, r: Reading, alerts: AlertChanges, replay: bool) -> None:
-    """Opens or resolves the alerts a device's state implies once `r` is stored (`state.last` is `r` when it
-    came in order). Only changes reach the database, each naming the reading that made it by its identity;
-    the state's open alerts follow them, for the next reading."""
-    by = {"seq": r.seq, "device_time": ts(r.device_time).isoformat()}
-    is_open = set(state.open_alerts)
-
-    def settle(kind: str, holds: bool, **detail: object) -> None:
-        if holds and kind not in is_open:
-            alerts.open(r.protocol, r.device, kind, **detail, **by)
-            is_open.add(kind)
-        elif not holds and kind in is_open:
-            alerts.resolve(r.protocol, r.device, kind, resolved_by=by)
-            is_open.discard(kind)
-
-    if not replay:
-        settle("silent", False)  # it spoke again
-    if state.last is r:  # a late reading does not say what the device's flags are now
-        for kind, flag in FLAG_ALERTS:
-            settle(kind, bool(r.flags & flag))
-    if state.point is not None and state.finest is not None and state.finest <= FINEST_FOR_LEAK:
-        since = state.last_zero_flow if state.last_zero_flow is not None else state.first_bucket
-        if since is not None:
-            flowing = state.point.period_end - since
-            settle("leak", flowing >= LEAK_WINDOW, flowing_since=ts(since).isoformat(), hours=flowing // 3600)
-    state.open_alerts = frozenset(is_open)

@@ -32,7 +32,7 @@ WITH delta AS (
     ON CONFLICT (protocol, device_id, hour) DO UPDATE SET pulses = c.pulses + EXCLUDED.pulses
 )
 INSERT INTO consumption_daily AS c (protocol, device_id, day, pulses)
-SELECT delta.p, delta.dev, (delta.slot AT TIME ZONE coalesce(d.settings ->> 'timezone', 'UTC'))::date, sum(n)
+SELECT delta.p, delta.dev, (delta.slot AT TIME ZONE device_time_zone(d.settings))::date, sum(n)
 FROM delta LEFT JOIN LATERAL (
     SELECT settings FROM devices d WHERE d.protocol = delta.p AND d.device_id = delta.dev
 ) d ON true

@@ -42,7 +42,7 @@ SELECT DISTINCT ON (t.p, t.d) t.p, t.d, 'threshold', t.day,
        jsonb_build_object('day', t.day, 'total', t.pulses * t.weight, 'limit', t.lim, 'pulses', t.pulses)
 FROM (
     SELECT u.p, u.d, u.day, u.pulses,
-           coalesce((dv.settings ->> 'pulse_weight')::numeric, 1) AS weight,
+           device_pulse_weight(dv.settings) AS weight,
            (dv.settings ->> 'daily_limit')::numeric AS lim
     FROM unnest($1::text[], $2::text[], $3::date[], $4::bigint[]) AS u(p, d, day, pulses)
     CROSS JOIN LATERAL (SELECT settings FROM devices dv WHERE dv.protocol = u.p AND dv.device_id = u.d) dv

@@ -1,4 +1,4 @@
-"""Periodic work over all devices: silence, the end of a threshold alert's day, and the outbox.
+"""What only the passing of time decides, over all devices: silence, and the end of a threshold alert's day.
 
 A few statements per sweep, whatever the fleet size: device_state is scanned
 once and each device compared with three of its own reporting intervals, and
@@ -44,7 +44,7 @@ _DAY_OVER = """
 UPDATE alerts a SET resolved_at = now()
 FROM devices d
 WHERE a.kind = 'threshold' AND a.resolved_at IS NULL AND d.protocol = a.protocol AND d.device_id = a.device_id
-  AND a.day < (now() AT TIME ZONE coalesce(d.settings ->> 'timezone', 'UTC'))::date
+  AND a.day < (now() AT TIME ZONE device_time_zone(d.settings))::date
 RETURNING a.id
 """
 
