@@ -27,8 +27,8 @@ from nats.aio.msg import Msg
 
 from bench.measurement import publish
 from pulsestack import keys
+from pulsestack.bus.topology import REGISTRY_BUCKET
 from pulsestack.registry import devices as registry
-from pulsestack.registry.membership import BUCKET
 from pulsestack.wire import nbiot
 from pulsestack_cli.local import LocalStack
 
@@ -49,7 +49,7 @@ async def main(devices: int, rate: float) -> list[str]:
         ids = [str(BASE + i) for i in range(devices)]
         conn = await asyncpg.connect(stack.database_url)
         nc = await nats.connect(stack.nats_url)
-        await registry.add_bulk(conn, await nc.jetstream().key_value(BUCKET), "nbiot", ids)
+        await registry.add_bulk(conn, await nc.jetstream().key_value(REGISTRY_BUCKET), "nbiot", ids)
         await conn.execute("UPDATE devices SET settings = '{\"daily_limit\": 10}' WHERE device_id = ANY($1)", ids)
         await asyncio.to_thread(stack.configure_services)
         await asyncio.to_thread(stack.start_services)

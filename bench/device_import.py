@@ -27,7 +27,8 @@ import asyncpg
 import nats
 
 from bench.measurement import publish
-from pulsestack.registry.membership import BUCKET, Membership
+from pulsestack.bus.topology import REGISTRY_BUCKET
+from pulsestack.registry.membership import Membership
 from pulsestack_cli.local import LocalStack
 
 NBIOT_BASE, SIGFOX_BASE = 358_000_000_000_000, 0x70000000
@@ -63,7 +64,7 @@ async def loaded(stack: LocalStack) -> list[str]:
     nc = await nats.connect(stack.nats_url)
     conn = await asyncpg.connect(stack.database_url)
     try:
-        follower = asyncio.create_task(membership.follow(await nc.jetstream().key_value(BUCKET)))
+        follower = asyncio.create_task(membership.follow(await nc.jetstream().key_value(REGISTRY_BUCKET)))
         await asyncio.wait_for(membership.ready.wait(), 120)
         follower.cancel()
         counts = dict(await conn.fetch(

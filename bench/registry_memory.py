@@ -27,8 +27,8 @@ import nats
 
 from bench.measurement import publish
 from pulsestack import keys
-from pulsestack.bus.streams import BusLimits, setup
-from pulsestack.registry.membership import BUCKET, SHARDS, members_key, pack
+from pulsestack.bus.topology import REGISTRY_BUCKET, BusLimits, setup
+from pulsestack.registry.membership import SHARDS, members_key, pack
 from pulsestack.wire import nbiot
 from pulsestack_cli.localstack import NatsServer, free_port
 from pulsestack_cli.summary import scrape, total
@@ -47,7 +47,7 @@ async def fill(url: str, devices: int) -> float:
     nc = await nats.connect(url)
     js = nc.jetstream()
     await setup(js, BusLimits.from_env())
-    kv = await js.key_value(BUCKET)
+    kv = await js.key_value(REGISTRY_BUCKET)
     for shard in range(SHARDS):
         # Device numbers BASE + i with i = shard, shard + 1024, ...: every shard about the same size.
         first = (shard - BASE) % SHARDS

@@ -44,8 +44,9 @@ from bench.monitor import ProcessGroups, pg_settings, scrape_all
 from bench.report import ONE_PROCESS, Cluster, Report, write
 from bench.soak import SoakSampler, slopes
 from bench.steps import Display, StepResult, StepRunner, callback_spec, job, nbiot_spec
+from pulsestack.bus.topology import REGISTRY_BUCKET
 from pulsestack.registry import devices as registry
-from pulsestack.registry.membership import BUCKET, SHARDS, shard_of
+from pulsestack.registry.membership import SHARDS, shard_of
 from pulsestack.services import SERVICES
 from pulsestack.store.archive import archive_settings
 from pulsestack.store.maintenance import Retention
@@ -220,7 +221,7 @@ async def bulk_register(database_url: str, nats_url: str, protocol: str, first_i
                     " ON CONFLICT (protocol, device_id) DO UPDATE SET disabled = false", protocol)
             done += n
             display.update(f"   registering {protocol}: {done:,} / {count:,} ({time.monotonic() - started:.0f} s)")
-        kv = await nc.jetstream().key_value(BUCKET)
+        kv = await nc.jetstream().key_value(REGISTRY_BUCKET)
         await registry.sync_shards(conn, kv, protocol, range(SHARDS))
     finally:
         await nc.close()

@@ -16,7 +16,7 @@ from nats.aio.client import Client as NATS
 
 from bench import monitor
 from bench.monitor import ProcessGroups, Tracker, cpu_delta
-from pulsestack.bus.streams import raw_backlog
+from pulsestack.bus.topology import raw_backlog
 from pulsestack.wire import lorawan, sigfox
 from pulsestack.wire.codecs import PROTOCOLS
 from pulsestack_cli.summary import quantile

@@ -48,9 +48,8 @@ import yaml
 from nats.aio.client import Client as NATS
 
 from pulsestack.bus import quarantine
-from pulsestack.bus.streams import RAW, RAW_REPLAY, drained
+from pulsestack.bus.topology import RAW, RAW_REPLAY, REGISTRY_BUCKET, drained
 from pulsestack.registry import devices as registry
-from pulsestack.registry.membership import BUCKET
 from pulsestack.services import INGEST_HTTP, INGEST_UDP, SERVICES
 from pulsestack.store.archive import decrypt_segment, decrypt_stream, parse_key
 from pulsestack.wire import lorawan, nbiot, sigfox
@@ -337,7 +336,7 @@ async def provision_all() -> None:
     conn = await db("pulsestack_registry", "postgres_registry_password")
     nc = await admin_nats()
     try:
-        kv = await nc.jetstream().key_value(BUCKET)
+        kv = await nc.jetstream().key_value(REGISTRY_BUCKET)
         for window in range(len(WINDOWS)):
             for protocol, ids in fleet_ids(DEVICES, NBIOT_SHARE, first_id(window), LORAWAN_SHARE).items():
                 await registry.add_bulk(conn, kv, protocol, ids)

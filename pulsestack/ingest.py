@@ -11,7 +11,6 @@ from nats.aio.client import Client as NATS
 from pulsestack import metrics
 from pulsestack.bus.publisher import Publisher, ReadingGrouper
 from pulsestack.bus.quarantine import Quarantine
-from pulsestack.bus.streams import RAW
 from pulsestack.config import CommonConfig
 from pulsestack.registry.membership import Membership, keep_following
 from pulsestack.service import close_nats, connect_nats
@@ -34,10 +33,7 @@ class IngestBus:
         nc = await connect_nats(common, common.service)
         publisher = Publisher(nc)
         await publisher.start()
-        grouper = ReadingGrouper(
-            publisher, stream=RAW, subject_of=lambda r: f"raw.{r.protocol}",
-            max_readings=group_max_readings, max_delay=group_max_delay,
-        )
+        grouper = ReadingGrouper(publisher, max_readings=group_max_readings, max_delay=group_max_delay)
         return cls(nc, publisher, Membership(protocols), grouper, Quarantine(publisher))
 
     def follow_registry(self, stop: asyncio.Event) -> None:

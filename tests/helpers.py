@@ -17,9 +17,8 @@ import orjson
 
 from pulsestack import keys
 from pulsestack.bus.quarantine import QuarantineRecord, decode_record
-from pulsestack.bus.streams import QUARANTINE, drained
+from pulsestack.bus.topology import QUARANTINE, REGISTRY_BUCKET, drained
 from pulsestack.registry import devices as registry
-from pulsestack.registry.membership import BUCKET
 from pulsestack.wire import nbiot
 from pulsestack.wire.reading import Reading
 from pulsestack_cli.local import LocalStack
@@ -85,7 +84,8 @@ async def register(stack: LocalStack, protocol: str, devices: list[str]) -> None
     conn = await asyncpg.connect(stack.database_url)
     nc = await nats.connect(stack.nats_url)
     try:
-        await registry.add(conn, await nc.jetstream().key_value(BUCKET), stack.master_key, protocol, devices, "test")
+        bucket = await nc.jetstream().key_value(REGISTRY_BUCKET)
+        await registry.add(conn, bucket, stack.master_key, protocol, devices, "test")
 
         async def known() -> bool:
             enabled = await conn.fetchval(

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from nats.aio.client import Client as NATS
 
-from pulsestack.bus.streams import RAW, RAW_CONSUMER
+from pulsestack.bus.topology import RAW, RAW_CONSUMER
 from pulsestack.wire import sigfox
 from pulsestack_cli.local import LocalStack
 from tests.helpers import (

@@ -22,7 +22,7 @@ from bench import soak
 from bench.monitor import ProcessGroups
 from bench.soak import SoakSampler, fit, slopes
 from bench.steps import Display, StepResult, StepRunner
-from pulsestack.bus.streams import drained
+from pulsestack.bus.topology import drained
 from pulsestack_cli.local import LocalStack
 from simulator.batch import ReadingBatch
 from simulator.fleet import SentReading

@@ -18,7 +18,8 @@ import orjson
 from nats.aio.client import Client as NATS
 
 from pulsestack import keys
-from pulsestack.registry.membership import BUCKET, Membership, device_number
+from pulsestack.bus.topology import REGISTRY_BUCKET
+from pulsestack.registry.membership import Membership, device_number
 from pulsestack_cli.local import LocalStack
 from tests.helpers import unique_number
 from tests.test_cli_errors import cli, servers
@@ -62,7 +63,7 @@ async def table(db: asyncpg.Connection, protocol: str, ids: list[str]) -> Stored
 async def bucket_matches_table(db: asyncpg.Connection, nc: NATS) -> None:
     """What an ingester loads from the bucket (its own reader) is exactly the table's enabled devices."""
     membership = Membership(["nbiot", "sigfox"])
-    follower = asyncio.create_task(membership.follow(await nc.jetstream().key_value(BUCKET)))
+    follower = asyncio.create_task(membership.follow(await nc.jetstream().key_value(REGISTRY_BUCKET)))
     await asyncio.wait_for(membership.ready.wait(), 30)
     follower.cancel()
     for protocol in ("nbiot", "sigfox"):

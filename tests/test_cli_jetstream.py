@@ -24,7 +24,7 @@ import nats.errors
 import nats.js.errors
 import pytest
 
-from pulsestack.bus.streams import RAW, RAW_REPLAY
+from pulsestack.bus.topology import RAW, RAW_REPLAY
 from pulsestack_cli.jetstream import replaced_peers, unhealthy
 from pulsestack_cli.localstack import free_port, nats_server_binary, wait_for_port
 from tests.helpers import run_cli

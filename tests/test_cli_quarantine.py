@@ -12,7 +12,7 @@ import msgspec
 import nats
 
 from pulsestack.bus.quarantine import QuarantineRecord
-from pulsestack.bus.streams import QUARANTINE, BusLimits, setup
+from pulsestack.bus.topology import QUARANTINE, BusLimits, setup
 from pulsestack_cli.localstack import NatsServer
 
 

@@ -12,8 +12,7 @@ import asyncpg
 import pytest
 from nats.aio.client import Client as NATS
 
-from pulsestack.bus.publisher import MSG_ID
-from pulsestack.bus.streams import DEAD
+from pulsestack.bus.topology import DEAD, MSG_ID
 from pulsestack.wire.reading import Reading, encode_raw
 from pulsestack_cli.local import LocalStack
 from simulator.run import Simulation, SimulationConfig, SimulationReport

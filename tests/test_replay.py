@@ -20,7 +20,7 @@ import orjson
 import pytest
 from nats.aio.client import Client as NATS
 
-from pulsestack.bus.streams import RAW, RAW_REPLAY, drained
+from pulsestack.bus.topology import RAW, RAW_REPLAY, drained
 from pulsestack.store.migrate import migrate
 from pulsestack_cli.local import LocalStack, with_user
 from pulsestack_cli.localstack import postgres_binaries

@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
-from pulsestack.bus.streams import ALERTS
+from pulsestack.bus.topology import ALERTS
 from pulsestack.store.rollups import spread
 from pulsestack_cli.local import LocalStack
 from tests.helpers import READING_ROWS, UdpDevice, eventually, metric, now_aligned, register, run_cli, unique_number

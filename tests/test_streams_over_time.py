@@ -27,7 +27,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 
-from pulsestack.bus.streams import (
+from pulsestack.bus.topology import (
     RAW,
     RAW_BYTES_PER_READING,
     RAW_CONSUMER,

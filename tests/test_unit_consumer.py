@@ -26,7 +26,7 @@ from nats.js.errors import NotFoundError
 
 from pulsestack.bus.consumer import TRANSIENT, BatchConsumer, ConsumerSettings, Postponed, redelivery_delay
 from pulsestack.bus.publisher import Publisher
-from pulsestack.bus.streams import DEAD
+from pulsestack.bus.topology import DEAD
 from tests.helpers import eventually
 
 STREAM = "UNIT_CONSUMER"

@@ -17,8 +17,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import StorageType, StreamConfig
 
-from pulsestack.bus.publisher import ENVELOPE, MSG_ID, TRACE_ID, Publisher, PublishError, ReadingGrouper, Stored
-from pulsestack.bus.streams import RAW
+from pulsestack.bus.publisher import Publisher, PublishError, ReadingGrouper, Stored
+from pulsestack.bus.topology import ENVELOPE, MSG_ID, RAW, TRACE_ID
 from pulsestack.wire.reading import Reading, decode_raw
 from tests.helpers import now_aligned
 

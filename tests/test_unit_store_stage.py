@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 from processors.raw_stage import RawStage, Stored
 from pulsestack.bus.publisher import Publisher
 from pulsestack.bus.quarantine import Quarantine, QuarantineRecord, decode_record
-from pulsestack.bus.streams import QUARANTINE
+from pulsestack.bus.topology import QUARANTINE
 from pulsestack.store.writes import write_isolating
 from pulsestack.wire.reading import Reading, encode_raw
 from pulsestack_cli.local import LocalStack

@@ -13,7 +13,7 @@ from pulsestack.alerts.outbox import publish_pending
 from pulsestack.alerts.sweep import Sweeper
 from pulsestack.bus.consumer import BatchConsumer, ConsumerSettings
 from pulsestack.bus.publisher import Publisher
-from pulsestack.bus.streams import ALERTS, NOTIFIER_CONSUMER, NOTIFIER_MAX_DELIVER
+from pulsestack.bus.topology import ALERTS, NOTIFIER_CONSUMER, NOTIFIER_MAX_DELIVER
 from pulsestack.logs import get_logger
 from pulsestack.service import close_nats, connect_nats, sleep_or_stop
 from pulsestack.store.db import create_pool

@@ -14,8 +14,8 @@ from typing import IO, Any
 import asyncpg
 
 from pulsestack import keys
+from pulsestack.bus.topology import REGISTRY_BUCKET
 from pulsestack.registry import devices as registry
-from pulsestack.registry.membership import BUCKET
 from pulsestack.wire.codecs import CODECS, PROTOCOLS
 from pulsestack_cli.connections import connect, connect_db
 from pulsestack_cli.output import add_json_flag, emit, notice
@@ -78,7 +78,7 @@ async def run(args: argparse.Namespace) -> int:
     conn = await connect_db()
     nc = await connect()
     try:
-        kv = await nc.jetstream().key_value(BUCKET)
+        kv = await nc.jetstream().key_value(REGISTRY_BUCKET)
         if args.action == "add":
             added = await registry.add(conn, kv, keys.load_master_key(), args.protocol, args.ids, args.label)
             for device, key in added.items():

@@ -17,9 +17,8 @@ import nats
 
 from ingest_http.config import token_variable
 from ingest_http.routes import ROUTES, SIGFOX
-from pulsestack.bus.streams import BusLimits, raw_backlog, setup
+from pulsestack.bus.topology import REGISTRY_BUCKET, BusLimits, raw_backlog, setup
 from pulsestack.registry import devices as registry
-from pulsestack.registry.membership import BUCKET
 from pulsestack.services import API, BY_NAME, INGEST_HTTP
 from pulsestack.store.migrate import bootstrap_owner, migrate
 from pulsestack_cli.localstack import NatsServer, Postgres, free_port
@@ -125,7 +124,7 @@ class LocalStack:
         conn = await asyncpg.connect(self.database_url)
         nc = await nats.connect(self.nats_url)
         try:
-            kv = await nc.jetstream().key_value(BUCKET)
+            kv = await nc.jetstream().key_value(REGISTRY_BUCKET)
             for protocol, ids in fleet_ids(devices, nbiot_share, first_id, lorawan_share).items():
                 if ids:
                     await registry.add_bulk(conn, kv, protocol, ids)
@@ -140,7 +139,7 @@ class LocalStack:
         conn = await asyncpg.connect(self.database_url)
         nc = await nats.connect(self.nats_url)
         try:
-            kv = await nc.jetstream().key_value(BUCKET)
+            kv = await nc.jetstream().key_value(REGISTRY_BUCKET)
             retired = 0
             for protocol, ids in wanted.items():
                 rows = await conn.fetch("SELECT device_id FROM devices WHERE protocol = $1 AND NOT disabled", protocol)

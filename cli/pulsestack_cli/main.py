@@ -12,10 +12,9 @@ from typing import Any
 
 import uvloop
 
-from pulsestack.bus.streams import BusLimits, retire_pulses, setup, stream_configs
+from pulsestack.bus.topology import REGISTRY_BUCKET, BusLimits, retire_pulses, setup, stream_configs
 from pulsestack.config import ConfigError
 from pulsestack.logs import configure
-from pulsestack.registry.membership import BUCKET
 from pulsestack.services import API, INGEST_HTTP, NBIOT_UDP
 from pulsestack.store.maintenance import MONTHS_AHEAD, Retention, maintain
 from pulsestack.store.migrate import migrate, set_role_passwords
@@ -67,7 +66,7 @@ async def cmd_setup(args: argparse.Namespace) -> int:
     finally:
         await nc.close()
     streams = [str(config.name) for config in stream_configs(limits)]
-    emit(args, {**done, "streams": streams, "registry_bucket": BUCKET},
+    emit(args, {**done, "streams": streams, "registry_bucket": REGISTRY_BUCKET},
          f"{_migrated(done)}\nstreams {', '.join(streams)}, their consumers and the registry bucket are in place")
     return 0
 

@@ -6,10 +6,8 @@ import argparse
 import datetime as dt
 from typing import Any
 
-from pulsestack.bus.publisher import ENVELOPE, MSG_ID, TRACE_ID
-from pulsestack.bus.quarantine import QuarantineRecord, records
-from pulsestack.bus.streams import QUARANTINE
-from pulsestack.wire.reading import encode_raw
+from pulsestack.bus.quarantine import QuarantineRecord, records, release
+from pulsestack.registry.devices import enabled
 from pulsestack_cli.connections import connect, connect_db
 from pulsestack_cli.output import add_json_flag, emit, notice
 
@@ -54,15 +52,9 @@ async def _replay(js: Any, records: list[tuple[int, QuarantineRecord]], args: ar
     candidates = [(seq, r) for seq, r in records if r.reason == reason and r.reading is not None]
     conn = await connect_db()
     try:
-        rows = await conn.fetch(
-            "SELECT protocol, device_id FROM devices WHERE NOT disabled AND (protocol, device_id) IN"
-            " (SELECT * FROM unnest($1::text[], $2::text[]))",
-            [r.reading.protocol for _, r in candidates if r.reading],
-            [r.reading.device for _, r in candidates if r.reading],
-        )
+        registered = await enabled(conn, [(r.reading.protocol, r.reading.device) for _, r in candidates if r.reading])
     finally:
         await conn.close()
-    registered = {(row["protocol"], row["device_id"]) for row in rows}
     replayed = skipped = 0
     for seq, record in candidates:
         reading = record.reading
@@ -70,10 +62,7 @@ async def _replay(js: Any, records: list[tuple[int, QuarantineRecord]], args: ar
         if (reading.protocol, reading.device) not in registered:
             skipped += 1
             continue
-        headers = {MSG_ID: reading.msg_id, TRACE_ID: reading.trace_id, ENVELOPE: "raw/1"}
-        # The reading's own id: replaying twice, or a device that also retransmitted, stores it once.
-        await js.publish(f"raw.{reading.protocol}", encode_raw([reading]), headers=headers)
-        await js.delete_msg(QUARANTINE, seq)
+        await release(js, seq, reading)
         replayed += 1
     emit(args, {"replayed": replayed, "skipped": skipped},
          f"replayed {replayed} reading(s); {skipped} still belong to unregistered or disabled devices")

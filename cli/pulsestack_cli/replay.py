@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from pulsestack.bus.streams import RAW_REPLAY
+from pulsestack.bus.topology import RAW_REPLAY, RAW_SUBJECTS
 from pulsestack.store.readings import Stored, store_readings
 from pulsestack.store.writes import write_isolating
 from pulsestack.wire.reading import Reading, decode_raw, invariant_problem
@@ -159,7 +159,7 @@ async def replay(js: JetStreamContext, pool: asyncpg.Pool, since: dt.datetime) -
         return report
     # Ephemeral: the server forgets it a minute after this command stops asking, whatever ended it.
     sub = await js.pull_subscribe(
-        "raw.*", stream=RAW_REPLAY, config=ConsumerConfig(
+        RAW_SUBJECTS, stream=RAW_REPLAY, config=ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since, ack_policy=AckPolicy.NONE,
             inactive_threshold=60.0, max_waiting=1))
     consumer = (await sub.consumer_info()).name

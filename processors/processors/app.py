@@ -12,7 +12,7 @@ from pulsestack import metrics, ops
 from pulsestack.bus.consumer import TRANSIENT, BatchConsumer, ConsumerSettings, report_backlog
 from pulsestack.bus.publisher import Publisher
 from pulsestack.bus.quarantine import Quarantine
-from pulsestack.bus.streams import RAW, RAW_CONSUMER, RAW_REPLAY
+from pulsestack.bus.topology import RAW, RAW_CONSUMER, RAW_REPLAY
 from pulsestack.logs import get_logger
 from pulsestack.service import close_nats, connect_nats, sleep_or_stop
 from pulsestack.store.db import create_pool

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pulsestack.bus.streams import BusLimits
+from pulsestack.bus.topology import BusLimits
 from pulsestack.config import CommonConfig, database_url, env_float, env_int, env_str
 from pulsestack.services import RAW_PROCESSOR
 

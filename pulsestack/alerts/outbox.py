@@ -13,8 +13,8 @@ import asyncpg
 import orjson
 
 from pulsestack import metrics
-from pulsestack.bus.publisher import MSG_ID, Publisher, PublishError
-from pulsestack.bus.streams import ALERTS
+from pulsestack.bus.publisher import Publisher, PublishError
+from pulsestack.bus.topology import ALERTS, MSG_ID, alert_subject
 from pulsestack.logs import get_logger
 
 log = get_logger(__name__)
@@ -62,7 +62,7 @@ async def _publish(conn: asyncpg.Connection, publisher: Publisher, rows: list[as
         if row["resolved_at"] is not None and not row["published_resolved"]:
             sends.append((row, "resolved"))
     results = await asyncio.gather(
-        *(publisher.publish(f"alerts.{row['kind']}", event_body(row, event),
+        *(publisher.publish(alert_subject(row["kind"]), event_body(row, event),
                             {MSG_ID: f"alert:{row['id']}:{event}"}, ALERTS) for row, event in sends),
         return_exceptions=True,
     )

@@ -23,7 +23,7 @@ from nats.js.errors import NotFoundError
 
 from pulsestack import metrics
 from pulsestack.bus.publisher import Publisher, PublishError
-from pulsestack.bus.streams import DEAD
+from pulsestack.bus.topology import DEAD, DELIVERIES, ERROR, MSG_ID, SOURCE_SEQ, SOURCE_STREAM, dead_subject
 from pulsestack.logs import get_logger
 from pulsestack.service import sleep_or_stop
 
@@ -157,15 +157,15 @@ class BatchConsumer:
     async def _dead_letter(self, msg: Msg, error: str) -> None:
         s = self._settings
         headers = dict(msg.headers or {})
-        headers.pop("Nats-Msg-Id", None)
+        headers.pop(MSG_ID, None)
         headers.update({
-            "Pulsestack-Error": error[:1000],
-            "Pulsestack-Source-Stream": s.stream,
-            "Pulsestack-Source-Seq": str(msg.metadata.sequence.stream),
-            "Pulsestack-Deliveries": str(msg.metadata.num_delivered),
+            ERROR: error[:1000],
+            SOURCE_STREAM: s.stream,
+            SOURCE_SEQ: str(msg.metadata.sequence.stream),
+            DELIVERIES: str(msg.metadata.num_delivered),
         })
         try:
-            await self._publisher.publish(f"dead.{s.stage}", msg.data, headers, DEAD)
+            await self._publisher.publish(dead_subject(s.stage), msg.data, headers, DEAD)
         except PublishError as exc:
             log.error("dead letter not written; will be redelivered", stage=s.stage, error=str(exc))
             await msg.nak(delay=30)

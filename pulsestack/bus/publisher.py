@@ -23,11 +23,8 @@ from nats.aio.msg import Msg
 from prometheus_client import Histogram
 
 from pulsestack import metrics
+from pulsestack.bus.topology import ENVELOPE, MSG_ID, RAW, RAW_ENVELOPE, TRACE_ID, raw_subject
 from pulsestack.wire.reading import Reading, encode_raw
-
-MSG_ID = "Nats-Msg-Id"
-TRACE_ID = "Pulsestack-Trace-Id"
-ENVELOPE = "Pulsestack-Envelope"
 
 
 class PublishError(Exception):
@@ -141,7 +138,9 @@ class _Group:
 
 
 class ReadingGrouper:
-    """Collects readings per subject for up to `max_delay` seconds or `max_readings`, then publishes them.
+    """Collects readings per subject for up to `max_delay` seconds or `max_readings`, then publishes them as RAW
+    envelopes: on RAW, each protocol's readings on its own subject (a test passes a stream and subjects of
+    its own).
 
     `submit` and `add` are synchronous so a UDP datagram handler can call them without a task per datagram.
     """
@@ -150,8 +149,8 @@ class ReadingGrouper:
         self,
         publisher: Publisher,
         *,
-        stream: str,
-        subject_of: Callable[[Reading], str],
+        stream: str = RAW,
+        subject_of: Callable[[Reading], str] = lambda r: raw_subject(r.protocol),
         max_readings: int = 256,
         max_delay: float = 0.005,
         max_pending_readings: int = 50_000,
@@ -233,7 +232,7 @@ class ReadingGrouper:
             # there and the database's unique keys handle the rest.
             msg_id = (readings[0].msg_id if len(readings) == 1
                       else "g:" + hashlib.blake2b(data, digest_size=16).hexdigest())
-            headers = {MSG_ID: msg_id, TRACE_ID: readings[0].trace_id, ENVELOPE: "raw/1"}
+            headers = {MSG_ID: msg_id, TRACE_ID: readings[0].trace_id, ENVELOPE: RAW_ENVELOPE}
             ack = await self._publisher.publish(subject, data, headers, self._stream)
         except BaseException as exc:
             failure = exc if isinstance(exc, PublishError) else PublishError(f"not published: {exc!r}")

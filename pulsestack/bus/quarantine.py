@@ -16,9 +16,19 @@ from nats.js.errors import NotFoundError
 
 from pulsestack import metrics
 from pulsestack.bus.publisher import Publisher, PublishError
-from pulsestack.bus.streams import QUARANTINE
+from pulsestack.bus.topology import (
+    ENVELOPE,
+    MSG_ID,
+    QUARANTINE,
+    RAW,
+    RAW_ENVELOPE,
+    REASON,
+    TRACE_ID,
+    quarantine_subject,
+    raw_subject,
+)
 from pulsestack.logs import get_logger
-from pulsestack.wire.reading import Reading
+from pulsestack.wire.reading import Reading, encode_raw
 
 log = get_logger(__name__)
 
@@ -66,6 +76,14 @@ async def records(js: JetStreamContext, newest: int | None = None) -> tuple[list
     return found[::-1], state.messages
 
 
+async def release(js: JetStreamContext, seq: int, reading: Reading) -> None:
+    """Record `seq`'s reading back on RAW as an ingester would have published it, then the record deleted.
+    The reading's own message id: released twice, or retransmitted by the device too, it is stored once."""
+    headers = {MSG_ID: reading.msg_id, TRACE_ID: reading.trace_id, ENVELOPE: RAW_ENVELOPE}
+    await js.publish(raw_subject(reading.protocol), encode_raw([reading]), stream=RAW, headers=headers)
+    await js.delete_msg(QUARANTINE, seq)
+
+
 class Quarantine:
     def __init__(self, publisher: Publisher, *, per_source_rate: float = 10.0, burst: float = 50.0) -> None:
         self._publisher = publisher
@@ -94,10 +112,10 @@ class Quarantine:
         reading = origin.get("reading")
         record = QuarantineRecord(1, stage, reason, detail, origin["source"], time.time(), reading,
                                   origin.get("payload", b""))
-        headers = {"Pulsestack-Reason": reason}
+        headers = {REASON: reason}
         if reading is not None:
-            headers["Pulsestack-Trace-Id"] = reading.trace_id
-        task = asyncio.create_task(self._write(f"quarantine.{stage}", _encoder.encode(record), headers))
+            headers[TRACE_ID] = reading.trace_id
+        task = asyncio.create_task(self._write(quarantine_subject(stage), _encoder.encode(record), headers))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task

@@ -120,6 +120,17 @@ async def disable_bulk(conn: asyncpg.Connection, kv: KeyValue, protocol: str, id
     return int(status.split()[-1])
 
 
+async def enabled(conn: asyncpg.Connection, devices: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of the (protocol, device id) pairs are registered and not disabled: one statement."""
+    pairs = list(devices)
+    rows = await conn.fetch(
+        "SELECT protocol, device_id FROM devices WHERE NOT disabled AND (protocol, device_id) IN"
+        " (SELECT * FROM unnest($1::text[], $2::text[]))",
+        [p for p, _ in pairs], [d for _, d in pairs],
+    )
+    return {(row["protocol"], row["device_id"]) for row in rows}
+
+
 async def rotate_key(conn: asyncpg.Connection, kv: KeyValue, master: bytes, protocol: str, device: str) -> bytes:
     device = canonical(protocol, device)
     version = await conn.fetchval(

@@ -23,12 +23,12 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from pulsestack import metrics
+from pulsestack.bus.topology import REGISTRY_BUCKET
 from pulsestack.logs import get_logger
 from pulsestack.service import sleep_or_stop
 from pulsestack.wire.codecs import codec_of
 
 SHARDS = 1024
-BUCKET = "registry"
 log = get_logger(__name__)
 
 
@@ -120,7 +120,7 @@ async def keep_following(js: JetStreamContext, membership: Membership, stop: asy
     """Follows the registry bucket for the life of the service, re-watching after any failure."""
     while not stop.is_set():
         try:
-            kv = await js.key_value(BUCKET)
+            kv = await js.key_value(REGISTRY_BUCKET)
             await membership.follow(kv)
         except asyncio.CancelledError:
             raise

@@ -453,9 +453,9 @@ def test_example_inventory_is_what_terraform_outputs(tmp_path: Path) -> None:
 
 
 def test_data_volumes_hold_the_streams_the_stack_sizes_and_the_database(tmp_path: Path) -> None:
-    """Every node's data volume holds a replica of every stream as pulsestack/bus/streams.py sizes them for
+    """Every node's data volume holds a replica of every stream as pulsestack/bus/topology.py sizes them for
     the same peak and windows; the database node's also holds the readings of the retention period."""
-    from pulsestack.bus.streams import RAW_BYTES_PER_READING, needed
+    from pulsestack.bus.topology import RAW_BYTES_PER_READING, needed
 
     peak, backlog_hours, replay_hours = 2500, 3, 24
     variables = dict(EXAMPLE_VARS, peak_readings_per_second=str(peak), stream_backlog_hours=str(backlog_hours),

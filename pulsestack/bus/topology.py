@@ -1,4 +1,5 @@
-"""The streams, their sizing and the processors' durable consumers.
+"""What is on the bus: the streams and their sizing, their subjects, the headers messages carry, the durable
+consumers, and the registry's bucket.
 
 RAW is a work queue: a message leaves when the raw stage has acknowledged it, so what it holds is the
 backlog, never data already stored. RAW_REPLAY copies RAW (a stream source, server-side) and keeps it
@@ -33,10 +34,12 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 
 from pulsestack.config import ConfigError, env_float, env_int
-from pulsestack.registry.membership import BUCKET as REGISTRY_BUCKET
+from pulsestack.wire.reading import ENVELOPE_VERSION
 
 RAW = "RAW"
 RAW_REPLAY = "RAW_REPLAY"
+# The registry's key-value bucket: which devices exist (pulsestack/registry/membership.py follows it).
+REGISTRY_BUCKET = "registry"
 QUARANTINE = "QUARANTINE"
 DEAD = "DEAD"
 ALERTS = "ALERTS"
@@ -51,6 +54,36 @@ DAY = 86_400.0
 RAW_BYTES_PER_READING = 320
 # Retired with the pulse stage; `setup` removes the stream once its consumer has drained it.
 RETIRED_STREAM, RETIRED_CONSUMER = "PULSES", "pulse-processor"
+
+# Subjects: each stream's wildcard, and the one each message goes to.
+RAW_SUBJECTS, QUARANTINE_SUBJECTS, DEAD_SUBJECTS, ALERT_SUBJECTS = "raw.*", "quarantine.*", "dead.*", "alerts.*"
+
+
+def raw_subject(protocol: str) -> str:
+    return f"raw.{protocol}"
+
+
+def quarantine_subject(stage: str) -> str:
+    return f"quarantine.{stage}"
+
+
+def dead_subject(stage: str) -> str:
+    return f"dead.{stage}"
+
+
+def alert_subject(kind: str) -> str:
+    return f"alerts.{kind}"
+
+
+# Headers. MSG_ID is JetStream's own: a second message with an id seen within the duplicate window is dropped.
+MSG_ID = "Nats-Msg-Id"
+TRACE_ID = "Pulsestack-Trace-Id"
+ENVELOPE = "Pulsestack-Envelope"  # what the body is: RAW_ENVELOPE, msgspec arrays of readings
+RAW_ENVELOPE = f"raw/{ENVELOPE_VERSION}"
+REASON = "Pulsestack-Reason"  # a quarantine record's
+# A dead message's: why its stage gave up, and where it came from.
+ERROR, SOURCE_STREAM, SOURCE_SEQ = "Pulsestack-Error", "Pulsestack-Source-Stream", "Pulsestack-Source-Seq"
+DELIVERIES = "Pulsestack-Deliveries"
 
 
 class SetupError(Exception):
@@ -129,17 +162,17 @@ def _work_queue(limits: BusLimits, name: str, subject: str, max_bytes: int) -> S
 
 def stream_configs(limits: BusLimits) -> list[StreamConfig]:
     return [
-        _work_queue(limits, RAW, "raw.*", limits.raw_max_bytes),
+        _work_queue(limits, RAW, RAW_SUBJECTS, limits.raw_max_bytes),
         StreamConfig(
             name=RAW_REPLAY, sources=[StreamSource(name=RAW)], retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE, num_replicas=limits.replicas, max_bytes=limits.replay_max_bytes,
             max_age=limits.replay_seconds, discard=DiscardPolicy.OLD,
         ),
         # Rejected input is evidence, not data: bounded, oldest dropped first.
-        _stream(limits, QUARANTINE, "quarantine.*", GIB, 14 * DAY, DiscardPolicy.OLD),
-        _stream(limits, DEAD, "dead.*", GIB, 30 * DAY, DiscardPolicy.OLD),
+        _stream(limits, QUARANTINE, QUARANTINE_SUBJECTS, GIB, 14 * DAY, DiscardPolicy.OLD),
+        _stream(limits, DEAD, DEAD_SUBJECTS, GIB, 30 * DAY, DiscardPolicy.OLD),
         # Alert events for subscribers and the webhook notifier; the alerts table is the record.
-        _stream(limits, ALERTS, "alerts.*", GIB, 30 * DAY, DiscardPolicy.OLD),
+        _stream(limits, ALERTS, ALERT_SUBJECTS, GIB, 30 * DAY, DiscardPolicy.OLD),
     ]
 
 
@@ -158,9 +191,9 @@ def consumer_config(durable: str, subject: str, limits: BusLimits, max_deliver: 
 
 
 CONSUMERS = (
-    (RAW_CONSUMER, RAW, "raw.*", None),
+    (RAW_CONSUMER, RAW, RAW_SUBJECTS, None),
     # A webhook may be down for a while: about 25 minutes of retries before DEAD.
-    (NOTIFIER_CONSUMER, ALERTS, "alerts.*", NOTIFIER_MAX_DELIVER),
+    (NOTIFIER_CONSUMER, ALERTS, ALERT_SUBJECTS, NOTIFIER_MAX_DELIVER),
 )
 
 
