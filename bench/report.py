@@ -106,11 +106,24 @@ def devices_per_vcpu(report: Report, mix: str) -> tuple[float, float] | None:
 
 
 def markdown(report: Report) -> str:
+    """The report's markdown: each section from its own function, in reading order."""
+    soak_steps = [step for step in report.steps if step["kind"] == "soak"]
+    sections = [
+        [f"# {report.title}\n", f"Run {report.started} → {report.finished}. Command: `{report.command}`.\n"],
+        _summary_section(report), _reference_section(report), _ramp_sections(report), _per_reading_section(report),
+        _footprint_section(report), _stages_section(report), _postgres_window_section(report),
+        _cost_section(report), _registry_section(report), _profiles_section(report),
+        soak.markdown(report.soak, soak_steps[-1] if soak_steps else None), _method_section(report),
+        _postgres_section(report), _machine_section(report),
+    ]
+    return "\n".join(line for section in sections for line in section) + "\n"
+
+
+def _summary_section(report: Report) -> list[str]:
+    """The ceilings, the ratio to rsyslog, the footprint per reading and the targets."""
     out: list[str] = []
     w = out.append
     s = report.settings
-    w(f"# {report.title}\n")
-    w(f"Run {report.started} → {report.finished}. Command: `{report.command}`.\n")
     cpus = report.machine.get("vcpus", "?")
     w("## Summary\n")
     c = report.ceilings
@@ -148,7 +161,15 @@ def markdown(report: Report) -> str:
         for name, measured, met in targets:
             w(f"| {name} | {measured} | {'yes' if met else ('–' if met is None else '**no**')} |")
         w("")
+    return out
 
+
+def _reference_section(report: Report) -> list[str]:
+    """The reference design's loads, as its table."""
+    out: list[str] = []
+    w = out.append
+    s = report.settings
+    cpus = report.machine.get("vcpus", "?")
     ref = [st for st in report.steps if st["kind"] == "reference"]
     if ref:
         w("## The reference loads\n")
@@ -166,11 +187,13 @@ def markdown(report: Report) -> str:
               f" {_lat(st)} |")
         w("\nReference design (six 2-vCPU VMs, 3 ingest + 3 processing containers): 180 k → 180,000 delivered,"
           " 360 k → 360,000, 3.6 M → 1,758,356 of 3,600,000 (49 %) on 2-vCPU VMs, all on 4-vCPU VMs.\n")
+    return out
 
-    out.extend(_ramp_sections(report))
-    out.extend(_per_reading_section(report))
-    out.extend(_footprint_section(report))
 
+def _stages_section(report: Report) -> list[str]:
+    """Where a reading's time goes per step: the services' own histograms."""
+    out: list[str] = []
+    w = out.append
     staged = [st for st in report.steps if st.get("stages") and st["kind"] in ("ramp", "reference", "profile")]
     if staged:
         w("## Where a reading's time goes, per step (the services' own histograms, during the window)\n")
@@ -188,7 +211,13 @@ def markdown(report: Report) -> str:
             w(f"| {st['name']} | {g.get('raw batch (readings)', 0):.0f} | {two('raw transaction')} |"
               f" {two('publish to RAW → PubAck')} | {raw_msgs or 0:,.0f} | {per_msg} |")
         w("")
+    return out
 
+
+def _postgres_window_section(report: Report) -> list[str]:
+    """PostgreSQL's commits, rows, WAL and waits during each window."""
+    out: list[str] = []
+    w = out.append
     pg_steps = [st for st in report.steps if st.get("postgres")]
     if pg_steps:
         w("### PostgreSQL during each window\n")
@@ -203,9 +232,13 @@ def markdown(report: Report) -> str:
             w(f"| {st['name']} | {pg.get('xact_commit/s', 0):,.0f} | {rows:,.0f} |"
               f" {pg.get('wal_bytes/s', 0) / 1e6:.1f} | {pg.get('wal_sync/s', 0):,.0f} | {waits} | {scans} |")
         w("")
+    return out
 
-    out.extend(_cost_section(report))
 
+def _registry_section(report: Report) -> list[str]:
+    """Resident memory with millions of registered devices."""
+    out: list[str] = []
+    w = out.append
     if report.registry:
         g = report.registry
         w("## Memory with millions of registered devices\n")
@@ -215,7 +248,13 @@ def markdown(report: Report) -> str:
         for name, rss in g.get("rss", {}).items():
             w(f"| {name} | {rss / MIB:,.1f} |")
         w("\nTarget: ≤ 150 MiB per Python service with 10 million registered devices.\n")
+    return out
 
+
+def _profiles_section(report: Report) -> list[str]:
+    """py-spy's profiles: the top functions by own time per service."""
+    out: list[str] = []
+    w = out.append
     if report.profiles:
         w("## Where the time goes (py-spy)\n")
         w("Sampled with `py-spy record --nonblocking` at 100 Hz during a window at the stated rate (shares are of"
@@ -237,22 +276,16 @@ def markdown(report: Report) -> str:
                 if prof.get("modules"):
                     w("\nby module: " + ", ".join(f"{m} {v:.0%}" for m, v in prof["modules"]))
                 w("")
+    return out
 
-    soak_steps = [step for step in report.steps if step["kind"] == "soak"]
-    out.extend(soak.markdown(report.soak, soak_steps[-1] if soak_steps else None))
-    w("## Method\n")
-    for note in report.notes:
-        w(f"- {note}")
-    w("")
-    out.extend(_postgres_section(report))
-    w("## Machine and versions\n")
-    for k, v in report.machine.items():
-        w(f"- {k}: {v}")
-    for k, v in report.versions.items():
-        w(f"- {k}: {v}")
-    w("")
-    w(f"Settings: `{json.dumps(report.settings)}`\n")
-    return "\n".join(out) + "\n"
+
+def _method_section(report: Report) -> list[str]:
+    return ["## Method\n", *(f"- {note}" for note in report.notes), ""]
+
+
+def _machine_section(report: Report) -> list[str]:
+    return ["## Machine and versions\n", *(f"- {k}: {v}" for k, v in report.machine.items()),
+            *(f"- {k}: {v}" for k, v in report.versions.items()), "", f"Settings: `{json.dumps(report.settings)}`\n"]
 
 
 def _ramp_sections(report: Report) -> list[str]:
