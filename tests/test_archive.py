@@ -28,6 +28,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from boto3.s3.transfer import TransferConfig
 from hypothesis import given
 from hypothesis import strategies as st
 from nats.aio.client import Client as NATS
@@ -98,6 +99,16 @@ def test_a_base_backup_decrypts_whole_or_not_at_all(
     for other_key, other_name in ((os.urandom(32), name), (key, "pulsestack-20261206T070001Z")):
         with pytest.raises(archive.ArchiveError, match="does not decrypt"):
             b"".join(archive.decrypt_stream(other_key, other_name, read_from(blob)))
+
+
+@given(chunks=st.lists(st.binary(max_size=40), max_size=30), size=st.integers(1, 100))
+def test_an_upload_stream_reads_whole_until_its_end(chunks: list[bytes], size: int) -> None:
+    """boto3 takes a short read for the end of a stream of unknown length (see StreamReader)."""
+    reader = archive.StreamReader(chunks)
+    plain = b"".join(chunks)
+    reads = list(iter(lambda: reader.read(size), b""))
+    assert b"".join(reads) == plain and reader.total == len(plain)
+    assert all(len(r) == size for r in reads[:-1])
 
 
 backup_ends = st.lists(st.integers(0, 40 * 86_400), max_size=12, unique=True).map(sorted)
@@ -452,3 +463,21 @@ async def test_the_retention_deletes_expired_backups_unfinished_ones_and_the_wal
     assert {key.split("/")[1] for key in left if key.startswith("base/")} == {second.name}
     segments = [key.rsplit("/", 1)[1] for key in left if key.startswith("wals/")]
     assert segments and all(name[8:24] >= second.begin_wal[8:24] for name in segments if len(name) >= 24)
+
+
+def test_a_stream_past_the_threshold_is_uploaded_in_parts_of_the_size_asked(s3: S3StandIn) -> None:
+    """A base backup is one stream of unknown length: boto3 must see whole parts (S3 refuses parts under 5 MiB
+    but the last) and upload them as they come, never the whole stream in one request from memory."""
+    config = archive.ArchiveConfig(
+        destination=f"s3://{BUCKET}/db", server=f"test-{os.getpid()}-{time.monotonic_ns()}", endpoint=s3.endpoint,
+        access_key_id=S3StandIn.ACCESS[0], secret_access_key=S3StandIn.ACCESS[1], region=S3StandIn.REGION,
+        key=os.urandom(32), recovery_window_days=7, backup_interval=86_400, server_side_encryption=None)
+    bucket = archive.ArchiveBucket(config)
+    part = 5 << 20
+    data = os.urandom(2 * part + 12345)
+    chunks = [data[i:i + 7000] for i in range(0, len(data), 7000)]  # frames far smaller than a part
+    transfer = TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=2)
+    assert bucket.upload("base/parts/data", chunks, transfer) == len(data)
+    head = bucket.client.head_object(Bucket=bucket.bucket, Key=bucket.root + "base/parts/data")
+    assert head["ETag"].strip('"').endswith("-3")  # a multipart upload's ETag ends with its number of parts
+    assert bucket.get("base/parts/data") == data

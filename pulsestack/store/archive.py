@@ -253,27 +253,36 @@ def s3_errors(what: str) -> Iterator[None]:
 
 
 class StreamReader(io.RawIOBase):
-    """A file boto3 can upload from, reading the chunks of an iterator; upload counts the bytes."""
+    """A file boto3 can upload from, reading the chunks of an iterator; it counts the bytes read.
+
+    Every read but the last is whole: boto3 takes a short read for the end of a stream of unknown length, so
+    one of a few bytes would make it upload the whole backup in one request, read into memory, and short
+    parts are below S3's minimum part size."""
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
         self.chunks = iter(chunks)
-        self.pending = b""
+        self.pending = memoryview(b"")
         self.total = 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        while not self.pending:
-            chunk = next(self.chunks, None)
-            if chunk is None:
-                return 0
-            self.pending = chunk
-        size = min(len(buffer), len(self.pending))
-        buffer[:size] = self.pending[:size]
-        self.pending = self.pending[size:]
-        self.total += size
-        return size
+        view = memoryview(buffer).cast("B")
+        filled = 0
+        while filled < len(view):
+            if not self.pending:
+                chunk = next(self.chunks, None)
+                if chunk is None:
+                    break
+                self.pending = memoryview(chunk)
+                continue
+            size = min(len(view) - filled, len(self.pending))
+            view[filled:filled + size] = self.pending[:size]
+            self.pending = self.pending[size:]
+            filled += size
+        self.total += filled
+        return filled
 
 
 class ArchiveBucket:
@@ -305,12 +314,13 @@ class ArchiveBucket:
             data: bytes = body.read()
             return data
 
-    def upload(self, key: str, chunks: Iterable[bytes]) -> int:
-        """A stream of unknown length as one object (a multipart upload, aborted if `chunks` raises); its size."""
+    def upload(self, key: str, chunks: Iterable[bytes], transfer: TransferConfig = UPLOAD) -> int:
+        """A stream of unknown length as one object (a multipart upload past the threshold, aborted if `chunks`
+        raises); its size."""
         reader = StreamReader(chunks)
         with s3_errors(f"uploading {key} to s3://{self.bucket}/{self.root}"):
             self.client.upload_fileobj(reader, self.bucket, self.root + key, ExtraArgs=self.extra or None,
-                                       Config=UPLOAD)
+                                       Config=transfer)
         return reader.total
 
     def reader(self, key: str) -> Callable[[int], bytes]:
