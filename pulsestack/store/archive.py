@@ -74,10 +74,12 @@ BASE_MAGIC = b"PSBASE\x01"
 FRAME_BYTES = 4 << 20
 FRAME_HEADER = struct.Struct(">IB")
 READ_BYTES = 1 << 20
-# boto3's multipart upload of a stream of unknown length: parts of 64 MiB, two at a time (≈ 130 MiB of memory),
-# up to S3's 10,000 parts, so a compressed base backup of up to 640 GiB.
+# boto3's multipart upload of a stream of unknown length: parts of 64 MiB, two at a time and at most two read
+# ahead of their upload (≈ 130 MiB of memory; boto3 would buffer ten), up to S3's 10,000 parts, so a compressed
+# base backup of up to 640 GiB.
 PART_BYTES = 64 << 20
 UPLOAD = TransferConfig(multipart_threshold=PART_BYTES, multipart_chunksize=PART_BYTES, max_concurrency=2)
+UPLOAD.max_in_memory_upload_chunks = 2  # s3transfer's setting, which boto3's constructor does not take
 
 # Segments close at least this often while anything is written (an idle server closes none): the archive lags
 # the database by at most this plus one upload. 5 min keeps WalArchiveStale's 15 min far off and the replay from
