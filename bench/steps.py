@@ -115,6 +115,17 @@ class Display:
         print(text, flush=True)
 
 
+def _count_peer(result: StepResult, rows: int, outcomes: list[GeneratorOutcome]) -> None:
+    """rsyslog's delivery: its table's rows against the datagrams sent (it keeps no reading's identity)."""
+    result.delivered = min(rows, result.sent)
+    result.lost = max(0, result.sent - rows)
+    result.duplicated = max(0, rows - result.sent)
+    result.complete = rows == result.sent == sum(len(o.batch) for o in outcomes)
+    pct = 100.0 * result.delivered / result.sent if result.sent else 100.0
+    result.delivery_line = (f"messages delivered {result.delivered:,} / {result.sent:,} ({pct:.2f} %),"
+                            f" lost {result.lost}, duplicated {result.duplicated}")
+
+
 class StepRunner:
     def __init__(
         self, *, urls: dict[str, str], groups: ProcessGroups, database_url: str, nc: NATS | None,
@@ -167,31 +178,7 @@ class StepRunner:
             t0 = generators.start()
             await asyncio.sleep(max(0.0, t0 - time.monotonic()))
             side = asyncio.create_task(during(result.window)) if during else None
-            window_end = t0 + result.window
-            samples: list[tuple[float, int, float, float]] = []
-            stored0 = monitor.stored(before)
-            send_times = sorted(t for j in jobs for t in j.batch.send_at) if peer is not None else []
-            while time.monotonic() < window_end:
-                await asyncio.sleep(min(1.0, max(0.05, window_end - time.monotonic())))
-                tracker.sample_memory()
-                await monitor.pg_waits(conn, waits)
-                at = time.monotonic() - t0
-                if peer is not None:
-                    # The generator is open-loop: what it has sent by now is its schedule (its lag is checked).
-                    planned = bisect.bisect_right(send_times, at)
-                    rows = await peer.rows_estimate(conn)
-                    samples.append((at, planned, float(rows), float(planned - rows)))
-                    rate = rows / at if at > 0 else 0.0
-                    d.update(f"   {at:5.0f}/{result.window:g} s  sent {planned:>10,}  rows {rows:>10,}"
-                             f"  ({rate:,.0f}/s)  backlog {planned - rows:>9,}")
-                else:
-                    now = monitor.scrape_all(self.urls)
-                    stored = monitor.stored(now) - stored0
-                    backlog = monitor.backlog_readings(now) - monitor.backlog_readings(before)
-                    samples.append((at, generators.sent, stored, backlog))
-                    d.update(f"   {at:5.0f}/{result.window:g} s  sent {generators.sent:>10,}  acked"
-                             f" {generators.acked:>10,}  stored {stored:>10,.0f} ({stored / at if at else 0:,.0f}/s)"
-                             f"  backlog {backlog:>9,.0f}")
+            samples = await self._watch_window(result, generators, jobs, tracker, conn, waits, before, t0, peer)
             # The window's own figures: rates and CPU.
             mid = monitor.scrape_all(self.urls) if peer is None else before
             cpu1, (busy1, steal1) = self.groups.cpu(), _machine_cpu()
@@ -217,39 +204,10 @@ class StepRunner:
             outcomes = waiter.result()
             final_rows = 0
             if peer is None:
-                deadline = time.monotonic() + self.drain_timeout
-                result.drained = False
-                while time.monotonic() < deadline:
-                    pending = await self._pending()
-                    now = monitor.scrape_all(self.urls)
-                    backlog = monitor.backlog_readings(now) - monitor.backlog_readings(before)
-                    tracker.sample_memory()
-                    if pending == 0 and backlog <= 0.5:
-                        result.drained = True
-                        break
-                    d.update(f"   draining: {pending:,.0f} messages, {backlog:,.0f} readings"
-                             f" ({time.monotonic() - drain_start:.0f} s)")
-                    await asyncio.sleep(0.5)
+                result.drained = await self._drain_pipeline(tracker, before, drain_start)
             else:
-                last, still = -1, 0.0
-                deadline = time.monotonic() + self.drain_timeout
-                sent = sum(o.result["sent"] for o in outcomes)
-                result.drained = False
-                while time.monotonic() < deadline:
-                    final_rows = await peer.rows_estimate(conn)
-                    if final_rows >= sent:
-                        result.drained = True
-                        break
-                    if final_rows == last:
-                        still += 0.5
-                        if still >= 10.0:
-                            result.drained = True  # its queue is empty: what is missing is lost
-                            break
-                    else:
-                        last, still = final_rows, 0.0
-                    d.update(f"   draining: rows {final_rows:,} of {sent:,}"
-                             f" ({time.monotonic() - drain_start:.0f} s)")
-                    await asyncio.sleep(0.5)
+                result.drained = await self._drain_peer(conn, peer, sum(o.result["sent"] for o in outcomes),
+                                                        drain_start)
                 final_rows = await peer.rows(conn)
             result.drain_seconds = time.monotonic() - drain_start
             result.disk_growth = monitor.disk_growth(sizes0, await monitor.disk_sizes(conn))
@@ -259,26 +217,9 @@ class StepRunner:
             self.groups.remove("generator")
             self._fill(result, before, mid, after, window_samples, outcomes)
             if peer is None:
-                d.update("   verifying delivery against PostgreSQL ...")
-                verified = time.monotonic()
-                delivery = Delivery()
-                for outcome in outcomes:
-                    delivery = delivery.add(await verify_batch(conn, outcome.batch, outcome.status))
-                result.delivered, result.lost, result.duplicated = delivery.delivered, delivery.lost, \
-                    delivery.duplicated
-                result.bucket_mismatches = delivery.bucket_mismatches
-                result.total_mismatches = len(delivery.total_mismatches)
-                result.never_acked = delivery.expected - delivery.acked
-                result.complete = delivery.complete and result.sent == sum(len(o.batch) for o in outcomes)
-                result.delivery_line = delivery.line() + f" (verified in {time.monotonic() - verified:.1f} s)"
+                await self._verify_pipeline(result, conn, outcomes)
             else:
-                result.delivered = min(final_rows, result.sent)
-                result.lost = max(0, result.sent - final_rows)
-                result.duplicated = max(0, final_rows - result.sent)
-                result.complete = final_rows == result.sent == sum(len(o.batch) for o in outcomes)
-                pct = 100.0 * result.delivered / result.sent if result.sent else 100.0
-                result.delivery_line = (f"messages delivered {result.delivered:,} / {result.sent:,} ({pct:.2f} %),"
-                                        f" lost {result.lost}, duplicated {result.duplicated}")
+                _count_peer(result, final_rows, outcomes)
             self._per_reading(result)
             self._judge(result)
             d.line("   " + result.delivery_line)
@@ -288,6 +229,87 @@ class StepRunner:
             generators.kill()
             self.groups.remove("generator")
             await conn.close()
+
+    async def _watch_window(
+        self, result: StepResult, generators: Generators, jobs: list[GeneratorJob], tracker: Tracker,
+        conn: asyncpg.Connection, waits: dict[str, int], before: dict[str, Any], t0: float, peer: Any,
+    ) -> list[tuple[float, int, float, float]]:
+        """Once a second until the window ends: memory, PostgreSQL's waits, and (seconds in, sent, stored,
+        backlog), from the services' metrics or, for the peer, rsyslog's table against the send schedule."""
+        window_end = t0 + result.window
+        samples: list[tuple[float, int, float, float]] = []
+        stored0 = monitor.stored(before)
+        send_times = sorted(t for j in jobs for t in j.batch.send_at) if peer is not None else []
+        while time.monotonic() < window_end:
+            await asyncio.sleep(min(1.0, max(0.05, window_end - time.monotonic())))
+            tracker.sample_memory()
+            await monitor.pg_waits(conn, waits)
+            at = time.monotonic() - t0
+            if peer is not None:
+                # The generator is open-loop: what it has sent by now is its schedule (its lag is checked).
+                planned = bisect.bisect_right(send_times, at)
+                rows = await peer.rows_estimate(conn)
+                samples.append((at, planned, float(rows), float(planned - rows)))
+                rate = rows / at if at > 0 else 0.0
+                self.display.update(f"   {at:5.0f}/{result.window:g} s  sent {planned:>10,}  rows {rows:>10,}"
+                                    f"  ({rate:,.0f}/s)  backlog {planned - rows:>9,}")
+            else:
+                now = monitor.scrape_all(self.urls)
+                stored = monitor.stored(now) - stored0
+                backlog = monitor.backlog_readings(now) - monitor.backlog_readings(before)
+                samples.append((at, generators.sent, stored, backlog))
+                self.display.update(
+                    f"   {at:5.0f}/{result.window:g} s  sent {generators.sent:>10,}  acked {generators.acked:>10,}"
+                    f"  stored {stored:>10,.0f} ({stored / at if at else 0:,.0f}/s)  backlog {backlog:>9,.0f}")
+        return samples
+
+    async def _drain_pipeline(self, tracker: Tracker, before: dict[str, Any], drain_start: float) -> bool:
+        """Waits until RAW and the readings' backlog are empty (True), or the drain timeout."""
+        deadline = time.monotonic() + self.drain_timeout
+        while time.monotonic() < deadline:
+            pending = await self._pending()
+            now = monitor.scrape_all(self.urls)
+            backlog = monitor.backlog_readings(now) - monitor.backlog_readings(before)
+            tracker.sample_memory()
+            if pending == 0 and backlog <= 0.5:
+                return True
+            self.display.update(f"   draining: {pending:,.0f} messages, {backlog:,.0f} readings"
+                                f" ({time.monotonic() - drain_start:.0f} s)")
+            await asyncio.sleep(0.5)
+        return False
+
+    async def _drain_peer(self, conn: asyncpg.Connection, peer: Any, sent: int, drain_start: float) -> bool:
+        """Waits until rsyslog's table holds every row sent, or stops growing for 10 s (True), or the timeout."""
+        last, still = -1, 0.0
+        deadline = time.monotonic() + self.drain_timeout
+        while time.monotonic() < deadline:
+            rows = await peer.rows_estimate(conn)
+            if rows >= sent:
+                return True
+            if rows == last:
+                still += 0.5
+                if still >= 10.0:
+                    return True  # its queue is empty: what is missing is lost
+            else:
+                last, still = rows, 0.0
+            self.display.update(f"   draining: rows {rows:,} of {sent:,} ({time.monotonic() - drain_start:.0f} s)")
+            await asyncio.sleep(0.5)
+        return False
+
+    async def _verify_pipeline(self, result: StepResult, conn: asyncpg.Connection,
+                               outcomes: list[GeneratorOutcome]) -> None:
+        """Every reading sent, looked up in PostgreSQL: delivered, lost, duplicated, buckets and totals."""
+        self.display.update("   verifying delivery against PostgreSQL ...")
+        verified = time.monotonic()
+        delivery = Delivery()
+        for outcome in outcomes:
+            delivery = delivery.add(await verify_batch(conn, outcome.batch, outcome.status))
+        result.delivered, result.lost, result.duplicated = delivery.delivered, delivery.lost, delivery.duplicated
+        result.bucket_mismatches = delivery.bucket_mismatches
+        result.total_mismatches = len(delivery.total_mismatches)
+        result.never_acked = delivery.expected - delivery.acked
+        result.complete = delivery.complete and result.sent == sum(len(o.batch) for o in outcomes)
+        result.delivery_line = delivery.line() + f" (verified in {time.monotonic() - verified:.1f} s)"
 
     def _fill(
         self, r: StepResult, before: dict[str, Any], mid: dict[str, Any], after: dict[str, Any],
