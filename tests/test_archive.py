@@ -101,6 +101,16 @@ def test_a_base_backup_decrypts_whole_or_not_at_all(
             b"".join(archive.decrypt_stream(other_key, other_name, read_from(blob)))
 
 
+def test_a_restore_inflates_a_frame_of_zeros_in_pieces() -> None:
+    """Zeros compress a thousandfold: one sealed frame of a few KiB may hold 8 MiB of empty pages, which a
+    restore must not take into memory at once."""
+    key, zeros = os.urandom(32), bytes(1 << 20)
+    blob = b"".join(archive.encrypt_stream(key, "zeros", (zeros for _ in range(8))))
+    assert len(blob) < 64 << 10
+    pieces = list(archive.decrypt_stream(key, "zeros", read_from(blob)))
+    assert sum(map(len, pieces)) == 8 << 20 and max(map(len, pieces)) <= archive.READ_BYTES
+
+
 @given(chunks=st.lists(st.binary(max_size=40), max_size=30), size=st.integers(1, 100))
 def test_an_upload_stream_reads_whole_until_its_end(chunks: list[bytes], size: int) -> None:
     """boto3 takes a short read for the end of a stream of unknown length (see StreamReader)."""

@@ -156,6 +156,17 @@ def encrypt_stream(key: bytes, name: str, chunks: Iterable[bytes], frame_bytes: 
     yield seal_frame(aead, name, index, bytes(pending), final=True)
 
 
+def inflate(decompressor: Any, data: bytes) -> Iterator[bytes]:
+    """`data` decompressed in pieces of at most READ_BYTES: a frame of zeros (empty pages, unused files)
+    inflates a thousandfold, 4 GiB from one 4 MiB frame if taken at once."""
+    while True:
+        piece = decompressor.decompress(data, READ_BYTES)
+        yield piece
+        data = decompressor.unconsumed_tail
+        if not data and len(piece) < READ_BYTES:
+            return
+
+
 def decrypt_stream(key: bytes, name: str, read: Callable[[int], bytes]) -> Iterator[bytes]:
     """The plain bytes of base backup `name` from its sealed frames, read through `read(n)`; raises ArchiveError
     at the first frame that is not this backup's under this key, and when the frames end before the final one."""
@@ -185,7 +196,7 @@ def decrypt_stream(key: bytes, name: str, read: Callable[[int], bytes]) -> Itera
         except InvalidTag:
             raise ArchiveError(f"base backup {name}'s frame {index} in the archive does not decrypt: another key,"
                                " another backup's bytes, or altered") from None
-        yield decompressor.decompress(plain)
+        yield from inflate(decompressor, plain)
         if final:
             break
         index += 1
