@@ -229,7 +229,14 @@ async def test_streams_healthy_forgets_a_replaced_server_and_waits_for_its_succe
                         raise
                     await asyncio.sleep(0.5)
             for i in range(10):
-                await js.publish(f"test.{i}", b"reading")
+                while True:  # a stream just created answers once its replicas have elected a leader
+                    try:
+                        await js.publish(f"test.{i}", b"reading")
+                        break
+                    except nats.js.errors.NoStreamResponseError:
+                        if time.monotonic() > deadline:
+                            raise
+                        await asyncio.sleep(0.2)
             if leading:
                 await _make_leader(nc, "RAW_TEST", replaced.name)
             elif how == signal.SIGKILL:
