@@ -669,8 +669,10 @@ def scheduled_round(config: ArchiveConfig, metrics: BackupMetrics) -> None:
 def server_archives() -> bool:
     """Whether the server libpq's environment names is up with archive_mode on: not the image's first-start
     server (its init scripts'), whose data folder is still being made, and not a server that is down."""
-    shown = subprocess.run(["psql", "-XAtqc", "SHOW archive_mode"], capture_output=True, text=True)
-    return shown.returncode == 0 and shown.stdout.strip() == "on"
+    try:
+        return psql("SHOW archive_mode") == "on"
+    except ArchiveError:
+        return False
 
 
 def schedule(config: ArchiveConfig | None, port: int, poll: float = 60.0) -> None:
