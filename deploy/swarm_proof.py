@@ -362,9 +362,9 @@ def metric_value(text: str, name: str, **labels: str) -> float:
 INGESTED_BY = ((INGEST_UDP, (nbiot.PROTOCOL,)), (INGEST_HTTP, (sigfox.PROTOCOL, lorawan.PROTOCOL)))
 
 
-def ingester_devices() -> dict[str, float]:
-    """Devices of each protocol its ingester knows (pulsestack_registry_devices, the least of its tasks), read
-    inside their tasks; keyed `service/protocol`."""
+def ingester_devices() -> dict[str, list[float]]:
+    """Devices of each protocol each of its ingester's tasks knows (pulsestack_registry_devices), read inside
+    the tasks; keyed `service/protocol`, a task whose metrics could not be read counting 0."""
     out = {}
     for service, protocols in INGESTED_BY:
         port = service.ops.default
@@ -372,9 +372,16 @@ def ingester_devices() -> dict[str, float]:
                          f"import urllib.request as u; print(u.urlopen('http://127.0.0.1:{port}/metrics').read()"
                          ".decode())", check=False) for task in running(service.name)]
         for protocol in protocols:
-            values = [metric_value(text, "pulsestack_registry_devices", protocol=protocol) for text in texts]
-            out[f"{service.name}/{protocol}"] = min(values) if values else 0.0
+            out[f"{service.name}/{protocol}"] = [metric_value(text, "pulsestack_registry_devices", protocol=protocol)
+                                                 for text in texts]
     return out
+
+
+def service_log_tail(name: str, lines: int = 20) -> str:
+    """A service's newest log lines from all its tasks (containers log to stderr, passed on as stderr)."""
+    done = subprocess.run([*ENGINES.command(""), "service", "logs", "--tail", str(lines), f"{STACK}_{name}"],
+                          capture_output=True, text=True)
+    return done.stdout + done.stderr
 
 
 # ------------------------------------------------------------------------------------------ traffic
@@ -503,10 +510,13 @@ async def wait_ingesters_know(within: float) -> None:
     deadline = time.monotonic() + within
     while True:
         known = ingester_devices()
-        if all(v >= registered[key.split("/")[1]] for key, v in known.items()):
+        lagging = {key for key, values in known.items() if not values or min(values) < registered[key.split("/")[1]]}
+        if not lagging:
             break
         if time.monotonic() > deadline:
-            raise SystemExit(f"ingesters did not learn the registered devices: {known}")
+            logs = "\n".join(service_log_tail(service) for service in sorted({key.split("/")[0] for key in lagging}))
+            raise SystemExit(f"ingesters did not learn the registered devices {dict(registered)}: each task knows"
+                             f" {known}\n{logs}")
         await asyncio.sleep(1)
     say(f"ingesters know the devices: {known}")
 
@@ -879,9 +889,8 @@ def cmd_archive() -> None:
         if ended["result"] and float(ended["result"][0]["value"][1]) > 0:
             break
         if time.monotonic() - started > 240:
-            logs = subprocess.run(["docker", "service", "logs", "--tail", "20", f"{STACK}_archive-scheduler"],
-                                  capture_output=True, text=True)  # the container's stderr comes as stderr
-            raise SystemExit(f"archive: archive-scheduler stored no base backup in 240 s:\n{logs.stderr}")
+            raise SystemExit("archive: archive-scheduler stored no base backup in 240 s:\n"
+                             + service_log_tail("archive-scheduler"))
         time.sleep(5)
     say(f"archive: a base backup stored {time.monotonic() - started:.0f} s into the step, seen by Prometheus")
     archived, failed = docker("exec", "-u", "postgres", task["Status"]["ContainerStatus"]["ContainerID"], "psql",

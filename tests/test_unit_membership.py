@@ -7,13 +7,16 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from nats.aio.client import Client as NATS
+from nats.js.kv import KeyValue
 
 from pulsestack.registry.membership import (
     SHARDS,
     Membership,
+    WatchStalled,
     device_number,
     keyver_key,
     members_key,
@@ -113,3 +116,55 @@ async def test_following_a_bucket_loads_it_then_applies_changes(servers_nc: NATS
         following.cancel()
         await asyncio.gather(following, return_exceptions=True)
         await js.delete_key_value(bucket)
+
+
+class StallingBucket:
+    """A real bucket whose watches the test can silence, as an ordered consumer that stops delivering
+    without an error does."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+        self.watchers: list[KeyValue.KeyWatcher] = []
+
+    async def status(self) -> KeyValue.BucketStatus:
+        return await self.kv.status()
+
+    async def watchall(self) -> KeyValue.KeyWatcher:
+        watcher = await self.kv.watchall()
+        self.watchers.append(watcher)
+        return watcher
+
+    async def silence(self) -> None:
+        await self.watchers[-1]._sub.unsubscribe()
+
+
+async def test_a_watch_that_stops_delivering_is_given_up_and_a_new_one_catches_up(servers_nc: NATS) -> None:
+    js = servers_nc.jetstream()
+    name = f"unit_registry_{uuid.uuid4().hex[:10]}"
+    kv = await js.create_key_value(bucket=name, history=1)
+    bucket = StallingBucket(kv)
+    await kv.put(members_key("nbiot", 7), pack([7]))
+    # The bucket's newest revision no watch delivers: a delete marker removed, as `purge_deletes` does.
+    await kv.put(members_key("nbiot", 9), pack([9]))
+    await kv.delete(members_key("nbiot", 9))
+    await kv.purge_deletes(olderthan=0)
+    membership = Membership(["nbiot"])
+    following = asyncio.create_task(membership.follow(bucket, check_every=0.3))  # type: ignore[arg-type]
+    try:
+        await asyncio.wait_for(membership.ready.wait(), 10)
+        await asyncio.sleep(1.5)
+        assert not following.done(), "an idle watch that has everything is no stall"
+        await bucket.silence()
+        await kv.put(members_key("nbiot", 8), pack([8]))
+        with pytest.raises(WatchStalled):
+            await asyncio.wait_for(following, 5)
+        following = asyncio.create_task(membership.follow(bucket, check_every=0.3))  # type: ignore[arg-type]
+
+        async def caught_up() -> bool:
+            return membership.contains("nbiot", 8) and membership.contains("nbiot", 7)
+
+        await eventually(caught_up, timeout=10)
+    finally:
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+        await js.delete_key_value(name)

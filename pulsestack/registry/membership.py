@@ -14,11 +14,13 @@ so 10 million registered devices cost about 80 MB.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable
 
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
@@ -29,7 +31,22 @@ from pulsestack.service import sleep_or_stop
 from pulsestack.wire.codecs import codec_of
 
 SHARDS = 1024
+# How long a watch may lag its bucket without receiving anything before it is replaced.
+STALL_CHECK_SECONDS = 15.0
 log = get_logger(__name__)
+
+
+class WatchStalled(Exception):
+    """The registry watch stopped delivering while the bucket moved on."""
+
+
+async def _last_revision(kv: KeyValue, default: int = 0) -> int:
+    """The bucket's newest revision; `default` when NATS cannot say now (a check skipped, not a stall)."""
+    try:
+        return int((await kv.status()).stream_info.state.last_seq)
+    except Exception as exc:
+        log.info("registry bucket status unavailable", error=str(exc))
+        return default
 
 
 def device_number(protocol: str, device: str) -> int:
@@ -68,6 +85,7 @@ class Membership:
     def __init__(self, protocols: Iterable[str]) -> None:
         self._shards: dict[str, list[array[int]]] = {p: [array("Q") for _ in range(SHARDS)] for p in protocols}
         self._key_versions: dict[tuple[str, str], int] = {}
+        self._revision = 0  # the bucket's newest change applied
         self.ready = asyncio.Event()
 
     def contains(self, protocol: str, number: int) -> bool:
@@ -94,22 +112,45 @@ class Membership:
             else:
                 self._key_versions.pop((protocol, rest), None)
 
-    async def follow(self, kv: KeyValue) -> None:
-        """Loads the bucket, sets `ready`, then applies changes as they happen (seconds, no restart)."""
+    async def follow(self, kv: KeyValue, check_every: float = STALL_CHECK_SECONDS) -> None:
+        """Loads the bucket, sets `ready`, then applies changes as they happen (seconds, no restart). Raises
+        `WatchStalled` when the watch has fallen behind the bucket and received nothing for `check_every`:
+        nats.py's ordered consumer can stop delivering without an error, and a device registered then would
+        stay unknown to this ingester for good."""
+        known_before_watch = await _last_revision(kv)
         watcher = await kv.watchall()
+        applying = asyncio.create_task(self._apply(watcher, known_before_watch))
         try:
-            async for entry in watcher:
-                if entry is None:  # end of the initial values
-                    self._publish_counts()
-                    self.ready.set()
-                    log.info("registry loaded", **{p: self.count(p) for p in self._shards})
-                    continue
-                deleted = entry.operation in ("DEL", "PURGE")
-                self.apply(entry.key, None if deleted else entry.value)
-                if self.ready.is_set():
-                    self._publish_counts()
+            seen, bucket = self._revision, known_before_watch
+            while not applying.done():
+                await asyncio.wait({applying}, timeout=check_every)
+                if applying.done():
+                    break
+                if self._revision == seen and self._revision < bucket:
+                    raise WatchStalled(f"registry watch stopped at revision {seen}, the bucket is at {bucket}")
+                seen = self._revision
+                bucket = await _last_revision(kv, default=bucket)
+            applying.result()
         finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+            applying.cancel()
+            await asyncio.gather(applying, return_exceptions=True)
+            with contextlib.suppress(nats.errors.Error):  # a stalled watch's subscription may be gone
+                await watcher.stop()  # type: ignore[no-untyped-call]
+
+    async def _apply(self, watcher: KeyValue.KeyWatcher, known_before_watch: int) -> None:
+        self._revision = 0
+        async for entry in watcher:
+            if entry is None:  # end of the initial values: all the bucket held when the watch began
+                self._revision = max(self._revision, known_before_watch)
+                self._publish_counts()
+                self.ready.set()
+                log.info("registry loaded", **{p: self.count(p) for p in self._shards})
+                continue
+            deleted = entry.operation in ("DEL", "PURGE")
+            self.apply(entry.key, None if deleted else entry.value)
+            self._revision = entry.revision
+            if self.ready.is_set():
+                self._publish_counts()
 
     def _publish_counts(self) -> None:
         for protocol in self._shards:
