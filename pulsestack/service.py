@@ -1,16 +1,21 @@
-"""Running a service: uvloop, JSON logs, NATS connection, and a stop event set by SIGTERM/SIGINT."""
+"""Running a service: uvloop, JSON logs, NATS connection, a stop event set by SIGTERM/SIGINT, and the
+`Lifecycle` every service's `serve()` lives in."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from types import TracebackType
+from typing import Any
 
 import nats
 import uvloop
 from nats.aio.client import Client as NATS
 
-from pulsestack import allocator
+from pulsestack import allocator, ops
 from pulsestack.config import CommonConfig
 from pulsestack.logs import configure, get_logger
 
@@ -82,6 +87,61 @@ async def close_nats(nc: NATS) -> None:
     except (nats.errors.ConnectionReconnectingError, nats.errors.ConnectionClosedError) as exc:
         log.info("nats unavailable at stop; connection closed without draining", error=type(exc).__name__)
         await nc.close()
+
+
+class Lifecycle:
+    """One service's life: connect (each part registers how it closes as it opens), ready (the ops
+    endpoints answer /readyz from the service's own check), run until stop, then drain and close in the
+    reverse order of opening, whether the service stopped or failed. A service whose drain must close two
+    parts in an order of its own registers one callback that does both."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self._closing = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> Lifecycle:
+        await self._closing.__aenter__()
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> bool | None:
+        try:
+            return await self._closing.__aexit__(kind, exc, tb)
+        finally:
+            log.info(f"{self.service} stopped")
+
+    def on_close(self, close: Callable[[], object]) -> None:
+        """`close` (a function or a coroutine function) runs on the way out, before what opened earlier."""
+        async def call() -> None:
+            result = close()
+            if inspect.isawaitable(result):
+                await result
+
+        self._closing.push_async_callback(call)
+
+    async def nats(self, config: CommonConfig) -> NATS:
+        nc = await connect_nats(config, config.service)
+        self.on_close(lambda: close_nats(nc))
+        return nc
+
+    def beside(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Work that runs beside the service (a periodic report, a watch), cancelled on the way out."""
+        task = asyncio.create_task(work)
+
+        async def cancel() -> None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+        self.on_close(cancel)
+        return task
+
+    async def ops(self, host: str, port: int, ready: ops.ReadyCheck) -> None:
+        """The ops endpoints (/metrics, /healthz, /readyz) of a service without an HTTP server of its own."""
+        runner = await ops.serve(host, port, ready)
+        self.on_close(runner.cleanup)
+
+    def started(self, **fields: object) -> None:
+        log.info(f"{self.service} started", **fields)
 
 
 def run(service: str, main: Callable[[asyncio.Event], Awaitable[None]], log_level: str = "info") -> None:

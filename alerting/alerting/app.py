@@ -8,14 +8,14 @@ import asyncpg
 
 from alerting.config import AlertingConfig
 from alerting.notifier import Notifier
-from pulsestack import metrics, ops
+from pulsestack import metrics
 from pulsestack.alerts.outbox import publish_pending
 from pulsestack.alerts.sweep import Sweeper
 from pulsestack.bus.consumer import BatchConsumer, ConsumerSettings
 from pulsestack.bus.publisher import Publisher
 from pulsestack.bus.topology import ALERTS, NOTIFIER_CONSUMER, NOTIFIER_MAX_DELIVER
 from pulsestack.logs import get_logger
-from pulsestack.service import close_nats, connect_nats, sleep_or_stop
+from pulsestack.service import Lifecycle, sleep_or_stop
 from pulsestack.store.db import create_pool
 from pulsestack.store.maintenance import maintain
 
@@ -62,12 +62,20 @@ async def _maintenance_loop(pool: asyncpg.Pool, config: AlertingConfig, stop: as
 
 
 async def serve(config: AlertingConfig, stop: asyncio.Event) -> None:
-    nc = await connect_nats(config.common, "alerting")
+    async with Lifecycle(config.common.service) as life:
+        await _serve(config, stop, life)
+
+
+async def _serve(config: AlertingConfig, stop: asyncio.Event, life: Lifecycle) -> None:
+    nc = await life.nats(config.common)
     publisher = Publisher(nc)
     await publisher.start()
+    life.on_close(publisher.stop)
     # Sweeps and the outbox, and the maintenance run beside them.
     pool = await create_pool(config.database_url, size=3, keyed_lookups=False)
+    life.on_close(pool.close)
     notifier = Notifier(config.webhook_url, config.webhook_secret, config.webhook_timeout)
+    life.on_close(notifier.close)
     consumer = BatchConsumer(
         nc.jetstream(), publisher, ConsumerSettings(
             ALERTS, NOTIFIER_CONSUMER, "notifier", batch=32, max_deliver=NOTIFIER_MAX_DELIVER
@@ -82,18 +90,11 @@ async def serve(config: AlertingConfig, stop: asyncio.Event) -> None:
             return "notifier consumer not bound"
         return None
 
-    runner = await ops.serve(config.ops_host, config.ops_port, ready)
-    sweeper = asyncio.create_task(_sweep_loop(pool, publisher, config, stop))
-    maintenance = asyncio.create_task(_maintenance_loop(pool, config, stop))
-    log.info("alerting started", webhook=bool(config.webhook_url), sweep_every=config.sweep_every)
-    try:
-        await consumer.run(stop)
-        await sweeper
-        await maintenance
-    finally:
-        await notifier.close()
-        await publisher.stop()
-        await close_nats(nc)
-        await pool.close()
-        await runner.cleanup()
-        log.info("alerting stopped")
+    await life.ops(config.ops_host, config.ops_port, ready)
+    # Awaited, not cancelled, once the notifier has stopped: each ends its round at the stop.
+    sweeper = life.beside(_sweep_loop(pool, publisher, config, stop))
+    maintenance = life.beside(_maintenance_loop(pool, config, stop))
+    life.started(webhook=bool(config.webhook_url), sweep_every=config.sweep_every)
+    await consumer.run(stop)
+    await sweeper
+    await maintenance

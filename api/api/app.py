@@ -11,11 +11,10 @@ from api.config import ApiConfig
 from api.handlers import ReadApi, error
 from pulsestack import ops
 from pulsestack.http import serve_app
-from pulsestack.logs import get_logger
+from pulsestack.service import Lifecycle
 from pulsestack.store.db import create_pool
 from pulsestack.tokens import Tokens
 
-log = get_logger(__name__)
 PUBLIC = frozenset({"/openapi.json", "/v1/openapi.json", "/docs", "/healthz", "/readyz", "/metrics"})
 
 
@@ -32,24 +31,24 @@ def token_required(tokens: Tokens) -> Middleware:
 
 
 async def serve(config: ApiConfig, stop: asyncio.Event) -> None:
-    pool = await create_pool(config.database_url, size=4)
-    export_pool = await create_pool(config.database_url, size=2)
-    tokens = Tokens(config.tokens_file, config.tokens_inline, name="api")
-    app = web.Application(middlewares=[token_required(tokens)])
-    ReadApi(pool, export_pool, config.max_points).routes(app)
+    async with Lifecycle(config.common.service) as life:
+        pool = await create_pool(config.database_url, size=4)
+        life.on_close(pool.close)
+        export_pool = await create_pool(config.database_url, size=2)
+        life.on_close(export_pool.close)
+        tokens = Tokens(config.tokens_file, config.tokens_inline, name="api")
+        app = web.Application(middlewares=[token_required(tokens)])
+        ReadApi(pool, export_pool, config.max_points).routes(app)
 
-    async def ready() -> str | None:
-        try:
-            await asyncio.wait_for(pool.fetchval("SELECT 1"), 2.0)
-        except Exception as exc:
-            return f"database: {exc}"
-        return None
+        async def ready() -> str | None:
+            try:
+                await asyncio.wait_for(pool.fetchval("SELECT 1"), 2.0)
+            except Exception as exc:
+                return f"database: {exc}"
+            return None
 
-    ops.add_routes(app, ready)
-    runner = await serve_app(app, "api", config.host, config.port, config.http)
-    log.info("api started", port=config.port)
-    await tokens.keep_reloading(stop)
-    await runner.cleanup()
-    await export_pool.close()
-    await pool.close()
-    log.info("api stopped")
+        ops.add_routes(app, ready)
+        runner = await serve_app(app, "api", config.host, config.port, config.http)
+        life.on_close(runner.cleanup)
+        life.started(port=config.port)
+        await tokens.keep_reloading(stop)

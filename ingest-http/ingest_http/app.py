@@ -13,10 +13,9 @@ from ingest_http.routes import ROUTES
 from pulsestack import metrics, ops
 from pulsestack.http import serve_app
 from pulsestack.ingest import IngestBus
-from pulsestack.logs import get_logger
+from pulsestack.service import Lifecycle
 from pulsestack.tokens import Tokens
 
-log = get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _PROTOCOL_OF_PATH = {route.path: route.protocol for route in ROUTES}
 
@@ -34,25 +33,25 @@ async def count_wrong_methods(request: web.Request, handler: Handler) -> web.Str
 
 
 async def serve(config: HttpIngestConfig, stop: asyncio.Event) -> None:
-    protocols = sorted({route.protocol for route in ROUTES})
-    bus = await IngestBus.connect(config.common, protocols, config.group_max_readings, config.group_max_delay)
-    tokens = {realm: Tokens(path, inline, name=realm) for realm, (path, inline) in config.tokens.items()}
-    # The handler reads the body itself and answers 413 with a reason; this is only a backstop.
-    app = web.Application(middlewares=[count_wrong_methods], client_max_size=64 * 1024)
-    for route in ROUTES:
-        callbacks = Callbacks(
-            route=route, tokens=tokens[route.realm], membership=bus.membership, grouper=bus.grouper,
-            quarantine=bus.quarantine, max_age_seconds=config.max_age_seconds, clock=config.common.clock,
-            answer_within=config.answer_within,
-        )
-        app.router.add_post(route.path, callbacks.handle)
-    ops.add_routes(app, bus.ready)
-    runner = await serve_app(app, "ingest-http", config.host, config.port, config.http,
-                             shutdown_timeout=config.answer_within + 1)
-    bus.follow_registry(stop)
-    log.info("ingest-http started", port=config.port, routes=[route.path for route in ROUTES])
-    await asyncio.gather(*(each.keep_reloading(stop) for each in tokens.values()))
-    # Stop accepting, let in-flight callbacks get their PubAcks and answers, then leave.
-    await runner.cleanup()
-    await bus.close()
-    log.info("ingest-http stopped")
+    async with Lifecycle(config.common.service) as life:
+        protocols = sorted({route.protocol for route in ROUTES})
+        bus = await IngestBus.connect(config.common, protocols, config.group_max_readings, config.group_max_delay)
+        life.on_close(bus.close)
+        tokens = {realm: Tokens(path, inline, name=realm) for realm, (path, inline) in config.tokens.items()}
+        # The handler reads the body itself and answers 413 with a reason; this is only a backstop.
+        app = web.Application(middlewares=[count_wrong_methods], client_max_size=64 * 1024)
+        for route in ROUTES:
+            callbacks = Callbacks(
+                route=route, tokens=tokens[route.realm], membership=bus.membership, grouper=bus.grouper,
+                quarantine=bus.quarantine, max_age_seconds=config.max_age_seconds, clock=config.common.clock,
+                answer_within=config.answer_within,
+            )
+            app.router.add_post(route.path, callbacks.handle)
+        ops.add_routes(app, bus.ready)
+        # Closed first: stop accepting, let in-flight callbacks get their PubAcks and answers, then the bus.
+        runner = await serve_app(app, "ingest-http", config.host, config.port, config.http,
+                                 shutdown_timeout=config.answer_within + 1)
+        life.on_close(runner.cleanup)
+        bus.follow_registry(stop)
+        life.started(port=config.port, routes=[route.path for route in ROUTES])
+        await asyncio.gather(*(each.keep_reloading(stop) for each in tokens.values()))

@@ -8,13 +8,13 @@ import asyncpg
 
 from processors.config import ProcessorConfig
 from processors.raw_stage import RawStage
-from pulsestack import metrics, ops
+from pulsestack import metrics
 from pulsestack.bus.consumer import TRANSIENT, BatchConsumer, ConsumerSettings, report_backlog
 from pulsestack.bus.publisher import Publisher
 from pulsestack.bus.quarantine import Quarantine
 from pulsestack.bus.topology import RAW, RAW_CONSUMER, RAW_REPLAY
 from pulsestack.logs import get_logger
-from pulsestack.service import close_nats, connect_nats, sleep_or_stop
+from pulsestack.service import Lifecycle, sleep_or_stop
 from pulsestack.store.db import create_pool
 
 log = get_logger(__name__)
@@ -31,14 +31,20 @@ async def _pool_when_available(config: ProcessorConfig, stop: asyncio.Event) -> 
 
 
 async def serve(config: ProcessorConfig, stop: asyncio.Event) -> None:
-    nc = await connect_nats(config.common, config.common.service)
+    async with Lifecycle(config.common.service) as life:
+        await _serve(config, stop, life)
+
+
+async def _serve(config: ProcessorConfig, stop: asyncio.Event, life: Lifecycle) -> None:
+    nc = await life.nats(config.common)
     js = nc.jetstream()
     publisher = Publisher(nc)
     await publisher.start()
+    life.on_close(publisher.stop)
     pool = await _pool_when_available(config, stop)
     if pool is None:
-        await nc.close()
         return
+    life.on_close(pool.close)
     quarantine = Quarantine(publisher)
     stage = RawStage(pool, publisher, quarantine)
     metrics.prime_stage(stage.name)
@@ -65,16 +71,8 @@ async def serve(config: ProcessorConfig, stop: asyncio.Event) -> None:
             return f"database: {exc}"
         return None
 
-    runner = await ops.serve(config.ops_host, config.ops_port, ready)
+    await life.ops(config.ops_host, config.ops_port, ready)
     # Also watched: the replay copy RAW feeds.
-    backlog = asyncio.create_task(report_backlog(js, RAW, RAW_CONSUMER, stop, (RAW_REPLAY,)))
-    log.info("processor started", ops_port=config.ops_port)
-    try:
-        await consumer.run(stop)  # returns after the in-flight batch is acknowledged
-    finally:
-        backlog.cancel()
-        await publisher.stop()
-        await close_nats(nc)
-        await pool.close()
-        await runner.cleanup()
-        log.info("processor stopped")
+    life.beside(report_backlog(js, RAW, RAW_CONSUMER, stop, (RAW_REPLAY,)))
+    life.started(ops_port=config.ops_port)
+    await consumer.run(stop)  # returns after the in-flight batch is acknowledged

@@ -11,10 +11,10 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from pulsestack import ops
 from pulsestack.config import database_url
 from pulsestack.logs import get_logger
-from pulsestack.service import sleep_or_stop
+from pulsestack.service import Lifecycle, sleep_or_stop
+from pulsestack.services import SWARM_EXPORTER
 from swarm_exporter.config import SwarmExporterConfig
 from swarm_exporter.docker_api import DockerApi, NodeState, ServiceReplicas
 from swarm_exporter.wal import WalStatus, wal_status
@@ -136,15 +136,14 @@ async def serve(config: SwarmExporterConfig, stop: asyncio.Event) -> None:
             return "no answer from the Docker API"
         return None
 
-    if await poll_once(api, collector, config, url):
-        last_ok = time.monotonic()
-    runner = await ops.serve(config.ops_host, config.ops_port, ready)
-    log.info("swarm-exporter started", ops_port=config.ops_port, docker=config.docker_host,
-             stack=config.stack or "*", postgres=config.probe_postgres)
-    while not await sleep_or_stop(stop, config.interval):
+    async with Lifecycle(SWARM_EXPORTER.name) as life:
+        life.on_close(lambda: REGISTRY.unregister(collector))
+        life.on_close(api.close)
         if await poll_once(api, collector, config, url):
             last_ok = time.monotonic()
-    await api.close()
-    await runner.cleanup()
-    REGISTRY.unregister(collector)
-    log.info("swarm-exporter stopped")
+        await life.ops(config.ops_host, config.ops_port, ready)
+        life.started(ops_port=config.ops_port, docker=config.docker_host, stack=config.stack or "*",
+                     postgres=config.probe_postgres)
+        while not await sleep_or_stop(stop, config.interval):
+            if await poll_once(api, collector, config, url):
+                last_ok = time.monotonic()
