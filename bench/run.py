@@ -55,7 +55,8 @@ from pulsestack_cli.localstack import S3StandIn, free_port, free_ports, interpre
 from pulsestack_cli.processes import ServiceProcess
 from pulsestack_cli.summary import total
 from simulator.batch import device_text
-from simulator.plans import HourlyFleet, RampPool, device_number
+from simulator.fleet import simulated_number
+from simulator.plans import HourlyFleet, RampPool
 from simulator.profiles import Profiles
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -211,7 +212,7 @@ async def bulk_register(database_url: str, nats_url: str, protocol: str, first_i
             n = min(chunk, count - done)
             records = []
             for i in range(done, done + n):
-                number = device_number(protocol, i, first_id)
+                number = simulated_number(protocol, first_id + i)
                 records.append((device_text(protocol, number), shard_of(number)))
             async with conn.transaction():
                 await conn.execute("CREATE TEMP TABLE bench_devices (device_id text, shard smallint) ON COMMIT DROP")

@@ -78,22 +78,25 @@ def reception_offset(number: int) -> int:
     return number % 600
 
 
+def carried_time(protocol: str, period_end: int, received: int) -> int:
+    """The device time a reading carries: a Sigfox message's is its reception; an NB-IoT frame's is its
+    period end, and so is a LoRaWAN uplink's (its reception rounded down to the quarter hour)."""
+    return received if protocol == sigfox.PROTOCOL else period_end
+
+
 def sent_time(protocol: str, number: int, period_end: int) -> int:
-    """The device time a meter's reading carries: a Sigfox message's is its reception; an NB-IoT frame's is
-    its period end, and so is a LoRaWAN uplink's (its reception rounded down to the quarter hour)."""
-    return period_end + reception_offset(number) if protocol == sigfox.PROTOCOL else period_end
+    """The device time a meter's reading carries when it is received `reception_offset` after its period."""
+    return carried_time(protocol, period_end, period_end + reception_offset(number))
 
 
-def nbiot_id(i: int) -> str:
-    return str(NBIOT_BASE + i)
+def simulated_number(protocol: str, i: int) -> int:
+    """The number of a simulated fleet's i-th meter of a protocol (a fleet's `first_id` counted in `i`): the
+    one numbering of every simulated fleet, the simulator's and the benchmark's load plans alike."""
+    return BASES[protocol] + i
 
 
-def sigfox_id(i: int) -> str:
-    return f"{SIGFOX_BASE + i:X}"
-
-
-def lorawan_id(i: int) -> str:
-    return f"{LORAWAN_BASE + i:016X}"
+def simulated_id(protocol: str, i: int) -> str:
+    return CODECS[protocol].text(simulated_number(protocol, i))
 
 
 def simulated(protocol: str, device: str) -> bool:
@@ -113,11 +116,8 @@ def fleet_ids(devices: int, nbiot_share: float, first_id: int = 0, lorawan_share
     fleets of different runs apart."""
     n_nbiot, n_lorawan = _mix(devices, nbiot_share, lorawan_share)
     n_sigfox = devices - n_nbiot - n_lorawan
-    return {
-        nbiot.PROTOCOL: [nbiot_id(first_id + i) for i in range(n_nbiot)],
-        sigfox.PROTOCOL: [sigfox_id(first_id + j) for j in range(n_sigfox)],
-        lorawan.PROTOCOL: [lorawan_id(first_id + k) for k in range(n_lorawan)],
-    }
+    counts = {nbiot.PROTOCOL: n_nbiot, sigfox.PROTOCOL: n_sigfox, lorawan.PROTOCOL: n_lorawan}
+    return {protocol: [simulated_id(protocol, first_id + i) for i in range(n)] for protocol, n in counts.items()}
 
 
 def build_fleet(
@@ -130,18 +130,11 @@ def build_fleet(
     With `profiles`, counts follow the meter's kind (household, leak, wrap) and silent meters are left
     out of the list (they are registered by `fleet_ids` but never report)."""
     start -= start % READING_SECONDS
-    n_nbiot, n_lorawan = _mix(devices, nbiot_share, lorawan_share)
-    n_sigfox = devices - n_nbiot - n_lorawan
     meters = []
-    for i in range(devices):
-        if i < n_nbiot:
-            protocol, device, number = nbiot.PROTOCOL, nbiot_id(first_id + i), NBIOT_BASE + first_id + i
-        elif i < n_nbiot + n_sigfox:
-            j = first_id + i - n_nbiot
-            protocol, device, number = sigfox.PROTOCOL, sigfox_id(j), SIGFOX_BASE + j
-        else:
-            k = first_id + i - n_nbiot - n_sigfox
-            protocol, device, number = lorawan.PROTOCOL, lorawan_id(k), LORAWAN_BASE + k
+    by_protocol = fleet_ids(devices, nbiot_share, first_id, lorawan_share)
+    placed = [(protocol, first_id + j) for protocol, ids in by_protocol.items() for j in range(len(ids))]
+    for i, (protocol, position) in enumerate(placed):
+        number, device = simulated_number(protocol, position), simulated_id(protocol, position)
         rng = random.Random(seed * 1_000_003 + i)
         key = keys.derive(master_key, protocol, device) if CODECS[protocol].keyed else b""
         index = profiles.initial_index(number) if profiles else rng.randrange(2**20)

@@ -20,21 +20,15 @@ import time
 from array import array
 from dataclasses import dataclass, field
 
-from pulsestack.wire import sigfox
 from pulsestack.wire.codecs import CODECS
 from simulator.batch import ReadingBatch
-from simulator.fleet import BASES, BUCKET_SECONDS, BUCKETS, sent_time
+from simulator.fleet import BUCKET_SECONDS, BUCKETS, carried_time, sent_time, simulated_id, simulated_number
 from simulator.profiles import SILENT, Profiles, _mix, _unit
 
 HOUR = 3600
 _PHASE_STEP = 2357  # coprime with 3600: device i reports at second (i * 2357) % 3600 of each hour
 _PHASE_INVERSE = pow(_PHASE_STEP, -1, HOUR)
 MAX_AGE = 30 * 86_400
-
-
-def device_number(protocol: str, i: int, first_id: int = 0) -> int:
-    """Same numbering as simulator.fleet (nbiot_id / sigfox_id)."""
-    return BASES[protocol] + first_id + i
 
 
 @dataclass(frozen=True)
@@ -47,18 +41,15 @@ class HourlyFleet:
     profiles: Profiles = field(default_factory=Profiles)
 
     def ids(self) -> list[str]:
-        from simulator.batch import device_text
-
-        return [device_text(self.protocol, device_number(self.protocol, i, self.first_id))
-                for i in range(self.registered)]
+        return [simulated_id(self.protocol, self.first_id + i) for i in range(self.registered)]
 
     def phase(self, i: int) -> float:
-        return (i * _PHASE_STEP) % HOUR + _unit(device_number(self.protocol, i, self.first_id), 9)
+        return (i * _PHASE_STEP) % HOUR + _unit(simulated_number(self.protocol, self.first_id + i), 9)
 
     def reporting_per_hour(self) -> int:
         """Registered meters that are not silent (each sends one reading an hour)."""
         return sum(1 for i in range(self.registered)
-                   if self.profiles.kind(device_number(self.protocol, i, self.first_id)) != SILENT)
+                   if self.profiles.kind(simulated_number(self.protocol, self.first_id + i)) != SILENT)
 
     def window(self, hour_start: int, window_start: int, seconds: int) -> ReadingBatch:
         """The readings of the meters due in [hour_start + window_start, + seconds), in send order.
@@ -74,7 +65,7 @@ class HourlyFleet:
             due = []
             i = (second * _PHASE_INVERSE) % HOUR
             while i < self.registered:
-                number = device_number(self.protocol, i, self.first_id)
+                number = simulated_number(self.protocol, self.first_id + i)
                 if self.profiles.kind(number) != SILENT:
                     due.append((second + _unit(number, 9), number))
                 i += HOUR
@@ -86,8 +77,7 @@ class HourlyFleet:
                 index = (self.profiles.initial_index(number) + sum(counts)) % 2**32
                 # seq advances once an hour, so two hours of the same meter never share one.
                 seq = (hour_number + _mix(number, 11)) % wrap
-                # A Sigfox message carries the second it was sent; an NB-IoT frame its period end.
-                device_time = t if self.protocol == sigfox.PROTOCOL else period_end
+                device_time = carried_time(self.protocol, period_end, received=t)
                 batch.append(number, seq, device_time, period_end, index, counts, at - window_start)
         return batch
 
@@ -108,7 +98,7 @@ class RampPool:
         self.seq = array("Q")
         wrap = CODECS[protocol].seq_modulus
         for i in range(size):
-            number = device_number(protocol, i, first_id)
+            number = simulated_number(protocol, first_id + i)
             if self.profiles.kind(number) == SILENT:
                 continue
             self.active.append(i)
@@ -116,9 +106,7 @@ class RampPool:
             self.seq.append(_mix(number, 12) % wrap)
 
     def ids(self) -> list[str]:
-        from simulator.batch import device_text
-
-        return [device_text(self.protocol, device_number(self.protocol, i, self.first_id)) for i in range(self.size)]
+        return [simulated_id(self.protocol, self.first_id + i) for i in range(self.size)]
 
     def hours_left(self) -> int:
         return max(0, (int(time.time()) - HOUR - self.next_hour) // HOUR)
@@ -144,7 +132,7 @@ class RampPool:
             for d in range(devices):
                 if sent == total:
                     break
-                number = device_number(self.protocol, self.active[d], self.first_id)
+                number = simulated_number(self.protocol, self.first_id + self.active[d])
                 counts = self.profiles.counts(number, period_end, BUCKETS, BUCKET_SECONDS)
                 index = (self.index[d] + sum(counts)) % 2**32
                 seq = (self.seq[d] + 1) % wrap
