@@ -46,7 +46,7 @@ from bench.soak import SoakSampler, slopes
 from bench.steps import Display, StepResult, StepRunner, callback_spec, job, nbiot_spec
 from pulsestack.bus.topology import REGISTRY_BUCKET
 from pulsestack.registry import devices as registry
-from pulsestack.registry.membership import SHARDS, shard_of
+from pulsestack.registry.membership import SHARDS
 from pulsestack.services import SERVICES
 from pulsestack.store.archive import archive_settings
 from pulsestack.store.maintenance import Retention
@@ -54,8 +54,7 @@ from pulsestack_cli.local import LocalStack
 from pulsestack_cli.localstack import S3StandIn, free_port, free_ports, interpreter_reachable
 from pulsestack_cli.processes import ServiceProcess
 from pulsestack_cli.summary import total
-from simulator.batch import device_text
-from simulator.fleet import simulated_number
+from simulator.fleet import simulated_id
 from simulator.plans import HourlyFleet, RampPool
 from simulator.profiles import Profiles
 
@@ -201,8 +200,8 @@ def versions(stack: LocalStack) -> dict[str, str]:
 
 async def bulk_register(database_url: str, nats_url: str, protocol: str, first_id: int, count: int,
                         display: Display, chunk: int = 500_000) -> float:
-    """Registers `count` meters in chunks (COPY + INSERT ... ON CONFLICT), then rewrites every registry shard
-    once with the registry's own sync; returns the seconds it took."""
+    """Registers `count` meters in chunks with the registry's own COPY, then rewrites every registry shard once
+    with its sync; returns the seconds it took."""
     started = time.monotonic()
     conn = await asyncpg.connect(database_url)
     nc = await nats.connect(nats_url)
@@ -210,16 +209,8 @@ async def bulk_register(database_url: str, nats_url: str, protocol: str, first_i
         done = 0
         while done < count:
             n = min(chunk, count - done)
-            records = []
-            for i in range(done, done + n):
-                number = simulated_number(protocol, first_id + i)
-                records.append((device_text(protocol, number), shard_of(number)))
-            async with conn.transaction():
-                await conn.execute("CREATE TEMP TABLE bench_devices (device_id text, shard smallint) ON COMMIT DROP")
-                await conn.copy_records_to_table("bench_devices", records=records)
-                await conn.execute(
-                    "INSERT INTO devices (protocol, device_id, shard) SELECT $1, device_id, shard FROM bench_devices"
-                    " ON CONFLICT (protocol, device_id) DO UPDATE SET disabled = false", protocol)
+            ids = [simulated_id(protocol, first_id + i) for i in range(done, done + n)]
+            await registry.store_bulk(conn, protocol, ids)
             done += n
             display.update(f"   registering {protocol}: {done:,} / {count:,} ({time.monotonic() - started:.0f} s)")
         kv = await nc.jetstream().key_value(REGISTRY_BUCKET)

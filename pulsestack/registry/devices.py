@@ -84,18 +84,22 @@ async def add(
 
 async def add_bulk(conn: asyncpg.Connection, kv: KeyValue, protocol: str, ids: list[str]) -> None:
     """Registers many devices at once with COPY (fleets of millions); keys are derivable, not returned."""
-    canonical_ids = [canonical(protocol, d) for d in ids]
+    await sync_shards(conn, kv, protocol, await store_bulk(conn, protocol, ids))
+
+
+async def store_bulk(conn: asyncpg.Connection, protocol: str, ids: list[str]) -> set[int]:
+    """The table half of `add_bulk`, for a caller that registers in chunks and syncs the shards once:
+    returns the shards it changed."""
+    records = [(d, shard_of(device_number(protocol, d))) for d in (canonical(protocol, d) for d in ids)]
     async with conn.transaction():
         await conn.execute("CREATE TEMP TABLE new_devices (device_id text, shard smallint) ON COMMIT DROP")
-        await conn.copy_records_to_table(
-            "new_devices", records=[(d, shard_of(device_number(protocol, d))) for d in canonical_ids]
-        )
+        await conn.copy_records_to_table("new_devices", records=records)
         await conn.execute(
             "INSERT INTO devices (protocol, device_id, shard) SELECT $1, device_id, shard FROM new_devices"
             " ON CONFLICT (protocol, device_id) DO UPDATE SET disabled = false, updated_at = now()",
             protocol,
         )
-    await sync_shards(conn, kv, protocol, {shard_of(device_number(protocol, d)) for d in canonical_ids})
+    return {shard for _, shard in records}
 
 
 async def disable(conn: asyncpg.Connection, kv: KeyValue, protocol: str, device: str) -> bool:
