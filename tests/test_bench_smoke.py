@@ -20,12 +20,15 @@ from nats.aio.client import Client as NATS
 
 from bench import soak
 from bench.monitor import ProcessGroups
+from bench.run import bulk_register
 from bench.soak import SoakSampler, fit, slopes
 from bench.steps import Display, StepResult, StepRunner
-from pulsestack.bus.topology import drained
+from pulsestack.bus.topology import REGISTRY_BUCKET, drained
+from pulsestack.registry import devices as registry
+from pulsestack.registry.membership import members_key, shard_of, unpack
 from pulsestack_cli.local import LocalStack
 from simulator.batch import ReadingBatch
-from simulator.fleet import SentReading
+from simulator.fleet import SentReading, simulated_id, simulated_number
 from simulator.generators import GeneratorJob, GeneratorOutcome, run_generators
 from simulator.loadgen import Spec
 from simulator.plans import HourlyFleet, RampPool
@@ -283,3 +286,22 @@ def test_archived_wal_is_a_curve_only_when_the_server_archives() -> None:
     assert archiving["WAL bytes/s"] == [(30, 32 * soak.MIB / 30), (60, 32 * soak.MIB / 30)]
     quiet = soak.series([sample(0, 0, 0), sample(30, 32 * soak.MIB, 0)])
     assert "WAL archived bytes/s" not in quiet
+
+
+async def test_the_benchmark_registers_its_fleet_in_chunks_as_the_registry_does(stack: LocalStack, nc: NATS) -> None:
+    """bench/run.py's bulk registration: every meter in the table, enabled, and in its registry shard."""
+    first_id, count = _first_id(3), 1_200
+    seconds = await bulk_register(stack.database_url, stack.nats_url, "lorawan", first_id, count, Display(),
+                                  chunk=500)
+    assert seconds > 0
+    ids = [simulated_id("lorawan", first_id + i) for i in range(count)]
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        assert await registry.enabled(conn, [("lorawan", d) for d in ids]) == {("lorawan", d) for d in ids}
+    finally:
+        await conn.close()
+    kv = await nc.jetstream().key_value(REGISTRY_BUCKET)
+    for i in (0, 499, 500, count - 1):
+        number = simulated_number("lorawan", first_id + i)
+        shard = (await kv.get(members_key("lorawan", shard_of(number)))).value or b""
+        assert number in unpack(shard), i
