@@ -9,7 +9,7 @@
 #   2 images     the base image, pulsestack's images and the stand-ins (cached
 #                from the swarm proof), and the node image (deploy/cluster-node)
 #   3 nodes      a bridge network as the private network; the inventory written
-#                by Terraform's layout and template (deploy/terraform_offline.py);
+#                by Terraform's layout and template (deploy/proof/terraform_offline.py);
 #                six "VMs" (systemd, sshd, their own dockerd) at the inventory's
 #                addresses, reachable with a key generated for this run
 #   4 site       ansible-playbook site.yml: packages, firewall, engines, the
@@ -61,7 +61,7 @@ export PULSESTACK_PROOF_REGISTRY_LISTEN="0.0.0.0:5000"
 
 export PULSESTACK_VERSION="${PULSESTACK_VERSION:-$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')}"
 COMPOSE=(-c stack.yml -c tests/swarm/stack.override.yml)
-# deploy/cluster_proof.py reads it too: the worker it removes depends on it.
+# deploy/proof/cluster.py reads it too: the worker it removes depends on it.
 export PULSESTACK_PROOF_MIGRATE="${PULSESTACK_PROOF_MIGRATE:-1}"
 # Readings per second in every traffic window. The proof checks that faults
 # lose and double nothing, not throughput (the benchmarks do): half the swarm
@@ -124,8 +124,8 @@ step_nodes() {
     [ -s "$WORK/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C cluster-proof -f "$WORK/id_ed25519"
     mkdir -p "$WORK/node-key"
     cp "$WORK/id_ed25519.pub" "$WORK/node-key/authorized_keys"
-    "$PY" deploy/cluster_proof.py inventory 1
-    "$PY" deploy/cluster_proof.py boot
+    "$PY" -m deploy.proof.cluster inventory 1
+    "$PY" -m deploy.proof.cluster boot
 }
 
 # ------------------------------------------------------------------- step 4
@@ -134,9 +134,9 @@ step_site() {
     # moto as the cluster's object storage, on this machine's address on the nodes' network: the WAL
     # archive (PostgreSQL's containers) and backup.yml's dumps (the control machine). It outlives the
     # command, until the clean step stops it by its pid file.
-    "$PY" deploy/cluster_proof.py s3
-    "$PY" deploy/cluster_proof.py vars
-    "$PY" deploy/cluster_proof.py site
+    "$PY" -m deploy.proof.cluster s3
+    "$PY" -m deploy.proof.cluster vars
+    "$PY" -m deploy.proof.cluster site
 }
 
 # ------------------------------------------------------------------- step 13
@@ -166,7 +166,7 @@ step_clean() {
     engine_restore
 }
 
-# The steps after the site, each a command of deploy/cluster_proof.py.
+# The steps after the site, each a command of deploy/proof/cluster.py.
 declare -A FAULT_STEPS=(
     [delivery]=delivery [manager]=kill-manager [remove-add]=remove-add-node [scale]=scale
     [backup]=backup-restore [migrate]=migrate [again]=again [database]=lose-database
@@ -183,7 +183,7 @@ run_on_kept() {
     local name
     for name in "$@"; do
         [ -n "${FAULT_STEPS[$name]:-}" ] || die "no step $name (steps: ${!FAULT_STEPS[*]})"
-        step "$name" "$PY" deploy/cluster_proof.py "${FAULT_STEPS[$name]}"
+        step "$name" "$PY" -m deploy.proof.cluster "${FAULT_STEPS[$name]}"
     done
 }
 
@@ -205,16 +205,16 @@ main() {
     step site step_site
     local name
     for name in delivery manager remove-add scale backup; do
-        step "$name" "$PY" deploy/cluster_proof.py "${FAULT_STEPS[$name]}"
+        step "$name" "$PY" -m deploy.proof.cluster "${FAULT_STEPS[$name]}"
     done
     if [ "$PULSESTACK_PROOF_MIGRATE" = 1 ]; then
-        step migrate "$PY" deploy/cluster_proof.py migrate
+        step migrate "$PY" -m deploy.proof.cluster migrate
     else
         echo "=== step migrate: not run (PULSESTACK_PROOF_MIGRATE=0)"
     fi
-    step again "$PY" deploy/cluster_proof.py again
+    step again "$PY" -m deploy.proof.cluster again
     # Last: the inventory still labels the deleted node database (restore.yml says to change that).
-    step database "$PY" deploy/cluster_proof.py lose-database
+    step database "$PY" -m deploy.proof.cluster lose-database
     proof_passed
 }
 

@@ -104,7 +104,7 @@ step_deploy() {
     mkdir -p "$PULSESTACK_PROOF_SECRETS"
     printf 'proof%s\n' "$(openssl rand -hex 6)" > "$PULSESTACK_PROOF_SECRETS/archive_access_key_id"
     openssl rand -hex 20 > "$PULSESTACK_PROOF_SECRETS/archive_secret_access_key"
-    read -r PULSESTACK_ARCHIVE_URL PULSESTACK_ARCHIVE_ENDPOINT < <("$PY" deploy/swarm_proof.py s3) \
+    read -r PULSESTACK_ARCHIVE_URL PULSESTACK_ARCHIVE_ENDPOINT < <("$PY" -m deploy.proof.swarm s3) \
         || die "the S3 stand-in did not start (see above)"
     export PULSESTACK_ARCHIVE_URL PULSESTACK_ARCHIVE_ENDPOINT PULSESTACK_ARCHIVE_REGION=us-east-1
     log "S3 stand-in for the WAL archive at $PULSESTACK_ARCHIVE_ENDPOINT"
@@ -114,7 +114,7 @@ step_deploy() {
     deploy/deploy.sh -c tests/swarm/stack.override.yml -c tests/swarm/edge.override.yml
     export PULSESTACK_PROOF_NOT_RUNNABLE
     PULSESTACK_PROOF_NOT_RUNNABLE="$(paste -sd, "$STATE/not-runnable")"
-    "$PY" deploy/swarm_proof.py wait
+    "$PY" -m deploy.proof.swarm wait
 }
 
 # ------------------------------------------------------------------- step 8
@@ -183,12 +183,12 @@ main() {
     step base step_base
     step images step_images
     step deploy step_deploy
-    step delivery "$PY" deploy/swarm_proof.py delivery
-    step prometheus "$PY" deploy/swarm_proof.py prometheus
-    step edge "$PY" deploy/swarm_proof.py edge
-    step postgres "$PY" deploy/swarm_proof.py postgres
-    step archive "$PY" deploy/swarm_proof.py archive
-    step faults "$PY" deploy/swarm_proof.py faults
+    step delivery "$PY" -m deploy.proof.swarm delivery
+    step prometheus "$PY" -m deploy.proof.swarm prometheus
+    step edge "$PY" -m deploy.proof.swarm edge
+    step postgres "$PY" -m deploy.proof.swarm postgres
+    step archive "$PY" -m deploy.proof.swarm archive
+    step faults "$PY" -m deploy.proof.swarm faults
     proof_passed
 }
 

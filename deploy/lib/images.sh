@@ -15,7 +15,7 @@ PULSESTACK_SERVICE_IMAGES=(ingest-udp ingest-http processors alerting api swarm-
 PULSESTACK_BUILT=("${PULSESTACK_SERVICE_IMAGES[@]}" postgres)  # postgres on PostgreSQL's image
 
 image_of_services() {  # "service image" lines of the resolved stack file
-    docker stack config "${COMPOSE[@]}" | "$PY" deploy/swarm_proof.py images
+    docker stack config "${COMPOSE[@]}" | "$PY" -m deploy.proof.swarm images
 }
 
 mirror_path() {  # Docker Hub name -> its path in the mirror (library/ for official images)

@@ -71,6 +71,6 @@ proof_exit() {
     printf '  %s\n' "${TIMES[@]}"
     printf '  %-12s %4d s\n' total "$((SECONDS - OVERALL))"
     echo "=== delivery figures"
-    [ -x "$PY" ] && "$PY" deploy/swarm_proof.py summary
+    [ -x "$PY" ] && "$PY" -m deploy.proof.swarm summary
     exit "$rc"
 }

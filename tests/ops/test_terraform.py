@@ -33,9 +33,9 @@ except ImportError:  # pragma: no cover - depends on the environment
         raise
     pytest.skip("python-hcl2 is not installed", allow_module_level=True)
 
+from deploy.proof import terraform_offline as offline
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "deploy"))
-import terraform_offline as offline  # noqa: E402  (deploy/ is not a package)
 
 TF_DIR = ROOT / "terraform"
 TEMPLATE = TF_DIR / "templates" / "inventory.yml.tftpl"

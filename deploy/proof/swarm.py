@@ -1,17 +1,17 @@
 """The Python half of the swarm proof (deploy/swarm-proof.sh runs it with the repository's venv).
 
-    python deploy/swarm_proof.py wait         every runnable service at its desired replicas, healthy
-    python deploy/swarm_proof.py delivery     fleet provisioned, driven over UDP and HTTP, exact delivery
-    python deploy/swarm_proof.py prometheus   every pulsestack task up == 1, pipeline recording rules with data
-    python deploy/swarm_proof.py faults       rolling updates, a NATS server killed, processors scaled 1 -> 3 -> 1,
+    python -m deploy.proof.swarm wait         every runnable service at its desired replicas, healthy
+    python -m deploy.proof.swarm delivery     fleet provisioned, driven over UDP and HTTP, exact delivery
+    python -m deploy.proof.swarm prometheus   every pulsestack task up == 1, pipeline recording rules with data
+    python -m deploy.proof.swarm faults       rolling updates, a NATS server killed, processors scaled 1 -> 3 -> 1,
                                               each under traffic with zero readings lost or duplicated
-    python deploy/swarm_proof.py edge         the real Traefik: swarm routes (via socket-proxy), TLS, 401 on admin
+    python -m deploy.proof.swarm edge         the real Traefik: swarm routes (via socket-proxy), TLS, 401 on admin
                                               routes, HTTP -> HTTPS; socket-proxy refuses writes
-    python deploy/swarm_proof.py postgres     PostgreSQL's boundary: every pulsestack session over TLS, no login
+    python -m deploy.proof.swarm postgres     PostgreSQL's boundary: every pulsestack session over TLS, no login
                                               without TLS or as the superuser over TCP
-    python deploy/swarm_proof.py s3           starts the S3 stand-in the stack archives into, prints URL and endpoint
-    python deploy/swarm_proof.py archive      WAL archived into it, encrypted, none failed; a base backup stored
-    python deploy/swarm_proof.py summary      the delivery figures of every window
+    python -m deploy.proof.swarm s3           starts the S3 stand-in the stack archives into, prints URL and endpoint
+    python -m deploy.proof.swarm archive      WAL archived into it, encrypted, none failed; a base backup stored
+    python -m deploy.proof.swarm summary      the delivery figures of every window
 
 Talks to the stack only as the test override (tests/swarm/stack.override.yml) allows: the host-mode UDP
 port, Traefik's 80 and 443, ingest-http's port, the NATS servers' ports and PostgreSQL's relay on this machine,
@@ -36,7 +36,7 @@ import sys
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,7 @@ STACK = "pulsestack"
 PULSESTACK_JOBS = tuple(s.name for s in SERVICES)
 # Stand-ins run these too, and pulsestack/postgres's base-backup scheduler; their targets must be up as well.
 SCRAPED_JOBS = (*PULSESTACK_JOBS, "archive-scheduler", "prometheus", "alertmanager", "node-exporter")
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SECRETS = Path(os.environ.get("PULSESTACK_PROOF_SECRETS", "/nonexistent"))
 WORK = Path(os.environ.get("PULSESTACK_PROOF_WORK", "/tmp"))
 UDP_PORT = int(os.environ.get("PULSESTACK_PROOF_UDP_PORT", "2204"))
@@ -248,8 +248,8 @@ def wait_converged(names: list[str], timeout: float, what: str) -> float:
         time.sleep(2)
 
 
-def runnable_services() -> list[str]:
-    return sorted(name for name in stack_services() if name not in NOT_RUNNABLE)
+def runnable_services(not_runnable: Collection[str] = NOT_RUNNABLE) -> list[str]:
+    return sorted(name for name in stack_services() if name not in not_runnable)
 
 
 def cmd_wait() -> None:
@@ -324,21 +324,39 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float, what: 
         await asyncio.sleep(0.5)
 
 
-def first_id(window: int) -> int:
-    return RUN_BASE + window * 2_000
+@dataclass(frozen=True)
+class Windows:
+    """A proof's traffic windows, in order: each drives a fleet of its own, and every fleet is registered
+    before the first window (a failed run's data never meets the next run's: RUN_BASE)."""
+
+    names: tuple[str, ...]
+
+    def first_id(self, window: int) -> int:
+        return RUN_BASE + window * 2_000
+
+    def fleet(self, window: int) -> dict[str, list[str]]:
+        """Device ids per protocol of a window's fleet."""
+        return fleet_ids(DEVICES, NBIOT_SHARE, self.first_id(window), LORAWAN_SHARE)
+
+    def registered(self) -> Counter[str]:
+        """Devices per protocol of every window's fleet."""
+        counts: Counter[str] = Counter()
+        for window in range(len(self.names)):
+            counts.update({protocol: len(ids) for protocol, ids in self.fleet(window).items()})
+        return counts
 
 
-WINDOWS = ["steady", "rolling-update", "nats-server-killed", "scale-1-3-1"]
+WINDOWS = Windows(("steady", "rolling-update", "nats-server-killed", "scale-1-3-1"))
 
 
-async def provision_all() -> None:
+async def provision_all(windows: Windows) -> None:
     """Registers the fleets of every window at once (as the operator's registry role)."""
     conn = await db("pulsestack_registry", "postgres_registry_password")
     nc = await admin_nats()
     try:
         kv = await nc.jetstream().key_value(REGISTRY_BUCKET)
-        for window in range(len(WINDOWS)):
-            for protocol, ids in fleet_ids(DEVICES, NBIOT_SHARE, first_id(window), LORAWAN_SHARE).items():
+        for window in range(len(windows.names)):
+            for protocol, ids in windows.fleet(window).items():
                 await registry.add_bulk(conn, kv, protocol, ids)
     finally:
         await nc.close()
@@ -418,16 +436,17 @@ def save(figures: Figures) -> None:
     FIGURES.write_text(json.dumps(known, indent=1))
 
 
-async def under_traffic(window: int, fault: Callable[[], Awaitable[None]] | None = None,
+async def under_traffic(windows: Windows, window: int, fault: Callable[[], Awaitable[None]] | None = None,
                         seconds: float = 25.0, udp_host: str | None = None,
                         follow: Callable[[Simulation], Coroutine[Any, Any, None]] | None = None,
                         through_traefik: bool = False) -> Figures:
-    """Drives window's fleet for `seconds` (or, with a fault, until 4 s after the fault is over), then checks
-    that every reading acknowledged to a device is stored exactly once. Devices send to `udp_host` (default:
-    the node of the first ingest-udp task) and to the node running ingest-http, or with `through_traefik`
-    as the Sigfox backend does in production: HTTPS to Traefik, routed by its swarm provider; `follow`,
-    running beside the traffic, may move them as DNS and a load balancer would when the ingesters move."""
-    name = WINDOWS[window]
+    """Drives the fleet of `windows`' window number `window` for `seconds` (or, with a fault, until 4 s after
+    the fault is over), then checks that every reading acknowledged to a device is stored exactly once.
+    Devices send to `udp_host` (default: the node of the first ingest-udp task) and to the node running
+    ingest-http, or with `through_traefik` as the Sigfox backend does in production: HTTPS to Traefik, routed
+    by its swarm provider; `follow`, running beside the traffic, may move them as DNS and a load balancer
+    would when the ingesters move."""
+    name = windows.names[window]
     udp_host = udp_host or address_of("ingest-udp")
     base, sigfox_host, ca_file = f"http://{address_of('ingest-http')}:{HTTP_PORT}", None, None
     if through_traefik:
@@ -439,7 +458,7 @@ async def under_traffic(window: int, fault: Callable[[], Awaitable[None]] | None
         lorawan_url=base + lorawan.CALLBACK_BASE,
         http_host=sigfox_host, http_ca_file=ca_file,
         sigfox_token=secret("sigfox_tokens").split()[0], lorawan_token=secret("lorawan_tokens").split()[0],
-        master_key=bytes.fromhex(secret("device_master_key")), first_id=first_id(window), seed=window + 1,
+        master_key=bytes.fromhex(secret("device_master_key")), first_id=windows.first_id(window), seed=window + 1,
         ack_timeout=1.0, retransmissions=8, sigfox_retry_delays=(1, 2, 4, 8, 16),
     ))
     stop = asyncio.Event()
@@ -501,12 +520,9 @@ async def quarantined_lately(newest: int = 20) -> str:
     return f"QUARANTINE holds {held}: {shown}"
 
 
-async def wait_ingesters_know(within: float) -> None:
+async def wait_ingesters_know(windows: Windows, within: float) -> None:
     """Until every ingester knows every registered device of its protocols from the registry."""
-    registered: Counter[str] = Counter()
-    for window in range(len(WINDOWS)):
-        for protocol, ids in fleet_ids(DEVICES, NBIOT_SHARE, first_id(window), LORAWAN_SHARE).items():
-            registered[protocol] += len(ids)
+    registered = windows.registered()
     deadline = time.monotonic() + within
     while True:
         known = ingester_devices()
@@ -522,10 +538,11 @@ async def wait_ingesters_know(within: float) -> None:
 
 
 async def cmd_delivery() -> None:
-    await provision_all()
-    say(f"{len(WINDOWS)} fleets of {DEVICES} devices registered (registry role, admin NATS user)")
-    await wait_ingesters_know(60)
-    await under_traffic(0, seconds=float(os.environ.get("PULSESTACK_PROOF_SECONDS", "25")), through_traefik=True)
+    await provision_all(WINDOWS)
+    say(f"{len(WINDOWS.names)} fleets of {DEVICES} devices registered (registry role, admin NATS user)")
+    await wait_ingesters_know(WINDOWS, 60)
+    seconds = float(os.environ.get("PULSESTACK_PROOF_SECONDS", "25"))
+    await under_traffic(WINDOWS, 0, seconds=seconds, through_traefik=True)
 
 
 # --------------------------------------------------------------------------------------- Prometheus
@@ -699,9 +716,9 @@ async def scale_1_3_1() -> None:
 
 
 async def cmd_faults() -> None:
-    await under_traffic(1, rolling_updates)
-    await under_traffic(2, kill_nats_server)
-    await under_traffic(3, scale_1_3_1)
+    await under_traffic(WINDOWS, 1, rolling_updates)
+    await under_traffic(WINDOWS, 2, kill_nats_server)
+    await under_traffic(WINDOWS, 3, scale_1_3_1)
 
 
 # ------------------------------------------------------------------------------------------ the edge

@@ -7,7 +7,7 @@ each node's public IP given by an expression instead of a Scaleway resource. The
 the layout and the inventory; the cluster proof (deploy/cluster-proof.sh) uses it to write the inventory of
 its simulated nodes, so they are laid out and addressed exactly as Terraform would lay out real ones.
 
-    python deploy/terraform_offline.py inventory -var private_network_cidr=10.213.0.0/22 ... > hosts.yml
+    python -m deploy.proof.terraform_offline inventory -var private_network_cidr=10.213.0.0/22 ... > hosts.yml
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TF_DIR = ROOT / "terraform"
 TEMPLATE = TF_DIR / "templates" / "inventory.yml.tftpl"
 # TEST-NET-1: documentation addresses, for the example inventory.

@@ -1,26 +1,26 @@
 """The Python half of the cluster proof (deploy/cluster-proof.sh runs it with the repository's venv).
 
-    python deploy/cluster_proof.py inventory GEN [RETIRING]  Terraform's inventory for generation GEN (and the
+    python -m deploy.proof.cluster inventory GEN [RETIRING]  Terraform's inventory for generation GEN (and the
                                                              retiring one during a migration)
-    python deploy/cluster_proof.py boot             start every inventory node that does not run, wait for SSH
-    python deploy/cluster_proof.py vars             group_vars for the proof and a vault with generated secrets
-    python deploy/cluster_proof.py site             ansible-playbook site.yml, then every runnable service healthy
-    python deploy/cluster_proof.py delivery         simulated fleet over UDP and HTTP, exact delivery
-    python deploy/cluster_proof.py kill-manager     a manager's VM killed under traffic, then started again
-    python deploy/cluster_proof.py remove-add-node  remove-node.yml then add-node.yml on a worker, under traffic
-    python deploy/cluster_proof.py scale            scale.yml: processors 1 -> 3 -> 1, under traffic
-    python deploy/cluster_proof.py s3               the S3 stand-in (moto) on this machine's address on the network
-    python deploy/cluster_proof.py backup-restore   backup.yml, a row deleted, restore-dump.yml brings it back
-    python deploy/cluster_proof.py migrate          migrate-node-type.yml to a second generation, under traffic
-    python deploy/cluster_proof.py again            site.yml again: no task reports a change
-    python deploy/cluster_proof.py lose-database    the database node deleted under traffic, restore.yml onto
+    python -m deploy.proof.cluster boot             start every inventory node that does not run, wait for SSH
+    python -m deploy.proof.cluster vars             group_vars for the proof and a vault with generated secrets
+    python -m deploy.proof.cluster site             ansible-playbook site.yml, then every runnable service healthy
+    python -m deploy.proof.cluster delivery         simulated fleet over UDP and HTTP, exact delivery
+    python -m deploy.proof.cluster kill-manager     a manager's VM killed under traffic, then started again
+    python -m deploy.proof.cluster remove-add-node  remove-node.yml then add-node.yml on a worker, under traffic
+    python -m deploy.proof.cluster scale            scale.yml: processors 1 -> 3 -> 1, under traffic
+    python -m deploy.proof.cluster s3               the S3 stand-in (moto) on this machine's address on the network
+    python -m deploy.proof.cluster backup-restore   backup.yml, a row deleted, restore-dump.yml brings it back
+    python -m deploy.proof.cluster migrate          migrate-node-type.yml to a second generation, under traffic
+    python -m deploy.proof.cluster again            site.yml again: no task reports a change
+    python -m deploy.proof.cluster lose-database    the database node deleted under traffic, restore.yml onto
                                                     another from the WAL archive, replay from RAW_REPLAY
 
 The simulated VMs are containers on this machine (deploy/cluster-node) named by their host name, on a bridge
 network that plays the private network. The proof reaches the swarm as an operator would: SSH for Ansible;
 and, for its own checks, the engines of the nodes through `docker exec` and the test ports that
 tests/swarm/stack.override.yml publishes on the nodes. Traffic and checks are those of the swarm proof
-(deploy/swarm_proof.py), pointed at the nodes.
+(deploy/proof/swarm.py), pointed at the nodes.
 
 Environment (set by deploy/cluster-proof.sh): PULSESTACK_CLUSTER_WORK (keys, inventory, vault, logs),
 PULSESTACK_CLUSTER_CIDR, _GATEWAY, _NETWORK, _NODE_IMAGE, _NODE_LABEL, and the swarm proof's PULSESTACK_PROOF_*.
@@ -44,16 +44,13 @@ from typing import Any
 
 import yaml
 
+from deploy.proof import swarm as proof
+from deploy.proof import terraform_offline
 from pulsestack.wire import lorawan, sigfox
 from pulsestack_cli.localstack import S3StandIn
-from simulator.fleet import fleet_ids
 from simulator.run import Simulation
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import swarm_proof as proof
-import terraform_offline
-
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 WORK = Path(os.environ.get("PULSESTACK_CLUSTER_WORK", "/tmp/pulsestack-cluster"))
 INVENTORY = WORK / "inventory" / "hosts.yml"
 GROUP_VARS = WORK / "inventory" / "group_vars" / "all"
@@ -77,9 +74,8 @@ NOT_RUNNABLE = sorted(yaml.safe_load((REPO / OFFLINE_OVERRIDE).read_text())["ser
 MEMORY = {1: "2g", 2: "3g"}
 INSTANCE_TYPES = {1: ("PLAY2-SMALL", "PLAY2-SMALL"), 2: ("PRO2-S", "PRO2-M")}
 
-proof.WINDOWS = ["cluster-steady", "manager-killed", "worker-removed-and-added", "scaled-1-3-1", "migration",
-                 "database-node-lost"]
-proof.NOT_RUNNABLE = set(NOT_RUNNABLE)
+WINDOWS = proof.Windows(("cluster-steady", "manager-killed", "worker-removed-and-added", "scaled-1-3-1",
+                         "migration", "database-node-lost"))
 
 say = proof.say
 
@@ -382,7 +378,7 @@ def cmd_site() -> None:
     vault_the_unlock_key()
     point_at_cluster()
     say(f"swarm: {node_line()}")
-    elapsed = proof.wait_converged(proof.runnable_services(), 300, "site.yml")
+    elapsed = proof.wait_converged(proof.runnable_services(NOT_RUNNABLE), 300, "site.yml")
     say(f"every runnable service at its desired replicas and healthy {elapsed:.0f} s after the playbook; "
         f"not runnable offline (deployed, not waited for): {', '.join(NOT_RUNNABLE)}")
 
@@ -418,7 +414,7 @@ def udp_node() -> str:
 
 
 async def traffic(window: int, fault: Callable[[], Awaitable[None]] | None = None, seconds: float = 25.0) -> None:
-    await proof.under_traffic(window, fault, seconds, udp_host=proof.ENGINES.address(udp_node()),
+    await proof.under_traffic(WINDOWS, window, fault, seconds, udp_host=proof.ENGINES.address(udp_node()),
                               follow=follow_ingest)
 
 
@@ -427,9 +423,9 @@ async def traffic(window: int, fault: Callable[[], Awaitable[None]] | None = Non
 
 async def cmd_delivery() -> None:
     point_at_cluster()
-    await proof.provision_all()
-    say(f"{len(proof.WINDOWS)} fleets of {proof.DEVICES} devices registered")
-    await proof.wait_ingesters_know(90)
+    await proof.provision_all(WINDOWS)
+    say(f"{len(WINDOWS.names)} fleets of {proof.DEVICES} devices registered")
+    await proof.wait_ingesters_know(WINDOWS, 90)
     await traffic(0)
 
 
@@ -448,7 +444,7 @@ async def kill_manager() -> None:
     await proof.eventually(lambda: asyncio.to_thread(marked_down), 120, f"{victim} marked Down")
     say(f"  {victim} marked Down after {time.monotonic() - started:.0f} s; the managers still answer "
         f"(quorum 2 of 3): {await asyncio.to_thread(node_line)}")
-    runnable = proof.runnable_services()
+    runnable = proof.runnable_services(NOT_RUNNABLE)
     elapsed = await asyncio.to_thread(proof.wait_converged, runnable, 240, "services without the killed manager")
     say(f"  every runnable service running and healthy without {victim} ({elapsed:.0f} s)")
     await asyncio.to_thread(host_docker, "start", victim)
@@ -538,7 +534,7 @@ async def table_counts() -> dict[str, int]:
 
 async def lose_a_fleet() -> int:
     """What a restore is for: an operator's mistake deletes one window's readings."""
-    fleets = fleet_ids(proof.DEVICES, proof.NBIOT_SHARE, proof.first_id(0), proof.LORAWAN_SHARE)
+    fleets = WINDOWS.fleet(0)
     ids = [i for fleet in fleets.values() for i in fleet]
     conn = await proof.db("pulsestack_owner", "postgres_owner_password")
     try:
