@@ -19,8 +19,8 @@
 The simulated VMs are containers on this machine (deploy/cluster-node) named by their host name, on a bridge
 network that plays the private network. The proof reaches the swarm as an operator would: SSH for Ansible;
 and, for its own checks, the engines of the nodes through `docker exec` and the test ports that
-tests/swarm/stack.override.yml publishes on the nodes. Traffic and checks are those of the swarm proof
-(deploy/proof/swarm.py), pointed at the nodes.
+tests/swarm/stack.override.yml publishes on the nodes. Traffic and checks are those the swarm proof runs
+(deploy/proof/traffic.py and harness.py), pointed at the nodes.
 
 Environment (set by deploy/cluster-proof.sh): PULSESTACK_CLUSTER_WORK (keys, inventory, vault, logs),
 PULSESTACK_CLUSTER_CIDR, _GATEWAY, _NETWORK, _NODE_IMAGE, _NODE_LABEL, and the swarm proof's PULSESTACK_PROOF_*.
@@ -44,8 +44,7 @@ from typing import Any
 
 import yaml
 
-from deploy.proof import swarm as proof
-from deploy.proof import terraform_offline
+from deploy.proof import harness, terraform_offline, traffic
 from pulsestack.wire import lorawan, sigfox
 from pulsestack_cli.localstack import S3StandIn
 from simulator.run import Simulation
@@ -74,10 +73,10 @@ NOT_RUNNABLE = sorted(yaml.safe_load((REPO / OFFLINE_OVERRIDE).read_text())["ser
 MEMORY = {1: "2g", 2: "3g"}
 INSTANCE_TYPES = {1: ("PLAY2-SMALL", "PLAY2-SMALL"), 2: ("PRO2-S", "PRO2-M")}
 
-WINDOWS = proof.Windows(("cluster-steady", "manager-killed", "worker-removed-and-added", "scaled-1-3-1",
+WINDOWS = traffic.Windows(("cluster-steady", "manager-killed", "worker-removed-and-added", "scaled-1-3-1",
                          "migration", "database-node-lost"))
 
-say = proof.say
+say = harness.say
 
 
 # ---------------------------------------------------------------------------------------- inventory
@@ -219,7 +218,7 @@ def cmd_vars() -> None:
         "PULSESTACK_RAW_PROCESSOR_REPLICAS": "1",
         "PULSESTACK_API_REPLICAS": "1",
         # WAL archiving into the S3 stand-in (cmd_s3), which lose-database restores from.
-        "PULSESTACK_ARCHIVE_URL": proof.ARCHIVE_URL,
+        "PULSESTACK_ARCHIVE_URL": harness.ARCHIVE_URL,
         "PULSESTACK_ARCHIVE_ENDPOINT": S3_ENDPOINT,
         "PULSESTACK_ARCHIVE_REGION": S3StandIn.REGION,
     }
@@ -327,7 +326,7 @@ def use_manager(exclude: set[str] = frozenset(), within: float = 90) -> str:  # 
             if name not in exclude and vm_state(name) == "running":
                 probe = subprocess.run(["docker", "exec", name, "docker", "node", "ls", "-q"], capture_output=True)
                 if probe.returncode == 0:
-                    proof.ENGINES.manager = name
+                    harness.ENGINES.manager = name
                     return name
         if time.monotonic() > deadline:
             raise RuntimeError(f"no manager answers after {within:.0f} s")
@@ -335,15 +334,15 @@ def use_manager(exclude: set[str] = frozenset(), within: float = 90) -> str:  # 
 
 
 def point_at_cluster() -> None:
-    proof.ENGINES.addresses = {name: v["ansible_host"] for name, v in hosts("swarm").items()}
-    if proof.ENGINES.manager not in proof.ENGINES.addresses:
-        proof.ENGINES.manager = ""
-    if not proof.ENGINES.manager:
+    harness.ENGINES.addresses = {name: v["ansible_host"] for name, v in hosts("swarm").items()}
+    if harness.ENGINES.manager not in harness.ENGINES.addresses:
+        harness.ENGINES.manager = ""
+    if not harness.ENGINES.manager:
         use_manager()
 
 
 def nodes_view() -> list[dict[str, Any]]:
-    return proof.docker_json_lines("node", "ls")
+    return harness.docker_json_lines("node", "ls")
 
 
 def node_line() -> str:
@@ -378,16 +377,16 @@ def cmd_site() -> None:
     vault_the_unlock_key()
     point_at_cluster()
     say(f"swarm: {node_line()}")
-    elapsed = proof.wait_converged(proof.runnable_services(NOT_RUNNABLE), 300, "site.yml")
+    elapsed = harness.wait_converged(harness.runnable_services(NOT_RUNNABLE), 300, "site.yml")
     say(f"every runnable service at its desired replicas and healthy {elapsed:.0f} s after the playbook; "
         f"not runnable offline (deployed, not waited for): {', '.join(NOT_RUNNABLE)}")
 
 
 def tasks_on(node: str) -> list[str]:
     out = []
-    for name in proof.stack_services():
-        for task in proof.running(name):
-            if proof.node_of(task) == node:
+    for name in harness.stack_services():
+        for task in harness.running(name):
+            if harness.node_of(task) == node:
                 out.append(name)
     return sorted(out)
 
@@ -398,9 +397,9 @@ def quiet_worker() -> str:
     One that runs a NATS server if there is one, so that the playbook must replace it; with the
     migration to come (which replaces all three), one without, to spend the time once.
     """
-    busy = {proof.node_of(t) for name in ("postgres", "ingest-http") for t in proof.running(name)}
+    busy = {harness.node_of(t) for name in ("postgres", "ingest-http") for t in harness.running(name)}
     busy.add(udp_node())
-    nats = {proof.node_of(t) for name in ("nats-1", "nats-2", "nats-3") for t in proof.running(name)}
+    nats = {harness.node_of(t) for name in ("nats-1", "nats-2", "nats-3") for t in harness.running(name)}
     candidates = [name for name in reversed(list(hosts("workers"))) if name not in busy]
     if not candidates:
         raise RuntimeError("every worker is busy")
@@ -413,9 +412,11 @@ def udp_node() -> str:
     return next(iter(hosts("ingest")))
 
 
-async def traffic(window: int, fault: Callable[[], Awaitable[None]] | None = None, seconds: float = 25.0) -> None:
-    await proof.under_traffic(WINDOWS, window, fault, seconds, udp_host=proof.ENGINES.address(udp_node()),
-                              follow=follow_ingest)
+async def under_traffic(window: int, fault: Callable[[], Awaitable[None]] | None = None,
+                        seconds: float = 25.0) -> None:
+    """A window's fleet sending to the ingest nodes as DNS round robin spreads devices over them."""
+    await traffic.under_traffic(WINDOWS, window, fault, seconds, udp_host=harness.ENGINES.address(udp_node()),
+                                follow=follow_ingest)
 
 
 # ------------------------------------------------------------------------------------------- steps
@@ -423,10 +424,10 @@ async def traffic(window: int, fault: Callable[[], Awaitable[None]] | None = Non
 
 async def cmd_delivery() -> None:
     point_at_cluster()
-    await proof.provision_all(WINDOWS)
-    say(f"{len(WINDOWS.names)} fleets of {proof.DEVICES} devices registered")
-    await proof.wait_ingesters_know(WINDOWS, 90)
-    await traffic(0)
+    await traffic.provision_all(WINDOWS)
+    say(f"{len(WINDOWS.names)} fleets of {traffic.DEVICES} devices registered")
+    await traffic.wait_ingesters_know(WINDOWS, 90)
+    await under_traffic(0)
 
 
 async def kill_manager() -> None:
@@ -441,11 +442,11 @@ async def kill_manager() -> None:
     def marked_down() -> bool:
         return any(n["Hostname"] == victim and n["Status"] == "Down" for n in nodes_view())
 
-    await proof.eventually(lambda: asyncio.to_thread(marked_down), 120, f"{victim} marked Down")
+    await harness.eventually(lambda: asyncio.to_thread(marked_down), 120, f"{victim} marked Down")
     say(f"  {victim} marked Down after {time.monotonic() - started:.0f} s; the managers still answer "
         f"(quorum 2 of 3): {await asyncio.to_thread(node_line)}")
-    runnable = proof.runnable_services(NOT_RUNNABLE)
-    elapsed = await asyncio.to_thread(proof.wait_converged, runnable, 240, "services without the killed manager")
+    runnable = harness.runnable_services(NOT_RUNNABLE)
+    elapsed = await asyncio.to_thread(harness.wait_converged, runnable, 240, "services without the killed manager")
     say(f"  every runnable service running and healthy without {victim} ({elapsed:.0f} s)")
     await asyncio.to_thread(host_docker, "start", victim)
     await asyncio.to_thread(wait_for_ssh, [victim])
@@ -455,7 +456,7 @@ async def kill_manager() -> None:
                            check=False).strip()
 
     # Autolock: the restarted manager's engine comes up locked, and only the vault's key brings it back.
-    await proof.eventually(lambda: asyncio.to_thread(lambda: local_state() == "locked"), 120, f"{victim} locked")
+    await harness.eventually(lambda: asyncio.to_thread(lambda: local_state() == "locked"), 120, f"{victim} locked")
     say(f"  {victim} started again: its engine is locked (autolock); unlock.yml unlocks it with the vault's key")
     log = await asyncio.to_thread(playbook, "unlock.yml")
     if not any(recap_changes(log).values()):
@@ -466,9 +467,9 @@ async def kill_manager() -> None:
                    for n in nodes_view())
 
     back = time.monotonic()
-    await proof.eventually(lambda: asyncio.to_thread(rejoined), 180, f"{victim} rejoined")
+    await harness.eventually(lambda: asyncio.to_thread(rejoined), 180, f"{victim} rejoined")
     say(f"  {victim} started again and rejoined as a reachable manager after {time.monotonic() - back:.0f} s")
-    await asyncio.to_thread(proof.wait_converged, runnable, 240, "services after the manager returned")
+    await asyncio.to_thread(harness.wait_converged, runnable, 240, "services after the manager returned")
 
 
 async def remove_add_node() -> None:
@@ -489,7 +490,7 @@ async def scale_1_3_1() -> None:
     for replicas in (3, 1):
         await asyncio.to_thread(playbook, "scale.yml", "-e", "service=raw-processor,api",
                                 "-e", f"replicas={replicas}")
-        counts = {s: proof.running_tasks(s) for s in ("raw-processor", "api")}
+        counts = {s: harness.running_tasks(s) for s in ("raw-processor", "api")}
         if set(counts.values()) != {replicas}:
             raise SystemExit(f"after scale.yml to {replicas}: {counts}")
         say(f"  processor and API at {replicas} replicas: {counts}")
@@ -513,19 +514,19 @@ def cmd_s3() -> None:
     """moto in server mode, standing in for Scaleway's object storage, on this machine's address on the nodes'
     network: PostgreSQL's containers archive WAL into one bucket, backup.yml (on this control machine) puts its
     dumps in another. It outlives this command (deploy/cluster-proof.sh's clean step stops it by its pid file)."""
-    server = S3StandIn(proof.ARCHIVE_BUCKET, WORK / "moto.log", host=GATEWAY, port=S3_PORT)
+    server = S3StandIn(harness.ARCHIVE_BUCKET, WORK / "moto.log", host=GATEWAY, port=S3_PORT)
     server.start()
     assert server.process is not None
     (WORK / "moto.pid").write_text(f"{server.process.pid}\n")
     s3_client().create_bucket(Bucket=BACKUP_BUCKET, CreateBucketConfiguration={"LocationConstraint": "fr-par"})
-    say(f"S3 stand-in at {S3_ENDPOINT}: buckets {proof.ARCHIVE_BUCKET} (WAL archive), {BACKUP_BUCKET} (dumps)")
+    say(f"S3 stand-in at {S3_ENDPOINT}: buckets {harness.ARCHIVE_BUCKET} (WAL archive), {BACKUP_BUCKET} (dumps)")
 
 
 COUNTED = ("devices", "readings", "gaps", "device_state")
 
 
 async def table_counts() -> dict[str, int]:
-    conn = await proof.db("pulsestack_owner", "postgres_owner_password")
+    conn = await harness.db("pulsestack_owner", "postgres_owner_password")
     try:
         return {t: int(await conn.fetchval(f"SELECT count(*) FROM {t}")) for t in COUNTED}
     finally:
@@ -536,7 +537,7 @@ async def lose_a_fleet() -> int:
     """What a restore is for: an operator's mistake deletes one window's readings."""
     fleets = WINDOWS.fleet(0)
     ids = [i for fleet in fleets.values() for i in fleet]
-    conn = await proof.db("pulsestack_owner", "postgres_owner_password")
+    conn = await harness.db("pulsestack_owner", "postgres_owner_password")
     try:
         status = await conn.execute("DELETE FROM readings WHERE device IN"
                                     " (SELECT id FROM devices WHERE device_id = ANY($1::text[]))", ids)
@@ -570,7 +571,7 @@ def cmd_backup_restore() -> None:
 
 
 async def readings_count() -> int:
-    conn = await proof.db("pulsestack_reader", "postgres_reader_password")
+    conn = await harness.db("pulsestack_reader", "postgres_reader_password")
     try:
         return int(await conn.fetchval("SELECT count(*) FROM readings"))
     finally:
@@ -598,7 +599,7 @@ async def lose_database() -> None:
     worker: the newest base backup, the archived WAL, then the replay from RAW_REPLAY; the traffic window then
     checks that every reading acknowledged to a device is stored exactly once. Prints the RPO (what the
     archive lacked at the loss) and the RTO (loss to readings stored again)."""
-    victim = proof.node_of(proof.running("postgres")[0])
+    victim = harness.node_of(harness.running("postgres")[0])
     ready = {n["Hostname"] for n in await asyncio.to_thread(nodes_view) if n["Status"] == "Ready"}
     target = next(n for n in [*hosts("workers"), *hosts("swarm")] if n in ready and n not in {victim, udp_node()})
     before = await readings_count()
@@ -636,16 +637,16 @@ async def follow_ingest(simulation: Simulation) -> None:
     whose ingester runs."""
     while True:
         try:
-            nodes = await asyncio.to_thread(lambda: [proof.node_of(t) for t in proof.running("ingest-udp")])
-            current = proof.ENGINES.address(next(n for n in hosts("ingest") if n in nodes))
-            http = await asyncio.to_thread(proof.address_of, "ingest-http")
+            nodes = await asyncio.to_thread(lambda: [harness.node_of(t) for t in harness.running("ingest-udp")])
+            current = harness.ENGINES.address(next(n for n in hosts("ingest") if n in nodes))
+            http = await asyncio.to_thread(harness.address_of, "ingest-http")
         except (RuntimeError, StopIteration):
             await asyncio.to_thread(use_manager)  # the manager we asked may be the one leaving
         else:
             if simulation.nbiot.target[0] != current:
-                simulation.nbiot.target = (current, proof.UDP_PORT)
+                simulation.nbiot.target = (current, harness.UDP_PORT)
                 say(f"  devices now send to {current} (an ingest node with a running ingest-udp)")
-            base = f"http://{http}:{proof.HTTP_PORT}"
+            base = f"http://{http}:{harness.HTTP_PORT}"
             for protocol, path in ((sigfox.PROTOCOL, sigfox.CALLBACK_PATH), (lorawan.PROTOCOL, lorawan.CALLBACK_BASE)):
                 client = simulation.callbacks[protocol]
                 if client.url != base + path:
@@ -718,16 +719,16 @@ def main() -> None:
         asyncio.run(cmd_delivery())
     elif command == "kill-manager":
         point_at_cluster()
-        asyncio.run(traffic(1, kill_manager))
+        asyncio.run(under_traffic(1, kill_manager))
     elif command == "remove-add-node":
         point_at_cluster()
-        asyncio.run(traffic(2, remove_add_node))
+        asyncio.run(under_traffic(2, remove_add_node))
     elif command == "scale":
         point_at_cluster()
-        asyncio.run(traffic(3, scale_1_3_1))
+        asyncio.run(under_traffic(3, scale_1_3_1))
     elif command == "migrate":
         point_at_cluster()
-        asyncio.run(traffic(4, migrate))
+        asyncio.run(under_traffic(4, migrate))
         retire_old_generation()
     elif command == "backup-restore":
         cmd_backup_restore()
@@ -737,7 +738,7 @@ def main() -> None:
         cmd_s3()
     elif command == "lose-database":
         point_at_cluster()
-        asyncio.run(traffic(5, lose_database))
+        asyncio.run(under_traffic(5, lose_database))
     else:
         raise SystemExit(__doc__)
 

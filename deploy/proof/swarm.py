@@ -18,10 +18,7 @@ port, Traefik's 80 and 443, ingest-http's port, the NATS servers' ports and Post
 and `docker` itself (service state, `docker exec` into the Prometheus task for its HTTP API, which is not
 published, and into Traefik's to ask the socket proxy on the internal docker-api network).
 
-Environment (set by deploy/swarm-proof.sh): PULSESTACK_PROOF_SECRETS (the secret files), PULSESTACK_PROOF_WORK
-(figures are kept there), PULSESTACK_PROOF_RUN_BASE (first device number of the run),
-PULSESTACK_PROOF_UDP_PORT, _HTTP_PORT, _PG_PORT, _NATS_PORTS (comma-separated),
-PULSESTACK_PROOF_NOT_RUNNABLE (services without an offline image, comma-separated).
+Environment (set by deploy/swarm-proof.sh): as deploy/proof/harness.py and traffic.py read it.
 """
 
 from __future__ import annotations
@@ -31,225 +28,60 @@ import base64
 import json
 import os
 import ssl
-import subprocess
 import sys
 import time
-import urllib.parse
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Coroutine
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import asyncpg
-import nats
 import yaml
-from nats.aio.client import Client as NATS
 
-from pulsestack.bus import quarantine
-from pulsestack.bus.topology import RAW, RAW_REPLAY, REGISTRY_BUCKET, drained
-from pulsestack.registry import devices as registry
-from pulsestack.services import INGEST_HTTP, INGEST_UDP, SERVICES
+from deploy.proof.harness import (
+    ARCHIVE_BUCKET,
+    ARCHIVE_URL,
+    DOMAIN,
+    NOT_RUNNABLE,
+    PG_PORT,
+    PULSESTACK_JOBS,
+    SCRAPED_JOBS,
+    SECRETS,
+    STACK,
+    WORK,
+    address_of,
+    admin_nats,
+    docker,
+    eventually,
+    in_task,
+    node_of,
+    prometheus_get,
+    runnable_services,
+    running,
+    running_tasks,
+    say,
+    secret,
+    service_log_tail,
+    stack_services,
+    tls_for,
+    wait_converged,
+)
+from deploy.proof.traffic import (
+    DEVICES,
+    FIGURES,
+    Figures,
+    Windows,
+    provision_all,
+    under_traffic,
+    wait_ingesters_know,
+)
+from pulsestack.bus.topology import RAW, RAW_REPLAY
 from pulsestack.store.archive import decrypt_segment, decrypt_stream, parse_key
-from pulsestack.wire import lorawan, nbiot, sigfox
 from pulsestack_cli.localstack import S3StandIn
 from simulator.balancer import status_behind_balancer
-from simulator.fleet import fleet_ids
-from simulator.run import Simulation, SimulationConfig, SimulationReport
-from simulator.verify import verify
 
-STACK = "pulsestack"
-PULSESTACK_JOBS = tuple(s.name for s in SERVICES)
-# Stand-ins run these too, and pulsestack/postgres's base-backup scheduler; their targets must be up as well.
-SCRAPED_JOBS = (*PULSESTACK_JOBS, "archive-scheduler", "prometheus", "alertmanager", "node-exporter")
-REPO = Path(__file__).resolve().parents[2]
-SECRETS = Path(os.environ.get("PULSESTACK_PROOF_SECRETS", "/nonexistent"))
-WORK = Path(os.environ.get("PULSESTACK_PROOF_WORK", "/tmp"))
-UDP_PORT = int(os.environ.get("PULSESTACK_PROOF_UDP_PORT", "2204"))
-HTTP_PORT = int(os.environ.get("PULSESTACK_PROOF_HTTP_PORT", "17070"))
-PG_PORT = int(os.environ.get("PULSESTACK_PROOF_PG_PORT", "15432"))
-NATS_PORTS = [int(p) for p in os.environ.get("PULSESTACK_PROOF_NATS_PORTS", "14222,14223,14224").split(",")]
-NOT_RUNNABLE = {s for s in os.environ.get("PULSESTACK_PROOF_NOT_RUNNABLE", "").split(",") if s}
-DOMAIN = os.environ.get("PULSESTACK_DOMAIN", "pulsestack.test")
-RATE = float(os.environ.get("PULSESTACK_PROOF_RATE", "150"))  # readings/s, both protocols
-DEVICES = int(os.environ.get("PULSESTACK_PROOF_DEVICES", "400"))  # per traffic window
-NBIOT_SHARE, LORAWAN_SHARE = 0.5, 0.2  # of each window's fleet; Sigfox the rest
-FIGURES = Path(os.environ.get("PULSESTACK_PROOF_FIGURES", str(WORK / "figures.json")))
-# Fleets of different runs and windows never share a device (a failed run may leave data behind).
-# deploy/swarm-proof.sh sets it once for all the steps of a run.
-RUN_BASE = int(os.environ.get("PULSESTACK_PROOF_RUN_BASE", str((int(time.time()) % 997) * 20_000)))
-
-
-def say(*parts: object) -> None:
-    print(time.strftime("%H:%M:%S"), *parts, flush=True)
-
-
-def secret(name: str) -> str:
-    return (SECRETS / name).read_text().strip()
-
-
-# ------------------------------------------------------------------------------------------- docker
-
-
-@dataclass
-class Engines:
-    """Where the proof finds the swarm: this machine's engine (the swarm proof), or the engines of a simulated
-    cluster's nodes (the cluster proof: containers named by the node's host name, reached with docker exec)."""
-
-    manager: str = ""  # node whose engine answers as a manager; "": this machine's
-    addresses: dict[str, str] = field(default_factory=dict)  # node host name -> its address; empty: 127.0.0.1
-
-    def command(self, node: str = "") -> list[str]:
-        node = node or self.manager
-        return ["docker", "exec", "-i", node, "docker"] if node else ["docker"]
-
-    def address(self, node: str) -> str:
-        return self.addresses.get(node, "127.0.0.1")
-
-
-ENGINES = Engines()
-
-
-def docker(*args: str, check: bool = True, node: str = "") -> str:
-    done = subprocess.run([*ENGINES.command(node), *args], capture_output=True, text=True)
-    if check and done.returncode != 0:
-        raise RuntimeError(f"docker {' '.join(args)}: {done.stderr.strip()}")
-    return done.stdout
-
-
-# A node's swarm ID names it for as long as it is in the swarm (one that joins again gets a new ID).
-_HOSTNAMES: dict[str, str] = {}
-
-
-def node_of(task: dict[str, Any]) -> str:
-    """Host name of the node a task was scheduled on ("" on a one-engine swarm)."""
-    if not ENGINES.addresses:
-        return ""
-    node_id = task["NodeID"]
-    if node_id not in _HOSTNAMES:
-        _HOSTNAMES[node_id] = docker("node", "inspect", "--format", "{{.Description.Hostname}}", node_id).strip()
-    return _HOSTNAMES[node_id]
-
-
-def in_task(task: dict[str, Any], *args: str, check: bool = True) -> str:
-    """`docker exec` into a task's container, on whichever node it runs."""
-    container = task["Status"]["ContainerStatus"]["ContainerID"]
-    return docker("exec", container, *args, check=check, node=node_of(task))
-
-
-def running(name: str) -> list[dict[str, Any]]:
-    return [t for t in service_tasks(name)
-            if t.get("DesiredState") == "running" and t["Status"]["State"] == "running"]
-
-
-def address_of(name: str) -> str:
-    """Address of the node running a service's (first) task: where its host-mode ports answer."""
-    tasks = running(name)
-    if not tasks:
-        raise RuntimeError(f"{name} has no running task")
-    return ENGINES.address(node_of(tasks[0]))
-
-
-def docker_json_lines(*args: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in docker(*args, "--format", "{{json .}}").splitlines() if line.strip()]
-
-
-def stack_services() -> dict[str, dict[str, Any]]:
-    """Short service name -> `docker service inspect` of every service of the stack."""
-    ids = docker("service", "ls", "-q", "--filter", f"label=com.docker.stack.namespace={STACK}").split()
-    if not ids:
-        return {}
-    out = {}
-    for service in json.loads(docker("service", "inspect", *ids)):
-        out[service["Spec"]["Name"].removeprefix(f"{STACK}_")] = service
-    return out
-
-
-def service_tasks(name: str) -> list[dict[str, Any]]:
-    ids = docker("service", "ps", "-q", "--no-trunc", f"{STACK}_{name}").split()
-    # Tasks may be pruned from the history between the two calls: take those still there.
-    return json.loads(docker("inspect", "--type", "task", *ids, check=False) or "[]") if ids else []
-
-
-def container_health(task: dict[str, Any]) -> str:
-    """healthy | unhealthy | starting | none (no healthcheck) | gone."""
-    container = (task["Status"].get("ContainerStatus") or {}).get("ContainerID", "")
-    if not container:
-        return "gone"
-    out = docker("inspect", "--format", "{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}",
-                 container, check=False, node=node_of(task)).strip()
-    return out or "gone"
-
-
-@dataclass
-class ServiceState:
-    desired: int
-    running: int
-    healthy: int
-    completed: int
-    job: bool
-
-    @property
-    def ready(self) -> bool:
-        if self.job:
-            return self.completed >= self.desired
-        return self.running == self.desired and self.healthy == self.desired
-
-
-def service_state(name: str, service: dict[str, Any]) -> ServiceState:
-    mode = service["Spec"]["Mode"]
-    job = "ReplicatedJob" in mode
-    tasks = service_tasks(name)
-    if "Replicated" in mode:
-        desired = int(mode["Replicated"].get("Replicas", 1))
-    elif job:
-        desired = int(mode["ReplicatedJob"].get("TotalCompletions", 1))
-    else:  # global: one task per eligible node, which the orchestrator knows
-        desired = sum(1 for t in tasks if t.get("DesiredState") == "running")
-    running_count = healthy = completed = 0
-    for task in tasks:
-        state = task["Status"]["State"]
-        if state == "complete":
-            completed += 1
-        if task.get("DesiredState") != "running" or state != "running":
-            continue
-        running_count += 1
-        if container_health(task) in ("healthy", "none"):
-            healthy += 1
-    return ServiceState(desired, running_count, healthy, completed, job)
-
-
-def wait_converged(names: list[str], timeout: float, what: str) -> float:
-    """Waits until each named service runs its desired replicas, all healthy (jobs: completed)."""
-    started = time.monotonic()
-    last_report = 0.0
-    while True:
-        services = stack_services()
-        pending = {}
-        for name in names:
-            if name not in services:
-                pending[name] = "missing"
-                continue
-            st = service_state(name, services[name])
-            if not st.ready:
-                pending[name] = (f"{st.completed}/{st.desired} completed" if st.job
-                                 else f"{st.running}/{st.desired} running, {st.healthy} healthy")
-        elapsed = time.monotonic() - started
-        if not pending:
-            return elapsed
-        if elapsed > timeout:
-            for name in pending:
-                print(docker("service", "ps", "--no-trunc", f"{STACK}_{name}", check=False), file=sys.stderr)
-            raise SystemExit(f"{what}: not converged after {timeout:.0f} s: {pending}")
-        if elapsed - last_report >= 15:
-            say(f"  waiting ({elapsed:.0f} s): " + ", ".join(f"{k} {v}" for k, v in sorted(pending.items())))
-            last_report = elapsed
-        time.sleep(2)
-
-
-def runnable_services(not_runnable: Collection[str] = NOT_RUNNABLE) -> list[str]:
-    return sorted(name for name in stack_services() if name not in not_runnable)
+# The delivery step's window, then one per fault.
+WINDOWS = Windows(("steady", "rolling-update", "nats-server-killed", "scale-1-3-1"))
 
 
 def cmd_wait() -> None:
@@ -262,281 +94,6 @@ def cmd_wait() -> None:
         say(f"not runnable offline (deployed, not waited for): {', '.join(skipped)}")
 
 
-# --------------------------------------------------------------------------------------- the bus & db
-
-
-def nats_urls(user: str, password: str) -> list[str]:
-    quoted = urllib.parse.quote(password, safe="")
-    urls = []
-    for number, port in enumerate(NATS_PORTS, start=1):
-        try:
-            urls.append(f"tls://{user}:{quoted}@{address_of(f'nats-{number}')}:{port}")
-        except RuntimeError:  # a server being replaced: the others answer
-            continue
-    return urls
-
-
-async def admin_nats() -> NATS:
-    # TLS with the stack's CA; the servers' certificate is for their names on the bus network, not this address.
-    return await nats.connect(nats_urls("admin", secret("nats_admin_password")), max_reconnect_attempts=-1,
-                              reconnect_time_wait=0.5, connect_timeout=5, allow_reconnect=True,
-                              tls=ssl.create_default_context(cafile=str(SECRETS / "ca_cert")), tls_hostname="nats")
-
-
-class TLSFor(ssl.SSLContext):
-    """Verifies a server's certificate for `name` whatever address is dialled: asyncpg checks the host it
-    connects to, and the proof reaches PostgreSQL by a relay's published port, not by the name `postgres` that
-    the certificate holds (and that the services check, with sslmode=verify-full)."""
-
-    name: str
-
-    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
-                 server_hostname: str | bytes | None = None, session: ssl.SSLSession | None = None) -> ssl.SSLObject:
-        return super().wrap_bio(incoming, outgoing, server_side, self.name, session)
-
-
-def tls_for(name: str) -> TLSFor:
-    context = TLSFor(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the name
-    context.load_verify_locations(cafile=str(SECRETS / "ca_cert"))
-    context.name = name
-    return context
-
-
-async def db(role: str, password_secret: str) -> asyncpg.Connection:
-    # Through tests/swarm/stack.override.yml's relay on the db network, over TLS (pg_hba.conf wants both).
-    return await asyncpg.connect(host=address_of("postgres-relay"), port=PG_PORT, user=role,
-                                 password=secret(password_secret), database="pulsestack", timeout=10,
-                                 ssl=tls_for("postgres"))
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            if await check():
-                return
-        except Exception as exc:  # a server or a connection may be briefly away
-            last = str(exc)
-        else:
-            last = "condition false"
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{what}: still not true after {within:.0f} s ({last})")
-        await asyncio.sleep(0.5)
-
-
-@dataclass(frozen=True)
-class Windows:
-    """A proof's traffic windows, in order: each drives a fleet of its own, and every fleet is registered
-    before the first window (a failed run's data never meets the next run's: RUN_BASE)."""
-
-    names: tuple[str, ...]
-
-    def first_id(self, window: int) -> int:
-        return RUN_BASE + window * 2_000
-
-    def fleet(self, window: int) -> dict[str, list[str]]:
-        """Device ids per protocol of a window's fleet."""
-        return fleet_ids(DEVICES, NBIOT_SHARE, self.first_id(window), LORAWAN_SHARE)
-
-    def registered(self) -> Counter[str]:
-        """Devices per protocol of every window's fleet."""
-        counts: Counter[str] = Counter()
-        for window in range(len(self.names)):
-            counts.update({protocol: len(ids) for protocol, ids in self.fleet(window).items()})
-        return counts
-
-
-WINDOWS = Windows(("steady", "rolling-update", "nats-server-killed", "scale-1-3-1"))
-
-
-async def provision_all(windows: Windows) -> None:
-    """Registers the fleets of every window at once (as the operator's registry role)."""
-    conn = await db("pulsestack_registry", "postgres_registry_password")
-    nc = await admin_nats()
-    try:
-        kv = await nc.jetstream().key_value(REGISTRY_BUCKET)
-        for window in range(len(windows.names)):
-            for protocol, ids in windows.fleet(window).items():
-                await registry.add_bulk(conn, kv, protocol, ids)
-    finally:
-        await nc.close()
-        await conn.close()
-
-
-def metric_value(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name) or line.startswith("#"):
-            continue
-        head, _, value = line.rpartition(" ")
-        if head.split("{")[0] != name:
-            continue
-        if all(f'{k}="{v}"' in head for k, v in labels.items()):
-            total += float(value)
-    return total
-
-
-# Which ingester serves which protocols' devices: UDP takes NB-IoT, HTTP the network servers' callbacks.
-INGESTED_BY = ((INGEST_UDP, (nbiot.PROTOCOL,)), (INGEST_HTTP, (sigfox.PROTOCOL, lorawan.PROTOCOL)))
-
-
-def ingester_devices() -> dict[str, list[float]]:
-    """Devices of each protocol each of its ingester's tasks knows (pulsestack_registry_devices), read inside
-    the tasks; keyed `service/protocol`, a task whose metrics could not be read counting 0."""
-    out = {}
-    for service, protocols in INGESTED_BY:
-        port = service.ops.default
-        texts = [in_task(task, "python", "-c",
-                         f"import urllib.request as u; print(u.urlopen('http://127.0.0.1:{port}/metrics').read()"
-                         ".decode())", check=False) for task in running(service.name)]
-        for protocol in protocols:
-            out[f"{service.name}/{protocol}"] = [metric_value(text, "pulsestack_registry_devices", protocol=protocol)
-                                                 for text in texts]
-    return out
-
-
-def service_log_tail(name: str, lines: int = 20) -> str:
-    """A service's newest log lines from all its tasks (containers log to stderr, passed on as stderr)."""
-    done = subprocess.run([*ENGINES.command(""), "service", "logs", "--tail", str(lines), f"{STACK}_{name}"],
-                          capture_output=True, text=True)
-    return done.stdout + done.stderr
-
-
-# ------------------------------------------------------------------------------------------ traffic
-
-
-@dataclass
-class Figures:
-    window: str
-    seconds: float
-    sent: int
-    acked: int
-    gave_up: int
-    retransmitted: int
-    http_statuses: dict[str, int]
-    expected: int
-    delivered: int
-    lost: int
-    duplicated: int
-    bucket_mismatches: int
-    total_mismatches: int
-    sent_by_protocol: dict[str, int] = field(default_factory=dict)
-
-    def line(self) -> str:
-        by_protocol = ", ".join(f"{p} {n:,}" for p, n in sorted(self.sent_by_protocol.items()))
-        return (f"{self.window}: sent {self.sent:,} ({by_protocol}), acked {self.acked:,}, delivered "
-                f"{self.delivered:,} / {self.expected:,}, lost {self.lost}, duplicated {self.duplicated}, bucket"
-                f" mismatches {self.bucket_mismatches}, total mismatches {self.total_mismatches} "
-                f"(gave up {self.gave_up}, retransmitted {self.retransmitted}, HTTP {self.http_statuses})")
-
-
-def save(figures: Figures) -> None:
-    known = json.loads(FIGURES.read_text()) if FIGURES.exists() else []
-    known = [f for f in known if f["window"] != figures.window] + [asdict(figures)]
-    FIGURES.write_text(json.dumps(known, indent=1))
-
-
-async def under_traffic(windows: Windows, window: int, fault: Callable[[], Awaitable[None]] | None = None,
-                        seconds: float = 25.0, udp_host: str | None = None,
-                        follow: Callable[[Simulation], Coroutine[Any, Any, None]] | None = None,
-                        through_traefik: bool = False) -> Figures:
-    """Drives the fleet of `windows`' window number `window` for `seconds` (or, with a fault, until 4 s after
-    the fault is over), then checks that every reading acknowledged to a device is stored exactly once.
-    Devices send to `udp_host` (default: the node of the first ingest-udp task) and to the node running
-    ingest-http, or with `through_traefik` as the Sigfox backend does in production: HTTPS to Traefik, routed
-    by its swarm provider; `follow`, running beside the traffic, may move them as DNS and a load balancer
-    would when the ingesters move."""
-    name = windows.names[window]
-    udp_host = udp_host or address_of("ingest-udp")
-    base, sigfox_host, ca_file = f"http://{address_of('ingest-http')}:{HTTP_PORT}", None, None
-    if through_traefik:
-        base, sigfox_host = f"https://{address_of('traefik')}", DOMAIN
-        ca_file = str(SECRETS / "ca_cert")
-    simulation = Simulation(SimulationConfig(
-        devices=DEVICES, nbiot_share=NBIOT_SHARE, lorawan_share=LORAWAN_SHARE, rate=RATE,
-        udp_target=(udp_host, UDP_PORT), http_url=base + sigfox.CALLBACK_PATH,
-        lorawan_url=base + lorawan.CALLBACK_BASE,
-        http_host=sigfox_host, http_ca_file=ca_file,
-        sigfox_token=secret("sigfox_tokens").split()[0], lorawan_token=secret("lorawan_tokens").split()[0],
-        master_key=bytes.fromhex(secret("device_master_key")), first_id=windows.first_id(window), seed=window + 1,
-        ack_timeout=1.0, retransmissions=8, sigfox_retry_delays=(1, 2, 4, 8, 16),
-    ))
-    stop = asyncio.Event()
-    started = time.monotonic()
-    traffic = asyncio.create_task(simulation.run(stop, settle_timeout=120))
-    following = asyncio.create_task(follow(simulation)) if follow else None
-    await asyncio.sleep(3.0)
-    if fault is not None:
-        await fault()
-        await asyncio.sleep(4.0)
-    else:
-        await asyncio.sleep(max(0.0, seconds - 3.0))
-    stop.set()
-    report: SimulationReport = await traffic
-    if following:
-        if following.done():
-            following.result()  # it stopped following: its error, not a delivery failure it would cause
-        following.cancel()
-    elapsed = time.monotonic() - started
-    nc = await admin_nats()
-    try:
-        await eventually(lambda: drained(nc.jetstream()), 180, f"{name}: backlog drained")
-    finally:
-        await nc.close()
-    conn = await db("pulsestack_reader", "postgres_reader_password")
-    try:
-        delivery = await verify(conn, report.acked_readings)
-    finally:
-        await conn.close()
-    figures = Figures(
-        window=name, seconds=round(elapsed, 1), sent=sum(report.sent.values()), sent_by_protocol=dict(report.sent),
-        acked=sum(report.acked.values()),
-        gave_up=sum(report.gave_up.values()), retransmitted=report.retransmitted,
-        http_statuses={str(k): v for k, v in sorted(report.http_statuses.items())},
-        expected=delivery.expected, delivered=delivery.delivered, lost=delivery.lost,
-        duplicated=delivery.duplicated, bucket_mismatches=delivery.bucket_mismatches,
-        total_mismatches=len(delivery.total_mismatches),
-    )
-    save(figures)
-    say(figures.line())
-    if not delivery.exact:
-        raise SystemExit(f"{name}: delivery not exact: {delivery.line()} {delivery.total_mismatches[:5]}"
-                         f" lost: {delivery.lost_readings}; {await quarantined_lately()}")
-    if figures.acked < RATE * min(elapsed, 20) * 0.5:
-        raise SystemExit(f"{name}: too few readings acknowledged: {report.lines()}")
-    return figures
-
-
-async def quarantined_lately(newest: int = 20) -> str:
-    """The newest quarantined records, oldest first: an acknowledged reading the pipeline set aside is
-    counted lost, and this says which stage set it aside and why."""
-    nc = await admin_nats()
-    try:
-        found, held = await quarantine.records(nc.jetstream(), newest)
-    finally:
-        await nc.close()
-    shown = [f"{r.stage}/{r.reason} {r.source} seq {r.reading.seq if r.reading else '-'}: {r.detail}"
-             for _, r in found]
-    return f"QUARANTINE holds {held}: {shown}"
-
-
-async def wait_ingesters_know(windows: Windows, within: float) -> None:
-    """Until every ingester knows every registered device of its protocols from the registry."""
-    registered = windows.registered()
-    deadline = time.monotonic() + within
-    while True:
-        known = ingester_devices()
-        lagging = {key for key, values in known.items() if not values or min(values) < registered[key.split("/")[1]]}
-        if not lagging:
-            break
-        if time.monotonic() > deadline:
-            logs = "\n".join(service_log_tail(service) for service in sorted({key.split("/")[0] for key in lagging}))
-            raise SystemExit(f"ingesters did not learn the registered devices {dict(registered)}: each task knows"
-                             f" {known}\n{logs}")
-        await asyncio.sleep(1)
-    say(f"ingesters know the devices: {known}")
-
-
 async def cmd_delivery() -> None:
     await provision_all(WINDOWS)
     say(f"{len(WINDOWS.names)} fleets of {DEVICES} devices registered (registry role, admin NATS user)")
@@ -546,22 +103,6 @@ async def cmd_delivery() -> None:
 
 
 # --------------------------------------------------------------------------------------- Prometheus
-
-
-def prometheus_get(path: str, **params: str) -> Any:
-    tasks = running("prometheus")
-    if not tasks:
-        raise RuntimeError("no running Prometheus task")
-    url = f"http://127.0.0.1:9090{path}" + ("?" + urllib.parse.urlencode(params) if params else "")
-    out = in_task(tasks[0], "wget", "-q", "-O", "-", url)
-    body = json.loads(out)
-    if body.get("status") != "success":
-        raise RuntimeError(f"{path}: {body}")
-    return body["data"]
-
-
-def running_tasks(name: str) -> int:
-    return len(running(name))
 
 
 def scrape_problems() -> list[str]:
@@ -875,8 +416,6 @@ async def cmd_postgres() -> None:
 
 # ------------------------------------------------------------------------------------------- archive
 
-ARCHIVE_BUCKET = "pulsestack-archive"
-ARCHIVE_URL = f"s3://{ARCHIVE_BUCKET}/db"
 S3_PORT = int(os.environ.get("PULSESTACK_PROOF_S3_PORT", "15901"))
 
 
