@@ -22,7 +22,7 @@ from processors.raw_stage import RawStage
 from pulsestack.alerts import rules
 from pulsestack.alerts.changes import AlertChanges
 from pulsestack.alerts.rules import FINEST_FOR_LEAK, FLAG_ALERTS, LEAK_WINDOW
-from pulsestack.alerts.sweep import SILENCE_FACTOR, Sweeper
+from pulsestack.alerts.sweep import Sweeper
 from pulsestack.store.pulses import Point, _DeviceState
 from pulsestack.wire.reading import Flags, Reading
 from tests.helpers import READINGS_OF, now_aligned, unique_number
@@ -237,6 +237,10 @@ async def test_without_a_limit_no_total_opens_a_threshold_alert(servers_tx: asyn
     assert await threshold(servers_tx, d, dt.date(2026, 3, 1), 10**9) == []
 
 
+# The rule as docs/speed-layer.md states it, not the sweep's constant: a device is silent after 3 intervals.
+SILENT_AFTER = 3
+
+
 class OneConnection:
     """The pool a Sweeper asks for, lending it the test's connection (its transaction is the test's)."""
 
@@ -258,10 +262,10 @@ async def last_seen(conn: asyncpg.Connection, d: str, ago: float, interval: int 
 
 async def test_a_device_silent_for_three_of_its_intervals_gets_a_silent_alert(servers_tx: asyncpg.Connection) -> None:
     default = 600
-    silent = SILENCE_FACTOR * 300
+    silent = SILENT_AFTER * 300
     cases = {  # (seconds since last heard, its learnt interval): silent?
         (silent + 1, 300): True, (silent - 1, 300): False,
-        (SILENCE_FACTOR * default + 1, None): True, (SILENCE_FACTOR * default - 1, None): False,
+        (SILENT_AFTER * default + 1, None): True, (SILENT_AFTER * default - 1, None): False,
     }
     devices = {}
     for (ago, interval), _ in cases.items():
@@ -279,8 +283,8 @@ async def test_a_device_never_heard_from_is_silent_three_default_intervals_after
     servers_tx: asyncpg.Connection
 ) -> None:
     default = 600
-    late = await device(servers_tx, registered_ago=SILENCE_FACTOR * default + 1)
-    early = await device(servers_tx, registered_ago=SILENCE_FACTOR * default - 1)
+    late = await device(servers_tx, registered_ago=SILENT_AFTER * default + 1)
+    early = await device(servers_tx, registered_ago=SILENT_AFTER * default - 1)
     off = await device(servers_tx, registered_ago=10 * default, disabled=True)
     sweeper = Sweeper(OneConnection(servers_tx), default)  # type: ignore[arg-type]
     await sweeper.sweep()
