@@ -14,8 +14,13 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
+from ingest_http.routes import ROUTES
+from processors.raw_stage import RawStage
 from pulsestack import services
+from pulsestack.alerts.changes import KINDS
+from pulsestack.bus.topology import NOTIFIER_CONSUMER, alert_subject, dead_subject, quarantine_subject, raw_subject
 from pulsestack.service import inbox_prefix
+from pulsestack.wire.nbiot import PROTOCOL as NBIOT
 from tests.stack_nats import StackNats, stack_nats
 
 # The services that use the bus, each as the NATS user of its name.
@@ -106,3 +111,40 @@ async def test_an_ingester_may_publish_neither_the_processors_subjects_nor_the_s
         await nc.publish(subject, b"x")
         await nc.flush()
         await errors.wait_for(f'(?i)permissions violation for publish to "{re.escape(subject)}"')
+
+
+# What each service's code publishes, named by the bus topology's own functions: a subject renamed there and
+# not in deploy/nats/nats-server.conf would be refused in production.
+PUBLISHED = {
+    "ingest-udp": [raw_subject(NBIOT), quarantine_subject("ingest")],
+    "ingest-http": [*(raw_subject(route.protocol) for route in ROUTES), quarantine_subject("ingest")],
+    "raw-processor": [*(alert_subject(kind) for kind in KINDS), quarantine_subject(RawStage.name),
+                      dead_subject(RawStage.name)],
+    "alerting": [*(alert_subject(kind) for kind in KINDS), dead_subject(NOTIFIER_CONSUMER)],
+}
+
+
+@pytest.mark.parametrize("user", sorted(PUBLISHED))
+async def test_a_service_may_publish_every_subject_the_topology_gives_it(  # type: ignore[no-untyped-def]
+    connect, user: str
+) -> None:
+    errors = Errors()
+    nc = await connect(user, errors)
+    admin = await connect("admin", errors)
+    received: set[str] = set()
+
+    async def arrived(msg: Msg) -> None:
+        received.add(msg.subject)
+
+    subjects = set(PUBLISHED[user])
+    for subject in subjects:
+        await admin.subscribe(subject, cb=arrived)
+    # Sent again until each arrives: nats-py's flush can return before the server has the subscriptions.
+    for _ in range(50):
+        for subject in subjects - received:
+            await nc.publish(subject, b"x")
+        await nc.flush()
+        await asyncio.sleep(0.1)
+        if received == subjects:
+            break
+    assert received == subjects, errors.seen
