@@ -119,6 +119,7 @@ class Membership:
         stay unknown to this ingester for good."""
         known_before_watch = await _last_revision(kv)
         watcher = await kv.watchall()
+        self._revision = 0  # a new watch delivers every key again
         applying = asyncio.create_task(self._apply(watcher, known_before_watch))
         try:
             seen, bucket = self._revision, known_before_watch
@@ -138,7 +139,6 @@ class Membership:
                 await watcher.stop()  # type: ignore[no-untyped-call]
 
     async def _apply(self, watcher: KeyValue.KeyWatcher, known_before_watch: int) -> None:
-        self._revision = 0
         async for entry in watcher:
             if entry is None:  # end of the initial values: all the bucket held when the watch began
                 self._revision = max(self._revision, known_before_watch)
