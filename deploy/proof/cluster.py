@@ -326,7 +326,7 @@ def use_manager(exclude: set[str] = frozenset(), within: float = 90) -> str:  # 
             if name not in exclude and vm_state(name) == "running":
                 probe = subprocess.run(["docker", "exec", name, "docker", "node", "ls", "-q"], capture_output=True)
                 if probe.returncode == 0:
-                    harness.ENGINES.manager = name
+                    harness.ENGINES.use_manager(name)
                     return name
         if time.monotonic() > deadline:
             raise RuntimeError(f"no manager answers after {within:.0f} s")
@@ -334,9 +334,7 @@ def use_manager(exclude: set[str] = frozenset(), within: float = 90) -> str:  # 
 
 
 def point_at_cluster() -> None:
-    harness.ENGINES.addresses = {name: v["ansible_host"] for name, v in hosts("swarm").items()}
-    if harness.ENGINES.manager not in harness.ENGINES.addresses:
-        harness.ENGINES.manager = ""
+    harness.ENGINES.point_at({name: v["ansible_host"] for name, v in hosts("swarm").items()})
     if not harness.ENGINES.manager:
         use_manager()
 

@@ -57,10 +57,22 @@ def secret(name: str) -> str:
 @dataclass
 class Engines:
     """Where the proof finds the swarm: this machine's engine (the swarm proof), or the engines of a simulated
-    cluster's nodes (the cluster proof: containers named by the node's host name, reached with docker exec)."""
+    cluster's nodes (the cluster proof: containers named by the node's host name, reached with docker exec).
+    The harness's one piece of state, changed only through `point_at` and `use_manager`."""
 
     manager: str = ""  # node whose engine answers as a manager; "": this machine's
     addresses: dict[str, str] = field(default_factory=dict)  # node host name -> its address; empty: 127.0.0.1
+    # A node's swarm ID names it for as long as it is in the swarm (one that joins again gets a new ID).
+    hostnames: dict[str, str] = field(default_factory=dict)
+
+    def point_at(self, addresses: dict[str, str]) -> None:
+        """A cluster's nodes (host name -> address); the manager in use stays if it is one of them."""
+        self.addresses = dict(addresses)
+        if self.manager not in self.addresses:
+            self.manager = ""
+
+    def use_manager(self, node: str) -> None:
+        self.manager = node
 
     def command(self, node: str = "") -> list[str]:
         node = node or self.manager
@@ -80,18 +92,15 @@ def docker(*args: str, check: bool = True, node: str = "") -> str:
     return done.stdout
 
 
-# A node's swarm ID names it for as long as it is in the swarm (one that joins again gets a new ID).
-_HOSTNAMES: dict[str, str] = {}
-
-
 def node_of(task: dict[str, Any]) -> str:
     """Host name of the node a task was scheduled on ("" on a one-engine swarm)."""
     if not ENGINES.addresses:
         return ""
     node_id = task["NodeID"]
-    if node_id not in _HOSTNAMES:
-        _HOSTNAMES[node_id] = docker("node", "inspect", "--format", "{{.Description.Hostname}}", node_id).strip()
-    return _HOSTNAMES[node_id]
+    known = ENGINES.hostnames
+    if node_id not in known:
+        known[node_id] = docker("node", "inspect", "--format", "{{.Description.Hostname}}", node_id).strip()
+    return known[node_id]
 
 
 def in_task(task: dict[str, Any], *args: str, check: bool = True) -> str:
