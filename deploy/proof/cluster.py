@@ -64,7 +64,6 @@ NODE_IMAGE = os.environ.get("PULSESTACK_CLUSTER_NODE_IMAGE", "pulsestack-proof/c
 NODE_LABEL = os.environ.get("PULSESTACK_CLUSTER_NODE_LABEL", "org.pulsestack.cluster-proof")
 S3_PORT = int(os.environ.get("PULSESTACK_CLUSTER_S3_PORT", "15900"))
 SSH_USER = "admin"
-DOMAIN = "pulsestack.test"
 # The third-party services with no offline stand-in image (deploy/swarm-proof.sh step 3), which this
 # override places nowhere.
 OFFLINE_OVERRIDE = "tests/swarm/offline.override.yml"
@@ -101,7 +100,7 @@ def cmd_inventory(generation: int, retiring: int | None) -> None:
     variables = {
         "private_network_cidr": CIDR,
         "ssh_user": SSH_USER,
-        "domain": DOMAIN,
+        "domain": harness.DOMAIN,
         "admin_cidrs": json.dumps([f"{GATEWAY}/32"]),
         "ssh_public_keys": json.dumps([(WORK / "id_ed25519.pub").read_text().strip()]),
         "generation": str(generation),
@@ -212,7 +211,7 @@ def cmd_vars() -> None:
     stack_environment = {
         "PULSESTACK_VERSION": os.environ["PULSESTACK_VERSION"],
         "PULSESTACK_REGISTRY": "",
-        "PULSESTACK_DOMAIN": DOMAIN,
+        "PULSESTACK_DOMAIN": harness.DOMAIN,
         "PULSESTACK_INGEST_HTTP_REPLICAS": "1",  # its test port is published in host mode: one per node
         # The scale step takes both to 3 and back to 1: the second site.yml must find them as deployed.
         "PULSESTACK_RAW_PROCESSOR_REPLICAS": "1",
