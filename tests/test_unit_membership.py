@@ -168,3 +168,56 @@ async def test_a_watch_that_stops_delivering_is_given_up_and_a_new_one_catches_u
         following.cancel()
         await asyncio.gather(following, return_exceptions=True)
         await js.delete_key_value(name)
+
+
+class EarlyMarker:
+    """A watch that yields nats.py's end-of-initial-values marker before the values, as nats.py does when the
+    server has pushed every value before the watch asked how many were pending."""
+
+    def __init__(self, watcher: KeyValue.KeyWatcher) -> None:
+        self.watcher = watcher
+        self.marked = self.values_started = False
+
+    def __aiter__(self) -> EarlyMarker:
+        return self
+
+    async def __anext__(self) -> KeyValue.Entry | None:
+        if not self.marked:
+            self.marked = True
+            return None
+        if not self.values_started:
+            self.values_started = True
+            await asyncio.sleep(0.2)  # the values still on their way, as they are over a network
+        entry = await self.watcher.__anext__()
+        while entry is None:  # the watch's own marker, after the values
+            entry = await self.watcher.__anext__()
+        return entry
+
+    async def stop(self) -> None:
+        await self.watcher.stop()  # type: ignore[no-untyped-call]
+
+
+class EarlyMarkerBucket(StallingBucket):
+    async def watchall(self) -> KeyValue.KeyWatcher:
+        return EarlyMarker(await super().watchall())  # type: ignore[return-value]
+
+
+async def test_ready_means_loaded_even_when_the_marker_comes_before_the_values(servers_nc: NATS) -> None:
+    js = servers_nc.jetstream()
+    names = [f"unit_registry_{uuid.uuid4().hex[:10]}" for _ in range(2)]
+    full, empty = [await js.create_key_value(bucket=name, history=1) for name in names]
+    for shard in range(40):
+        await full.put(members_key("nbiot", shard), pack([shard, shard + SHARDS]))
+    followers = []
+    try:
+        for kv, expected in ((full, 80), (empty, 0)):
+            membership = Membership(["nbiot"])
+            followers.append(asyncio.create_task(membership.follow(EarlyMarkerBucket(kv))))  # type: ignore[arg-type]
+            await asyncio.wait_for(membership.ready.wait(), 10)
+            assert membership.count("nbiot") == expected, "ready before the bucket's values were applied"
+    finally:
+        for follower in followers:
+            follower.cancel()
+        await asyncio.gather(*followers, return_exceptions=True)
+        for name in names:
+            await js.delete_key_value(name)

@@ -40,13 +40,14 @@ class WatchStalled(Exception):
     """The registry watch stopped delivering while the bucket moved on."""
 
 
-async def _last_revision(kv: KeyValue, default: int = 0) -> int:
-    """The bucket's newest revision; `default` when NATS cannot say now (a check skipped, not a stall)."""
+async def _bucket_state(kv: KeyValue) -> tuple[int, int] | None:
+    """The bucket's newest revision and how many values it holds; None when NATS cannot say now."""
     try:
-        return int((await kv.status()).stream_info.state.last_seq)
+        state = (await kv.status()).stream_info.state
     except Exception as exc:
         log.info("registry bucket status unavailable", error=str(exc))
-        return default
+        return None
+    return int(state.last_seq), int(state.messages)
 
 
 def device_number(protocol: str, device: str) -> int:
@@ -117,10 +118,16 @@ class Membership:
         `WatchStalled` when the watch has fallen behind the bucket and received nothing for `check_every`:
         nats.py's ordered consumer can stop delivering without an error, and a device registered then would
         stay unknown to this ingester for good."""
-        known_before_watch = await _last_revision(kv)
+        before_watch = await _bucket_state(kv)
+        known_before_watch = before_watch[0] if before_watch else 0
         watcher = await kv.watchall()
         self._revision = 0  # a new watch delivers every key again
-        applying = asyncio.create_task(self._apply(watcher, known_before_watch))
+        # nats.py's end-of-initial-values marker (None) may come before the values: it is sent when the
+        # server says nothing is pending, which it also says once it has pushed every value to the client. So
+        # a load ends with the value that had nothing pending after it, and the marker counts only for a
+        # bucket that held no value when the watch began (or one NATS could not describe).
+        trust_marker = before_watch is None or before_watch[1] == 0
+        applying = asyncio.create_task(self._apply(watcher, known_before_watch, trust_marker))
         try:
             seen, bucket = self._revision, known_before_watch
             while not applying.done():
@@ -130,7 +137,8 @@ class Membership:
                 if self._revision == seen and self._revision < bucket:
                     raise WatchStalled(f"registry watch stopped at revision {seen}, the bucket is at {bucket}")
                 seen = self._revision
-                bucket = await _last_revision(kv, default=bucket)
+                now = await _bucket_state(kv)
+                bucket = now[0] if now else bucket
             applying.result()
         finally:
             applying.cancel()
@@ -138,19 +146,29 @@ class Membership:
             with contextlib.suppress(nats.errors.Error):  # a stalled watch's subscription may be gone
                 await watcher.stop()  # type: ignore[no-untyped-call]
 
-    async def _apply(self, watcher: KeyValue.KeyWatcher, known_before_watch: int) -> None:
+    async def _apply(self, watcher: KeyValue.KeyWatcher, known_before_watch: int, trust_marker: bool) -> None:
+        loaded = False
         async for entry in watcher:
-            if entry is None:  # end of the initial values: all the bucket held when the watch began
-                self._revision = max(self._revision, known_before_watch)
-                self._publish_counts()
-                self.ready.set()
-                log.info("registry loaded", **{p: self.count(p) for p in self._shards})
+            if entry is None:
+                if trust_marker and not loaded:
+                    loaded = True
+                    self._loaded(known_before_watch)
                 continue
             deleted = entry.operation in ("DEL", "PURGE")
             self.apply(entry.key, None if deleted else entry.value)
             self._revision = entry.revision
-            if self.ready.is_set():
+            if loaded:
                 self._publish_counts()
+            elif entry.delta == 0:  # nothing pending after it: the bucket as it was when the watch began
+                loaded = True
+                self._loaded(known_before_watch)
+
+    def _loaded(self, known_before_watch: int) -> None:
+        """A watch's first load is complete: all the bucket held when the watch began is applied."""
+        self._revision = max(self._revision, known_before_watch)
+        self._publish_counts()
+        self.ready.set()
+        log.info("registry loaded", **{p: self.count(p) for p in self._shards})
 
     def _publish_counts(self) -> None:
         for protocol in self._shards:
