@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -87,35 +89,62 @@ def test_device_ids_are_decimal_for_nbiot_and_hex_for_sigfox(number: int) -> Non
     assert device_number("sigfox", f"{number:X}") == number
 
 
-async def test_following_a_bucket_loads_it_then_applies_changes(servers_nc: NATS) -> None:
+NewBucket = Callable[[], Awaitable[KeyValue]]
+Follow = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
+
+
+@pytest.fixture
+async def new_bucket(servers_nc: NATS) -> AsyncIterator[NewBucket]:
+    """KV buckets of the test's own, with the registry's history of one value per key; deleted after it."""
     js = servers_nc.jetstream()
-    bucket = f"unit_registry_{uuid.uuid4().hex[:10]}"
-    kv = await js.create_key_value(bucket=bucket, history=1)
+    names: list[str] = []
+
+    async def create() -> KeyValue:
+        names.append(f"unit_registry_{uuid.uuid4().hex[:10]}")
+        return await js.create_key_value(bucket=names[-1], history=1)
+
+    yield create
+    for name in names:
+        await js.delete_key_value(name)
+
+
+@pytest.fixture
+async def follow() -> AsyncIterator[Follow]:
+    """Runs a follower beside the test; cancelled after it."""
+    tasks: list[asyncio.Task[None]] = []
+
+    def start(following: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        tasks.append(asyncio.create_task(following))
+        return tasks[-1]
+
+    yield start
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_following_a_bucket_loads_it_then_applies_changes(new_bucket: NewBucket, follow: Follow) -> None:
+    kv = await new_bucket()
     await kv.put(members_key("nbiot", 7), pack([7, 7 + SHARDS]))
     await kv.put(keyver_key("nbiot", "7"), b"2")
     membership = Membership(["nbiot"])
-    following = asyncio.create_task(membership.follow(kv))
-    try:
-        await asyncio.wait_for(membership.ready.wait(), 10)
-        assert membership.contains("nbiot", 7 + SHARDS) and membership.key_version("nbiot", "7") == 2
-        await kv.put(members_key("nbiot", 7), pack([7]))
-        await kv.delete(keyver_key("nbiot", "7"))
+    follow(membership.follow(kv))
+    await asyncio.wait_for(membership.ready.wait(), 10)
+    assert membership.contains("nbiot", 7 + SHARDS) and membership.key_version("nbiot", "7") == 2
+    await kv.put(members_key("nbiot", 7), pack([7]))
+    await kv.delete(keyver_key("nbiot", "7"))
 
-        async def changed() -> bool:
-            return not membership.contains("nbiot", 7 + SHARDS) and membership.key_version("nbiot", "7") == 0
+    async def changed() -> bool:
+        return not membership.contains("nbiot", 7 + SHARDS) and membership.key_version("nbiot", "7") == 0
 
-        await eventually(changed, timeout=10)
-        assert membership.contains("nbiot", 7)
-        await kv.delete(members_key("nbiot", 7))
+    await eventually(changed, timeout=10)
+    assert membership.contains("nbiot", 7)
+    await kv.delete(members_key("nbiot", 7))
 
-        async def emptied() -> bool:
-            return membership.count("nbiot") == 0
+    async def emptied() -> bool:
+        return membership.count("nbiot") == 0
 
-        await eventually(emptied, timeout=10)
-    finally:
-        following.cancel()
-        await asyncio.gather(following, return_exceptions=True)
-        await js.delete_key_value(bucket)
+    await eventually(emptied, timeout=10)
 
 
 class StallingBucket:
@@ -138,10 +167,9 @@ class StallingBucket:
         await self.watchers[-1]._sub.unsubscribe()
 
 
-async def test_a_watch_that_stops_delivering_is_given_up_and_a_new_one_catches_up(servers_nc: NATS) -> None:
-    js = servers_nc.jetstream()
-    name = f"unit_registry_{uuid.uuid4().hex[:10]}"
-    kv = await js.create_key_value(bucket=name, history=1)
+async def test_a_watch_that_stops_delivering_is_given_up_and_a_new_one_catches_up(
+        new_bucket: NewBucket, follow: Follow) -> None:
+    kv = await new_bucket()
     bucket = StallingBucket(kv)
     await kv.put(members_key("nbiot", 7), pack([7]))
     # The bucket's newest revision no watch delivers: a delete marker removed, as `purge_deletes` does.
@@ -149,25 +177,20 @@ async def test_a_watch_that_stops_delivering_is_given_up_and_a_new_one_catches_u
     await kv.delete(members_key("nbiot", 9))
     await kv.purge_deletes(olderthan=0)
     membership = Membership(["nbiot"])
-    following = asyncio.create_task(membership.follow(bucket, check_every=0.3))  # type: ignore[arg-type]
-    try:
-        await asyncio.wait_for(membership.ready.wait(), 10)
-        await asyncio.sleep(1.5)
-        assert not following.done(), "an idle watch that has everything is no stall"
-        await bucket.silence()
-        await kv.put(members_key("nbiot", 8), pack([8]))
-        with pytest.raises(WatchStalled):
-            await asyncio.wait_for(following, 5)
-        following = asyncio.create_task(membership.follow(bucket, check_every=0.3))  # type: ignore[arg-type]
+    following = follow(membership.follow(bucket, check_every=0.3))  # type: ignore[arg-type]
+    await asyncio.wait_for(membership.ready.wait(), 10)
+    await asyncio.sleep(1.5)
+    assert not following.done(), "an idle watch that has everything is no stall"
+    await bucket.silence()
+    await kv.put(members_key("nbiot", 8), pack([8]))
+    with pytest.raises(WatchStalled):
+        await asyncio.wait_for(following, 5)
+    follow(membership.follow(bucket, check_every=0.3))  # type: ignore[arg-type]
 
-        async def caught_up() -> bool:
-            return membership.contains("nbiot", 8) and membership.contains("nbiot", 7)
+    async def caught_up() -> bool:
+        return membership.contains("nbiot", 8) and membership.contains("nbiot", 7)
 
-        await eventually(caught_up, timeout=10)
-    finally:
-        following.cancel()
-        await asyncio.gather(following, return_exceptions=True)
-        await js.delete_key_value(name)
+    await eventually(caught_up, timeout=10)
 
 
 class EarlyMarker:
@@ -202,22 +225,13 @@ class EarlyMarkerBucket(StallingBucket):
         return EarlyMarker(await super().watchall())  # type: ignore[return-value]
 
 
-async def test_ready_means_loaded_even_when_the_marker_comes_before_the_values(servers_nc: NATS) -> None:
-    js = servers_nc.jetstream()
-    names = [f"unit_registry_{uuid.uuid4().hex[:10]}" for _ in range(2)]
-    full, empty = [await js.create_key_value(bucket=name, history=1) for name in names]
+async def test_ready_means_loaded_even_when_the_marker_comes_before_the_values(
+        new_bucket: NewBucket, follow: Follow) -> None:
+    full, empty = await new_bucket(), await new_bucket()
     for shard in range(40):
         await full.put(members_key("nbiot", shard), pack([shard, shard + SHARDS]))
-    followers = []
-    try:
-        for kv, expected in ((full, 80), (empty, 0)):
-            membership = Membership(["nbiot"])
-            followers.append(asyncio.create_task(membership.follow(EarlyMarkerBucket(kv))))  # type: ignore[arg-type]
-            await asyncio.wait_for(membership.ready.wait(), 10)
-            assert membership.count("nbiot") == expected, "ready before the bucket's values were applied"
-    finally:
-        for follower in followers:
-            follower.cancel()
-        await asyncio.gather(*followers, return_exceptions=True)
-        for name in names:
-            await js.delete_key_value(name)
+    for kv, expected in ((full, 80), (empty, 0)):
+        membership = Membership(["nbiot"])
+        follow(membership.follow(EarlyMarkerBucket(kv)))  # type: ignore[arg-type]
+        await asyncio.wait_for(membership.ready.wait(), 10)
+        assert membership.count("nbiot") == expected, "ready before the bucket's values were applied"
