@@ -6,6 +6,7 @@ with contested buckets of several widths and device times off the quarter hour."
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 
 import asyncpg
@@ -104,3 +105,15 @@ async def test_the_ranges_bound_readings_by_the_rule_s_max_span(servers_tx: asyn
     fall out of every range (and the write path's covering lookup) without this check."""
     body = await servers_tx.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'buckets_between'")
     assert f"interval '{MAX_SPAN} seconds'" in body, body
+
+
+async def test_a_devices_range_is_searched_by_the_hours_of_the_range(servers_tx: asyncpg.Connection) -> None:
+    """The readings' key leads with the hour (migration 012): a device's range reaches the key through bounds on
+    device_hour, one search per hour of it; without them, every hour of every partition would be searched."""
+    await servers_tx.execute("SET LOCAL enable_seqscan = off")  # the test's few readings would be read whole
+    start = dt.datetime(2026, 1, 30, 4, tzinfo=dt.UTC)
+    plan = "\n".join(r[0] for r in await servers_tx.fetch(
+        "EXPLAIN SELECT * FROM buckets_between($1, $2) WHERE protocol = 'nbiot' AND device_id = '1'",
+        start, start + dt.timedelta(hours=6)))
+    assert re.search(r"Index Cond: \(\(device_hour >= \d+\) AND \(device_hour <= ", plan), plan
+

@@ -188,8 +188,9 @@ def histories(draw: st.DrawFn) -> History:
     readings = []
     for seq in range(1, draw(st.integers(2, 9)) + 1):
         width = draw(st.integers(1, 8))
-        # Contiguous, a gap, an overlap, or the same period again (a device that rebooted).
-        step = draw(st.sampled_from([width, width, width + 1, width + 6, max(1, width - 2), 0]))
+        # Contiguous, a gap, an overlap, the same period again (a device that rebooted), or two days and more
+        # of silence (a late reading's neighbours then lie beyond the store's near search, pulses.NEAR_HOURS).
+        step = draw(st.sampled_from([width, width, width + 1, width + 6, max(1, width - 2), 0, width + 200]))
         period_end += (step if seq > 1 else width) * WIDTH
         counts = tuple(draw(st.lists(st.integers(0, 40), min_size=width, max_size=width)))
         change = draw(st.sampled_from(["flow", "flow", "unseen", "missed", "reset"]))

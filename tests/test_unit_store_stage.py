@@ -7,6 +7,7 @@ one connection and a quarantine subject of the test's own."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from typing import Any
@@ -190,6 +191,30 @@ async def test_a_reading_the_database_rejects_fails_alone(servers: LocalStack) -
     assert [(r, error.split(":")[0]) for r, error in rejected] == [(bad, "NumericValueOutOfRangeError")]
 
 
+async def test_two_replicas_storing_one_reading_at_once_store_it_once(servers: LocalStack) -> None:
+    """A redelivery reaching a second replica while the first still holds the reading: the second waits for
+    the first's device lock, then finds the reading stored. (Inserted without ON CONFLICT, a writer that did
+    not wait would fail on the key instead, and its whole batch with it.)"""
+    device = new_device()
+    r = reading(device, 1, now_aligned(), [1, 2], 10)
+    first, second = [await asyncpg.connect(servers.database_url) for _ in range(2)]
+    try:
+        await device_rows(first, [r])
+        holding = first.transaction()
+        await holding.start()
+        assert (await STAGE.write(first, [r])).inserted == [True]
+        waiting = asyncio.create_task(write(second, [r]))
+        await asyncio.sleep(0.5)
+        assert not waiting.done()  # queued behind the first replica's device lock
+        await holding.commit()
+        assert (await asyncio.wait_for(waiting, 10)).inserted == [False]
+        assert await first.fetchval(READINGS_OF, "nbiot", device) == 1
+    finally:
+        await forget_devices(first, [r])
+        await first.close()
+        await second.close()
+
+
 async def test_a_reading_of_a_device_without_a_registry_row_is_quarantined_not_lost(
     servers: LocalStack, servers_nc: NATS
 ) -> None:
@@ -231,7 +256,7 @@ async def test_readings_have_one_index_their_primary_key(servers_tx: asyncpg.Con
         by_table.setdefault(row["tbl"], []).append(row["indisprimary"])
     assert by_table["readings"] == [True] and all(kinds == [True] for kinds in by_table.values()), indexes
     key = await servers_tx.fetchval("SELECT pg_get_indexdef('readings_pkey'::regclass)")
-    assert key.endswith("(device, device_time, seq)"), key
+    assert key.endswith("(device_hour, device, device_time, seq)"), key
 
 
 def as_message(nc: NATS, data: bytes) -> Msg:

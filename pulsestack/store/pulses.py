@@ -37,12 +37,18 @@ _COVERING = """
 SELECT k.i, r.device_time, r.seq, r.meter_index, r.bucket_seconds, r.counts
 FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[]) WITH ORDINALITY AS k(p, d, lo, hi, i)
 JOIN devices dev ON dev.protocol = k.p AND dev.device_id = k.d
+LEFT JOIN device_state st ON st.protocol = k.p AND st.device_id = k.d
+CROSS JOIN LATERAL (
+    -- The key's upper bound: no reading starting before hi ends later than MAX_SPAN after it, and no stored
+    -- reading of the device is later than its state's last one (derived in the transaction that stored it), so
+    -- a reading newer than all before it, the common case, walks no hour at all.
+    SELECT least(k.hi + make_interval(secs => $5), st.last_device_time) AS until
+) b
 JOIN LATERAL (
     SELECT r.device_time, r.seq, r.meter_index, r.bucket_seconds, r.counts FROM readings r
-    WHERE r.device = dev.id AND r.device_time > k.lo
-      -- The key's upper bound: no reading starting before hi ends later than MAX_SPAN after it (without it, a
-      -- late reading's lookup walked every later reading of its device).
-      AND r.device_time < k.hi + make_interval(secs => $5)
+    WHERE r.device = dev.id AND r.device_time > k.lo AND r.device_time <= b.until
+      -- The same range in the key's leading hours (migration 012): one index walk per hour of it.
+      AND r.device_hour BETWEEN reading_hour(k.lo) AND reading_hour(b.until)
       AND r.device_time - make_interval(secs => r.bucket_seconds * cardinality(r.counts))
           < k.hi + interval '15 minutes'
 ) r ON true
@@ -57,14 +63,31 @@ LEFT JOIN LATERAL (
     SELECT * FROM device_state s WHERE s.protocol = k.p AND s.device_id = k.d
 ) s ON true
 """
-# Written whole: the device locks make what this transaction read the current state.
-_WRITE_STATE = """
+# Written whole: the device locks make what this transaction read the current state. A device with a row is
+# updated (one WAL record, HOT); only a new one is inserted: the upsert's path through an existing row locks it
+# first, a second WAL record per reading.
+_STATE_COLUMNS = """
+    (p, dev, period_end, device_time, seq, meter_index, battery_mv, flags, seen, readings, interval_seconds,
+     first_bucket, zero_flow, finest)
+"""
+_STATE_ROWS = """
+unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::bigint[], $6::bigint[], $7::int[],
+       $8::int[], $9::timestamptz[], $10::bigint[], $11::int[], $12::timestamptz[], $13::timestamptz[], $14::int[])
+"""
+_UPDATE_STATE = f"""
+UPDATE device_state d
+SET last_period_end = u.period_end, last_device_time = u.device_time, last_seq = u.seq,
+    last_index = u.meter_index, last_battery_mv = u.battery_mv, last_flags = u.flags, last_seen = u.seen,
+    readings = u.readings, interval_seconds = u.interval_seconds, first_bucket = u.first_bucket,
+    last_zero_flow = u.zero_flow, finest_bucket = u.finest
+FROM {_STATE_ROWS} AS u {_STATE_COLUMNS}
+WHERE d.protocol = u.p AND d.device_id = u.dev
+"""
+_INSERT_STATE = f"""
 INSERT INTO device_state AS d (protocol, device_id, last_period_end, last_device_time, last_seq, last_index,
                                last_battery_mv, last_flags, last_seen, readings,
                                interval_seconds, first_bucket, last_zero_flow, finest_bucket)
-SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::bigint[],
-                     $6::bigint[], $7::int[], $8::int[], $9::timestamptz[], $10::bigint[],
-                     $11::int[], $12::timestamptz[], $13::timestamptz[], $14::int[])
+SELECT * FROM {_STATE_ROWS}
 ON CONFLICT (protocol, device_id) DO UPDATE
 SET last_period_end = EXCLUDED.last_period_end, last_device_time = EXCLUDED.last_device_time,
     last_seq = EXCLUDED.last_seq, last_index = EXCLUDED.last_index,
@@ -83,9 +106,14 @@ CROSS JOIN LATERAL (
 """
 # The stored readings just before and just after each late reading, all late readings at once. History is in
 # period order, (period_end, device_time, seq); a codec's period end is a non-decreasing function of device time
-# (Codec.period_end), so within a device (device_time, seq) is the same order and the walk is one step along
-# the readings' primary key either way.
-_NEIGHBOURS = """
+# (Codec.period_end), and so is the key's leading hour, so within a device (device_hour, device_time, seq) is the
+# same order and the walk follows the readings' primary key. The key walks once per hour it searches (migration
+# 012), so each side first looks within NEAR_HOURS, where a late reading's neighbours nearly always are, and
+# only if that finds none, further: the second branch of a UNION ALL under LIMIT 1 runs only when the first
+# returned nothing. The device-time bounds beside the hours are implied by them (an hour's readings lie within
+# it) and only prune the monthly partitions.
+NEAR_HOURS = 48
+_NEIGHBOURS = f"""
 SELECT k.i,
        b.device_time AS b_device_time, b.seq AS b_seq, b.meter_index AS b_meter_index,
        b.counts AS b_counts, b.bucket_seconds AS b_bucket_seconds,
@@ -93,16 +121,30 @@ SELECT k.i,
        a.counts AS a_counts, a.bucket_seconds AS a_bucket_seconds
 FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[]) WITH ORDINALITY AS k(p, d, dt, s, i)
 JOIN devices dev ON dev.protocol = k.p AND dev.device_id = k.d
-LEFT JOIN LATERAL (
+LEFT JOIN LATERAL ((
     SELECT * FROM readings r
     WHERE r.device = dev.id AND (r.device_time, r.seq) < (k.dt, k.s)
-    ORDER BY r.device_time DESC, r.seq DESC LIMIT 1
-) b ON true
-LEFT JOIN LATERAL (
+      AND r.device_hour BETWEEN reading_hour(k.dt) - {NEAR_HOURS} AND reading_hour(k.dt)
+      AND r.device_time > k.dt - make_interval(hours => {NEAR_HOURS + 1})
+    ORDER BY r.device_hour DESC, r.device_time DESC, r.seq DESC LIMIT 1
+) UNION ALL (
+    SELECT * FROM readings r
+    WHERE r.device = dev.id AND r.device_hour < reading_hour(k.dt) - {NEAR_HOURS}
+      AND r.device_time < k.dt - make_interval(hours => {NEAR_HOURS})
+    ORDER BY r.device_hour DESC, r.device_time DESC, r.seq DESC LIMIT 1
+) LIMIT 1) b ON true
+LEFT JOIN LATERAL ((
     SELECT * FROM readings r
     WHERE r.device = dev.id AND (r.device_time, r.seq) > (k.dt, k.s)
-    ORDER BY r.device_time, r.seq LIMIT 1
-) a ON true
+      AND r.device_hour BETWEEN reading_hour(k.dt) AND reading_hour(k.dt) + {NEAR_HOURS}
+      AND r.device_time < k.dt + make_interval(hours => {NEAR_HOURS + 1})
+    ORDER BY r.device_hour, r.device_time, r.seq LIMIT 1
+) UNION ALL (
+    SELECT * FROM readings r
+    WHERE r.device = dev.id AND r.device_hour > reading_hour(k.dt) + {NEAR_HOURS}
+      AND r.device_time > k.dt + make_interval(hours => {NEAR_HOURS})
+    ORDER BY r.device_hour, r.device_time, r.seq LIMIT 1
+) LIMIT 1) a ON true
 """
 _UPSERT_GAPS = """
 INSERT INTO gaps (protocol, device_id, from_period_end, from_seq, to_period_end, to_seq,
@@ -292,9 +334,17 @@ class _DeviceState:
 
 
 def lock_key(protocol: str, device: str) -> int:
-    """The advisory lock every writer of a device's derived data holds."""
+    """The advisory lock every writer of a device's readings or derived data holds."""
     digest = hashlib.blake2b(f"{protocol}:{device}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+async def lock_devices(conn: asyncpg.Connection, devices: Iterable[tuple[str, str]]) -> None:
+    """Takes the (protocol, device) locks until the transaction ends, in one order for every writer, so two
+    writers of overlapping devices queue rather than deadlock. Serialises the replicas and `replay` that hold
+    readings of the same device: what one stores and derives, the next sees committed."""
+    await conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k",
+                       sorted({lock_key(p, d) for p, d in devices}))
 
 
 class _GapWriter:
@@ -372,7 +422,8 @@ async def write_pulses(
     state, rollups and alerts. Each reading's derived data is applied once: the caller passes only readings
     this transaction stored (or took back, reprocessing). `pending`: stored readings not applied yet (being
     reprocessed), which do not hold buckets meanwhile. `replay` (reprocessing): old readings are not news, so
-    they do not end a device's silence."""
+    they do not end a device's silence. The caller holds the readings' device locks (lock_devices), so the
+    history this reads is stable."""
     outcome = PulseOutcome()
     by_identity: dict[str, Reading] = {}
     for r in readings:
@@ -381,13 +432,6 @@ async def write_pulses(
         else:
             by_identity[r.msg_id] = r
     unique = list(by_identity.values())
-    devices = sorted({(r.protocol, r.device) for r in unique})
-    # Serialises replicas that hold readings of the same device, so gap recomputation sees a stable history.
-    await conn.execute(
-        "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k",
-        sorted(lock_key(p, d) for p, d in devices),
-    )
-
     by_device: dict[tuple[str, str], list[Point]] = {}
     for r in unique:
         by_device.setdefault((r.protocol, r.device), []).append(Point.of(r))
@@ -445,6 +489,7 @@ async def _update_history(
     states: dict[tuple[str, str], _DeviceState] = {k: _DeviceState(None, 0) for k in keys}
     for row in await conn.fetch(_STATE, [k[0] for k in keys], [k[1] for k in keys]):
         states[(row["protocol"], row["device_id"])] = _state_from_row(row)
+    stored = {k for k, state in states.items() if state.point is not None}  # every state row has a last reading
     # The alert rules see the readings one at a time, in the order they came: what each would have found
     # stored alone, so the alerts table does not depend on how readings were batched. What a reading moves
     # in the state (latest reading, first bucket, finest width, last zero-flow end) does not depend on the
@@ -496,17 +541,20 @@ async def _update_history(
             [_ts_or_none(s.first_bucket) for _, s in unchanged], [_ts_or_none(s.last_zero_flow) for _, s in unchanged],
             [s.finest for _, s in unchanged],
         )
-    if changed:
-        lasts = [s.last for _, s in changed if s.last]
+    for statement, group in ((_UPDATE_STATE, [(k, st) for k, st in changed if k in stored]),
+                             (_INSERT_STATE, [(k, st) for k, st in changed if k not in stored])):
+        if not group:
+            continue
+        lasts = [st.last for _, st in group if st.last]
         await conn.execute(
-            _WRITE_STATE,
-            [k[0] for k, _ in changed], [k[1] for k, _ in changed],
+            statement,
+            [k[0] for k, _ in group], [k[1] for k, _ in group],
             [ts(r.period_end) for r in lasts], [ts(r.device_time) for r in lasts],
             [r.seq for r in lasts], [r.index for r in lasts], [r.battery_mv for r in lasts],
-            [r.flags for r in lasts], [ts_float(max(s.seen, s.last_seen or 0.0)) for _, s in changed],
-            [s.readings for _, s in changed], [s.interval for _, s in changed],
-            [_ts_or_none(s.first_bucket) for _, s in changed], [_ts_or_none(s.last_zero_flow) for _, s in changed],
-            [s.finest for _, s in changed],
+            [r.flags for r in lasts], [ts_float(max(st.seen, st.last_seen or 0.0)) for _, st in group],
+            [st.readings for _, st in group], [st.interval for _, st in group],
+            [_ts_or_none(st.first_bucket) for _, st in group], [_ts_or_none(st.last_zero_flow) for _, st in group],
+            [st.finest for _, st in group],
         )
     return written, resets
 

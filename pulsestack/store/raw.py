@@ -23,7 +23,10 @@ WITH batch AS (
 ), stored AS (
     INSERT INTO readings (device, bucket_seconds, device_time, seq, meter_index, received_at, counts, payload, meta)
     SELECT device, bs, dt, s, i, r, c::int[], pl, m FROM batch WHERE device IS NOT NULL
-    ON CONFLICT (device, device_time, seq) DO NOTHING
+    -- Not ON CONFLICT: its speculative insertion writes a second WAL record per reading. The caller holds the
+    -- devices' locks, which every writer of readings takes first, so nothing can store the same key meanwhile.
+    AND NOT EXISTS (SELECT FROM readings r WHERE r.device_hour = reading_hour(batch.dt)
+                    AND r.device = batch.device AND r.device_time = batch.dt AND r.seq = batch.s)
     RETURNING device, device_time, seq
 )
 SELECT b.n, b.device IS NOT NULL AS known, s.device IS NOT NULL AS inserted
@@ -37,7 +40,8 @@ class UnknownDevice(Refused):
 
 
 async def insert_readings(conn: asyncpg.Connection, readings: list[Reading]) -> list[bool]:
-    """Stores readings idempotently, in the caller's transaction; per input, in order, whether this call
+    """Stores readings idempotently, in the caller's transaction, which holds their devices' locks
+    (pulses.lock_devices); per input, in order, whether this call
     stored it (False: it was already stored). Repeats within the batch are written once: the first
     occurrence counts as inserted. Raises UnknownDevice, storing nothing, if a reading's device has no
     devices row: the caller quarantines that reading rather than drop it."""

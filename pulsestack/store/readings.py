@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from pulsestack.store.pulses import PulseOutcome, write_pulses
+from pulsestack.store.pulses import PulseOutcome, lock_devices, write_pulses
 from pulsestack.store.raw import insert_readings
 from pulsestack.wire.reading import Reading
 
@@ -20,6 +20,7 @@ class Stored:
 
 async def store_readings(conn: asyncpg.Connection, items: list[Reading]) -> Stored:
     """In the caller's transaction."""
+    await lock_devices(conn, {(r.protocol, r.device) for r in items})
     inserted = await insert_readings(conn, items)
     # Only what this transaction inserted: a reading found already stored was derived from in the
     # transaction that stored it (an upgrade drains the earlier two-stage pipeline first; see setup).

@@ -22,6 +22,9 @@ import asyncpg
 from pulsestack.store.timeconv import ts
 
 SLOT = 900
+# A day with a row is updated (one WAL record, HOT); only a new day is inserted: the upsert's path through an
+# existing row locks it first, a second WAL record per reading. Each CTE sees the statement's snapshot, so the
+# insert skips the days the update found; the conflict clause stays for a day another writer inserted since.
 _APPLY = """
 WITH delta AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[], $5::bigint[])
@@ -30,16 +33,25 @@ WITH delta AS (
     INSERT INTO gap_hourly AS c (protocol, device_id, hour, pulses)
     SELECT p, dev, date_trunc('hour', slot, 'UTC'), sum(gap) FROM delta WHERE gap <> 0 GROUP BY 1, 2, 3
     ON CONFLICT (protocol, device_id, hour) DO UPDATE SET pulses = c.pulses + EXCLUDED.pulses
+), days AS (
+    SELECT delta.p, delta.dev, (delta.slot AT TIME ZONE device_time_zone(d.settings))::date AS day, sum(n) AS n
+    FROM delta LEFT JOIN LATERAL (
+        SELECT settings FROM devices d WHERE d.protocol = delta.p AND d.device_id = delta.dev
+    ) d ON true
+    WHERE delta.n <> 0
+    GROUP BY 1, 2, 3
+), updated AS (
+    UPDATE consumption_daily c SET pulses = c.pulses + days.n
+    FROM days WHERE c.protocol = days.p AND c.device_id = days.dev AND c.day = days.day
+    RETURNING c.protocol, c.device_id, c.day, c.pulses
+), inserted AS (
+    INSERT INTO consumption_daily AS c (protocol, device_id, day, pulses)
+    SELECT days.p, days.dev, days.day, days.n FROM days
+    WHERE NOT EXISTS (SELECT FROM updated u WHERE (u.protocol, u.device_id, u.day) = (days.p, days.dev, days.day))
+    ON CONFLICT (protocol, device_id, day) DO UPDATE SET pulses = c.pulses + EXCLUDED.pulses
+    RETURNING protocol, device_id, day, pulses
 )
-INSERT INTO consumption_daily AS c (protocol, device_id, day, pulses)
-SELECT delta.p, delta.dev, (delta.slot AT TIME ZONE device_time_zone(d.settings))::date, sum(n)
-FROM delta LEFT JOIN LATERAL (
-    SELECT settings FROM devices d WHERE d.protocol = delta.p AND d.device_id = delta.dev
-) d ON true
-WHERE delta.n <> 0
-GROUP BY 1, 2, 3
-ON CONFLICT (protocol, device_id, day) DO UPDATE SET pulses = c.pulses + EXCLUDED.pulses
-RETURNING protocol, device_id, day, pulses
+SELECT * FROM updated UNION ALL SELECT * FROM inserted
 """
 
 

@@ -32,7 +32,7 @@ _FOUND = f"""
 CREATE TEMP TABLE pulsestack_verify_found ON COMMIT DROP AS
 SELECT v.*, (SELECT count(*) FROM readings r JOIN devices d ON d.id = r.device
              WHERE d.protocol = v.protocol AND d.device_id = v.device_id AND r.seq = v.seq
-               AND r.device_time = v.device_time) AS n
+               AND r.device_time = v.device_time AND r.device_hour = reading_hour(v.device_time)) AS n
 FROM {_TABLE} v
 """
 _SUMMARY = """
