@@ -301,14 +301,18 @@ class Bench:
         except KeyboardInterrupt:
             self.say("interrupted: writing what was measured")
         finally:
-            self.report.finished = dt.datetime.now().isoformat(timespec="seconds")
-            self.report.steps = [r.to_json() for r in self.results]
-            self._ceilings()
-            self._notes()
-            paths = write(self.report, a.results / self.name)
-            for path in paths:
-                self.say(f"wrote {path}")
-            await self._stop()
+            try:
+                self.report.finished = dt.datetime.now().isoformat(timespec="seconds")
+                self.report.steps = [r.to_json() for r in self.results]
+                self._ceilings()
+                self._notes()
+                paths = write(self.report, a.results / self.name)
+                for path in paths:
+                    self.say(f"wrote {path}")
+            finally:
+                # A report that cannot be written (matplotlib missing, a full disk) must not leave the
+                # benchmark's servers and services running.
+                await self._stop()
         return paths[0]
 
     def _archive_into_s3(self) -> dict[str, str]:
