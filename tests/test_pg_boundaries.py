@@ -44,6 +44,8 @@ NO_SERVICE_ROLE: dict[str, bool | str] = {
     "CREATE ROLE intruder LOGIN": False,
 }
 
+READING_HOUR = "SELECT reading_hour(now())"
+
 # role -> statement -> allowed. Allowed statements touch no row they could harm (rolled back anyway).
 EXPECTED: dict[str, dict[str, bool | str]] = {
     # The raw stage stores a batch's readings and derives from them in one transaction (migration 006).
@@ -57,6 +59,7 @@ EXPECTED: dict[str, dict[str, bool | str]] = {
         DEVICE_ROW: False,
         "DELETE FROM gap_hourly": True,
         "SELECT count(*) FROM buckets": False,  # the readers' view; the stage reads readings themselves
+        READING_HOUR: True,  # its inserts compute the key's hour, its reads bound it (migration 012)
         "DELETE FROM gaps": True,
         "UPDATE device_state SET readings = 0": True,
         "DELETE FROM meter_events": True,
@@ -73,6 +76,7 @@ EXPECTED: dict[str, dict[str, bool | str]] = {
         "SELECT count(*) FROM readings": False,
         "SELECT count(*) FROM device_state": False,
         "SELECT count(*) FROM alerts": False,
+        READING_HOUR: False,
         WAL_LISTING: False,
         **NO_SERVICE_ROLE,
     },
@@ -81,6 +85,7 @@ EXPECTED: dict[str, dict[str, bool | str]] = {
             "devices", "readings", "buckets", "gaps", "gap_hourly", "meter_events", "device_state",
             "consumption_hourly", "consumption_daily", "alerts")},
         WAL_LISTING: True,  # the swarm exporter's WAL series (migration 007)
+        READING_HOUR: True,  # buckets_between bounds the readings' key with it
         DEVICE_ROW: False,
         RAW_ROW: False,
         "UPDATE alerts SET published_open = true": False,
@@ -100,6 +105,7 @@ EXPECTED: dict[str, dict[str, bool | str]] = {
         NEXT_MONTH: True,
         "SELECT count(*) FROM readings": False,
         "SELECT count(*) FROM buckets": False,
+        READING_HOUR: False,
         "INSERT INTO gaps SELECT * FROM gaps": False,
         "UPDATE devices SET disabled = true": False,
         "UPDATE device_state SET readings = 0": False,

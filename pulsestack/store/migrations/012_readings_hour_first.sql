@@ -14,7 +14,7 @@ RETURN CASE WHEN t = timestamptz '-infinity' THEN -2147483648
             WHEN t = timestamptz 'infinity' THEN 2147483647
             ELSE floor(extract(epoch FROM t - timestamptz '1970-01-01 00:00:00+00') / 3600)::integer END;
 REVOKE ALL ON FUNCTION reading_hour(timestamptz) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION reading_hour(timestamptz) TO pulsestack_raw, pulsestack_alerting, pulsestack_reader;
+GRANT EXECUTE ON FUNCTION reading_hour(timestamptz) TO pulsestack_raw, pulsestack_reader;
 
 -- Rewrites every partition and builds the new key: downtime proportional to the readings kept.
 ALTER TABLE readings ADD COLUMN device_hour integer NOT NULL GENERATED ALWAYS AS (reading_hour(device_time)) STORED;
