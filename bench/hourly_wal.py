@@ -37,10 +37,10 @@ from pulsestack.store.migrate import migrate
 from pulsestack.store.readings import store_readings
 from pulsestack.wire.reading import Reading
 from pulsestack_cli.localstack import Postgres
+from simulator.fleet import simulated_id
 
 # A month of its own, whole, for history and measured hours alike: one partition, as in production.
 START = int(dt.datetime(2026, 1, 1, tzinfo=dt.UTC).timestamp())
-FIRST_IMEI = 861_000_000_000_000
 CYCLES_PER_HOUR = 4  # checkpoint_timeout = 15min
 
 # The history as the raw stage would have stored it, written by the server: one row per meter and hour.
@@ -64,7 +64,7 @@ GROUP BY 1
 
 def reading(meter: int, hour: int) -> Reading:
     period_end = START + hour * 3600
-    return Reading(protocol="nbiot", device=str(FIRST_IMEI + meter), seq=hour, device_time=period_end,
+    return Reading(protocol="nbiot", device=simulated_id("nbiot", meter), seq=hour, device_time=period_end,
                    period_end=period_end, bucket_seconds=900, counts=[20, 20, 20, 20], index=1000 + 80 * hour,
                    battery_mv=3600, flags=0, received_at=period_end + 7.0, trace_id="0" * 16,
                    payload=os.urandom(43))
@@ -79,7 +79,7 @@ async def measure(meters: int, history: int, hours: int, batch: int) -> list[str
         await migrate(conn)
         await conn.execute("SELECT pulsestack_ensure_partition('readings', 'device_time', $1)",
                            dt.datetime.fromtimestamp(START, dt.UTC).date())
-        await store_bulk(conn, "nbiot", [str(FIRST_IMEI + i) for i in range(meters)])
+        await store_bulk(conn, "nbiot", [simulated_id("nbiot", i) for i in range(meters)])
         # The last history hour goes through the store, so each meter has its state and day as in production.
         await conn.execute(_HISTORY, START, history - 1)
         for first in range(0, meters, batch):
